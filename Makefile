@@ -1,0 +1,27 @@
+# Two commands do all set-up on a machine that has Python 3.11:
+#   make demo   -- runs the system end to end on a generated sample dataset (offline)
+#   make test   -- runs the test suite
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.imcap-installed
+DEMO_DIR ?= demo_out
+
+.PHONY: setup test demo clean
+
+$(STAMP): setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+demo: $(STAMP)
+	$(BIN)/python -m beam_jobs.demo --output_dir $(DEMO_DIR)
+
+clean:
+	rm -rf $(DEMO_DIR) .pytest_cache build dist *.egg-info

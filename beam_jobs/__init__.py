@@ -1,0 +1,5 @@
+"""Apache Beam pipelines of the image-captioning system.
+
+- `beam_jobs.extract_features`: a captioned image dataset -> Xception features + tokenized captions (TFRecords).
+- `beam_jobs.sample_dataset`: writes a small synthetic dataset in the Flickr8k layout (demo, tests).
+"""

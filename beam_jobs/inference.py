@@ -1,0 +1,89 @@
+"""RunInference model handlers of the jobs (Beam's TensorFlow handler needs tensorflow_hub and cannot load
+SavedModels under Keras 3, so the jobs bring their own).
+
+`FeatureExtractorHandler` turns batches of uint8 pixels (`schemas.images.prepare_image`) into pooled backbone
+features. The Keras model is built in `load_model`, i.e. on the worker, once per process (RunInference shares it
+between the threads of a worker), never pickled; a remote weights file (``gs://...``) is copied to local disk
+first. The forward pass is one `tf.function` with a dynamic batch dimension, so the variable batch sizes of
+Beam's adaptive batching do not retrace it.
+"""
+import hashlib
+import logging
+import os
+import tempfile
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.ml.inference.base import ModelHandler
+
+from schemas import backbones
+
+
+def localize(path: str) -> str:
+    """A local copy of a file on any Beam filesystem (the path itself when it is local)."""
+    if "://" not in path:
+        return path
+    name = hashlib.sha256(path.encode("utf-8")).hexdigest()[:16] + "-" + os.path.basename(path)
+    target = os.path.join(tempfile.gettempdir(), "imcap-" + name)
+    if not os.path.exists(target):
+        handle, partial = tempfile.mkstemp(dir=os.path.dirname(target), suffix=".partial")
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as source, \
+                os.fdopen(handle, "wb") as sink:
+            while chunk := source.read(1 << 24):
+                sink.write(chunk)
+        os.replace(partial, target)  # atomic: concurrent copies of the same file are harmless
+    return target
+
+
+class _CompiledExtractor:
+    """The Keras model behind one traced function over [None, size, size, 3] float32 batches."""
+
+    def __init__(self, model, image_size: int, weights_sha256: str):
+        import tensorflow as tf
+        self.model = model
+        self.weights_sha256 = weights_sha256
+        self._forward = tf.function(lambda images: model(images, training=False), input_signature=[
+            tf.TensorSpec([None, image_size, image_size, 3], tf.float32)])
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return self._forward(images).numpy()
+
+
+class FeatureExtractorHandler(ModelHandler[np.ndarray, np.ndarray, Any]):
+    """uint8 pixels [H, W, 3] -> float32 features [D], batched."""
+
+    def __init__(self, backbone_name: str, weights: str, image_size: int, *, min_batch_size: int = 1,
+                 max_batch_size: int = 32, expected_weights_sha256: Optional[str] = None):
+        super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
+        self._backbone = backbones.get_backbone(backbone_name)
+        backbones.check_image_size(self._backbone, image_size)
+        self._weights = weights
+        self._image_size = image_size
+        self._expected_sha256 = expected_weights_sha256
+
+    def load_model(self) -> _CompiledExtractor:
+        weights = self._weights
+        if weights not in (backbones.IMAGENET, backbones.RANDOM_INIT):
+            weights = localize(weights)
+        model = backbones.build_feature_extractor(self._backbone, weights, self._image_size)
+        digest = backbones.weights_digest(model)
+        if self._expected_sha256 and digest != self._expected_sha256:
+            raise ValueError(f"the {self._backbone.name} weights loaded on this worker ({self._weights}, sha256 "
+                             f"{digest[:12]}) differ from the ones checked at launch ({self._expected_sha256[:12]})")
+        logging.info("loaded %s (%s, %dx%d, weights sha256 %s) on a worker", self._backbone.name,
+                     self._weights, self._image_size, self._image_size, digest[:12])
+        return _CompiledExtractor(model, self._image_size, digest)
+
+    def run_inference(self, batch: Sequence[np.ndarray], model: _CompiledExtractor,
+                      inference_args: Optional[dict] = None) -> Iterable[np.ndarray]:
+        pixels = np.stack(batch)
+        features = model(backbones.preprocess(self._backbone, pixels))
+        return list(features)
+
+    def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
+        return sum(pixels.nbytes for pixels in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return "imcap_features"

@@ -1,0 +1,161 @@
+"""What every job of `beam_jobs` shares: Beam option handling, the local default runner, the end-of-run report.
+
+Runner default: without ``--runner`` the jobs run on `LocalRunner`, Beam's in-process portable runner (the
+engine the DirectRunner itself uses for batch pipelines). It is chosen explicitly because Beam 2.77's DirectRunner
+first tries to download and start the Prism runner, which needs internet access and behaves differently.
+``--direct_running_mode=multi_processing --direct_num_workers=N`` runs it with N worker processes. Any other
+runner (``--runner=DirectRunner``, ``FlinkRunner``, ``DataflowRunner``, ``PortableRunner``) and all its options
+pass through unchanged.
+"""
+import argparse
+import logging
+import time
+import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.runners.portability.fn_api_runner import fn_runner
+
+LOCAL_RUNNER = "beam_jobs.runtime.LocalRunner"
+METRICS_NAMESPACE = "imcap"
+
+
+class LocalRunner(fn_runner.FnApiRunner):
+    """Beam's FnApiRunner, given the pipeline options the way the DirectRunner gives them (no Prism attempt)."""
+
+    def run_pipeline(self, pipeline, options):
+        from apache_beam.portability.api import beam_provision_api_pb2
+        from apache_beam.runners.portability.portable_runner import JobServiceHandle
+        encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+        self._provision_info = fn_runner.ExtendedProvisionInfo(
+            beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
+        return super().run_pipeline(pipeline, options)
+
+
+def _beam_option_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pending = list(PipelineOptions.__subclasses__())
+    seen = set()
+    while pending:
+        cls = pending.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        pending.extend(cls.__subclasses__())
+        try:
+            cls._add_argparse_args(parser)  # pylint: disable=protected-access
+        except argparse.ArgumentError:
+            pass  # an option registered twice by two classes
+    return parser
+
+
+def pipeline_options(beam_args: list[str]) -> PipelineOptions:
+    """PipelineOptions from the arguments the job did not recognise; an unknown flag fails fast."""
+    _, unknown = _beam_option_parser().parse_known_args(beam_args)
+    unknown_flags = [arg for arg in unknown if arg.startswith("-")]
+    if unknown_flags:
+        raise SystemExit(f"error: unrecognized arguments: {' '.join(unknown_flags)} (neither a flag of this job "
+                         "nor a Beam pipeline option; see --help)")
+    options = PipelineOptions(beam_args)
+    standard = options.view_as(StandardOptions)
+    if not standard.runner:
+        standard.runner = LOCAL_RUNNER
+    return options
+
+
+def metric_counters(result, namespace: str = METRICS_NAMESPACE) -> dict[str, int]:
+    """The job's counters by name (committed values where the runner has them, else attempted)."""
+    counters = {}
+    try:
+        query = result.metrics().query(MetricsFilter().with_namespace(namespace))
+    except Exception:  # some runners do not report metrics to the launcher
+        return counters
+    for counter in query["counters"]:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        counters[counter.key.metric.name] = counters.get(counter.key.metric.name, 0) + int(value or 0)
+    return dict(sorted(counters.items()))
+
+
+def log_counters(result, title: str, namespace: str = METRICS_NAMESPACE) -> dict[str, int]:
+    counters = metric_counters(result, namespace)
+    if counters:
+        width = max(len(name) for name in counters)
+        lines = "\n".join(f"  {name:<{width}}  {value:>10,}" for name, value in counters.items())
+        logging.info("%s counters:\n%s", title, lines)
+    return counters
+
+
+class ProgressLog:
+    """Logs a worker's progress every ``interval_s`` seconds (Beam's local runners show none by themselves)."""
+
+    def __init__(self, what: str, interval_s: float = 30.0):
+        self._what = what
+        self._interval_s = interval_s
+        self._count = 0
+        self._start = self._last = None
+
+    def add(self, count: int = 1) -> None:
+        now = time.monotonic()
+        if self._start is None:
+            self._start = self._last = now
+        self._count += count
+        if now - self._last >= self._interval_s:
+            self._last = now
+            logging.info("%s: %d on this worker so far (%.1f/s)", self._what, self._count,
+                         self._count / max(now - self._start, 1e-9))
+
+
+def counter(name: str):
+    return beam.metrics.Metrics.counter(METRICS_NAMESPACE, name)
+
+
+def parse_key_value(text: str) -> tuple[str, str]:
+    """argparse type for NAME=VALUE flags."""
+    name, separator, value = text.partition("=")
+    if not separator or not name or not value:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    return name, value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+class _DropKnownNoise(logging.Filter):
+    """Beam 2.77's RunInference warns on every batch that it cannot read memory usage when torch is absent
+    (its `resource` import is tied to an optional torch import); the warning is about Beam, not the job."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Resource module is not available")
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger().addFilter(_DropKnownNoise())
+    # Beam's portable runner logs every stage at INFO; keep the job's own messages readable.
+    for noisy in ("apache_beam.runners.portability.fn_api_runner", "apache_beam.runners.worker",
+                  "apache_beam.io.filebasedsink", "apache_beam.runners.portability.local_job_service",
+                  "apache_beam.ml.inference.base", "apache_beam.internal.gcp", "apache_beam.io.iobase"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+
+
+def first_line(text: str) -> str:
+    lines = [line for line in str(text).strip().splitlines() if line.strip()]
+    return lines[0] if lines else ""

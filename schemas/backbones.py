@@ -1,0 +1,110 @@
+"""The image feature extractor: what ``image_features`` means in every record and at caption time.
+
+One backbone is defined: Keras' ImageNet Xception without its classifier, global-average pooled to 2048 floats,
+fed with `images.prepare_image` pixels scaled by Keras' Xception preprocessing (``x / 127.5 - 1``).
+
+Weights are named by a spec: ``imagenet`` (Keras downloads them), ``none`` (random initialisation from a fixed
+seed, so every worker builds the same network -- for tests and offline demos), or a path to a Keras weights file
+(``.weights.h5``, e.g. from ``python ../shared/tools/get_xception_weights.py``). Whatever the spec, the weights
+are identified by `weights_digest`, a SHA-256 over the float32 bytes of every tensor in Keras' order, which the
+extract job records and the caption job checks, so features are never mixed across different networks.
+"""
+import dataclasses
+import hashlib
+import os
+
+import numpy as np
+
+IMAGENET = "imagenet"
+RANDOM_INIT = "none"
+RANDOM_INIT_SEED = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+    name: str
+    feature_dim: int
+    default_image_size: int
+    min_image_size: int
+    keras_application: str  # attribute of keras.applications
+    preprocessing: str  # a short description recorded in metadata and bundles
+
+
+XCEPTION = Backbone(name="xception", feature_dim=2048, default_image_size=299, min_image_size=71,
+                    keras_application="Xception", preprocessing="xception: pixels / 127.5 - 1 (keras)")
+BACKBONES = {XCEPTION.name: XCEPTION}
+DEFAULT_BACKBONE = XCEPTION.name
+
+
+def get_backbone(name: str) -> Backbone:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ValueError(f"unknown backbone {name!r}; known: {sorted(BACKBONES)}") from None
+
+
+def check_image_size(backbone: Backbone, image_size: int) -> None:
+    if image_size < backbone.min_image_size:
+        raise ValueError(f"--image_size {image_size} is too small for {backbone.name}: it needs at least "
+                         f"{backbone.min_image_size} (default {backbone.default_image_size})")
+
+
+def describe_weights(weights: str) -> str:
+    """The weights spec as recorded in metadata: 'imagenet', 'none' or 'file:<basename>'."""
+    if weights in (IMAGENET, RANDOM_INIT):
+        return weights
+    return f"file:{os.path.basename(weights)}"
+
+
+def check_weights_spec(weights: str) -> None:
+    """Fails fast on a weights spec that names no usable file (remote paths are checked when copied)."""
+    if weights in (IMAGENET, RANDOM_INIT) or "://" in weights:
+        return
+    if not os.path.isfile(weights):
+        raise ValueError(f"--weights {weights}: no such file. Pass 'imagenet' (downloaded by Keras), 'none' "
+                         f"(random init, for tests) or the path of a Keras weights file; offline, "
+                         f"`python ../shared/tools/get_xception_weights.py` writes the ImageNet one")
+
+
+def preprocess(backbone: Backbone, pixels: np.ndarray) -> np.ndarray:
+    """Backbone scaling of a uint8 batch [N, H, W, 3] -> float32, exactly Keras' preprocess_input for Xception."""
+    if backbone.name != XCEPTION.name:
+        raise ValueError(f"no preprocessing defined for {backbone.name}")
+    return pixels.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+
+
+def build_feature_extractor(backbone: Backbone, weights: str, image_size: int):
+    """Builds the pooled backbone as a Keras model. ``weights`` must be 'imagenet', 'none' or a local file."""
+    check_image_size(backbone, image_size)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    constructor = getattr(keras.applications, backbone.keras_application)
+    shape = (image_size, image_size, 3)
+    if weights == RANDOM_INIT:
+        keras.utils.set_random_seed(RANDOM_INIT_SEED)
+        return constructor(weights=None, include_top=False, pooling="avg", input_shape=shape)
+    if weights == IMAGENET:
+        try:
+            return constructor(weights="imagenet", include_top=False, pooling="avg", input_shape=shape)
+        except Exception as error:  # Keras raises several types for a failed download
+            raise RuntimeError(
+                f"could not get Keras' ImageNet weights for {backbone.name} ({type(error).__name__}: {error}). "
+                "Without internet access, pass --weights PATH with a local weights file "
+                "(python ../shared/tools/get_xception_weights.py writes one) or --weights none") from error
+    check_weights_spec(weights)
+    model = constructor(weights=None, include_top=False, pooling="avg", input_shape=shape)
+    try:
+        model.load_weights(weights)
+    except Exception as error:
+        raise ValueError(f"--weights {weights}: cannot load it into {backbone.name} ({error}); it must be a "
+                         "Keras weights file of the same architecture without the top") from error
+    return model
+
+
+def weights_digest(model) -> str:
+    """SHA-256 over the float32 bytes of all weight tensors, in Keras' order (independent of file format)."""
+    digest = hashlib.sha256()
+    for tensor in model.get_weights():
+        digest.update(np.asarray(tensor, dtype=np.float32).tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,44 @@
+"""The model bundle: everything captioning new images needs, written by the trainer, read by the caption job.
+
+A bundle directory holds::
+
+    decoder.keras    the trained caption decoder (Keras native format; no pickle, no custom objects)
+    vocab.txt        its vocabulary (`schemas.vocabulary`)
+    bundle.json      this config: the feature extractor to run on images and how to decode
+
+The feature-extractor keys repeat the extract job's metadata (`schemas.records.MetadataKeys`), so a caption job
+builds exactly the network the decoder was trained on and refuses any other (``weights_sha256``).
+"""
+DECODER_FILE = "decoder.keras"
+CONFIG_FILE = "bundle.json"
+FORMAT_VERSION = 1
+
+
+class BundleKeys:
+    FORMAT_VERSION = "format_version"
+    MODEL_ID = "model_id"  # stable name of this bundle: "imcap-" + 12 hex digits of a digest of its files
+    BACKBONE = "backbone"
+    WEIGHTS = "weights"  # imagenet | none | file:<name>: what to pass as --weights
+    WEIGHTS_SHA256 = "weights_sha256"
+    IMAGE_SIZE = "image_size"
+    PREPROCESSING = "preprocessing"
+    FEATURE_DIM = "feature_dim"
+    MAX_LENGTH = "max_length"  # longest sequence to decode, <start> and <end> included
+    VOCAB_SIZE = "vocab_size"
+    DECODING = "decoding"  # {"beam_width": int, "length_penalty": float}: defaults for the caption job
+    TRAINING = "training"  # hyper-parameters, data and results of the run that produced it (informational)
+
+
+REQUIRED_KEYS = (BundleKeys.FORMAT_VERSION, BundleKeys.MODEL_ID, BundleKeys.BACKBONE, BundleKeys.WEIGHTS,
+                 BundleKeys.WEIGHTS_SHA256, BundleKeys.IMAGE_SIZE, BundleKeys.FEATURE_DIM, BundleKeys.MAX_LENGTH,
+                 BundleKeys.VOCAB_SIZE, BundleKeys.DECODING)
+
+
+def check_config(config: dict, source: str) -> dict:
+    missing = [key for key in REQUIRED_KEYS if key not in config]
+    if missing:
+        raise ValueError(f"{source}: not a model bundle config, missing {', '.join(missing)}")
+    if config[BundleKeys.FORMAT_VERSION] != FORMAT_VERSION:
+        raise ValueError(f"{source}: bundle format {config[BundleKeys.FORMAT_VERSION]} is not the supported "
+                         f"{FORMAT_VERSION}; retrain or use the imcap version that wrote it")
+    return config

@@ -1,0 +1,134 @@
+"""The extract job's output directory and its TFRecord format -- the trainer's input.
+
+Layout of ``--output_dir``::
+
+    <split>-SSSSS-of-NNNNN.tfrecord   one tf.train.Example per image, per split (train, dev, test, ...)
+    vocab.txt                         see `schemas.vocabulary`
+    metadata.json                     counts and the feature extractor's identity (keys below)
+    errors.parquet                    one row per image that produced no record (`schemas.tables.ERROR_SCHEMA`)
+
+Each Example holds one image and all of its captions:
+
+==================  ==============  ===========================================================================
+ key                 type            content
+==================  ==============  ===========================================================================
+ ``image_id``        bytes           file name of the image, e.g. ``1000268201_693b08cb0e.jpg``
+ ``split``           bytes           the split the image belongs to
+ ``image_features``  float x D       pooled backbone features (D = ``metadata["feature_dim"]``)
+ ``captions``        bytes x C       the cleaned captions (`schemas.captions.normalize_caption`)
+ ``caption_ids``     int64 x sum(L)  token ids of all captions, concatenated; each starts with <start> and ends
+                                     with <end>
+ ``caption_lengths`` int64 x C       number of ids of each caption, so ``caption_ids`` splits back into C rows
+==================  ==============  ===========================================================================
+"""
+import numpy as np
+
+from schemas.fileio import join
+
+IMAGE_ID = "image_id"
+SPLIT = "split"
+IMAGE_FEATURES = "image_features"
+CAPTIONS = "captions"
+CAPTION_IDS = "caption_ids"
+CAPTION_LENGTHS = "caption_lengths"
+
+METADATA_FILE = "metadata.json"
+ERRORS_FILE = "errors.parquet"
+RECORD_SUFFIX = ".tfrecord"
+
+
+class MetadataKeys:
+    """Keys of metadata.json."""
+    SPLITS = "splits"  # {split: {"images": int, "captions": int, "files": pattern relative to the directory}}
+    IMAGES_FAILED = "images_failed"
+    ERRORS_BY_CLASS = "errors_by_class"
+    CAPTIONS_WITHOUT_IMAGE = "captions_without_image"
+    IMAGES_WITHOUT_SPLIT = "images_without_split"
+    CAPTIONS_EMPTY = "captions_empty_after_normalization"
+    VOCAB_SIZE = "vocab_size"
+    MIN_WORD_COUNT = "min_word_count"
+    VOCAB_SOURCE = "vocab_source"
+    MAX_LENGTH = "max_length"  # ids in the longest caption, <start> and <end> included
+    FEATURE_DIM = "feature_dim"
+    BACKBONE = "backbone"
+    WEIGHTS = "weights"
+    WEIGHTS_SHA256 = "weights_sha256"
+    IMAGE_SIZE = "image_size"
+    PREPROCESSING = "preprocessing"
+    FORMAT_VERSION = "format_version"
+
+
+FORMAT_VERSION = 1
+
+
+def shard_prefix(output_dir: str, split: str) -> str:
+    """Prefix given to the TFRecord sink of a split; Beam appends -SSSSS-of-NNNNN.tfrecord."""
+    return join(output_dir, split)
+
+
+def split_pattern(output_dir: str, split: str) -> str:
+    """Glob of a split's shards."""
+    return join(output_dir, f"{split}-*-of-*{RECORD_SUFFIX}")
+
+
+def feature_spec(feature_dim: int) -> dict:
+    """`tf.io.parse_single_example` spec of a record."""
+    import tensorflow as tf
+    return {
+        IMAGE_ID: tf.io.FixedLenFeature([], tf.string),
+        SPLIT: tf.io.FixedLenFeature([], tf.string),
+        IMAGE_FEATURES: tf.io.FixedLenFeature([feature_dim], tf.float32),
+        CAPTIONS: tf.io.VarLenFeature(tf.string),
+        CAPTION_IDS: tf.io.VarLenFeature(tf.int64),
+        CAPTION_LENGTHS: tf.io.VarLenFeature(tf.int64),
+    }
+
+
+def encode_example(image_id: str, split: str, features: np.ndarray, captions: list[str],
+                   caption_ids: list[list[int]]):
+    """Builds the tf.train.Example of one image."""
+    import tensorflow as tf
+    if len(captions) != len(caption_ids):
+        raise ValueError(f"{image_id}: {len(captions)} captions but {len(caption_ids)} id sequences")
+    flat_ids = [token_id for ids in caption_ids for token_id in ids]
+    feature = {
+        IMAGE_ID: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_id.encode("utf-8")])),
+        SPLIT: tf.train.Feature(bytes_list=tf.train.BytesList(value=[split.encode("utf-8")])),
+        IMAGE_FEATURES: tf.train.Feature(
+            float_list=tf.train.FloatList(value=np.asarray(features, dtype=np.float32).ravel())),
+        CAPTIONS: tf.train.Feature(bytes_list=tf.train.BytesList(value=[c.encode("utf-8") for c in captions])),
+        CAPTION_IDS: tf.train.Feature(int64_list=tf.train.Int64List(value=flat_ids)),
+        CAPTION_LENGTHS: tf.train.Feature(int64_list=tf.train.Int64List(value=[len(ids) for ids in caption_ids])),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+def decode_example(serialized: bytes) -> dict:
+    """Parses a serialized record into plain Python/numpy values (for tools and tests; the trainer uses tf.data)."""
+    import tensorflow as tf
+    example = tf.train.Example.FromString(serialized)
+    feature = example.features.feature
+    flat_ids = list(feature[CAPTION_IDS].int64_list.value)
+    lengths = list(feature[CAPTION_LENGTHS].int64_list.value)
+    if sum(lengths) != len(flat_ids):
+        raise ValueError(f"corrupt record: caption_lengths sum to {sum(lengths)} but there are {len(flat_ids)} ids")
+    rows, start = [], 0
+    for length in lengths:
+        rows.append(flat_ids[start:start + length])
+        start += length
+    return {
+        IMAGE_ID: feature[IMAGE_ID].bytes_list.value[0].decode("utf-8"),
+        SPLIT: feature[SPLIT].bytes_list.value[0].decode("utf-8"),
+        IMAGE_FEATURES: np.asarray(feature[IMAGE_FEATURES].float_list.value, dtype=np.float32),
+        CAPTIONS: [c.decode("utf-8") for c in feature[CAPTIONS].bytes_list.value],
+        CAPTION_IDS: rows,
+    }
+
+
+def read_records(output_dir: str, split: str) -> list[dict]:
+    """All records of a split, decoded, sorted by image id (small datasets, tools and tests)."""
+    import tensorflow as tf
+    from schemas import fileio
+    files = fileio.glob(split_pattern(output_dir, split))
+    records = [decode_example(raw.numpy()) for raw in tf.data.TFRecordDataset(files)] if files else []
+    return sorted(records, key=lambda record: record[IMAGE_ID])

@@ -1,0 +1,54 @@
+"""imcap: image captioning as batch, distributed data-processing jobs (Apache Beam + TensorFlow/Keras)."""
+from setuptools import find_packages, setup
+
+# Why each dependency is here:
+#   tensorflow/keras   Xception feature extractor, tf.data trainer, LSTM decoder (Keras 3 on the TF backend)
+#   apache-beam        the batch jobs; [tfrecord] is Beam's extra for TFRecord I/O
+#   google-crc32c      Beam's fast CRC32C for TFRecord writes (crcmod alone is pure Python and slow)
+#   pillow             image decoding (EXIF, every colour mode, decompression-bomb checks)
+#   numpy, pyarrow     arrays; Parquet outputs
+#   tqdm               progress bars of the command-line tools that loop outside Beam
+#   nltk               corpus BLEU with the standard definition (the trainer's evaluation)
+#   tensorboard        the trainer's TensorBoard logs (TensorFlow 2.21 no longer installs it)
+#   matplotlib         the trainer's training-curve PNG
+INSTALL_REQUIRES = [
+    "tensorflow>=2.20,<2.22",
+    "keras>=3.10,<4",
+    "apache-beam[tfrecord]>=2.77,<2.78",
+    "google-crc32c>=1.5",
+    "pillow>=10.0",
+    "numpy>=1.26,<3",
+    "pyarrow>=15",
+    "tqdm>=4.66",
+    "nltk>=3.9",
+    "tensorboard>=2.18",
+    "matplotlib>=3.8",
+]
+
+setup(
+    name="imcap",
+    version="0.1.0",
+    description=__doc__,
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10,<3.13",
+    packages=find_packages(include=["beam_jobs", "beam_jobs.*", "trainer", "trainer.*", "schemas", "schemas.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require={
+        "test": ["pytest>=8"],
+        # gs:// paths and the Dataflow runner
+        "gcp": ["apache-beam[gcp,tfrecord]>=2.77,<2.78"],
+        # CIDEr-D in trainer.evaluate (large: it bundles Java tools that imcap does not use)
+        "metrics": ["pycocoevalcap>=1.2"],
+    },
+    entry_points={
+        "console_scripts": [
+            "imcap-extract=beam_jobs.extract_features:main",
+            "imcap-sample-data=beam_jobs.sample_dataset:main",
+            "imcap-demo=beam_jobs.demo:main",
+            "imcap-train=trainer.task:main",
+            "imcap-evaluate=trainer.evaluate:main",
+            "imcap-predict=trainer.predict:main",
+        ],
+    },
+)

@@ -1,0 +1,97 @@
+"""Shared fixtures: a generated sample dataset, local test pipelines, the real Flickr8k where present."""
+import os
+import shutil
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLICKR8K_DIR = os.path.join(REPO_ROOT, "..", "shared", "datasets", "flickr8k")
+IMAGENET_WEIGHTS = os.path.expanduser("~/.cache/imcap/xception_imagenet_notop.weights.h5")
+
+# Small and fast: Xception's smallest input, random-init weights.
+TEST_IMAGE_SIZE = 71
+
+
+def local_test_pipeline(argv=()):
+    """A TestPipeline on the jobs' local runner (Beam's DirectRunner would first try to download Prism)."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.testing.test_pipeline import TestPipeline
+
+    from beam_jobs.runtime import LocalRunner
+    return TestPipeline(runner=LocalRunner(), options=PipelineOptions(list(argv)))
+
+
+@pytest.fixture(scope="session")
+def sample_dataset(tmp_path_factory):
+    """12 generated images in the Flickr8k layout (train 8, dev 2, test 2). Read-only: copy to modify."""
+    from beam_jobs.sample_dataset import write_sample_dataset
+    directory = tmp_path_factory.mktemp("sample")
+    write_sample_dataset(str(directory), num_images=12, image_size=96, seed=3)
+    return str(directory)
+
+
+@pytest.fixture
+def sample_copy(sample_dataset, tmp_path):
+    """A private copy of the sample dataset that a test may break."""
+    target = tmp_path / "dataset"
+    shutil.copytree(sample_dataset, target)
+    return str(target)
+
+
+def requires_flickr8k():
+    return pytest.mark.skipif(not os.path.isdir(FLICKR8K_DIR),
+                              reason="../shared/datasets/flickr8k is not present on this machine")
+
+
+@pytest.fixture(scope="session")
+def sample_features(sample_dataset, tmp_path_factory):
+    """The extract job's output for the sample dataset (random-init Xception at 71 px, min word count 1)."""
+    from beam_jobs import extract_features
+    output_dir = str(tmp_path_factory.mktemp("sample_features"))
+    extract_features.run(["--dataset_dir", sample_dataset, "--output_dir", output_dir, "--weights", "none",
+                          "--image_size", str(TEST_IMAGE_SIZE), "--min_word_count", "1"],
+                         test_pipeline=local_test_pipeline())
+    return output_dir
+
+
+def write_feature_records(output_dir, splits, feature_dim=16, shards=1):
+    """Writes extract-job-format records without running the job (for trainer unit tests).
+
+    ``splits``: {split: [(image_id, features, [raw captions])]}; the vocabulary comes from the train captions.
+    """
+    import tensorflow as tf
+
+    from schemas import captions as caption_rules, fileio, records
+    from schemas.records import MetadataKeys
+    from schemas.vocabulary import Vocabulary
+
+    counts = {}
+    for image_id, _, raw in splits.get("train", []):
+        for caption in raw:
+            for word in caption_rules.caption_tokens(caption):
+                counts[word] = counts.get(word, 0) + 1
+    vocabulary = Vocabulary.from_word_counts(counts)
+    os.makedirs(output_dir, exist_ok=True)
+    max_length = 0
+    split_counts = {}
+    for split, items in splits.items():
+        writers = [tf.io.TFRecordWriter(os.path.join(output_dir, f"{split}-{i:05d}-of-{shards:05d}.tfrecord"))
+                   for i in range(shards)]
+        for index, (image_id, features, raw) in enumerate(items):
+            cleaned = [caption_rules.normalize_caption(c) for c in raw]
+            ids = [vocabulary.encode(caption_rules.with_boundaries(c.split())) for c in cleaned]
+            max_length = max([max_length] + [len(i) for i in ids])
+            example = records.encode_example(image_id, split, features, cleaned, ids)
+            writers[index % shards].write(example.SerializeToString())
+        for writer in writers:
+            writer.close()
+        split_counts[split] = {"images": len(items), "captions": sum(len(raw) for _, _, raw in items)}
+    vocabulary.save(os.path.join(output_dir, "vocab.txt"))
+    fileio.write_json(os.path.join(output_dir, records.METADATA_FILE), {
+        MetadataKeys.SPLITS: split_counts, MetadataKeys.FEATURE_DIM: feature_dim, MetadataKeys.MAX_LENGTH: max_length,
+        MetadataKeys.VOCAB_SIZE: len(vocabulary), MetadataKeys.BACKBONE: "xception", MetadataKeys.WEIGHTS: "none",
+        MetadataKeys.WEIGHTS_SHA256: "test-features", MetadataKeys.IMAGE_SIZE: 71,
+        MetadataKeys.PREPROCESSING: "test", MetadataKeys.IMAGES_FAILED: 0})
+    return vocabulary

@@ -1,0 +1,119 @@
+"""Decoding with the merge decoder: step-wise decoding matches the training graph, greedy vs beam search,
+beam search vs exhaustive search, and the bundle round trip."""
+import itertools
+
+import keras
+import numpy as np
+import pytest
+
+from schemas.vocabulary import END_ID, RESERVED_TOKENS, Vocabulary
+from trainer import model as model_lib
+from trainer.bundle import Bundle, export_bundle
+from trainer.decoding import CaptionDecoder, Hypothesis
+
+FEATURE_DIM = 12
+WORDS = ("a", "dog", "cat", "runs")
+
+
+def _random_decoder(seed=0, units=16, words=WORDS, max_length=6):
+    keras.utils.set_random_seed(seed)
+    vocabulary = Vocabulary(RESERVED_TOKENS + tuple(words))
+    config = model_lib.DecoderConfig(vocab_size=len(vocabulary), feature_dim=FEATURE_DIM, embedding_dim=8,
+                                     units=units, dropout=0.0)
+    model = model_lib.build_decoder(config)
+    # Sharpen the output layer so that the distributions are far from uniform (more interesting searches).
+    kernel, bias = model.get_layer(model_lib.LOGITS).get_weights()
+    model.get_layer(model_lib.LOGITS).set_weights([kernel * 6.0, bias])
+    return model, vocabulary, CaptionDecoder(model, vocabulary, max_length)
+
+
+def _features(count, seed=1):
+    return np.random.default_rng(seed).normal(size=(count, FEATURE_DIM)).astype(np.float32)
+
+
+def _teacher_forced_log_prob(model, features, token_ids, finished=True):
+    """Log-probability of a generated sequence computed by the training graph on the whole sequence."""
+    from schemas.vocabulary import START_ID
+    targets = list(token_ids) + ([END_ID] if finished else [])
+    inputs = np.array([[START_ID] + list(token_ids)[:len(targets) - 1]], np.int32)
+    logits = model.predict_on_batch([features[None], inputs])[0]
+    log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - \
+        logits.max(-1, keepdims=True)
+    return float(sum(log_probs[t, token] for t, token in enumerate(targets)))
+
+
+def test_step_decoding_matches_the_training_graph():
+    model, _, decoder = _random_decoder()
+    features = _features(4)
+    for row, hypothesis in enumerate(decoder.beam_search(features, beam_width=3)):
+        expected = _teacher_forced_log_prob(model, features[row], hypothesis.token_ids, hypothesis.finished)
+        assert hypothesis.log_prob == pytest.approx(expected, abs=1e-4)
+
+
+def test_beam_width_one_is_greedy():
+    _, _, decoder = _random_decoder()
+    features = _features(16)
+    assert decoder.beam_search(features, beam_width=1) == decoder.greedy(features)
+
+
+def test_beam_search_never_scores_below_greedy_and_sometimes_above():
+    _, _, decoder = _random_decoder(seed=3)
+    features = _features(64, seed=5)
+    greedy = decoder.greedy(features)
+    beam = decoder.beam_search(features, beam_width=5)
+    assert all(b.log_prob >= g.log_prob - 1e-6 for b, g in zip(beam, greedy))
+    assert sum(b.log_prob > g.log_prob + 1e-6 for b, g in zip(beam, greedy)) > 0
+
+
+def test_wide_beam_finds_the_exhaustive_optimum():
+    words = ("a", "b", "c")
+    model, vocabulary, decoder = _random_decoder(seed=4, words=words, max_length=5)  # up to 3 words + <end>
+    features = _features(6, seed=9)
+    word_ids = [vocabulary.id_of(w) for w in words]
+    for row, found in enumerate(decoder.beam_search(features, beam_width=64)):
+        candidates = [seq for length in range(0, 4) for seq in itertools.product(word_ids, repeat=length)]
+        best = max(candidates, key=lambda seq: _teacher_forced_log_prob(model, features[row], seq))
+        assert found.finished
+        assert found.token_ids == best
+        assert found.log_prob == pytest.approx(_teacher_forced_log_prob(model, features[row], best), abs=1e-4)
+
+
+def test_length_penalty_prefers_longer_captions():
+    _, _, decoder = _random_decoder(seed=2, max_length=10)
+    features = _features(32, seed=3)
+    plain = decoder.beam_search(features, beam_width=4, length_penalty=0.0)
+    normalized = decoder.beam_search(features, beam_width=4, length_penalty=1.0)
+    assert sum(h.length for h in normalized) >= sum(h.length for h in plain)
+    for hypothesis_plain, hypothesis_normalized in zip(plain, normalized):
+        assert hypothesis_normalized.score(1.0) >= hypothesis_plain.score(1.0) - 1e-6
+
+
+def test_hypothesis_score():
+    hypothesis = Hypothesis((5, 6, 7), -6.0, True)
+    assert hypothesis.length == 4
+    assert hypothesis.score(0.0) == -6.0 and hypothesis.score(1.0) == -1.5
+
+
+def test_bundle_round_trip(tmp_path):
+    model, vocabulary, decoder = _random_decoder(seed=6)
+    metadata = {"backbone": "xception", "weights": "none", "weights_sha256": "abc", "image_size": 71,
+                "preprocessing": "xception", "feature_dim": FEATURE_DIM, "max_length": 6}
+    config = export_bundle(str(tmp_path), model, vocabulary, metadata, training={"note": "test"},
+                           decoding={"beam_width": 2, "length_penalty": 0.5})
+    loaded = Bundle(str(tmp_path))
+    assert loaded.model_id == config["model_id"] and loaded.model_id.startswith("imcap-")
+    assert loaded.vocabulary == vocabulary and loaded.decoding == {"beam_width": 2, "length_penalty": 0.5}
+    features = _features(8)
+    for width in (1, 3):
+        assert loaded.decoder.caption(features, width) == decoder.caption(features, width)
+    # The id names the content: the same weights and vocabulary give the same id.
+    again = export_bundle(str(tmp_path / "again"), model, vocabulary, metadata, training={})
+    assert again["model_id"] == config["model_id"]
+
+
+def test_bundle_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="bundle.json: no such file"):
+        Bundle(str(tmp_path))
+    (tmp_path / "bundle.json").write_text('{"format_version": 1}')
+    with pytest.raises(ValueError, match="not a model bundle config, missing model_id"):
+        Bundle(str(tmp_path))

@@ -1,0 +1,104 @@
+"""Decoding real-world files: EXIF orientation, colour modes, size limits, broken files."""
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from schemas import images
+from schemas.images import ImageError, prepare_image
+
+
+def _encode(image, fmt, **kwargs):
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def _left_half_red_right_half_blue(width=80, height=40):
+    pixels = np.zeros((height, width, 3), dtype=np.uint8)
+    pixels[:, : width // 2] = (255, 0, 0)
+    pixels[:, width // 2:] = (0, 0, 255)
+    return Image.fromarray(pixels)
+
+
+def test_exif_orientation_is_applied():
+    image = _left_half_red_right_half_blue()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: shown after rotating 90 degrees clockwise
+    data = _encode(image, "JPEG", exif=exif, quality=95)
+    pixels, size = prepare_image(data, 72)
+    assert size == (40, 80)  # upright width x height
+    # After a clockwise rotation the red left half is on top.
+    assert pixels[10, 36, 0] > 200 and pixels[10, 36, 2] < 60
+    assert pixels[60, 36, 2] > 200 and pixels[60, 36, 0] < 60
+
+
+@pytest.mark.parametrize("mode", ["L", "1", "P", "CMYK", "RGBA", "LA", "I;16", "I", "F"])
+def test_every_mode_becomes_rgb_uint8(mode):
+    base = _left_half_red_right_half_blue()
+    if mode == "I;16":
+        image = Image.fromarray((np.asarray(base.convert("L"), dtype=np.uint16) * 257))
+        assert image.mode == "I;16"
+    else:
+        image = base.convert(mode)
+    data = _encode(image, "TIFF" if mode in ("CMYK", "I", "F") else "PNG")
+    pixels, size = prepare_image(data, 71)
+    assert pixels.shape == (71, 71, 3) and pixels.dtype == np.uint8
+    assert size == (80, 40)
+
+
+def test_sixteen_bit_is_scaled_not_clipped():
+    gray = np.full((30, 30), 32768, dtype=np.uint16)  # mid-gray in 16 bits
+    pixels, _ = prepare_image(_encode(Image.fromarray(gray), "PNG"), 71)
+    assert abs(int(pixels[0, 0, 0]) - 128) <= 1
+
+
+def test_transparency_is_composited_over_white():
+    rgba = Image.new("RGBA", (20, 20), (0, 0, 0, 0))
+    pixels, _ = prepare_image(_encode(rgba, "PNG"), 71)
+    assert pixels.min() == 255
+    palette = Image.new("P", (20, 20), 0)
+    palette.putpalette([0, 0, 0] * 256)
+    pixels, _ = prepare_image(_encode(palette, "PNG", transparency=0), 71)
+    assert pixels.min() == 255
+
+
+def test_resize_squashes_to_square():
+    pixels, size = prepare_image(_encode(_left_half_red_right_half_blue(300, 100), "PNG"), 99)
+    assert pixels.shape == (99, 99, 3) and size == (300, 100)
+
+
+def test_pixel_limit_rejects_before_decoding():
+    data = _encode(Image.new("RGB", (200, 200)), "PNG")
+    with pytest.raises(ImageError) as caught:
+        prepare_image(data, 71, max_pixels=10_000)
+    assert caught.value.error_class == images.TOO_LARGE
+    assert "40,000 pixels is above the limit of 10,000" in caught.value.message
+
+
+@pytest.mark.parametrize("data, error_class", [
+    (b"", images.EMPTY_FILE),
+    (b"this is plain text, not a JPEG", images.UNSUPPORTED_FORMAT),
+])
+def test_unusable_bytes(data, error_class):
+    with pytest.raises(ImageError) as caught:
+        prepare_image(data, 71)
+    assert caught.value.error_class == error_class
+
+
+def test_truncated_jpeg_is_a_decode_error():
+    data = _encode(Image.effect_noise((120, 120), 40).convert("RGB"), "JPEG", quality=90)
+    with pytest.raises(ImageError) as caught:
+        prepare_image(data[: len(data) // 2], 71)
+    assert caught.value.error_class == images.DECODE_ERROR
+
+
+def test_large_jpeg_draft_decoding_matches_full_decoding_closely():
+    rng = np.random.default_rng(0)
+    smooth = np.kron(rng.integers(0, 255, (12, 12, 3)), np.ones((100, 100, 1))).astype(np.uint8)
+    data = _encode(Image.fromarray(smooth), "JPEG", quality=95)
+    drafted, size = prepare_image(data, 150)
+    full = images.resize_pixels(images.to_rgb(Image.open(io.BytesIO(data))), 150)
+    assert size == (1200, 1200)
+    assert np.abs(drafted.astype(int) - full.astype(int)).mean() < 3.0

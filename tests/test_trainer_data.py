@@ -1,0 +1,67 @@
+"""The tf.data input pipeline: one element per caption, teacher-forcing shift, padding that the loss ignores."""
+import numpy as np
+
+from schemas.vocabulary import END_ID, PAD_ID, START_ID
+from tests.conftest import write_feature_records
+from trainer import data
+
+CAPTIONS = {
+    "a.jpg": ["A red circle .", "A circle that is red ."],
+    "b.jpg": ["A blue square above a green triangle ."],
+    "c.jpg": ["Blue .", "A square .", "Three words here ."],
+}
+
+
+def _features(index, dim=16):
+    return np.full(dim, float(index + 1), np.float32)
+
+
+def _write(tmp_path, shards=2):
+    items = [(name, _features(i), caps) for i, (name, caps) in enumerate(CAPTIONS.items())]
+    vocab = write_feature_records(str(tmp_path), {"train": items, "dev": items[:1]}, shards=shards)
+    return str(tmp_path), vocab
+
+
+def test_one_element_per_caption_with_shift_and_padding(tmp_path):
+    data_dir, vocab = _write(tmp_path)
+    batches = list(data.caption_dataset(data_dir, "train", 16, batch_size=4, training=False, pair_count=6))
+    assert len(batches) == 2
+    pairs = []
+    for (features, inputs), targets in batches:
+        features, inputs, targets = features.numpy(), inputs.numpy(), targets.numpy()
+        assert features.shape[1] == 16 and inputs.shape == targets.shape and inputs.shape[0] == features.shape[0]
+        for row in range(inputs.shape[0]):
+            length = int((targets[row] != PAD_ID).sum())
+            assert inputs[row, 0] == START_ID and targets[row, length - 1] == END_ID
+            assert (inputs[row, 1:length] == targets[row, :length - 1]).all()  # teacher forcing: shifted by one
+            assert (targets[row, length:] == PAD_ID).all() and (inputs[row, length:] == PAD_ID).all()
+            words = vocab.decode(targets[row, :length - 1])
+            pairs.append((float(features[row, 0]), " ".join(words)))
+    expected = sorted((float(i + 1), " ".join(c.lower().replace(".", "").split()))
+                      for i, caps in enumerate(CAPTIONS.values()) for c in caps)
+    assert sorted(pairs) == expected
+
+
+def test_training_order_is_shuffled_but_repeatable(tmp_path):
+    data_dir, _ = _write(tmp_path)
+
+    def order(seed):
+        dataset = data.caption_dataset(data_dir, "train", 16, batch_size=1, training=True, seed=seed)
+        return [tuple(targets.numpy()[0]) for (_, _), targets in dataset]
+
+    assert order(7) == order(7)
+    assert sorted(order(7)) == sorted(order(8))
+
+
+def test_cardinality_comes_from_metadata(tmp_path):
+    data_dir, _ = _write(tmp_path)
+    dataset = data.caption_dataset(data_dir, "train", 16, batch_size=4, training=True, seed=0, pair_count=6)
+    assert int(dataset.cardinality()) == 2
+
+
+def test_references_keep_all_captions(tmp_path):
+    data_dir, _ = _write(tmp_path, shards=1)
+    image_ids, features, references = data.references(data_dir, "train", 16)
+    assert image_ids == list(CAPTIONS)
+    assert features.shape == (3, 16)
+    assert references[2] == ["blue", "a square", "three words here"]

@@ -1,0 +1,142 @@
+"""Training through the command-line entry point: overfitting a tiny set, repeatability, resuming, BLEU,
+and captioning image files with the resulting bundle."""
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from schemas import fileio
+from tests.conftest import write_feature_records
+from trainer import evaluate, predict, task
+from trainer.bundle import Bundle
+
+TINY = {
+    "one.jpg": "A red circle above a blue square .",
+    "two.jpg": "A small green triangle .",
+    "three.jpg": "Two dogs run on the grass .",
+    "four.jpg": "A man rides a red bike .",
+    "five.jpg": "A blue square left of a red circle .",
+    "six.jpg": "A black cat sleeps .",
+}
+SMALL_MODEL = ["--embedding_dim", "32", "--units", "64", "--dropout", "0", "--batch_size", "8"]
+
+
+@pytest.fixture(scope="module")
+def tiny_records(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    items = [(name, rng.normal(size=16).astype(np.float32), [caption]) for name, caption in TINY.items()]
+    directory = str(tmp_path_factory.mktemp("tiny_records"))
+    write_feature_records(directory, {"train": items, "dev": items})
+    return directory
+
+
+def _history(model_dir):
+    with open(os.path.join(model_dir, task.HISTORY_FILE), encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def test_overfits_a_tiny_set_and_greedy_decoding_reproduces_captions(tiny_records, tmp_path):
+    model_dir = str(tmp_path / "model")
+    summary = task.train(task.parse_args(["--data_dir", tiny_records, "--model_dir", model_dir, "--epochs", "80",
+                                          "--learning_rate", "0.01", "--patience", "80", "--verbose", "0",
+                                          *SMALL_MODEL]))
+    history = _history(model_dir)
+    assert history[-1]["loss"] < history[0]["loss"] / 10
+    assert summary["train_captions"] == 6 and summary["median_captions_per_second"] > 0
+    for name in ("decoder.keras", "vocab.txt", "bundle.json", "training_curve.png", "logs"):
+        assert os.path.exists(os.path.join(model_dir, name)), name
+
+    from trainer import data
+    image_ids, features, references = data.references(tiny_records, "train", 16)
+    bundle = Bundle(model_dir)
+    captions = [text for text, _ in bundle.decoder.caption(features, beam_width=1)]
+    assert captions == [refs[0] for refs in references]
+    assert [text for text, _ in bundle.decoder.caption(features, beam_width=3)] == captions
+
+    result = evaluate.evaluate(tiny_records, model_dir, "dev", beam_width=3)
+    assert result["bleu_4"] == pytest.approx(1.0) and result["images"] == 6
+    assert os.path.exists(os.path.join(model_dir, "eval_dev_beam3.json"))
+
+
+def test_same_seed_same_run(tiny_records, tmp_path):
+    losses = []
+    for run in ("a", "b"):
+        model_dir = str(tmp_path / run)
+        task.train(task.parse_args(["--data_dir", tiny_records, "--model_dir", model_dir, "--epochs", "3",
+                                    "--seed", "11", "--verbose", "0", *SMALL_MODEL]))
+        losses.append([(row["loss"], row["val_loss"]) for row in _history(model_dir)])
+    assert losses[0] == losses[1]
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_resumes_an_interrupted_run(tiny_records, tmp_path, monkeypatch):
+    model_dir = str(tmp_path / "model")
+    argv = ["--data_dir", tiny_records, "--model_dir", model_dir, "--epochs", "5", "--patience", "10",
+            "--verbose", "0", *SMALL_MODEL]
+    original = keras.callbacks.BackupAndRestore.on_epoch_end
+
+    def crash_after_second_epoch(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if epoch == 1:
+            raise _Interrupt()
+
+    monkeypatch.setattr(keras.callbacks.BackupAndRestore, "on_epoch_end", crash_after_second_epoch)
+    with pytest.raises(_Interrupt):
+        task.train(task.parse_args(argv))
+    assert [row["epoch"] for row in _history(model_dir)] == [1, 2]
+    first_run = _history(model_dir)
+
+    monkeypatch.setattr(keras.callbacks.BackupAndRestore, "on_epoch_end", original)
+    task.train(task.parse_args(argv))
+    history = _history(model_dir)
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4, 5]  # epochs 3-5 only: 1-2 were not redone
+    assert history[:2] == first_run
+    assert not os.path.exists(os.path.join(model_dir, "checkpoints", "backup"))  # finished: nothing to resume
+
+
+def test_bleu_matches_nltk_documented_values():
+    # NLTK's corpus_bleu docstring example: 0.5920778868801042 for BLEU-4.
+    hypothesis_1 = ("It is a guide to action which ensures that the military always obeys the commands of the "
+                    "party")
+    reference_1a = "It is a guide to action that ensures that the military will forever heed Party commands"
+    reference_1b = ("It is the guiding principle which guarantees the military forces always being under the "
+                    "command of the Party")
+    reference_1c = "It is the practical guide for the army always to heed the directions of the party"
+    hypothesis_2 = "he read the book because he was interested in world history"
+    reference_2a = "he was interested in world history because he read the book"
+    scores = evaluate.bleu_scores([[reference_1a, reference_1b, reference_1c], [reference_2a]],
+                                  [hypothesis_1, hypothesis_2])
+    assert scores["bleu_4"] == pytest.approx(0.5920778868801042)
+    assert scores["bleu_1"] > scores["bleu_2"] > scores["bleu_3"] > scores["bleu_4"]
+    assert evaluate.bleu_scores([["a dog runs"]], ["a dog runs"])["bleu_1"] == pytest.approx(1.0)
+
+
+def test_predict_captions_image_files_with_the_bundle(sample_dataset, sample_features, tmp_path, capsys):
+    model_dir = str(tmp_path / "model")
+    task.train(task.parse_args(["--data_dir", sample_features, "--model_dir", model_dir, "--epochs", "2",
+                                "--verbose", "0", *SMALL_MODEL]))
+    images_dir = os.path.join(sample_dataset, "Flicker8k_Dataset")
+    paths = [os.path.join(images_dir, name) for name in sorted(os.listdir(images_dir))[:3]]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    assert predict.main(["--model_dir", model_dir, "--beam_width", "2", *paths, str(broken)]) == 1
+    out, err = capsys.readouterr()
+    lines = out.strip().split("\n")
+    assert [line.split("\t")[0] for line in lines] == paths
+    assert all(float(line.split("\t")[2]) < 0 for line in lines)
+    assert "broken.jpg: unsupported_format" in err
+
+    # Features of other weights than the bundle's are refused.
+    other = tmp_path / "other.weights.h5"
+    from schemas import backbones
+    model = backbones.build_feature_extractor(backbones.XCEPTION, "none", 71)
+    model.set_weights([w + 0.01 for w in model.get_weights()])
+    model.save_weights(str(other))
+    assert predict.main(["--model_dir", model_dir, "--weights", str(other), paths[0]]) == 2
+    assert "captions would be meaningless" in capsys.readouterr().err
+    assert fileio.read_json(os.path.join(model_dir, "bundle.json"))["weights"] == "none"

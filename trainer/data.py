@@ -1,0 +1,111 @@
+"""tf.data input pipeline over the extract job's TFRecords (`schemas.records`).
+
+One element per (image, caption) pair; the feature vector of an image is shared by its captions. For teacher
+forcing each caption's ids ``[<start>, w1, ..., wn, <end>]`` give the decoder input ``[<start>, w1, ..., wn]`` and
+the target ``[w1, ..., wn, <end>]``; batches are padded with 0 (``<pad>``), which the loss ignores.
+
+    ((image_features [B, D], caption_tokens [B, T]), next_tokens [B, T])
+"""
+import math
+
+import numpy as np
+import tensorflow as tf
+
+from schemas import fileio, records
+from schemas.records import MetadataKeys
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def read_metadata(data_dir: str) -> dict:
+    path = fileio.join(data_dir, records.METADATA_FILE)
+    if not fileio.exists(path):
+        raise FileNotFoundError(f"{path}: no such file; --data_dir must be the --output_dir of the extract job")
+    return fileio.read_json(path)
+
+
+def split_files(data_dir: str, split: str) -> list[str]:
+    files = fileio.glob(records.split_pattern(data_dir, split))
+    if not files:
+        raise FileNotFoundError(f"no {split} records in {data_dir} ({records.split_pattern(data_dir, split)}); "
+                                "run the extract job with that split")
+    return files
+
+
+def parse_record(serialized, feature_dim: int) -> dict:
+    """One serialized Example -> {image_id, image_features [D], captions [C], caption_ids ragged [C, None]}."""
+    parsed = tf.io.parse_single_example(serialized, records.feature_spec(feature_dim))
+    ids = tf.RaggedTensor.from_row_lengths(tf.sparse.to_dense(parsed[records.CAPTION_IDS]),
+                                           tf.sparse.to_dense(parsed[records.CAPTION_LENGTHS]))
+    return {records.IMAGE_ID: parsed[records.IMAGE_ID], records.IMAGE_FEATURES: parsed[records.IMAGE_FEATURES],
+            records.CAPTIONS: tf.sparse.to_dense(parsed[records.CAPTIONS]), records.CAPTION_IDS: ids}
+
+
+def image_dataset(data_dir: str, split: str, feature_dim: int, *, shuffle_files: bool = False,
+                  seed: int | None = None) -> tf.data.Dataset:
+    """One element per image (records read with a parallel interleave over the shards)."""
+    files = split_files(data_dir, split)
+    dataset = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle_files:
+        dataset = dataset.shuffle(len(files), seed=seed)
+    dataset = dataset.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
+                                 num_parallel_calls=AUTOTUNE, deterministic=True)
+    return dataset.map(lambda raw: parse_record(raw, feature_dim), num_parallel_calls=AUTOTUNE, deterministic=True)
+
+
+def _caption_pairs(record: dict) -> tf.data.Dataset:
+    ids = record[records.CAPTION_IDS]
+    count = ids.nrows()
+    features = tf.repeat(record[records.IMAGE_FEATURES][tf.newaxis], count, axis=0)
+    return tf.data.Dataset.from_tensor_slices((features, ids))
+
+
+def _teacher_forcing(features, ids):
+    return (features, ids[:-1]), ids[1:]
+
+
+def caption_dataset(data_dir: str, split: str, feature_dim: int, batch_size: int, *, training: bool,
+                    seed: int | None = None, pair_count: int | None = None) -> tf.data.Dataset:
+    """Padded batches of (image, caption) pairs for `model.fit`/`evaluate`.
+
+    ``training`` shuffles (images fully, then pairs within a window so an image's captions spread over batches)
+    and caches the parsed records in memory after the first epoch. ``pair_count`` (from metadata) declares the
+    cardinality so Keras can show a progress bar with a total.
+    """
+    images = image_dataset(data_dir, split, feature_dim, shuffle_files=training, seed=seed).cache()
+    if training:
+        images = images.shuffle(8192, seed=seed, reshuffle_each_iteration=True)
+    pairs = images.flat_map(_caption_pairs)
+    if training:
+        pairs = pairs.shuffle(4096, seed=seed, reshuffle_each_iteration=True)
+    batches = pairs.map(_teacher_forcing, num_parallel_calls=AUTOTUNE).padded_batch(
+        batch_size, padded_shapes=(([feature_dim], [None]), [None]), padding_values=((0.0, tf.constant(0, tf.int64)), tf.constant(0, tf.int64)))
+    if pair_count is not None:
+        batches = batches.apply(tf.data.experimental.assert_cardinality(math.ceil(pair_count / batch_size)))
+    return batches.prefetch(AUTOTUNE)
+
+
+def feature_matrix(data_dir: str, split: str, feature_dim: int, batch_size: int = 512) -> tf.data.Dataset:
+    """Batches of image features only (to fit the feature normalization)."""
+    return image_dataset(data_dir, split, feature_dim).map(
+        lambda record: record[records.IMAGE_FEATURES]).batch(batch_size)
+
+
+def references(data_dir: str, split: str, feature_dim: int) -> tuple[list[str], np.ndarray, list[list[str]]]:
+    """(image ids, features [N, D], cleaned reference captions per image) of a split, in record order."""
+    image_ids, features, captions = [], [], []
+    for record in image_dataset(data_dir, split, feature_dim).as_numpy_iterator():
+        image_ids.append(record[records.IMAGE_ID].decode("utf-8"))
+        features.append(record[records.IMAGE_FEATURES])
+        captions.append([c.decode("utf-8") for c in record[records.CAPTIONS]])
+    return image_ids, np.stack(features) if features else np.zeros((0, feature_dim), np.float32), captions
+
+
+def split_sizes(metadata: dict, split: str) -> tuple[int, int]:
+    """(images, captions) of a split according to metadata.json."""
+    try:
+        counts = metadata[MetadataKeys.SPLITS][split]
+    except KeyError:
+        raise ValueError(f"split {split!r} is not in the extracted data (splits: "
+                         f"{', '.join(metadata[MetadataKeys.SPLITS])})") from None
+    return counts["images"], counts["captions"]

@@ -1,0 +1,102 @@
+"""The CNN-RNN "merge" caption decoder (Tanti et al. 2017; the seed tutorial's architecture), trained with teacher
+forcing over whole sequences.
+
+    image features [D] -> normalization -> dropout -> dense(units, relu) ───────────┐
+    caption tokens [T] -> embedding -> dropout -> LSTM(units, sequences) ──────────── add -> dense(units, relu)
+                                                                                     -> dense(vocab) = next-token logits [T, V]
+
+The image never enters the LSTM: it is merged with the language state after it, at every time step. The feature
+normalization is fitted on the train features (mean and variance per dimension) and saved inside the model.
+Padding (id 0) is ignored by the loss (`masked_loss`); padded positions come after every real token, so the
+LSTM's outputs at real positions never see them.
+
+Layer names are part of the decoder's interface: `trainer.decoding` reuses the trained layers one step at a time.
+"""
+import dataclasses
+
+import keras
+from keras import layers
+
+from schemas.vocabulary import PAD_ID
+
+FEATURES_INPUT = "image_features"
+TOKENS_INPUT = "caption_tokens"
+NORMALIZATION = "feature_normalization"
+IMAGE_PROJECTION = "image_projection"
+EMBEDDING = "token_embedding"
+LSTM = "caption_lstm"
+MERGE = "merge"
+MERGED_PROJECTION = "merged_projection"
+LOGITS = "next_token_logits"
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+    vocab_size: int
+    feature_dim: int
+    embedding_dim: int = 256
+    units: int = 256
+    dropout: float = 0.5
+    recurrent_dropout: float = 0.0
+
+
+def build_decoder(config: DecoderConfig, normalization: layers.Normalization | None = None) -> keras.Model:
+    """The training graph: (features [B, D], tokens [B, T]) -> logits [B, T, V]."""
+    features = keras.Input((config.feature_dim,), name=FEATURES_INPUT)
+    tokens = keras.Input((None,), dtype="int32", name=TOKENS_INPUT)
+
+    image = normalization(features) if normalization is not None else features
+    image = layers.Dropout(config.dropout, name="image_dropout")(image)
+    image = layers.Dense(config.units, activation="relu", name=IMAGE_PROJECTION)(image)
+    image = layers.Reshape((1, config.units), name="image_per_step")(image)
+
+    text = layers.Embedding(config.vocab_size, config.embedding_dim, name=EMBEDDING)(tokens)
+    text = layers.Dropout(config.dropout, name="token_dropout")(text)
+    text = layers.LSTM(config.units, return_sequences=True, recurrent_dropout=config.recurrent_dropout,
+                       name=LSTM)(text)
+
+    merged = layers.Add(name=MERGE)([image, text])
+    hidden = layers.Dense(config.units, activation="relu", name=MERGED_PROJECTION)(merged)
+    logits = layers.Dense(config.vocab_size, name=LOGITS)(hidden)
+    return keras.Model([features, tokens], logits, name="merge_caption_decoder")
+
+
+def fitted_normalization(feature_batches) -> layers.Normalization:
+    """A per-dimension standardization fitted on (a dataset of) train feature batches."""
+    normalization = layers.Normalization(axis=-1, name=NORMALIZATION)
+    normalization.adapt(feature_batches)
+    return normalization
+
+
+def masked_loss() -> keras.losses.Loss:
+    """Cross-entropy of the next token, averaged over real (non-padding) positions."""
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=PAD_ID)
+
+
+class MaskedAccuracy(keras.metrics.Metric):
+    """Next-token accuracy over real (non-padding) positions."""
+
+    def __init__(self, name="accuracy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.correct = self.add_variable(shape=(), initializer="zeros", name="correct")
+        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_true = keras.ops.cast(y_true, "int32")
+        mask = keras.ops.cast(keras.ops.not_equal(y_true, PAD_ID), "float32")
+        hits = keras.ops.cast(keras.ops.equal(keras.ops.argmax(y_pred, axis=-1), y_true), "float32")
+        self.correct.assign_add(keras.ops.sum(hits * mask))
+        self.total.assign_add(keras.ops.sum(mask))
+
+    def result(self):
+        return self.correct / keras.ops.maximum(self.total, 1.0)
+
+    def reset_state(self):
+        self.correct.assign(0.0)
+        self.total.assign(0.0)
+
+
+def compile_decoder(model: keras.Model, learning_rate: float, clipnorm: float | None = 5.0) -> keras.Model:
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate, clipnorm=clipnorm),
+                  loss=masked_loss(), metrics=[MaskedAccuracy()])
+    return model

@@ -1,0 +1,252 @@
+"""Trains the caption decoder on the extract job's records and writes a model bundle.
+
+    python -m trainer.task --data_dir FEATURES --model_dir MODEL [--epochs 30] [--batch_size 64] [--seed 0] ...
+
+(also installed as ``imcap-train``). Reads ``FEATURES/{train,dev}-*.tfrecord``, ``vocab.txt`` and
+``metadata.json``; fits the merge decoder (`trainer.model`) with teacher forcing; keeps the weights with the
+lowest dev loss and stops when it has not improved for ``--patience`` epochs.
+
+MODEL receives the bundle (``decoder.keras``, ``vocab.txt``, ``bundle.json``: see `schemas.bundle`) and the
+run's records: ``history.json`` (per-epoch metrics, seconds, captions/s), ``training_curve.png``, TensorBoard
+logs in ``logs/`` and checkpoints in ``checkpoints/``. An interrupted run resumes from its last completed epoch
+when started again with the same ``--model_dir`` (``--restart`` discards that state instead).
+"""
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import warnings
+
+from schemas import fileio
+from schemas.records import MetadataKeys
+from schemas.vocabulary import VOCAB_FILE, Vocabulary
+
+CHECKPOINTS = "checkpoints"
+BACKUP = "backup"  # Keras BackupAndRestore state (weights, optimizer, epoch) of the last completed epoch
+BEST_WEIGHTS = "best.weights.h5"
+STATE_FILE = "state.json"
+HISTORY_FILE = "history.json"
+CURVE_FILE = "training_curve.png"
+LOGS = "logs"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="imcap-train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data_dir", required=True, help="--output_dir of the extract job")
+    parser.add_argument("--model_dir", required=True, help="where the bundle, checkpoints and logs go")
+    parser.add_argument("--train_split", default="train")
+    parser.add_argument("--eval_split", default="dev", help="split for the dev loss (early stopping, best model)")
+    parser.add_argument("--epochs", type=_positive_int, default=30)
+    parser.add_argument("--batch_size", type=_positive_int, default=64)
+    parser.add_argument("--embedding_dim", type=_positive_int, default=256)
+    parser.add_argument("--units", type=_positive_int, default=256, help="LSTM and projection width")
+    parser.add_argument("--dropout", type=_fraction, default=0.5)
+    parser.add_argument("--recurrent_dropout", type=_fraction, default=0.0)
+    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--clipnorm", type=float, default=5.0, help="gradient norm clipping (0: none)")
+    parser.add_argument("--patience", type=_positive_int, default=3,
+                        help="stop after this many epochs without a lower dev loss")
+    parser.add_argument("--no_feature_normalization", action="store_true",
+                        help="feed raw features instead of standardizing them with train statistics")
+    parser.add_argument("--seed", type=int, default=0, help="seeds initialization and shuffling (repeatable runs)")
+    parser.add_argument("--beam_width", type=_positive_int, default=3, help="default beam width for the bundle")
+    parser.add_argument("--length_penalty", type=float, default=0.0, help="default length penalty for the bundle")
+    parser.add_argument("--restart", action="store_true", help="discard an interrupted run's state in --model_dir")
+    parser.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras progress output")
+    return parser.parse_args(argv)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a value in [0, 1), got {value}")
+    return value
+
+
+def _callbacks_module():
+    import keras
+
+    class ResumableBestModel(keras.callbacks.Callback):
+        """Keeps the weights with the lowest dev loss, stops after `patience` epochs without one, records the
+        history -- and reloads all of that when a run resumes (Keras' EarlyStopping would start over)."""
+
+        def __init__(self, checkpoint_dir: str, model_dir: str, patience: int, monitor: str, pairs_per_epoch: int,
+                     resume: bool):
+            super().__init__()
+            self.state_path = os.path.join(checkpoint_dir, STATE_FILE)
+            self.best_path = os.path.join(checkpoint_dir, BEST_WEIGHTS)
+            self.history_path = os.path.join(model_dir, HISTORY_FILE)
+            self.patience, self.monitor, self.pairs_per_epoch = patience, monitor, pairs_per_epoch
+            self.state = {"best": None, "best_epoch": None, "wait": 0, "stopped_early": False}
+            self.history = []
+            if resume and os.path.exists(self.state_path):
+                with open(self.state_path, encoding="utf-8") as handle:
+                    self.state = json.load(handle)
+                if os.path.exists(self.history_path):
+                    with open(self.history_path, encoding="utf-8") as handle:
+                        self.history = json.load(handle)
+            self._epoch_start = None
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._epoch_start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            seconds = time.perf_counter() - self._epoch_start
+            row = {"epoch": epoch + 1, "seconds": round(seconds, 2),
+                   "captions_per_second": round(self.pairs_per_epoch / seconds, 1)}
+            row.update({key: float(value) for key, value in (logs or {}).items()})
+            self.history = [r for r in self.history if r["epoch"] < epoch + 1] + [row]
+            value = row.get(self.monitor)
+            if value is not None and (self.state["best"] is None or value < self.state["best"]):
+                self.state.update(best=value, best_epoch=epoch + 1, wait=0)
+                self.model.save_weights(self.best_path)
+            else:
+                self.state["wait"] += 1
+                if self.state["wait"] >= self.patience:
+                    self.state["stopped_early"] = True
+                    self.model.stop_training = True
+            with open(self.state_path, "w", encoding="utf-8") as handle:
+                json.dump(self.state, handle, indent=2)
+            with open(self.history_path, "w", encoding="utf-8") as handle:
+                json.dump(self.history, handle, indent=2)
+
+    return ResumableBestModel
+
+
+def plot_history(history: list[dict], path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    epochs = [row["epoch"] for row in history]
+    figure, (loss_axis, accuracy_axis) = pyplot.subplots(1, 2, figsize=(10, 4))
+    for key, label in (("loss", "train"), ("val_loss", "dev")):
+        if any(key in row for row in history):
+            loss_axis.plot(epochs, [row.get(key) for row in history], marker="o", label=label)
+    for key, label in (("accuracy", "train"), ("val_accuracy", "dev")):
+        if any(key in row for row in history):
+            accuracy_axis.plot(epochs, [row.get(key) for row in history], marker="o", label=label)
+    loss_axis.set(title="next-token cross-entropy", xlabel="epoch")
+    accuracy_axis.set(title="next-token accuracy", xlabel="epoch")
+    for axis in (loss_axis, accuracy_axis):
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    pyplot.close(figure)
+
+
+def train(args: argparse.Namespace) -> dict:
+    """Trains and exports the bundle; returns a summary."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import tensorflow as tf
+    # Keras warns that fit's shuffle flag is ignored for datasets; caption_dataset shuffles itself.
+    warnings.filterwarnings("ignore", message="`shuffle=True` was passed")
+
+    from trainer import bundle as bundle_lib
+    from trainer import data, model as model_lib
+
+    metadata = data.read_metadata(args.data_dir)
+    vocabulary = Vocabulary.load(fileio.join(args.data_dir, VOCAB_FILE))
+    feature_dim = metadata[MetadataKeys.FEATURE_DIM]
+    _, train_pairs = data.split_sizes(metadata, args.train_split)
+    if train_pairs == 0:
+        raise ValueError(f"the {args.train_split} split of {args.data_dir} has no captions")
+    has_eval = args.eval_split in metadata[MetadataKeys.SPLITS] and \
+        data.split_sizes(metadata, args.eval_split)[1] > 0
+    if not has_eval:
+        logging.warning("no %s split in %s: the best model and early stopping follow the train loss",
+                        args.eval_split, args.data_dir)
+    monitor = "val_loss" if has_eval else "loss"
+
+    os.makedirs(args.model_dir, exist_ok=True)
+    checkpoint_dir = os.path.join(args.model_dir, CHECKPOINTS)
+    backup_dir = os.path.join(checkpoint_dir, BACKUP)
+    if args.restart and os.path.exists(checkpoint_dir):
+        shutil.rmtree(checkpoint_dir)
+    resume = os.path.exists(os.path.join(backup_dir, "training_metadata.json"))
+    if not resume and os.path.exists(checkpoint_dir):
+        shutil.rmtree(checkpoint_dir)  # the state of a finished run; this one starts fresh
+    os.makedirs(checkpoint_dir, exist_ok=True)
+
+    keras.utils.set_random_seed(args.seed)
+    tf.config.experimental.enable_op_determinism()
+
+    train_batches = data.caption_dataset(args.data_dir, args.train_split, feature_dim, args.batch_size,
+                                         training=True, seed=args.seed, pair_count=train_pairs)
+    eval_batches = data.caption_dataset(args.data_dir, args.eval_split, feature_dim, args.batch_size,
+                                        training=False, pair_count=data.split_sizes(metadata, args.eval_split)[1]
+                                        ) if has_eval else None
+    normalization = None if args.no_feature_normalization else model_lib.fitted_normalization(
+        data.feature_matrix(args.data_dir, args.train_split, feature_dim))
+    config = model_lib.DecoderConfig(vocab_size=len(vocabulary), feature_dim=feature_dim,
+                                     embedding_dim=args.embedding_dim, units=args.units, dropout=args.dropout,
+                                     recurrent_dropout=args.recurrent_dropout)
+    decoder = model_lib.compile_decoder(model_lib.build_decoder(config, normalization), args.learning_rate,
+                                        args.clipnorm or None)
+    logging.info("decoder: %s parameters, vocabulary %d, %d train captions per epoch%s",
+                 f"{decoder.count_params():,}", len(vocabulary), train_pairs,
+                 " (resuming an interrupted run)" if resume else "")
+
+    best_model = _callbacks_module()(checkpoint_dir, args.model_dir, args.patience, monitor, train_pairs, resume)
+    callbacks = [best_model,
+                 keras.callbacks.BackupAndRestore(backup_dir),
+                 keras.callbacks.TensorBoard(os.path.join(args.model_dir, LOGS), write_graph=False)]
+    if best_model.state["stopped_early"]:
+        logging.info("the interrupted run had already stopped early; exporting its best model")
+    else:
+        decoder.fit(train_batches, validation_data=eval_batches, epochs=args.epochs, callbacks=callbacks,
+                    verbose=args.verbose)
+    if not os.path.exists(best_model.best_path):
+        raise RuntimeError("training finished without a single completed epoch")
+    decoder.load_weights(best_model.best_path)
+
+    history = best_model.history
+    plot_history(history, os.path.join(args.model_dir, CURVE_FILE))
+    best_epoch = best_model.state["best_epoch"]
+    seconds = [row["seconds"] for row in history]
+    training = {
+        "data_dir": os.path.basename(os.path.normpath(args.data_dir)),
+        "train_split": args.train_split, "eval_split": args.eval_split if has_eval else None,
+        "train_images": data.split_sizes(metadata, args.train_split)[0], "train_captions": train_pairs,
+        "epochs_run": len(history), "best_epoch": best_epoch, "best_" + monitor: best_model.state["best"],
+        "stopped_early": best_model.state["stopped_early"],
+        "median_epoch_seconds": sorted(seconds)[len(seconds) // 2],
+        "median_captions_per_second": sorted(r["captions_per_second"] for r in history)[len(history) // 2],
+        "hyperparameters": {key: getattr(args, key) for key in (
+            "batch_size", "embedding_dim", "units", "dropout", "recurrent_dropout", "learning_rate", "clipnorm",
+            "patience", "seed", "epochs")} | {"feature_normalization": not args.no_feature_normalization},
+    }
+    config_written = bundle_lib.export_bundle(
+        args.model_dir, decoder, vocabulary, metadata, training,
+        decoding={"beam_width": args.beam_width, "length_penalty": args.length_penalty})
+    logging.info("best %s %.4f at epoch %s of %d; median %.1f s/epoch, %.0f captions/s\nbundle %s written to %s",
+                 monitor, best_model.state["best"], best_epoch, len(history), training["median_epoch_seconds"],
+                 training["median_captions_per_second"], config_written["model_id"], args.model_dir)
+    return {"model_id": config_written["model_id"], **training}
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    args = parse_args(argv)
+    try:
+        train(args)
+    except (ValueError, FileNotFoundError) as error:
+        logging.error("%s", error)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
