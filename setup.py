@@ -46,6 +46,8 @@ setup(
             "imcap-extract=beam_jobs.extract_features:main",
             "imcap-sample-data=beam_jobs.sample_dataset:main",
             "imcap-demo=beam_jobs.demo:main",
+            "imcap-caption=beam_jobs.caption_images:main",
+            "imcap-gallery=beam_jobs.gallery:main",
             "imcap-train=trainer.task:main",
             "imcap-evaluate=trainer.evaluate:main",
             "imcap-predict=trainer.predict:main",

@@ -2,17 +2,25 @@
 
     python -m beam_jobs.demo [--output_dir demo_out] [--images 300]      (what `make demo` runs)
 
-Steps: write the synthetic Flickr8k-layout dataset (`beam_jobs.sample_dataset`), then run the extract job on it.
+1. writes the synthetic Flickr8k-layout dataset (`beam_jobs.sample_dataset`);
+2. runs the extract job on it (features + tokenized captions in TFRecords);
+3. trains the caption decoder (`trainer.task`) and evaluates it on the dev split (BLEU);
+4. runs the caption job on the dev images as loose files and on the test images packed in a .tar.gz;
+5. renders the captions as an HTML gallery.
+
 Feature weights: Keras' ImageNet Xception when it can be had (downloaded, or the local file that
 ``../shared/tools/get_xception_weights.py`` writes, or ``--weights PATH``); otherwise the demo says so and goes on
-with random-init features, which still separate the synthetic scenes.
+with random-init features, which still tell the synthetic scenes apart.
 """
 import argparse
+import glob
+import json
 import logging
 import os
 import sys
+import tarfile
 
-from beam_jobs import extract_features, runtime, sample_dataset
+from beam_jobs import caption_images, extract_features, gallery, runtime, sample_dataset
 from schemas import backbones
 
 LOCAL_IMAGENET_FILE = os.path.expanduser("~/.cache/imcap/xception_imagenet_notop.weights.h5")
@@ -37,25 +45,69 @@ def choose_weights(requested: str | None) -> str:
         return backbones.RANDOM_INIT
 
 
+def _pack(paths: list[str], archive: str) -> str:
+    with tarfile.open(archive, "w:gz") as handle:
+        for path in paths:
+            handle.add(path, arcname=f"test_images/{os.path.basename(path)}")
+    return archive
+
+
 def main(argv=None) -> int:
     runtime.setup_logging()
     parser = argparse.ArgumentParser(prog="imcap-demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--output_dir", default="demo_out")
     parser.add_argument("--images", type=runtime.positive_int, default=300)
     parser.add_argument("--weights", help="feature weights (default: ImageNet if available, else none)")
+    parser.add_argument("--epochs", type=runtime.positive_int, default=40)
     args = parser.parse_args(argv)
 
-    dataset_dir = os.path.join(args.output_dir, "dataset")
-    features_dir = os.path.join(args.output_dir, "features")
+    from trainer import evaluate, task
+
+    out = args.output_dir
+    dataset_dir, features_dir = os.path.join(out, "dataset"), os.path.join(out, "features")
+    model_dir, captions_prefix = os.path.join(out, "model"), os.path.join(out, "captions", "captions")
+    gallery_path = os.path.join(out, "gallery.html")
+
     splits = sample_dataset.write_sample_dataset(dataset_dir, num_images=args.images)
-    logging.info("[1/2] sample dataset: %s (%s)", dataset_dir, ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
+    logging.info("[1/5] sample dataset: %s (%s)", dataset_dir, ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
 
     weights = choose_weights(args.weights)
-    logging.info("[2/2] extract job -> %s", features_dir)
+    logging.info("[2/5] extract job -> %s", features_dir)
     extract_features.run(["--dataset_dir", dataset_dir, "--output_dir", features_dir, "--weights", weights,
                           "--min_word_count", "1", "--overwrite"])
-    logging.info("demo finished. Outputs:\n  dataset:  %s\n  features: %s (TFRecords, vocab.txt, metadata.json, "
-                 "errors.parquet)", dataset_dir, features_dir)
+
+    logging.info("[3/5] training the decoder -> %s", model_dir)
+    task.train(task.parse_args(["--data_dir", features_dir, "--model_dir", model_dir, "--epochs", str(args.epochs),
+                                "--patience", "5", "--restart", "--verbose", "2"]))
+    scores = evaluate.evaluate(features_dir, model_dir, "dev", beam_width=3)
+    logging.info("dev BLEU-1..4 (beam 3): %s", " ".join(f"{scores[f'bleu_{n}']:.3f}" for n in range(1, 5)))
+
+    images_dir = os.path.join(dataset_dir, "Flicker8k_Dataset")
+    archive = _pack([os.path.join(images_dir, name) for name in splits["test"]],
+                    os.path.join(out, "test_images.tar.gz"))
+    dev_list = os.path.join(out, "dev_images.txt")
+    with open(dev_list, "w", encoding="utf-8") as handle:
+        handle.write("".join(f"{os.path.abspath(os.path.join(images_dir, name))}\n" for name in splits["dev"]))
+    logging.info("[4/5] caption job on the dev images (a list file) and the test images (a .tar.gz) -> %s-*.parquet",
+                 captions_prefix)
+    caption_images.run(["--input", dev_list, "--input", archive, "--model_dir", model_dir, "--output",
+                        captions_prefix, "--weights", weights, "--overwrite"])
+
+    logging.info("[5/5] gallery -> %s", gallery_path)
+    gallery.main(["--captions", f"{captions_prefix}-*.parquet", "--output", gallery_path,
+                  "--title", "imcap demo: synthetic scenes"])
+
+    metadata = json.load(open(os.path.join(features_dir, "metadata.json"), encoding="utf-8"))
+    logging.info(
+        "demo finished. Outputs under %s:\n"
+        "  dataset   %s (generated, Flickr8k layout)\n"
+        "  features  %s (%s; weights %s)\n"
+        "  model     %s (decoder.keras, vocab.txt, bundle.json, training_curve.png); dev BLEU-4 %.3f\n"
+        "  captions  %s\n"
+        "  gallery   %s  <- open this in a browser",
+        out, dataset_dir, features_dir,
+        ", ".join(f"{s} {c['images']} images" for s, c in metadata["splits"].items()), metadata["weights"],
+        model_dir, scores["bleu_4"], ", ".join(sorted(glob.glob(f"{captions_prefix}-*.parquet"))), gallery_path)
     return 0
 
 

@@ -87,3 +87,32 @@ class FeatureExtractorHandler(ModelHandler[np.ndarray, np.ndarray, Any]):
 
     def get_metrics_namespace(self) -> str:
         return "imcap_features"
+
+
+class CaptionModelHandler(ModelHandler[np.ndarray, tuple, Any]):
+    """float32 image features [D] -> (caption, log_prob), decoded in batches with a model bundle.
+
+    The bundle (`trainer.bundle.Bundle`: decoder, vocabulary, config) is loaded once per worker process.
+    """
+
+    def __init__(self, model_dir: str, beam_width: int, length_penalty: float, *, min_batch_size: int = 1,
+                 max_batch_size: int = 128):
+        super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
+        self._model_dir = model_dir
+        self._beam_width = beam_width
+        self._length_penalty = length_penalty
+
+    def load_model(self):
+        from trainer.bundle import Bundle
+        bundle = Bundle(self._model_dir)
+        logging.info("loaded caption bundle %s on a worker", bundle.model_id)
+        return bundle.decoder
+
+    def run_inference(self, batch: Sequence[np.ndarray], model, inference_args: Optional[dict] = None):
+        return model.caption(np.stack(batch), self._beam_width, self._length_penalty, batch_size=len(batch))
+
+    def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
+        return sum(features.nbytes for features in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return "imcap_captions"

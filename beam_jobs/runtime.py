@@ -150,7 +150,8 @@ def setup_logging(level: int = logging.INFO) -> None:
     # Beam's portable runner logs every stage at INFO; keep the job's own messages readable.
     for noisy in ("apache_beam.runners.portability.fn_api_runner", "apache_beam.runners.worker",
                   "apache_beam.io.filebasedsink", "apache_beam.runners.portability.local_job_service",
-                  "apache_beam.ml.inference.base", "apache_beam.internal.gcp", "apache_beam.io.iobase"):
+                  "apache_beam.ml.inference.base", "apache_beam.internal.gcp", "apache_beam.io.iobase",
+                  "apache_beam.transforms.util"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

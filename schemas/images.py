@@ -26,8 +26,9 @@ DECODE_ERROR = "decode_error"
 TOO_LARGE = "too_large"
 CORRUPT_ARCHIVE = "corrupt_archive"
 NO_CAPTIONS = "no_captions"
+NOT_AN_IMAGE = "not_an_image"  # a file or archive member whose name is not an image's (e.g. notes.txt)
 ERROR_CLASSES = (MISSING_FILE, READ_ERROR, EMPTY_FILE, UNSUPPORTED_FORMAT, DECODE_ERROR, TOO_LARGE,
-                 CORRUPT_ARCHIVE, NO_CAPTIONS)
+                 CORRUPT_ARCHIVE, NO_CAPTIONS, NOT_AN_IMAGE)
 
 # 100 megapixels: larger than any camera photo in common use, small enough that one decoded image (300 MB of RGB)
 # cannot take a worker down.

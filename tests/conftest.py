@@ -95,3 +95,14 @@ def write_feature_records(output_dir, splits, feature_dim=16, shards=1):
         MetadataKeys.WEIGHTS_SHA256: "test-features", MetadataKeys.IMAGE_SIZE: 71,
         MetadataKeys.PREPROCESSING: "test", MetadataKeys.IMAGES_FAILED: 0})
     return vocabulary
+
+
+@pytest.fixture(scope="session")
+def sample_bundle(sample_features, tmp_path_factory):
+    """A small decoder trained for a few epochs on the sample features (a real bundle, quality beside the point)."""
+    from trainer import task
+    model_dir = str(tmp_path_factory.mktemp("sample_bundle"))
+    task.train(task.parse_args(["--data_dir", sample_features, "--model_dir", model_dir, "--epochs", "3",
+                                "--embedding_dim", "32", "--units", "64", "--batch_size", "16", "--verbose", "0",
+                                "--beam_width", "2"]))
+    return model_dir

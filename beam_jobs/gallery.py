@@ -1,0 +1,145 @@
+"""Renders the caption job's Parquet outputs as one self-contained HTML page, for a person to look at.
+
+    python -m beam_jobs.gallery --captions 'out/captions-*.parquet' --output gallery.html [--limit 200]
+
+(also installed as ``imcap-gallery``). Caption rows are shown as thumbnails (embedded as JPEG data URIs, so the page
+needs nothing else) with their caption, log-probability and size; error rows are listed in a table with their
+class and message. Files matching the pattern are told apart by their schema (`schemas.tables`), so one glob can
+cover captions and errors. Images inside archives are read by streaming each archive once.
+"""
+import argparse
+import base64
+import collections
+import html
+import io
+import sys
+
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+from tqdm import tqdm
+
+from beam_jobs import sources
+from schemas import images, tables
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; }}
+h1 {{ font-size: 1.4rem; }} .summary {{ color: #555; margin-bottom: 1rem; }}
+.grid {{ display: grid; grid-template-columns: repeat(auto-fill, minmax({size}px, 1fr)); gap: 1rem; }}
+figure {{ margin: 0; border: 1px solid #ddd; border-radius: 6px; padding: .5rem; background: #fafafa; }}
+figure img {{ width: 100%; height: auto; border-radius: 4px; }}
+figcaption .caption {{ font-weight: 600; margin: .3rem 0; }}
+figcaption .meta {{ font-size: .75rem; color: #777; word-break: break-all; }}
+.missing {{ height: {size}px; display: flex; align-items: center; justify-content: center; color: #999; }}
+table {{ border-collapse: collapse; margin-top: .5rem; font-size: .85rem; }}
+td, th {{ border: 1px solid #ddd; padding: .25rem .5rem; text-align: left; vertical-align: top; }}
+</style></head><body>
+<h1>{title}</h1>
+<div class="summary">{summary}</div>
+<div class="grid">
+{cards}
+</div>
+<h2>Errors ({error_count})</h2>
+{errors}
+</body></html>
+"""
+
+
+def read_outputs(pattern: str) -> tuple[list[dict], list[dict]]:
+    """(caption rows, error rows) of every Parquet file matching the pattern."""
+    matches = FileSystems.match([pattern])[0].metadata_list
+    if not matches:
+        raise FileNotFoundError(f"--captions {pattern}: matches no file")
+    captions, errors = [], []
+    for metadata in sorted(matches, key=lambda m: m.path):
+        with FileSystems.open(metadata.path) as handle:
+            table = pq.read_table(io.BytesIO(handle.read()))
+        (errors if tables.is_error_table(table.schema) else captions).extend(table.to_pylist())
+    return (sorted(captions, key=lambda r: r[tables.IMAGE_URI]), sorted(errors, key=lambda r: r[tables.IMAGE_URI]))
+
+
+def _thumbnail(data: bytes, size: int) -> str:
+    image = images.decode_image(data, draft_size=size)
+    image.thumbnail((size, size))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def thumbnails(uris: list[str], size: int) -> dict:
+    """uri -> data URI (None where the image cannot be read any more); each archive is streamed once."""
+    by_archive = collections.defaultdict(set)
+    for uri in uris:
+        archive, member = sources.split_member_uri(uri)
+        by_archive[archive if member is not None else None].add(uri)
+    out = {}
+    with tqdm(total=len(uris), desc="thumbnails", unit="img") as progress:
+        for uri in sorted(by_archive.pop(None, ())):
+            try:
+                out[uri] = _thumbnail(sources.read_member(uri), size)
+            except Exception:  # moved, deleted or unreadable since the job ran: shown as unavailable
+                out[uri] = None
+            progress.update()
+        for archive, wanted in sorted(by_archive.items()):
+            for item in sources.iter_archive(archive):
+                if item[0] == "image" and item[1] in wanted:
+                    try:
+                        out[item[1]] = _thumbnail(item[2], size)
+                    except images.ImageError:
+                        out[item[1]] = None
+                    progress.update()
+    return out
+
+
+def render(caption_rows: list[dict], error_rows: list[dict], limit: int, size: int, title: str) -> str:
+    shown = caption_rows[:limit]
+    pictures = thumbnails([row[tables.IMAGE_URI] for row in shown], size)
+    cards = []
+    for row in shown:
+        picture = pictures.get(row[tables.IMAGE_URI])
+        image_html = (f'<img src="{picture}" alt="{html.escape(row[tables.CAPTION])}">' if picture
+                      else '<div class="missing">image unavailable</div>')
+        cards.append(
+            f"<figure>{image_html}<figcaption><div class=\"caption\">{html.escape(row[tables.CAPTION])}</div>"
+            f"<div class=\"meta\">log p {row[tables.LOG_PROB]:.2f} · {row[tables.WIDTH]}×{row[tables.HEIGHT]} · "
+            f"{html.escape(row[tables.IMAGE_URI])}</div></figcaption></figure>")
+    by_class = collections.Counter(row[tables.ERROR] for row in error_rows)
+    models = sorted({row[tables.MODEL_ID] for row in caption_rows})
+    summary = (f"{len(caption_rows):,} captioned images (showing {len(shown):,}); {len(error_rows):,} errors"
+               f"{' (' + ', '.join(f'{k}: {v}' for k, v in sorted(by_class.items())) + ')' if by_class else ''}; "
+               f"model {', '.join(models) or '-'}")
+    if error_rows:
+        error_html = "<table><tr><th>image</th><th>error</th><th>message</th></tr>" + "".join(
+            f"<tr><td>{html.escape(r[tables.IMAGE_URI])}</td><td>{html.escape(r[tables.ERROR])}</td>"
+            f"<td>{html.escape(r[tables.MESSAGE])}</td></tr>" for r in error_rows[:limit * 5]) + "</table>"
+    else:
+        error_html = "<p>None.</p>"
+    return PAGE.format(title=html.escape(title), summary=html.escape(summary), size=size, cards="\n".join(cards),
+                       error_count=len(error_rows), errors=error_html)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="imcap-gallery", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--captions", required=True, metavar="PATTERN",
+                        help="glob of the caption job's Parquet outputs, e.g. 'out/captions-*.parquet'")
+    parser.add_argument("--output", required=True, help="the HTML file to write")
+    parser.add_argument("--limit", type=int, default=200, help="captioned images to show")
+    parser.add_argument("--thumbnail_size", type=int, default=192)
+    parser.add_argument("--title", default="imcap captions")
+    args = parser.parse_args(argv)
+    try:
+        caption_rows, error_rows = read_outputs(args.captions)
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    page = render(caption_rows, error_rows, args.limit, args.thumbnail_size, args.title)
+    with FileSystems.create(args.output, mime_type="text/html") as handle:
+        handle.write(page.encode("utf-8"))
+    print(f"wrote {args.output}: {min(len(caption_rows), args.limit)} of {len(caption_rows)} captions, "
+          f"{len(error_rows)} errors")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
