@@ -66,6 +66,9 @@ class CaptionDecoder:
         state = tf.TensorSpec([None, self.units], tf.float32)
         self._step = tf.function(self._step_fn, input_signature=[
             tf.TensorSpec([None, self.units], tf.float32), tf.TensorSpec([None], tf.int32), state, state])
+        self._expand = tf.function(self._expand_fn, input_signature=[
+            tf.TensorSpec([None, self.units], tf.float32), tf.TensorSpec([None], tf.int32), state, state,
+            tf.TensorSpec([None, None], tf.float32)])
 
     # -- one step of the trained graph ------------------------------------------------------------------------
     def _encode_fn(self, features):
@@ -85,97 +88,94 @@ class CaptionDecoder:
         zeros = tf.zeros([tf.shape(context)[0], self.units], tf.float32)
         return context, zeros, zeros
 
+    def _expand_fn(self, image_context, tokens, hidden, memory, scores):
+        """One beam step: the 2K best (score, parent * V + token) extensions per image, best first."""
+        log_probs, hidden, memory = self._step_fn(image_context, tokens, hidden, memory)
+        width = tf.shape(scores)[1]
+        totals = tf.reshape(tf.reshape(scores, [-1, 1]) + log_probs, [tf.shape(scores)[0], -1])
+        values, indices = tf.math.top_k(totals, k=2 * width)
+        return values, indices, hidden, memory
+
     # -- decoders ------------------------------------------------------------------------------------------------
     def greedy(self, features: np.ndarray) -> list[Hypothesis]:
         features = np.asarray(features, np.float32)
         batch = features.shape[0]
         context, hidden, memory = self._initial(features, 1)
         tokens = np.full(batch, START_ID, np.int32)
-        log_probs = np.zeros(batch, np.float64)
-        generated = [[] for _ in range(batch)]
+        log_probs = np.zeros(batch, np.float32)  # float32 sums, as beam search accumulates them
+        lengths = np.full(batch, self.max_steps, np.int64)  # generated ids before <end>
         finished = np.zeros(batch, bool)
-        for _ in range(self.max_steps):
+        steps = []
+        for step in range(self.max_steps):
             step_log_probs, hidden, memory = self._step(context, tf.constant(tokens), hidden, memory)
             step_log_probs = step_log_probs.numpy()
             tokens = step_log_probs.argmax(axis=-1).astype(np.int32)
-            for index in np.flatnonzero(~finished):
-                log_probs[index] += step_log_probs[index, tokens[index]]
-                if tokens[index] == END_ID:
-                    finished[index] = True
-                else:
-                    generated[index].append(int(tokens[index]))
+            log_probs += np.where(finished, np.float32(0.0), step_log_probs[np.arange(batch), tokens])
+            ending = ~finished & (tokens == END_ID)
+            lengths[ending] = step
+            finished |= ending
+            steps.append(tokens)
             if finished.all():
                 break
-        return [Hypothesis(tuple(ids), float(lp), bool(done)) for ids, lp, done in zip(generated, log_probs, finished)]
+        generated = np.stack(steps, axis=1)
+        return [Hypothesis(tuple(int(t) for t in generated[i, :lengths[i]]), float(log_probs[i]), bool(finished[i]))
+                for i in range(batch)]
 
     def beam_search(self, features: np.ndarray, beam_width: int, length_penalty: float = 0.0) -> list[Hypothesis]:
         if beam_width < 1:
             raise ValueError(f"beam width must be at least 1, got {beam_width}")
         features = np.asarray(features, np.float32)
         greedy = self.greedy(features)
-        batch, width = features.shape[0], beam_width
+        batch, width, vocab_size = features.shape[0], beam_width, len(self.vocabulary)
         context, hidden, memory = self._initial(features, width)
         tokens = np.full(batch * width, START_ID, np.int32)
-        scores = np.full((batch, width), NEG_INF, np.float64)
+        scores = np.full((batch, width), NEG_INF, np.float32)
         scores[:, 0] = 0.0  # all copies start identical: expand only the first
-        histories = [[() for _ in range(width)] for _ in range(batch)]
+        history = np.zeros((batch, width, 0), np.int32)
         finished = [[] for _ in range(batch)]
+        kept = np.full((batch, width), -np.inf)  # the best `width` finished scores per image, best first
         done = np.zeros(batch, bool)
-        vocab_size = len(self.vocabulary)
+        ranks = np.arange(2 * width)[None, :]
         for step in range(self.max_steps):
-            step_log_probs, hidden, memory = self._step(context, tf.constant(tokens), hidden, memory)
-            totals = scores[:, :, None] + step_log_probs.numpy().reshape(batch, width, vocab_size)
-            flat = totals.reshape(batch, width * vocab_size)
-            candidates = np.argpartition(-flat, 2 * width - 1, axis=1)[:, :2 * width]
-            next_tokens = np.full((batch, width), PAD_ID, np.int32)
-            parents = np.zeros((batch, width), np.int64)
-            next_scores = np.full((batch, width), NEG_INF, np.float64)
             length = step + 1
-            for image in range(batch):
-                if done[image]:
-                    continue
-                order = candidates[image][np.argsort(-flat[image, candidates[image]], kind="stable")]
-                slot = 0
-                for rank, candidate in enumerate(order):
-                    score = flat[image, candidate]
-                    if score <= NEG_INF / 2:
-                        break
-                    parent, token = divmod(int(candidate), vocab_size)
-                    if token == END_ID:
-                        if rank < width:  # an ending only counts if it is among this step's best `width`
-                            finished[image].append(Hypothesis(histories[image][parent], float(score), True))
-                    elif slot < width:
-                        parents[image, slot], next_tokens[image, slot] = parent, token
-                        next_scores[image, slot] = score
-                        slot += 1
-                histories[image] = [histories[image][parents[image, s]] + (int(next_tokens[image, s]),)
-                                    if next_scores[image, s] > NEG_INF / 2 else () for s in range(width)]
-                done[image] = self._image_done(finished[image], next_scores[image], length, width, length_penalty)
+            values, indices, hidden, memory = self._expand(context, tf.constant(tokens), hidden, memory,
+                                                           tf.constant(scores))
+            values, indices = values.numpy(), indices.numpy()
+            parents, next_ids = indices // vocab_size, (indices % vocab_size).astype(np.int32)
+            valid = (values > NEG_INF / 2) & ~done[:, None]
+            ends = next_ids == END_ID
+            # An ending only counts if it is among this step's best `width` extensions.
+            for image, position in zip(*np.nonzero(valid & ends & (ranks < width))):
+                hypothesis = Hypothesis(tuple(int(t) for t in history[image, parents[image, position]]),
+                                        float(values[image, position]), True)
+                finished[image].append(hypothesis)
+                kept[image] = np.sort(np.append(kept[image], hypothesis.score(length_penalty)))[::-1][:width]
+            alive = valid & ~ends
+            order = np.argsort(~alive, axis=1, kind="stable")[:, :width]  # the first `width` live extensions
+            chosen = np.take_along_axis(alive, order, axis=1)
+            parents = np.take_along_axis(parents, order, axis=1)
+            next_ids = np.take_along_axis(next_ids, order, axis=1)
+            scores = np.where(chosen, np.take_along_axis(values, order, axis=1), NEG_INF).astype(np.float32)
+            history = np.concatenate([np.take_along_axis(history, parents[:, :, None], axis=1),
+                                      next_ids[:, :, None]], axis=2)
+            best_live = scores.max(axis=1).astype(np.float64)
+            # A live hypothesis only loses log-probability as it grows. Without a length penalty that settles it;
+            # with one, its score is estimated at the shortest length it can finish with (the usual heuristic).
+            beaten = best_live / ((length + 1) ** length_penalty) < kept[:, width - 1]
+            done |= (best_live <= NEG_INF / 2) | beaten
             if done.all():
                 break
+            scores[done] = NEG_INF
             gather = (np.arange(batch)[:, None] * width + parents).reshape(-1)
             hidden, memory = tf.gather(hidden, gather), tf.gather(memory, gather)
-            tokens = next_tokens.reshape(-1)
-            scores = np.where(done[:, None], NEG_INF, next_scores)
+            tokens = next_ids.reshape(-1)
         results = []
         for image in range(batch):
-            pool = finished[image] or [Hypothesis(histories[image][s], float(scores[image, s]), False)
-                                       for s in range(width) if scores[image, s] > NEG_INF / 2]
+            pool = finished[image] or [Hypothesis(tuple(int(t) for t in history[image, s]), float(scores[image, s]),
+                                                  False) for s in range(width) if scores[image, s] > NEG_INF / 2]
             pool = pool + [greedy[image]]
             results.append(max(pool, key=lambda hypothesis: hypothesis.score(length_penalty)))
         return results
-
-    @staticmethod
-    def _image_done(finished, live_scores, length, width, length_penalty) -> bool:
-        if len(finished) < width:
-            return not np.any(live_scores > NEG_INF / 2)
-        best_live = float(np.max(live_scores))
-        if best_live <= NEG_INF / 2:
-            return True
-        worst_kept = sorted((h.score(length_penalty) for h in finished), reverse=True)[width - 1]
-        # A live hypothesis only loses log-probability as it grows. Without a length penalty that settles it; with
-        # one, its score is estimated at the shortest length it can finish with (the usual heuristic).
-        return best_live / ((length + 1) ** length_penalty) < worst_kept
 
     # -- text ---------------------------------------------------------------------------------------------------
     def to_text(self, hypothesis: Hypothesis) -> str:
