@@ -32,7 +32,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs import dataset, runtime
 from beam_jobs.image_transforms import ERRORS, ExtractFeatures, PrepareImages
-from beam_jobs.inference import FeatureExtractorHandler
+from beam_jobs.inference import FeatureExtractorHandler, localize
 from beam_jobs.runtime import counter
 from schemas import backbones, captions, fileio as schema_fileio, images, records, tables
 from schemas.records import MetadataKeys
@@ -137,7 +137,6 @@ def prepare(args: argparse.Namespace) -> ExtractConfig:
     image_size = args.image_size or backbone.default_image_size
     backbones.check_image_size(backbone, image_size)
     backbones.check_weights_spec(args.weights)
-    from beam_jobs.inference import localize
     weights_file = args.weights if args.weights in (backbones.IMAGENET, backbones.RANDOM_INIT) else localize(
         args.weights)
     model = backbones.build_feature_extractor(backbone, weights_file, image_size)

@@ -205,3 +205,25 @@ def test_bad_flags_fail_fast(sample_dataset, tmp_path):
 def test_refuses_to_mix_with_an_earlier_run(extracted, sample_dataset):
     with pytest.raises(ValueError, match="already holds the output of a run.*--overwrite"):
         extract_features.run(_argv(sample_dataset, extracted))
+
+
+def test_kaggle_layout_gives_the_same_captions(sample_dataset, extracted, tmp_path):
+    """Images/ + captions.txt (image,caption CSV, commas inside captions) instead of the token file."""
+    root = tmp_path / "kaggle"
+    os.makedirs(root)
+    os.symlink(os.path.join(sample_dataset, "Flicker8k_Dataset"), root / "Images")
+    lines = ["image,caption"]
+    for name, raw in _token_captions(sample_dataset).items():
+        lines.extend(f"{name},{caption.replace(' and ', ' , and ')}" for caption in raw)
+    (root / "captions.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    text_dir = os.path.join(sample_dataset, "Flickr8k_text")
+    for split in ("train", "dev"):
+        os.symlink(os.path.join(text_dir, f"Flickr_8k.{split}Images.txt"), root / f"Flickr_8k.{split}Images.txt")
+    output_dir = str(tmp_path / "out")
+    extract_features.run(_argv(str(root), output_dir), test_pipeline=local_test_pipeline())
+    for split in ("train", "dev"):
+        kaggle, token = records.read_records(output_dir, split), records.read_records(extracted, split)
+        assert [r[records.IMAGE_ID] for r in kaggle] == [r[records.IMAGE_ID] for r in token]
+        for mine, theirs in zip(kaggle, token):
+            assert sorted(mine[records.CAPTIONS]) == sorted(theirs[records.CAPTIONS])
+    assert not records.read_records(output_dir, "test")

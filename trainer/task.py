@@ -49,8 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--clipnorm", type=float, default=5.0, help="gradient norm clipping (0: none)")
     parser.add_argument("--patience", type=_positive_int, default=3,
                         help="stop after this many epochs without a lower dev loss")
-    parser.add_argument("--no_feature_normalization", action="store_true",
-                        help="feed raw features instead of standardizing them with train statistics")
+    parser.add_argument("--feature_scaling", default="scale", choices=("scale", "standardize", "none"),
+                        help="scale: divide features by their train RMS (default); standardize: per dimension")
     parser.add_argument("--seed", type=int, default=0, help="seeds initialization and shuffling (repeatable runs)")
     parser.add_argument("--beam_width", type=_positive_int, default=3, help="default beam width for the bundle")
     parser.add_argument("--length_penalty", type=float, default=0.0, help="default length penalty for the bundle")
@@ -188,8 +188,8 @@ def train(args: argparse.Namespace) -> dict:
     eval_batches = data.caption_dataset(args.data_dir, args.eval_split, feature_dim, args.batch_size,
                                         training=False, pair_count=data.split_sizes(metadata, args.eval_split)[1]
                                         ) if has_eval else None
-    normalization = None if args.no_feature_normalization else model_lib.fitted_normalization(
-        data.feature_matrix(args.data_dir, args.train_split, feature_dim))
+    normalization = model_lib.fitted_feature_scaling(
+        data.feature_matrix(args.data_dir, args.train_split, feature_dim).as_numpy_iterator(), args.feature_scaling)
     config = model_lib.DecoderConfig(vocab_size=len(vocabulary), feature_dim=feature_dim,
                                      embedding_dim=args.embedding_dim, units=args.units, dropout=args.dropout,
                                      recurrent_dropout=args.recurrent_dropout)
@@ -226,7 +226,7 @@ def train(args: argparse.Namespace) -> dict:
         "median_captions_per_second": sorted(r["captions_per_second"] for r in history)[len(history) // 2],
         "hyperparameters": {key: getattr(args, key) for key in (
             "batch_size", "embedding_dim", "units", "dropout", "recurrent_dropout", "learning_rate", "clipnorm",
-            "patience", "seed", "epochs")} | {"feature_normalization": not args.no_feature_normalization},
+            "patience", "seed", "epochs", "feature_scaling")},
     }
     config_written = bundle_lib.export_bundle(
         args.model_dir, decoder, vocabulary, metadata, training,
