@@ -35,7 +35,9 @@ setup(
     packages=find_packages(include=["beam_jobs", "beam_jobs.*", "trainer", "trainer.*", "schemas", "schemas.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest>=8"],
+        "test": ["pytest>=8", "openvino>=2025.0"],
+        # --inference_backend openvino: Xception through OpenVINO (~2x faster on CPUs with bfloat16)
+        "openvino": ["openvino>=2025.0"],
         # gs:// paths and the Dataflow runner
         "gcp": ["apache-beam[gcp,tfrecord]>=2.77,<2.78"],
         # CIDEr-D in trainer.evaluate (large: it bundles Java tools that imcap does not use)

@@ -51,17 +51,68 @@ class _CompiledExtractor:
         return self._forward(images).numpy()
 
 
+class _OpenVinoExtractor:
+    """The same network compiled by OpenVINO for the CPU (converted in memory from the traced Keras model).
+
+    ``precision`` None lets OpenVINO choose: bfloat16 on CPUs that support it (about 2x faster than Keras on
+    AVX-512 BF16 CPUs; features within cosine 0.999 of Keras'), else f32; "f32" matches Keras to ~1e-5. One infer request per thread:
+    RunInference shares the model between the threads of a worker.
+    """
+
+    def __init__(self, model, image_size: int, weights_sha256: str, precision: Optional[str]):
+        import threading
+
+        import openvino
+        import tensorflow as tf
+        self.weights_sha256 = weights_sha256
+        forward = tf.function(lambda images: model(images, training=False), input_signature=[
+            tf.TensorSpec([None, image_size, image_size, 3], tf.float32)])
+        self.compiled = openvino.Core().compile_model(
+            openvino.convert_model(forward), "CPU", {"INFERENCE_PRECISION_HINT": precision} if precision else {})
+        self.precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        self._local = threading.local()
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        return request.infer(images)[0].copy()  # the request reuses its output buffer
+
+
+KERAS_BACKEND = "keras"
+# name -> OpenVINO precision hint (None: OpenVINO's choice for the CPU, bfloat16 where it has it, else f32)
+INFERENCE_BACKENDS = {KERAS_BACKEND: None, "openvino": None, "openvino-f32": "f32"}
+
+
+def check_backend(backend: str) -> None:
+    """Fails fast on an unknown backend or a missing OpenVINO installation."""
+    if backend not in INFERENCE_BACKENDS:
+        raise ValueError(f"--inference_backend {backend}: one of {', '.join(INFERENCE_BACKENDS)}")
+    if backend != KERAS_BACKEND:
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            raise ValueError(f"--inference_backend {backend} needs OpenVINO: pip install 'imcap[openvino]'") from None
+
+
 class FeatureExtractorHandler(ModelHandler[np.ndarray, np.ndarray, Any]):
-    """uint8 pixels [H, W, 3] -> float32 features [D], batched."""
+    """uint8 pixels [H, W, 3] -> float32 features [D], batched.
+
+    ``backend``: "keras" (TensorFlow; the reference), "openvino" (OpenVINO in bfloat16 where the CPU has it) or
+    "openvino-f32" (see `_OpenVinoExtractor`). The weights are Keras' in every case and their digest is checked.
+    """
 
     def __init__(self, backbone_name: str, weights: str, image_size: int, *, min_batch_size: int = 1,
-                 max_batch_size: int = 32, expected_weights_sha256: Optional[str] = None):
+                 max_batch_size: int = 32, expected_weights_sha256: Optional[str] = None,
+                 backend: str = KERAS_BACKEND):
         super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
         self._backbone = backbones.get_backbone(backbone_name)
         backbones.check_image_size(self._backbone, image_size)
+        check_backend(backend)
         self._weights = weights
         self._image_size = image_size
         self._expected_sha256 = expected_weights_sha256
+        self._backend = backend
 
     def load_model(self) -> _CompiledExtractor:
         weights = self._weights
@@ -72,9 +123,14 @@ class FeatureExtractorHandler(ModelHandler[np.ndarray, np.ndarray, Any]):
         if self._expected_sha256 and digest != self._expected_sha256:
             raise ValueError(f"the {self._backbone.name} weights loaded on this worker ({self._weights}, sha256 "
                              f"{digest[:12]}) differ from the ones checked at launch ({self._expected_sha256[:12]})")
-        logging.info("loaded %s (%s, %dx%d, weights sha256 %s) on a worker", self._backbone.name,
-                     self._weights, self._image_size, self._image_size, digest[:12])
-        return _CompiledExtractor(model, self._image_size, digest)
+        if self._backend != KERAS_BACKEND:
+            extractor = _OpenVinoExtractor(model, self._image_size, digest, INFERENCE_BACKENDS[self._backend])
+            backend = f"openvino ({extractor.precision})"
+        else:
+            extractor, backend = _CompiledExtractor(model, self._image_size, digest), "keras"
+        logging.info("loaded %s (%s, %dx%d, weights sha256 %s) on a worker, backend %s", self._backbone.name,
+                     self._weights, self._image_size, self._image_size, digest[:12], backend)
+        return extractor
 
     def run_inference(self, batch: Sequence[np.ndarray], model: _CompiledExtractor,
                       inference_args: Optional[dict] = None) -> Iterable[np.ndarray]:

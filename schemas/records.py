@@ -55,6 +55,7 @@ class MetadataKeys:
     WEIGHTS_SHA256 = "weights_sha256"
     IMAGE_SIZE = "image_size"
     PREPROCESSING = "preprocessing"
+    INFERENCE_BACKEND = "inference_backend"  # keras | openvino | openvino-f32 (same weights, other arithmetic)
     FORMAT_VERSION = "format_version"
 
 
