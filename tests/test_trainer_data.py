@@ -1,5 +1,6 @@
 """The tf.data input pipeline: one element per caption, teacher-forcing shift, padding that the loss ignores."""
 import numpy as np
+import pytest
 
 from schemas.vocabulary import END_ID, PAD_ID, START_ID
 from tests.conftest import write_feature_records
@@ -22,10 +23,12 @@ def _write(tmp_path, shards=2):
     return str(tmp_path), vocab
 
 
-def test_one_element_per_caption_with_shift_and_padding(tmp_path):
+@pytest.mark.parametrize("buckets", [None, (4, 6)])
+def test_one_element_per_caption_with_shift_and_padding(tmp_path, buckets):
     data_dir, vocab = _write(tmp_path)
-    batches = list(data.caption_dataset(data_dir, "train", 16, batch_size=4, training=False, pair_count=6))
-    assert len(batches) == 2
+    batches = list(data.caption_dataset(data_dir, "train", 16, batch_size=4, training=False,
+                                        bucket_boundaries=buckets))
+    assert len(batches) == data.count_batches(data_dir, "train", 16, 4, buckets) == (2 if buckets is None else 3)
     pairs = []
     for (features, inputs), targets in batches:
         features, inputs, targets = features.numpy(), inputs.numpy(), targets.numpy()
@@ -53,10 +56,20 @@ def test_training_order_is_shuffled_but_repeatable(tmp_path):
     assert sorted(order(7)) == sorted(order(8))
 
 
-def test_cardinality_comes_from_metadata(tmp_path):
+def test_length_buckets_group_similar_lengths(tmp_path):
     data_dir, _ = _write(tmp_path)
-    dataset = data.caption_dataset(data_dir, "train", 16, batch_size=4, training=True, seed=0, pair_count=6)
-    assert int(dataset.cardinality()) == 2
+    # Target lengths (words + <end>): 4, 6, 8, 2, 3, 4 -> buckets [<4], [4, 6), [>=6] with boundaries (4, 6).
+    lengths = [sorted(int(l) for l in (targets.numpy() != 0).sum(axis=1)) for (_, _), targets in
+               data.caption_dataset(data_dir, "train", 16, batch_size=8, training=True, seed=0,
+                                    bucket_boundaries=(4, 6))]
+    assert sorted(lengths) == [[2, 3], [4, 4], [6, 8]]
+
+
+def test_cardinality_is_declared(tmp_path):
+    data_dir, _ = _write(tmp_path)
+    dataset = data.caption_dataset(data_dir, "train", 16, batch_size=4, training=True, seed=0,
+                                   batches=data.count_batches(data_dir, "train", 16, 4, data.DEFAULT_BUCKETS))
+    assert int(dataset.cardinality()) == len(list(dataset)) == 3  # 5 captions shorter than 8, 1 of 8
 
 
 def test_references_keep_all_captions(tmp_path):

@@ -51,6 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="stop after this many epochs without a lower dev loss")
     parser.add_argument("--feature_scaling", default="scale", choices=("scale", "standardize", "none"),
                         help="scale: divide features by their train RMS (default); standardize: per dimension")
+    parser.add_argument("--no_length_buckets", action="store_true",
+                        help="pad every batch to its longest caption instead of batching similar lengths")
     parser.add_argument("--seed", type=int, default=0, help="seeds initialization and shuffling (repeatable runs)")
     parser.add_argument("--beam_width", type=_positive_int, default=3, help="default beam width for the bundle")
     parser.add_argument("--length_penalty", type=float, default=0.0, help="default length penalty for the bundle")
@@ -183,11 +185,15 @@ def train(args: argparse.Namespace) -> dict:
     keras.utils.set_random_seed(args.seed)
     tf.config.experimental.enable_op_determinism()
 
-    train_batches = data.caption_dataset(args.data_dir, args.train_split, feature_dim, args.batch_size,
-                                         training=True, seed=args.seed, pair_count=train_pairs)
-    eval_batches = data.caption_dataset(args.data_dir, args.eval_split, feature_dim, args.batch_size,
-                                        training=False, pair_count=data.split_sizes(metadata, args.eval_split)[1]
-                                        ) if has_eval else None
+    buckets = None if args.no_length_buckets else data.DEFAULT_BUCKETS
+    train_batches = data.caption_dataset(
+        args.data_dir, args.train_split, feature_dim, args.batch_size, training=True, seed=args.seed,
+        bucket_boundaries=buckets,
+        batches=data.count_batches(args.data_dir, args.train_split, feature_dim, args.batch_size, buckets))
+    eval_batches = data.caption_dataset(
+        args.data_dir, args.eval_split, feature_dim, args.batch_size, training=False, bucket_boundaries=buckets,
+        batches=data.count_batches(args.data_dir, args.eval_split, feature_dim, args.batch_size, buckets)
+    ) if has_eval else None
     normalization = model_lib.fitted_feature_scaling(
         data.feature_matrix(args.data_dir, args.train_split, feature_dim).as_numpy_iterator(), args.feature_scaling)
     config = model_lib.DecoderConfig(vocab_size=len(vocabulary), feature_dim=feature_dim,
@@ -226,7 +232,7 @@ def train(args: argparse.Namespace) -> dict:
         "median_captions_per_second": sorted(r["captions_per_second"] for r in history)[len(history) // 2],
         "hyperparameters": {key: getattr(args, key) for key in (
             "batch_size", "embedding_dim", "units", "dropout", "recurrent_dropout", "learning_rate", "clipnorm",
-            "patience", "seed", "epochs", "feature_scaling")},
+            "patience", "seed", "epochs", "feature_scaling")} | {"length_buckets": not args.no_length_buckets},
     }
     config_written = bundle_lib.export_bundle(
         args.model_dir, decoder, vocabulary, metadata, training,
