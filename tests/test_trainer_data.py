@@ -68,6 +68,7 @@ def test_length_buckets_group_similar_lengths(tmp_path):
 def test_cardinality_is_declared(tmp_path):
     data_dir, _ = _write(tmp_path)
     dataset = data.caption_dataset(data_dir, "train", 16, batch_size=4, training=True, seed=0,
+                                   bucket_boundaries=data.DEFAULT_BUCKETS,
                                    batches=data.count_batches(data_dir, "train", 16, 4, data.DEFAULT_BUCKETS))
     assert int(dataset.cardinality()) == len(list(dataset)) == 3  # 5 captions shorter than 8, 1 of 8
 

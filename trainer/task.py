@@ -51,8 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="stop after this many epochs without a lower dev loss")
     parser.add_argument("--feature_scaling", default="scale", choices=("scale", "standardize", "none"),
                         help="scale: divide features by their train RMS (default); standardize: per dimension")
-    parser.add_argument("--no_length_buckets", action="store_true",
-                        help="pad every batch to its longest caption instead of batching similar lengths")
+    parser.add_argument("--length_buckets", action="store_true",
+                        help="batch captions of similar length: ~1.7x faster epochs on Flickr8k, but dev BLEU-4 "
+                             "came out lower (0.161 vs 0.179 with beam 3), so it is off by default")
     parser.add_argument("--seed", type=int, default=0, help="seeds initialization and shuffling (repeatable runs)")
     parser.add_argument("--beam_width", type=_positive_int, default=3, help="default beam width for the bundle")
     parser.add_argument("--length_penalty", type=float, default=0.0, help="default length penalty for the bundle")
@@ -185,7 +186,7 @@ def train(args: argparse.Namespace) -> dict:
     keras.utils.set_random_seed(args.seed)
     tf.config.experimental.enable_op_determinism()
 
-    buckets = None if args.no_length_buckets else data.DEFAULT_BUCKETS
+    buckets = data.DEFAULT_BUCKETS if args.length_buckets else None
     train_batches = data.caption_dataset(
         args.data_dir, args.train_split, feature_dim, args.batch_size, training=True, seed=args.seed,
         bucket_boundaries=buckets,
@@ -232,7 +233,7 @@ def train(args: argparse.Namespace) -> dict:
         "median_captions_per_second": sorted(r["captions_per_second"] for r in history)[len(history) // 2],
         "hyperparameters": {key: getattr(args, key) for key in (
             "batch_size", "embedding_dim", "units", "dropout", "recurrent_dropout", "learning_rate", "clipnorm",
-            "patience", "seed", "epochs", "feature_scaling")} | {"length_buckets": not args.no_length_buckets},
+            "patience", "seed", "epochs", "feature_scaling")} | {"length_buckets": args.length_buckets},
     }
     config_written = bundle_lib.export_bundle(
         args.model_dir, decoder, vocabulary, metadata, training,
