@@ -459,14 +459,11 @@ def run(argv=None, test_pipeline=None):
 
 
 def main(argv=None) -> int:
-    runtime.setup_logging()
-    try:
-        run(argv)
-    except (ValueError, FileNotFoundError) as error:
-        logging.error("%s", error)
-        return 2
-    return 0
+    return runtime.job_main(run, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the package's module rather than this __main__ copy: the pipeline's classes must pickle by their
+    # importable names for worker processes (multi_processing, portable and remote runners).
+    from beam_jobs.caption_images import main as package_main
+    sys.exit(package_main())

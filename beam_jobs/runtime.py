@@ -116,24 +116,31 @@ def parse_key_value(text: str) -> tuple[str, str]:
     return name, value
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _int_at_least(minimum: int, what: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+        return value
+    return parse
 
 
-def non_negative_int(text: str) -> int:
+positive_int = _int_at_least(1, "a positive integer")
+non_negative_int = _int_at_least(0, "an integer >= 0")
+
+
+def job_main(run, argv=None) -> int:
+    """A job's command-line entry point: errors a user can fix are one log line and exit status 2."""
+    setup_logging()
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
+        run(argv)
+    except (ValueError, FileNotFoundError) as error:
+        logging.error("%s", error)
+        return 2
+    return 0
 
 
 class _DropKnownNoise(logging.Filter):

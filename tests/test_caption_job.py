@@ -1,5 +1,7 @@
 """The caption job on a folder, a tar, a tar.gz, a zip and a list file with broken inputs among them."""
 import os
+import subprocess
+import sys
 import shutil
 import tarfile
 import zipfile
@@ -15,7 +17,7 @@ from beam_jobs.inference import CaptionModelHandler
 from schemas import images, tables
 from schemas.bundle import BundleKeys
 from schemas import fileio
-from tests.conftest import local_test_pipeline
+from tests.conftest import REPO_ROOT, local_test_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -133,11 +135,12 @@ def test_every_input_is_captioned_or_an_error(inputs, captioned, sample_bundle):
     assert not os.path.exists(tables.checkpoint_dir(prefix))  # removed once the shards were committed
 
 
-def test_multi_processing_gives_the_same_rows(inputs, captioned, sample_bundle, tmp_path):
+def test_multi_processing_command_gives_the_same_rows(inputs, captioned, sample_bundle, tmp_path):
     patterns, _ = inputs
     prefix = str(tmp_path / "captions")
-    caption_images.run(_argv(patterns, sample_bundle, prefix, "--direct_running_mode=multi_processing",
-                             "--direct_num_workers=2"))
+    subprocess.run([sys.executable, "-m", "beam_jobs.caption_images",
+                    *_argv(patterns, sample_bundle, prefix, "--direct_running_mode=multi_processing",
+                           "--direct_num_workers=2")], check=True, cwd=REPO_ROOT, capture_output=True)
     mine, my_errors = _outputs(prefix)
     theirs, their_errors = _outputs(captioned[0])
     key = lambda row: row[tables.IMAGE_URI]  # noqa: E731

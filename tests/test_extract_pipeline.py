@@ -1,5 +1,7 @@
 """The extract job on generated images with random-init Xception: records, vocabulary, metadata, errors."""
 import os
+import subprocess
+import sys
 
 import apache_beam as beam
 import numpy as np
@@ -13,7 +15,7 @@ from schemas import backbones, captions, fileio, images, records
 from schemas.images import prepare_image
 from schemas.records import MetadataKeys
 from schemas.vocabulary import Vocabulary
-from tests.conftest import TEST_IMAGE_SIZE, local_test_pipeline
+from tests.conftest import REPO_ROOT, TEST_IMAGE_SIZE, local_test_pipeline
 
 
 def _argv(dataset_dir, output_dir, *extra):
@@ -148,10 +150,12 @@ def test_bad_inputs_go_to_errors_and_the_rest_is_written(sample_copy, tmp_path):
     assert recorded | set(by_name) == listed and not recorded & set(by_name)
 
 
-def test_multi_processing_run_gives_the_same_records(sample_dataset, extracted, tmp_path):
+def test_multi_processing_command_gives_the_same_records(sample_dataset, extracted, tmp_path):
+    # The command line, as a user runs it: its classes must pickle by importable names for the worker processes.
     output_dir = str(tmp_path / "mp")
-    extract_features.run(_argv(sample_dataset, output_dir, "--direct_running_mode=multi_processing",
-                               "--direct_num_workers=2"))
+    subprocess.run([sys.executable, "-m", "beam_jobs.extract_features",
+                    *_argv(sample_dataset, output_dir, "--direct_running_mode=multi_processing",
+                           "--direct_num_workers=2")], check=True, cwd=REPO_ROOT, capture_output=True)
     for split in ("train", "dev", "test"):
         expected, got = records.read_records(extracted, split), records.read_records(output_dir, split)
         assert [r[records.IMAGE_ID] for r in got] == [r[records.IMAGE_ID] for r in expected]

@@ -27,8 +27,8 @@ if [ ! -x "$dist/bin/start-cluster.sh" ]; then
   "$python" -m pip download --quiet --no-deps --only-binary :all: --python-version 3.11 -d "$downloads" \
     "apache-flink==$flink_version"
   mkdir -p "$downloads/libraries" "$downloads/wheel" "$dist.partial"
-  tar -xzf "$downloads"/apache_flink_libraries-*.tar.gz -C "$downloads/libraries" --strip-components=1
-  (cd "$downloads/wheel" && "$python" -m zipfile -e "$downloads"/apache_flink-*.whl .)
+  tar -xzf "$downloads"/apache[-_]flink[-_]libraries-*.tar.gz -C "$downloads/libraries" --strip-components=1
+  (cd "$downloads/wheel" && "$python" -m zipfile -e "$downloads"/apache_flink-[0-9]*.whl .)
   cp -r "$downloads/libraries/deps/lib" "$downloads/libraries/deps/opt" "$downloads/libraries/deps/plugins" \
     "$dist.partial/"
   mkdir -p "$dist.partial/bin" "$dist.partial/log"

@@ -1,0 +1,84 @@
+"""Dataflow readiness, checked offline: both pipelines serialize through the portable Runner API with the
+options Dataflow would get, and what the graph references is what the user gave (no launcher-local copies)."""
+import base64
+import binascii
+import bz2
+import zlib
+
+import apache_beam as beam
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.portability import common_urns
+from apache_beam.portability.api import beam_runner_api_pb2
+
+from beam_jobs import caption_images, dataset, extract_features
+
+# The options a Dataflow launch carries, minus --runner=DataflowRunner itself: constructing that runner contacts
+# Google Cloud (credentials, the temp bucket), which is out of reach offline. The graph does not depend on it.
+DATAFLOW_FLAGS = ["--project=example-project", "--region=europe-west1", "--temp_location=gs://example-bucket/tmp",
+                  "--setup_file=./setup.py", "--machine_type=n2-standard-8"]
+REMOTE_WEIGHTS = "gs://example-bucket/weights/xception_imagenet_notop.weights.h5"
+
+
+def _decoded(payload: bytes) -> bytes:
+    """A DoFn payload as workers receive it is base64 of a bz2- (or zlib-) compressed pickle; return the pickle."""
+    try:
+        raw = base64.b64decode(payload, validate=True)
+    except binascii.Error:
+        return payload
+    for decompress in (bz2.decompress, zlib.decompress):
+        try:
+            return decompress(raw)
+        except (OSError, ValueError, zlib.error):
+            continue
+    return raw
+
+
+def _round_trip(pipeline: beam.Pipeline) -> bytes:
+    """Serialize the graph, restore it, and return everything a worker would unpickle, decoded, for inspection."""
+    proto = pipeline.to_runner_api()
+    wire = proto.SerializeToString()
+    restored = beam.Pipeline.from_runner_api(
+        beam_runner_api_pb2.Pipeline.FromString(wire), pipeline.runner, pipeline._options)  # noqa: SLF001
+    assert restored.to_runner_api().components.transforms.keys() == proto.components.transforms.keys()
+    blobs = [wire]
+    for transform in proto.components.transforms.values():
+        if transform.spec.urn == common_urns.primitives.PAR_DO.urn:
+            pardo = beam_runner_api_pb2.ParDoPayload.FromString(transform.spec.payload)
+            blobs.append(_decoded(pardo.do_fn.payload))
+    return b"\n".join(blobs)
+
+
+def _extract_config(sample_dataset):
+    layout = dataset.resolve_layout(sample_dataset)
+    return extract_features.ExtractConfig(
+        layout=layout, output_dir="gs://example-bucket/features", backbone="xception", weights=REMOTE_WEIGHTS,
+        weights_sha256="0" * 64, image_size=299, feature_dim=2048, min_batch_size=8, max_batch_size=32,
+        min_word_count=5, vocab_tokens=None, num_shards=0, max_image_pixels=10 ** 8, inference_backend="keras")
+
+
+def test_extract_pipeline_serializes_for_dataflow(sample_dataset):
+    pipeline = beam.Pipeline(options=PipelineOptions(DATAFLOW_FLAGS))
+    extract_features.build_pipeline(pipeline, _extract_config(sample_dataset))
+    serialized = _round_trip(pipeline)
+    assert REMOTE_WEIGHTS.encode() in serialized
+    assert b"/tmp/imcap-" not in serialized  # the launcher's local copy of the weights is not what workers get
+    assert b"gs://example-bucket/features" in serialized
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_caption_pipeline_serializes_for_dataflow(resume):
+    config = caption_images.CaptionConfig(
+        inputs=("gs://example-bucket/photos/*.jpg", "gs://example-bucket/batches/*.tar.gz"),
+        output="gs://example-bucket/captions/run", model_dir="gs://example-bucket/model", model_id="imcap-0",
+        backbone="xception", weights=REMOTE_WEIGHTS, weights_sha256="0" * 64, image_size=299, beam_width=3,
+        length_penalty=0.0, min_batch_size=8, max_batch_size=32, decode_batch_size=128, max_image_pixels=10 ** 8,
+        max_member_bytes=2 ** 26, num_shards=0, run_number=2 if resume else 1,
+        done_files=("gs://example-bucket/captions/run-00000-of-00001.parquet",) if resume else (),
+        checkpoint_parts=("gs://example-bucket/captions/run-checkpoint/captions-0.parquet",) if resume else (),
+        checkpoint_rows=500, inference_backend="keras")
+    pipeline = beam.Pipeline(options=PipelineOptions(DATAFLOW_FLAGS))
+    caption_images.build_pipeline(pipeline, config)
+    serialized = _round_trip(pipeline)
+    for reference in (REMOTE_WEIGHTS, "gs://example-bucket/model", "gs://example-bucket/captions/run"):
+        assert reference.encode() in serialized
