@@ -20,8 +20,8 @@ features within 1e-4), and so must the caption job's rows (captions exactly, log
 import argparse
 import json
 import os
-import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -32,6 +32,7 @@ import urllib.request
 
 import numpy as np
 import pyarrow.parquet as pq
+import yaml
 
 from common import (DEFAULT_DATASET, DEFAULT_WEIGHTS, REPO_ROOT, image_paths, machine, print_table, split_names,
                     write_split_file)
@@ -102,15 +103,19 @@ def wait_for(check, what: str, timeout: float = 90.0):
 
 def start_flink_cluster(scratch: str, flink_home: str) -> str:
     conf = os.path.join(scratch, "flink-conf")
-    shutil.copytree(os.path.join(flink_home, "conf"), conf)
+    shutil.copytree(os.path.join(flink_home, "conf"), conf, dirs_exist_ok=True)
     config_path = os.path.join(conf, "config.yaml")
-    text = open(config_path, encoding="utf-8").read()
-    if re.search(r"numberOfTaskSlots:\s*\d+", text):
-        text = re.sub(r"numberOfTaskSlots:\s*\d+", "numberOfTaskSlots: 2", text)
-    else:
-        text += "\ntaskmanager:\n  numberOfTaskSlots: 2\n"
+    with open(config_path, encoding="utf-8") as handle:
+        config = yaml.safe_load(handle)
+    taskmanager = config.setdefault("taskmanager", {})
+    taskmanager["numberOfTaskSlots"] = 2
+    # More memory, and more network memory than the default 128 MB (4096 buffers): Beam's pipelines have many
+    # shuffles, and at parallelism 2 the extract job's graph needs more buffers than that.
+    memory = taskmanager.setdefault("memory", {})
+    memory.setdefault("process", {})["size"] = "3072m"
+    memory["network"] = {"min": "512mb", "max": "512mb"}
     with open(config_path, "w", encoding="utf-8") as handle:
-        handle.write(text)
+        yaml.safe_dump(config, handle)
     env = dict(os.environ, FLINK_CONF_DIR=conf, FLINK_LOG_DIR=os.path.join(scratch, "flink-log"))
     os.makedirs(env["FLINK_LOG_DIR"], exist_ok=True)
     subprocess.run([os.path.join(flink_home, "bin", "start-cluster.sh")], env=env, check=True,
@@ -186,6 +191,8 @@ def main() -> None:
     parser.add_argument("--dev", type=int, default=8)
     parser.add_argument("--keep", help="keep all outputs and logs in this directory")
     args = parser.parse_args()
+    # Stop what was started (Flink cluster, worker pool) when killed, not only on errors.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))
     runners = [r for r in args.runners.split(",") if r]
     unknown = set(runners) - set(RUNNERS)
     if unknown:
@@ -216,8 +223,13 @@ def main() -> None:
         if needs_workers:
             worker_python = sdist_virtualenv(scratch)
             port = free_port()
+            # The pool starts each SDK worker as `python -c ...`: the clean virtualenv's python must come first.
+            worker_env = dict(os.environ, PATH=os.pathsep.join([os.path.dirname(worker_python),
+                                                                 os.environ.get("PATH", "")]))
+            worker_env.pop("PYTHONPATH", None)
             pool = Background([worker_python, "-m", "apache_beam.runners.worker.worker_pool_main",
-                               f"--service_port={port}"], os.path.join(scratch, "worker_pool.log"), cwd=scratch)
+                               f"--service_port={port}"], os.path.join(scratch, "worker_pool.log"), cwd=scratch,
+                              env=worker_env)
             wait_for(lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close() or True,
                      "the SDK worker pool")
             external = ["--environment_type=EXTERNAL", f"--environment_config=localhost:{port}"]
