@@ -152,7 +152,9 @@ class _DropKnownNoise(logging.Filter):
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s")
+    # force: a library may already have configured the root logger at WARNING while being imported (Beam's GCP
+    # modules log "apitools not found" that way when google-apitools is absent), which would hide the job's INFO.
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", force=True)
     logging.getLogger().addFilter(_DropKnownNoise())
     # Beam's portable runner logs every stage at INFO; keep the job's own messages readable.
     for noisy in ("apache_beam.runners.portability.fn_api_runner", "apache_beam.runners.worker",
@@ -160,8 +162,6 @@ def setup_logging(level: int = logging.INFO) -> None:
                   "apache_beam.ml.inference.base", "apache_beam.internal.gcp", "apache_beam.io.iobase",
                   "apache_beam.transforms.util"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 
 
 def first_line(text: str) -> str:

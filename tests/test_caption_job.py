@@ -138,10 +138,12 @@ def test_every_input_is_captioned_or_an_error(inputs, captioned, sample_bundle):
 def test_multi_processing_command_gives_the_same_rows(inputs, captioned, sample_bundle, tmp_path):
     patterns, _ = inputs
     prefix = str(tmp_path / "captions")
-    subprocess.run([sys.executable, "-m", "beam_jobs.caption_images",
-                    *_argv(patterns, sample_bundle, prefix, "--direct_running_mode=multi_processing",
-                           "--direct_num_workers=2")], check=True, cwd=REPO_ROOT, capture_output=True)
+    done = subprocess.run([sys.executable, "-m", "beam_jobs.caption_images",
+                           *_argv(patterns, sample_bundle, prefix, "--direct_running_mode=multi_processing",
+                                  "--direct_num_workers=2")], check=True, cwd=REPO_ROOT, capture_output=True,
+                          text=True)
     mine, my_errors = _outputs(prefix)
+    assert f"captioned {len(mine):,}; failed {len(my_errors):,}" in done.stderr  # the summary reaches the user
     theirs, their_errors = _outputs(captioned[0])
     key = lambda row: row[tables.IMAGE_URI]  # noqa: E731
     assert [(r[tables.IMAGE_URI], r[tables.CAPTION]) for r in sorted(mine, key=key)] == \
@@ -149,6 +151,15 @@ def test_multi_processing_command_gives_the_same_rows(inputs, captioned, sample_
     for a, b in zip(sorted(mine, key=key), sorted(theirs, key=key)):
         assert a[tables.LOG_PROB] == pytest.approx(b[tables.LOG_PROB], abs=1e-3)
     assert sorted(my_errors, key=key) == sorted(their_errors, key=key)
+
+
+def test_job_logging_survives_a_library_configuring_logging_first():
+    """Beam's GCP modules log a warning at import time when google-apitools is absent, which configures the root
+    logger at WARNING; the jobs' INFO summaries must still be shown."""
+    script = ("import logging; logging.warning('a library speaks first'); from beam_jobs import runtime; "
+              "runtime.setup_logging(); logging.info('the job summary')")
+    done = subprocess.run([sys.executable, "-c", script], check=True, cwd=REPO_ROOT, capture_output=True, text=True)
+    assert "INFO the job summary" in done.stderr
 
 
 def test_resume_captions_only_new_images(inputs, sample_bundle, tmp_path):

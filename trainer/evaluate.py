@@ -95,7 +95,7 @@ def evaluate(data_dir: str, model_dir: str, split: str, beam_width: int | None =
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True)
     parser = argparse.ArgumentParser(prog="imcap-evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data_dir", required=True, help="--output_dir of the extract job")
     parser.add_argument("--model_dir", required=True, help="a model bundle (trainer.task's --model_dir)")

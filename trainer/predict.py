@@ -60,7 +60,7 @@ def caption_files(paths: list[str], model_dir: str, beam_width: int | None = Non
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s", force=True)
     parser = argparse.ArgumentParser(prog="imcap-predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_dir", required=True, help="a model bundle (trainer.task's --model_dir)")
     parser.add_argument("--beam_width", type=int, help="1 = greedy (default: the bundle's)")
