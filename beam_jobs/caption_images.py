@@ -43,9 +43,8 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_jobs import runtime, sources
-from beam_jobs.image_transforms import ERRORS, ExtractFeatures, PrepareImages
-from beam_jobs.inference import (INFERENCE_BACKENDS, KERAS_BACKEND, CaptionModelHandler, FeatureExtractorHandler,
-                                 check_backend, localize)
+from beam_jobs.image_transforms import ERRORS, ExtractFeatures, PrepareImages, add_feature_flags, check_feature_flags
+from beam_jobs.inference import CaptionModelHandler, FeatureExtractorHandler, check_backend, load_feature_model
 from beam_jobs.runtime import counter
 from schemas import backbones, images, tables
 from schemas.bundle import BundleKeys
@@ -92,14 +91,9 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--skip_existing", action="store_true",
                         help="caption only images not yet in PREFIX's outputs (resume or add to a run)")
     parser.add_argument("--overwrite", action="store_true", help="delete PREFIX's outputs first")
-    parser.add_argument("--max_image_pixels", type=runtime.positive_int, default=images.DEFAULT_MAX_PIXELS)
     parser.add_argument("--max_member_bytes", type=runtime.positive_int, default=sources.DEFAULT_MAX_MEMBER_BYTES,
                         help="archive members above this size are reported as too_large")
-    parser.add_argument("--inference_backend", default=KERAS_BACKEND, choices=sorted(INFERENCE_BACKENDS),
-                        help="feature backend: keras (default), openvino (bfloat16 where the CPU has it, ~2x faster) "
-                             "or openvino-f32; needs imcap[openvino]")
-    parser.add_argument("--min_batch_size", type=runtime.positive_int, default=8)
-    parser.add_argument("--max_batch_size", type=runtime.positive_int, default=32, help="feature batch bound")
+    add_feature_flags(parser)
     parser.add_argument("--decode_batch_size", type=runtime.positive_int, default=128, help="caption batch bound")
     parser.add_argument("--num_shards", type=runtime.non_negative_int, default=0,
                         help="Parquet shards of caption rows (0: the runner decides)")
@@ -108,8 +102,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     args, beam_args = parser.parse_known_args(argv)
     if args.skip_existing and args.overwrite:
         parser.error("--skip_existing and --overwrite contradict each other")
-    if args.min_batch_size > args.max_batch_size:
-        parser.error(f"--min_batch_size {args.min_batch_size} is above --max_batch_size {args.max_batch_size}")
+    check_feature_flags(parser, args)
     return args, beam_args
 
 
@@ -140,9 +133,7 @@ def prepare(args: argparse.Namespace) -> CaptionConfig:
     backbone = backbones.get_backbone(config[BundleKeys.BACKBONE])
     backbones.check_weights_spec(weights)
     check_backend(args.inference_backend)
-    local_weights = weights if weights in (backbones.IMAGENET, backbones.RANDOM_INIT) else localize(weights)
-    extractor = backbones.build_feature_extractor(backbone, local_weights, config[BundleKeys.IMAGE_SIZE])
-    digest = backbones.weights_digest(extractor)
+    extractor, digest = load_feature_model(backbone, weights, config[BundleKeys.IMAGE_SIZE])
     check_feature_weights(config, digest, weights)
     del extractor
 

@@ -31,9 +31,8 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs import dataset, runtime
-from beam_jobs.image_transforms import ERRORS, ExtractFeatures, PrepareImages
-from beam_jobs.inference import (INFERENCE_BACKENDS, KERAS_BACKEND, FeatureExtractorHandler, check_backend,
-                                 localize)
+from beam_jobs.image_transforms import ERRORS, ExtractFeatures, PrepareImages, add_feature_flags, check_feature_flags
+from beam_jobs.inference import FeatureExtractorHandler, check_backend, load_feature_model
 from beam_jobs.runtime import counter
 from schemas import backbones, captions, fileio as schema_fileio, images, records, tables
 from schemas.records import MetadataKeys
@@ -85,21 +84,14 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--backbone", default=backbones.DEFAULT_BACKBONE, choices=sorted(backbones.BACKBONES))
     parser.add_argument("--image_size", type=runtime.positive_int, default=None,
                         help="backbone input size in pixels (default 299 for xception; at least 71)")
-    parser.add_argument("--inference_backend", default=KERAS_BACKEND, choices=sorted(INFERENCE_BACKENDS),
-                        help="keras (default), openvino (bfloat16 where the CPU has it, ~2x faster, features within "
-                             "cosine 0.999) or openvino-f32; needs imcap[openvino]")
-    parser.add_argument("--min_batch_size", type=runtime.positive_int, default=8)
-    parser.add_argument("--max_batch_size", type=runtime.positive_int, default=32)
+    add_feature_flags(parser)
     parser.add_argument("--min_word_count", type=runtime.positive_int, default=DEFAULT_MIN_WORD_COUNT,
                         help="words seen fewer times in the train captions map to <unk>")
     parser.add_argument("--vocab_file", help="use this vocab.txt instead of building one from the train split")
     parser.add_argument("--num_shards", type=runtime.non_negative_int, default=0,
                         help="TFRecord shards per split (0: the runner decides)")
-    parser.add_argument("--max_image_pixels", type=runtime.positive_int, default=images.DEFAULT_MAX_PIXELS,
-                        help="images with more pixels are rejected as too_large (decompression bombs)")
     args, beam_args = parser.parse_known_args(argv)
-    if args.min_batch_size > args.max_batch_size:
-        parser.error(f"--min_batch_size {args.min_batch_size} is above --max_batch_size {args.max_batch_size}")
+    check_feature_flags(parser, args)
     split_files = dict(args.split_file) if args.split_file else None
     if args.split_file and len(split_files) != len(args.split_file):
         parser.error("--split_file: a split name is given twice")
@@ -143,10 +135,7 @@ def prepare(args: argparse.Namespace) -> ExtractConfig:
     backbones.check_image_size(backbone, image_size)
     backbones.check_weights_spec(args.weights)
     check_backend(args.inference_backend)
-    weights_file = args.weights if args.weights in (backbones.IMAGENET, backbones.RANDOM_INIT) else localize(
-        args.weights)
-    model = backbones.build_feature_extractor(backbone, weights_file, image_size)
-    digest = backbones.weights_digest(model)
+    model, digest = load_feature_model(backbone, args.weights, image_size)
     feature_dim = int(model.output_shape[-1])
     del model
     logging.info("feature extractor: %s, weights %s (sha256 %s), %dx%d input, %d features", backbone.name,

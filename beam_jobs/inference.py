@@ -14,10 +14,9 @@ import tempfile
 from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import ModelHandler
 
+from beam_jobs import sources
 from schemas import backbones
 
 
@@ -29,12 +28,19 @@ def localize(path: str) -> str:
     target = os.path.join(tempfile.gettempdir(), "imcap-" + name)
     if not os.path.exists(target):
         handle, partial = tempfile.mkstemp(dir=os.path.dirname(target), suffix=".partial")
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as source, \
-                os.fdopen(handle, "wb") as sink:
+        with sources.open_raw(path) as source, os.fdopen(handle, "wb") as sink:
             while chunk := source.read(1 << 24):
                 sink.write(chunk)
         os.replace(partial, target)  # atomic: concurrent copies of the same file are harmless
     return target
+
+
+def load_feature_model(backbone: backbones.Backbone, weights: str, image_size: int):
+    """(Keras feature extractor, SHA-256 of its weights) for ``weights`` imagenet, none or a weights file on any
+    Beam filesystem (copied to local disk first)."""
+    local = weights if weights in (backbones.IMAGENET, backbones.RANDOM_INIT) else localize(weights)
+    model = backbones.build_feature_extractor(backbone, local, image_size)
+    return model, backbones.weights_digest(model)
 
 
 class _CompiledExtractor:
@@ -115,11 +121,7 @@ class FeatureExtractorHandler(ModelHandler[np.ndarray, np.ndarray, Any]):
         self._backend = backend
 
     def load_model(self) -> _CompiledExtractor:
-        weights = self._weights
-        if weights not in (backbones.IMAGENET, backbones.RANDOM_INIT):
-            weights = localize(weights)
-        model = backbones.build_feature_extractor(self._backbone, weights, self._image_size)
-        digest = backbones.weights_digest(model)
+        model, digest = load_feature_model(self._backbone, self._weights, self._image_size)
         if self._expected_sha256 and digest != self._expected_sha256:
             raise ValueError(f"the {self._backbone.name} weights loaded on this worker ({self._weights}, sha256 "
                              f"{digest[:12]}) differ from the ones checked at launch ({self._expected_sha256[:12]})")

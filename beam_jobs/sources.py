@@ -64,6 +64,12 @@ def open_raw(uri: str):
     return FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED)
 
 
+def read_bytes(uri: str) -> bytes:
+    """All bytes of a file on any Beam filesystem, as stored."""
+    with open_raw(uri) as handle:
+        return handle.read()
+
+
 def resolve_listed(list_uri: str, line: str) -> str | None:
     """The URI a line of a list file names (None for blank lines and comments)."""
     entry = line.strip()
@@ -147,8 +153,7 @@ def read_member(uri: str, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> b
     """The bytes of one file or archive member (for tools such as the gallery; the job streams archives)."""
     archive_uri, member = split_member_uri(uri)
     if member is None:
-        with open_raw(uri) as handle:
-            return handle.read()
+        return read_bytes(uri)
     for item in iter_archive(archive_uri, max_member_bytes):
         if item[0] == "image" and item[1] == uri:
             return item[2]

@@ -12,9 +12,6 @@ import numpy as np
 
 from common import DEFAULT_DATASET, DEFAULT_WEIGHTS, image_paths, machine, median, print_table, split_names, timed
 
-BACKENDS = ("keras", "openvino", "openvino-f32")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset_dir", default=DEFAULT_DATASET)
@@ -24,7 +21,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    from beam_jobs.inference import FeatureExtractorHandler
+    from beam_jobs.inference import INFERENCE_BACKENDS, FeatureExtractorHandler
+    backends = tuple(INFERENCE_BACKENDS)
     from schemas.images import prepare_image
 
     pixels = []
@@ -32,7 +30,7 @@ def main() -> None:
         with open(path, "rb") as handle:
             pixels.append(prepare_image(handle.read(), 299)[0])
     handlers, models, load_seconds = {}, {}, {}
-    for backend in BACKENDS:
+    for backend in backends:
         handlers[backend] = FeatureExtractorHandler("xception", args.weights, 299, backend=backend)
         load_seconds[backend], models[backend] = timed(handlers[backend].load_model)
         handlers[backend].run_inference(pixels[:args.batch_size], models[backend])  # warm up
@@ -42,18 +40,18 @@ def main() -> None:
                                                                         models[backend]))
                                for i in range(0, len(pixels), args.batch_size)])
 
-    rates = {backend: [] for backend in BACKENDS}
+    rates = {backend: [] for backend in backends}
     features = {}
     for repeat in range(args.repeats):
-        order = BACKENDS[repeat % len(BACKENDS):] + BACKENDS[:repeat % len(BACKENDS)]
+        order = backends[repeat % len(backends):] + backends[:repeat % len(backends)]
         for backend in order:
             seconds, features[backend] = timed(extract, backend)
             rates[backend].append(len(pixels) / seconds)
-        print(f"repeat {repeat + 1}: " + ", ".join(f"{b} {rates[b][-1]:.2f} img/s" for b in BACKENDS), flush=True)
+        print(f"repeat {repeat + 1}: " + ", ".join(f"{b} {rates[b][-1]:.2f} img/s" for b in backends), flush=True)
 
     reference = features["keras"]
     rows = [("backend", "precision", "images/s", "vs keras", "min cosine vs keras", "max |diff|", "load s")]
-    for backend in BACKENDS:
+    for backend in backends:
         got = features[backend]
         cosine = ((got * reference).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(reference, axis=1))).min()
         rows.append((backend, getattr(models[backend], "precision", "f32 (TF)"), f"{median(rates[backend]):.2f}",
