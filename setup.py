@@ -6,6 +6,11 @@ from setuptools import find_packages, setup
 #   apache-beam        the batch jobs; [tfrecord] is Beam's extra for TFRecord I/O
 #   google-crc32c      Beam's fast CRC32C for TFRecord writes (crcmod alone is pure Python and slow)
 #   pillow             image decoding (EXIF, every colour mode, decompression-bomb checks)
+# Security floors: pillow>=12.3.0 fixes every published Pillow advisory (up to the 13 CVE-2026-5xxxx of 12.3.0,
+# among them decompression bombs and out-of-bounds reads in image plugins); keras>=3.15.1 fixes every published
+# Keras 3 advisory (safe_mode bypasses CVE-2025-1550/-8747/-9905/CVE-2026-12481, HDF5 CVE-2026-0897/-1669/-12480,
+# path traversals CVE-2025-12058/-12060/GHSA-hqp4-2352-xf5r/CVE-2026-12479) plus 3.15.1's .keras asset
+# decompression-bomb check.
 #   numpy, pyarrow     arrays; Parquet outputs
 #   tqdm               progress bars of the command-line tools that loop outside Beam
 #   nltk               corpus BLEU with the standard definition (the trainer's evaluation)
@@ -13,10 +18,10 @@ from setuptools import find_packages, setup
 #   matplotlib         the trainer's training-curve PNG
 INSTALL_REQUIRES = [
     "tensorflow>=2.20,<2.22",
-    "keras>=3.10,<4",
+    "keras>=3.15.1,<4",
     "apache-beam[tfrecord]>=2.77,<2.78",
     "google-crc32c>=1.5",
-    "pillow>=10.0",
+    "pillow>=12.3.0",
     "numpy>=1.26,<3",
     "pyarrow>=15",
     "tqdm>=4.66",

@@ -382,10 +382,10 @@ def build_pipeline(pipeline: beam.Pipeline, config: ExtractConfig) -> None:
                       | f"Count[{split}]" >> beam.FlatMap(_split_counts))
 
     errors = (classified[ERRORS], prepared[ERRORS]) | "AllErrors" >> beam.Flatten()
-    _ = errors | "WriteErrors" >> beam.io.WriteToParquet(
+    _ = errors | "ErrorRecords" >> beam.Map(tables.as_record) | "WriteErrors" >> beam.io.WriteToParquet(
         schema_fileio.join(config.output_dir, records.ERRORS_FILE), schema=tables.ERROR_SCHEMA, num_shards=1,
         shard_name_template="")
-    counts.append(errors | "ErrorClasses" >> beam.Map(lambda row: (("error", row[tables.ERROR]), 1)))
+    counts.append(errors | "ErrorClasses" >> beam.Map(lambda row: (("error", row.error), 1)))
     counts.append(classified[ClassifyImages.STATS] | "StatKeys" >> beam.Map(lambda kv: (("stat", kv[0]), kv[1])))
     report = tuple(counts) | "AllCounts" >> beam.Flatten() | "SumCounts" >> beam.CombinePerKey(sum)
     written_files = tuple(written) | "WrittenFiles" >> beam.Flatten()

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from tqdm import tqdm
 
-from beam_jobs import sources
+from beam_jobs import archives, sources
 from schemas import images, tables
 
 PAGE = """<!doctype html>
@@ -77,17 +77,17 @@ def thumbnails(uris: list[str], size: int) -> dict:
     with tqdm(total=len(uris), desc="thumbnails", unit="img") as progress:
         for uri in sorted(by_archive.pop(None, ())):
             try:
-                out[uri] = _thumbnail(sources.read_member(uri), size)
+                out[uri] = _thumbnail(sources.read_bytes(uri), size)
             except Exception:  # moved, deleted or unreadable since the job ran: shown as unavailable
                 out[uri] = None
             progress.update()
         for archive, wanted in sorted(by_archive.items()):
-            for item in sources.iter_archive(archive):
-                if item[0] == "image" and item[1] in wanted:
+            for event in archives.read_archive(archive):
+                if isinstance(event, archives.MemberData) and event.uri in wanted:
                     try:
-                        out[item[1]] = _thumbnail(item[2], size)
+                        out[event.uri] = _thumbnail(event.data, size)
                     except images.ImageError:
-                        out[item[1]] = None
+                        out[event.uri] = None
                     progress.update()
     return out
 

@@ -1,19 +1,32 @@
 """Beam transforms that turn image files into backbone inputs and features, shared by the extract and caption jobs.
 
-Reading and decoding happen in one DoFn so that raw file bytes never travel between stages; every failure
-becomes an error row (`schemas.tables.error_row`) on the ``errors`` output instead of failing the job.
+Bytes are read and decoded inside one DoFn, so that no image byte ever travels between stages: `ReadAndPrepare`
+takes `InputRef`s (an image file, or an archive streamed member by member) and emits `PreparedImage`s; decoding
+runs on background threads (`--read_threads`) so that it overlaps the model's work on the previous batch. Every
+failure becomes an error row (`schemas.tables.ErrorRow`) on the ``errors`` output instead of failing the job, and
+an unexpected exception is an ``internal_error`` row for the input it happened on.
 """
 import argparse
+import collections
+import logging
+from concurrent.futures import ThreadPoolExecutor
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
 
-from beam_jobs import runtime, sources
+from beam_jobs import archives, runtime, sources
+from beam_jobs.elements import ImageKey, InputRef, PreparedImage
 from beam_jobs.inference import INFERENCE_BACKENDS, KERAS_BACKEND, FeatureExtractorHandler
 from beam_jobs.runtime import counter
 from schemas import images, tables
+from schemas.tables import ErrorRow
 
 ERRORS = "errors"
+DEFAULT_READ_THREADS = 2
+_PENDING_BYTES = 256 * 1024 * 1024  # archive member bytes waiting for a decode thread, at most
 
 
 def add_feature_flags(parser: argparse.ArgumentParser) -> None:
@@ -32,41 +45,168 @@ def check_feature_flags(parser: argparse.ArgumentParser, args: argparse.Namespac
         parser.error(f"--min_batch_size {args.min_batch_size} is above --max_batch_size {args.max_batch_size}")
 
 
-class PrepareImages(beam.DoFn):
-    """(key, uri, data or None) -> (key, (uint8 pixels, (width, height))); failures -> ``errors`` rows.
+def _read_error(uri: str, error: Exception) -> ErrorRow:
+    if isinstance(error, FileNotFoundError):
+        return tables.error_row(uri, images.MISSING_FILE, "no such file")
+    if isinstance(error, sources.FileTooLarge):
+        return tables.error_row(uri, images.TOO_LARGE, f"the file is {error} (raise --max_image_bytes to accept it)")
+    if isinstance(error, sources.NotARegularFile):
+        return tables.error_row(uri, images.READ_ERROR, f"cannot read it: {error}")
+    return tables.error_row(uri, images.READ_ERROR, f"cannot read the file: {type(error).__name__}: {error}")
 
-    ``data`` None means "read it from ``uri``"; archive members arrive with their bytes already read.
+
+def prepare_bytes(uri: str, data: bytes, image_size: int, max_pixels: int) -> PreparedImage | ErrorRow:
+    """Decoded and resized pixels, or the error row saying why not; never raises."""
+    try:
+        pixels, (width, height) = images.prepare_image(data, image_size, max_pixels)
+    except images.ImageError as error:
+        return tables.error_row(uri, error.error_class, error.message)
+    except Exception as error:
+        return runtime.internal_error_row(uri, error)
+    return PreparedImage(ImageKey(uri, width, height), pixels)
+
+
+def read_and_prepare(uri: str, path: str, image_size: int, max_pixels: int,
+                     max_bytes: int | None) -> PreparedImage | ErrorRow:
+    """An image file read (at most ``max_bytes``) and prepared, or its error row; never raises."""
+    try:
+        data = sources.read_bytes(path, max_bytes)
+    except Exception as error:  # filesystems raise their own types (BeamIOError, OSError, ...)
+        return _read_error(uri, error)
+    return prepare_bytes(uri, data, image_size, max_pixels)
+
+
+class _OrderedPool:
+    """Runs calls on background threads and hands their results back in the order they were submitted, keeping at
+    most ``depth`` calls (and `_PENDING_BYTES` of their inputs) in flight."""
+
+    def __init__(self, threads: int, depth: int):
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="imcap-decode")
+        self._pending = collections.deque()
+        self._depth = depth
+        self._pending_bytes = 0
+
+    def submit(self, function, *args, cost: int = 0):
+        """Submits a call; returns the results that had to be waited for to stay within the bounds."""
+        self._pending.append((self._executor.submit(function, *args), cost))
+        self._pending_bytes += cost
+        done = []
+        while len(self._pending) > self._depth or (self._pending_bytes > _PENDING_BYTES and len(self._pending) > 1):
+            done.append(self._pop())
+        while self._pending and self._pending[0][0].done():
+            done.append(self._pop())
+        return done
+
+    def _pop(self):
+        future, cost = self._pending.popleft()
+        self._pending_bytes -= cost
+        return future.result()
+
+    def drain(self):
+        while self._pending:
+            yield self._pop()
+
+    def shutdown(self):
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+class ReadAndPrepare(beam.DoFn):
+    """`InputRef` -> `PreparedImage` per image (main output) and `ErrorRow`s (``errors``).
+
+    An image file is read (at most ``max_image_bytes``) and decoded on a background thread. An archive is streamed
+    here (`beam_jobs.archives.read_archive`), passing over the members its ref marks as done or claimed; each image
+    member's bytes go straight to a decode thread. Nothing leaves this DoFn but pixels and rows.
     """
 
-    def __init__(self, image_size: int, max_pixels: int):
+    def __init__(self, image_size: int, max_pixels: int, limits: archives.Limits,
+                 read_threads: int = DEFAULT_READ_THREADS, depth: int = 32):
+        self._image_size, self._max_pixels, self._limits = image_size, max_pixels, limits
+        self._threads, self._depth = read_threads, depth
+        self._pool = None
+
+    def setup(self):
+        self._pool = _OrderedPool(self._threads, self._depth)
+
+    def teardown(self):
+        if self._pool is not None:
+            self._pool.shutdown()
+
+    def _outputs(self, results):
+        for result in results:
+            if isinstance(result, PreparedImage):
+                counter("images_decoded").inc()
+                yield result
+            else:
+                yield beam.pvalue.TaggedOutput(ERRORS, result)
+
+    def process(self, ref: InputRef):
+        if ref.kind == sources.ARCHIVE:
+            yield from self._archive(ref)
+            return
+        try:
+            yield from self._outputs(self._pool.submit(
+                read_and_prepare, ref.uri, ref.path(), self._image_size, self._max_pixels,
+                self._limits.max_member_bytes))
+        except Exception as error:
+            yield beam.pvalue.TaggedOutput(ERRORS, runtime.internal_error_row(ref.uri, error))
+
+    def _archive(self, ref: InputRef):
+        done, claimed = set(ref.done), set(ref.claimed)
+        skip = done | claimed
+        prefix = ref.uri + tables.MEMBER_SEPARATOR
+        archive_row_written = "" in done
+        counter("archives_read").inc()
+        try:
+            for event in archives.read_archive(ref.uri, ref.path(), skip=skip, limits=self._limits):
+                if isinstance(event, archives.MemberData):
+                    counter("archive_members").inc()
+                    yield from self._outputs(self._pool.submit(
+                        prepare_bytes, event.uri, event.data, self._image_size, self._max_pixels,
+                        cost=len(event.data)))
+                    continue
+                part = event.uri[len(prefix):] if event.uri.startswith(prefix) else ""
+                if part in claimed or (isinstance(event, archives.MemberSkipped)
+                                       and event.reason == archives.SKIPPED_DUPLICATE):
+                    counter("duplicate_inputs").inc()
+                elif part in done:
+                    counter("skipped_existing").inc()
+                elif isinstance(event, archives.MemberFailure):
+                    archive_row_written = archive_row_written or event.uri == ref.uri
+                    yield beam.pvalue.TaggedOutput(ERRORS, tables.error_row(event.uri, event.error_class,
+                                                                            event.message))
+        except Exception as error:
+            if archive_row_written:
+                logging.error("internal error on archive %s after its own row was written", ref.uri, exc_info=error)
+                counter("internal_errors").inc()
+            else:
+                yield beam.pvalue.TaggedOutput(ERRORS, runtime.internal_error_row(ref.uri, error))
+
+    def finish_bundle(self):
+        for output in self._outputs(self._pool.drain()):
+            if isinstance(output, beam.pvalue.TaggedOutput):
+                yield beam.pvalue.TaggedOutput(output.tag, WindowedValue(output.value, MIN_TIMESTAMP, [GlobalWindow()]))
+            else:
+                yield WindowedValue(output, MIN_TIMESTAMP, [GlobalWindow()])
+
+
+class PrepareImages(beam.DoFn):
+    """The extract job's step: (key, uri, None) -> (key, (uint8 pixels, (width, height))); failures -> ``errors``."""
+
+    def __init__(self, image_size: int, max_pixels: int, max_bytes: int | None = None):
         self._image_size = image_size
         self._max_pixels = max_pixels
-        self._prepared = counter("images_decoded")
-        self._failed = counter("images_failed")
+        self._max_bytes = max_bytes
 
     def process(self, element):
-        key, uri, data = element
-        if data is None:
-            try:
-                data = sources.read_bytes(uri)
-            except FileNotFoundError:
-                self._failed.inc()
-                yield beam.pvalue.TaggedOutput(ERRORS, tables.error_row(uri, images.MISSING_FILE, "no such file"))
-                return
-            except Exception as error:  # filesystems raise their own types (BeamIOError, OSError, ...)
-                self._failed.inc()
-                yield beam.pvalue.TaggedOutput(ERRORS, tables.error_row(
-                    uri, images.READ_ERROR, f"cannot read the file: {type(error).__name__}: {error}"))
-                return
-        try:
-            pixels, size = images.prepare_image(data, self._image_size, self._max_pixels)
-        except images.ImageError as error:
-            self._failed.inc()
-            counter(f"images_failed_{error.error_class}").inc()
-            yield beam.pvalue.TaggedOutput(ERRORS, tables.error_row(uri, error.error_class, error.message))
+        key, uri, _ = element
+        result = read_and_prepare(uri, uri, self._image_size, self._max_pixels, self._max_bytes)
+        if isinstance(result, ErrorRow):
+            counter("images_failed").inc()
+            counter(f"images_failed_{result.error}").inc()
+            yield beam.pvalue.TaggedOutput(ERRORS, result)
             return
-        self._prepared.inc()
-        yield key, (pixels, size)
+        counter("images_decoded").inc()
+        yield key, (result.pixels, (result.key.width, result.key.height))
 
 
 @beam.ptransform_fn
@@ -74,3 +214,10 @@ def ExtractFeatures(keyed_pixels, handler: FeatureExtractorHandler):  # pylint: 
     """(key, uint8 pixels) -> (key, float32 features) with batched RunInference."""
     return keyed_pixels | "RunInference" >> RunInference(KeyedModelHandler(handler))
 
+
+@beam.ptransform_fn
+def FeaturesOfImages(prepared, handler: FeatureExtractorHandler):  # pylint: disable=invalid-name
+    """`PreparedImage` -> (`ImageKey`, float32 features)."""
+    return (prepared
+            | "KeyPixels" >> beam.Map(lambda image: (image.key, image.pixels)).with_input_types(PreparedImage)
+            | "Features" >> ExtractFeatures(handler))

@@ -13,8 +13,9 @@ import os
 import tempfile
 from typing import Any, Iterable, Optional, Sequence
 
+import apache_beam as beam
 import numpy as np
-from apache_beam.ml.inference.base import ModelHandler
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 
 from beam_jobs import sources
 from schemas import backbones
@@ -174,3 +175,13 @@ class CaptionModelHandler(ModelHandler[np.ndarray, tuple, Any]):
 
     def get_metrics_namespace(self) -> str:
         return "imcap_captions"
+
+
+@beam.ptransform_fn
+def GenerateCaptions(features, handler: CaptionModelHandler, model_id: str):  # pylint: disable=invalid-name
+    """(`ImageKey`, features) -> `schemas.tables.CaptionRow`, decoded in batches by the bundle's decoder."""
+    from schemas import tables
+    return (features
+            | "Decode" >> RunInference(KeyedModelHandler(handler))
+            | "CaptionRows" >> beam.Map(lambda keyed: tables.caption_row(
+                keyed[0].uri, keyed[1][0], keyed[1][1], model_id, keyed[0].width, keyed[0].height)))

@@ -108,6 +108,17 @@ def counter(name: str):
     return beam.metrics.Metrics.counter(METRICS_NAMESPACE, name)
 
 
+def internal_error_row(uri: str, error: BaseException):
+    """The error row of an input whose handling raised an unexpected exception: the job goes on without it."""
+    from schemas import images, tables
+    counter("internal_errors").inc()
+    logging.warning("internal error on %s", uri, exc_info=error)
+    text = str(error).strip()
+    what = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return tables.error_row(uri, images.INTERNAL_ERROR,
+                            f"{what} (an unexpected failure while handling this input; the job went on without it)")
+
+
 def parse_key_value(text: str) -> tuple[str, str]:
     """argparse type for NAME=VALUE flags."""
     name, separator, value = text.partition("=")

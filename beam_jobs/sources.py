@@ -1,36 +1,50 @@
-"""What the caption job reads: image files, text files listing image URIs, and archives of images.
+"""What the caption job reads, by name: image files, text files listing URIs, and archives of images.
 
-Inputs are classified by name:
+Inputs are classified by their name (`kind_of`):
 
 - images: ``.jpg .jpeg .png .gif .bmp .tif .tiff .webp ...`` (`IMAGE_EXTENSIONS`);
-- archives: ``.tar``, ``.tar.gz``/``.tgz`` (and ``.tar.bz2``, ``.tar.xz``), ``.zip``; their image members are
-  read as a stream from any Beam filesystem -- never extracted to disk -- and named ``ARCHIVE!MEMBER``;
-- lists: ``.txt``, ``.lst``, ``.list``: one image or archive URI per line (relative paths are relative to the
+- archives: ``.tar``, ``.tar.gz``/``.tgz``, ``.tar.bz2``, ``.tar.xz``, ``.zip`` (read by `beam_jobs.archives`,
+  which trusts the bytes, not the name, for the compression);
+- lists: ``.txt``, ``.lst``, ``.list``: one image or archive URI per line (relative entries are relative to the
   list's directory; blank lines and ``#`` comments are skipped);
 - anything else is reported as ``not_an_image``.
 
-Limits: a member larger than ``max_member_bytes`` is reported as ``too_large`` without being read; an archive that
-cannot be read to its end is reported as ``corrupt_archive`` (members read before the damage are kept).
+URIs (the ``image_uri`` of every output row):
+
+- a file is its path as the filesystem gives it; ``a/../b.jpg`` and ``./b.jpg`` in a list are normalized to
+  ``b.jpg`` so that one file is one input;
+- an archive member is ``ARCHIVE_URI!MEMBER`` (`member_uri`). MEMBER is the stored name with ``%``, ``#``,
+  control characters and every byte that is not UTF-8 percent-encoded (RFC 3986 style), so that any name is
+  valid text and the stored bytes come back with ``urllib.parse.unquote_to_bytes(MEMBER)``;
+- damage inside an archive that has no trustworthy member name (a bad tar header) is ``ARCHIVE_URI!#N``, N the
+  1-based position of the entry in the archive (`position_uri`); ``#`` never occurs unescaped in a member name;
+- a file path that is not valid UTF-8 (possible on local disks) gets the same percent-encoding of its undecodable
+  bytes; the job keeps the real path beside it to read the file.
 """
+import os
 import posixpath
-import tarfile
-import zipfile
-import zlib
-from typing import Iterator
+import re
+import stat
+import urllib.parse
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from schemas import images, tables
+from schemas import tables
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm",
                     ".pgm", ".pbm", ".pnm", ".ico")
-TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tbz", ".tar.xz", ".txz")
 ZIP_SUFFIXES = (".zip",)
 LIST_EXTENSIONS = (".txt", ".lst", ".list")
-DEFAULT_MAX_MEMBER_BYTES = 64 * 1024 * 1024
+
+# An image file or archive member above this size is reported as too_large without being read: 256 MiB holds an
+# uncompressed 16-bit TIFF of 40 megapixels, and one such file in memory cannot take a worker down.
+DEFAULT_MAX_IMAGE_BYTES = 256 * 1024 * 1024
 
 IMAGE, ARCHIVE, LIST, OTHER = "image", "archive", "list", "other"
+POSITION_MARK = "#"
+_GLOB_CHARACTERS = re.compile(r"[*?\[\]{}]")
 
 
 def kind_of(uri: str) -> str:
@@ -44,12 +58,66 @@ def kind_of(uri: str) -> str:
     return OTHER
 
 
-def member_uri(archive_uri: str, member: str) -> str:
-    return f"{archive_uri}{tables.MEMBER_SEPARATOR}{member}"
+def is_zip_name(uri: str) -> bool:
+    return posixpath.basename(uri).lower().endswith(ZIP_SUFFIXES)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Names -> URIs
+
+
+def _percent(data: bytes) -> str:
+    return "".join(f"%{byte:02X}" for byte in data)
+
+
+def _is_control(character: str) -> bool:
+    code = ord(character)
+    return code < 0x20 or 0x7F <= code <= 0x9F
+
+
+def escape_member_name(name: bytes | str) -> str:
+    """A stored member name as URI text: ``%``, ``#``, control characters and non-UTF-8 bytes percent-encoded.
+
+    Reversible for every input: ``urllib.parse.unquote_to_bytes(escape_member_name(raw)) == raw``.
+    """
+    raw = name if isinstance(name, bytes) else name.encode("utf-8", "surrogateescape")
+    text = raw.decode("utf-8", "surrogateescape")
+    out = []
+    for character in text:
+        if "\udc80" <= character <= "\udcff":  # an undecodable byte, kept by surrogateescape
+            out.append(f"%{ord(character) - 0xDC00:02X}")
+        elif character in "%#" or _is_control(character):
+            out.append(_percent(character.encode("utf-8")))
+        else:
+            out.append(character)
+    return "".join(out)
+
+
+def unescape_member_name(member: str) -> bytes:
+    """The stored name bytes of an escaped member name (the inverse of `escape_member_name`)."""
+    return urllib.parse.unquote_to_bytes(member)
+
+
+def text_path(path: str) -> str:
+    """A path as valid text: bytes that are not UTF-8 (surrogate-escaped by Python) become %XX; others are kept."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return "".join(f"%{ord(c) - 0xDC00:02X}" if "\udc80" <= c <= "\udcff" else c for c in path)
+
+
+def member_uri(archive_uri: str, name: bytes | str) -> str:
+    return f"{archive_uri}{tables.MEMBER_SEPARATOR}{escape_member_name(name)}"
+
+
+def position_uri(archive_uri: str, position: int) -> str:
+    """The URI of an archive entry that has no trustworthy name (e.g. behind a damaged tar header)."""
+    return f"{archive_uri}{tables.MEMBER_SEPARATOR}{POSITION_MARK}{position}"
 
 
 def split_member_uri(uri: str) -> tuple[str, str | None]:
-    """(archive URI, member path) for an archive member's URI, (uri, None) for a plain file."""
+    """(archive URI, member part) for an archive member's URI, (uri, None) for anything else."""
     head, separator, member = uri.partition(tables.MEMBER_SEPARATOR)
     while separator:
         if kind_of(head) == ARCHIVE:
@@ -59,102 +127,84 @@ def split_member_uri(uri: str) -> tuple[str, str | None]:
     return uri, None
 
 
-def open_raw(uri: str):
-    """A binary, seekable stream of the stored bytes (no decompression by file extension)."""
-    return FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED)
+def has_glob_characters(path: str) -> bool:
+    return bool(_GLOB_CHARACTERS.search(path))
 
 
-def read_bytes(uri: str) -> bytes:
-    """All bytes of a file on any Beam filesystem, as stored."""
-    with open_raw(uri) as handle:
-        return handle.read()
+def normalize_uri(uri: str) -> str:
+    """One spelling per file: ``a/./b/../c.jpg`` -> ``a/c.jpg``, doubled slashes removed; the scheme kept."""
+    scheme, separator, rest = uri.partition("://")
+    if not separator:
+        scheme, rest = "", uri
+    if scheme:
+        bucket, slash, path = rest.partition("/")
+        if not slash:
+            return uri
+        normalized = posixpath.normpath("/" + path).lstrip("/") if path else ""
+        return f"{scheme}://{bucket}/{normalized}"
+    if not rest:
+        return rest
+    normalized = posixpath.normpath(rest)
+    if normalized.startswith("//"):  # POSIX keeps a leading '//' as implementation-defined; one file, one name
+        normalized = "/" + normalized.lstrip("/")
+    return normalized
 
 
 def resolve_listed(list_uri: str, line: str) -> str | None:
-    """The URI a line of a list file names (None for blank lines and comments)."""
+    """The normalized URI a line of a list file names (None for blank lines and comments)."""
     entry = line.strip()
     if not entry or entry.startswith("#"):
         return None
     if "://" in entry or entry.startswith("/"):
-        return entry
-    return posixpath.join(posixpath.dirname(list_uri), entry)
+        return normalize_uri(entry)
+    return normalize_uri(posixpath.join(posixpath.dirname(list_uri), entry))
 
 
-# Archive members: ("image", member uri, bytes) or ("error", uri, error class, message)
-Item = tuple
+# ---------------------------------------------------------------------------------------------------------------
+# Opening and reading
 
 
-def _error(uri: str, error_class: str, message: str) -> Item:
-    return ("error", uri, error_class, message)
+class NotARegularFile(OSError):
+    """A local path that is a directory, device, FIFO or socket: reading it could block or never end."""
 
 
-def _too_large(uri: str, size: int, limit: int) -> Item:
-    return _error(uri, images.TOO_LARGE, f"archive member of {size:,} bytes is above the limit of {limit:,} "
-                                         "(raise --max_member_bytes to accept it)")
+def _local_path(uri: str) -> str | None:
+    if uri.startswith("file://"):
+        return uri[len("file://"):]
+    return None if "://" in uri else uri
 
 
-def _iter_tar(uri: str, stream, max_member_bytes: int) -> Iterator[Item]:
-    with tarfile.open(fileobj=stream, mode="r|*") as archive:
-        for member in archive:
-            if not member.isfile():
-                continue
-            name = member_uri(uri, member.name)
-            if kind_of(member.name) != IMAGE:
-                yield _error(name, images.NOT_AN_IMAGE, "archive member is not named like an image; skipped")
-            elif member.size > max_member_bytes:
-                yield _too_large(name, member.size, max_member_bytes)
-            else:
-                yield ("image", name, archive.extractfile(member).read())
+def check_regular_file(uri: str) -> None:
+    """Raises FileNotFoundError or `NotARegularFile` for a local path that cannot be read as a file."""
+    path = _local_path(uri)
+    if path is None:
+        return
+    mode = os.stat(path).st_mode  # follows symbolic links: a link to /dev/zero is a device
+    if not stat.S_ISREG(mode):
+        what = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else
+                "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "not a regular file")
+        raise NotARegularFile(f"{what}, not a regular file")
 
 
-def _iter_zip(uri: str, stream, max_member_bytes: int) -> Iterator[Item]:
-    with zipfile.ZipFile(stream) as archive:
-        for info in archive.infolist():
-            if info.is_dir():
-                continue
-            name = member_uri(uri, info.filename)
-            if kind_of(info.filename) != IMAGE:
-                yield _error(name, images.NOT_AN_IMAGE, "archive member is not named like an image; skipped")
-                continue
-            if info.file_size > max_member_bytes:
-                yield _too_large(name, info.file_size, max_member_bytes)
-                continue
-            try:
-                with archive.open(info) as member:
-                    data = member.read(max_member_bytes + 1)  # the header's size may lie (zip bombs)
-            except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError, OSError) as error:
-                yield _error(name, images.CORRUPT_ARCHIVE, f"cannot read this member: {error}")
-                continue
-            if len(data) > max_member_bytes:
-                yield _too_large(name, len(data), max_member_bytes)
-            else:
-                yield ("image", name, data)
+def open_raw(uri: str):
+    """A binary, seekable stream of the stored bytes (no decompression by file extension)."""
+    check_regular_file(uri)
+    return FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED)
 
 
-def iter_archive(uri: str, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Iterator[Item]:
-    """Streams an archive's members; a damaged or unreadable archive ends with one error item for the archive."""
-    is_zip = posixpath.basename(uri).lower().endswith(ZIP_SUFFIXES)
-    members = 0
-    try:
-        with open_raw(uri) as stream:
-            reader = _iter_zip if is_zip else _iter_tar
-            for item in reader(uri, stream, max_member_bytes):
-                members += 1
-                yield item
-    except FileNotFoundError:
-        yield _error(uri, images.MISSING_FILE, "no such archive")
-    except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as error:
-        where = f" after {members} members" if members else ""
-        yield _error(uri, images.CORRUPT_ARCHIVE,
-                     f"cannot read the {'zip' if is_zip else 'tar'} archive{where}: {type(error).__name__}: {error}")
+class FileTooLarge(ValueError):
+    def __init__(self, size: int, limit: int):
+        super().__init__(f"{size:,} bytes or more is above the limit of {limit:,}")
+        self.size, self.limit = size, limit
 
 
-def read_member(uri: str, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> bytes:
-    """The bytes of one file or archive member (for tools such as the gallery; the job streams archives)."""
-    archive_uri, member = split_member_uri(uri)
-    if member is None:
-        return read_bytes(uri)
-    for item in iter_archive(archive_uri, max_member_bytes):
-        if item[0] == "image" and item[1] == uri:
-            return item[2]
-    raise FileNotFoundError(f"{uri}: no such member in {archive_uri}")
+def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
+    """All bytes of a file on any Beam filesystem, as stored; `FileTooLarge` past ``max_bytes``."""
+    with open_raw(uri) as handle:
+        if max_bytes is None:
+            return handle.read()
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise FileTooLarge(len(data), max_bytes)
+    return data

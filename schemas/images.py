@@ -27,8 +27,13 @@ TOO_LARGE = "too_large"
 CORRUPT_ARCHIVE = "corrupt_archive"
 NO_CAPTIONS = "no_captions"
 NOT_AN_IMAGE = "not_an_image"  # a file or archive member whose name is not an image's (e.g. notes.txt)
+UNSUPPORTED_MEMBER = "unsupported_member"  # an archive entry that is no file: link, device, FIFO, sparse, method
+ENCRYPTED_MEMBER = "encrypted_member"  # a password-protected zip member
+EXPANSION_LIMIT = "expansion_limit"  # an archive past --max_archive_bytes or --max_compression_ratio (bombs)
+INTERNAL_ERROR = "internal_error"  # an unexpected exception while handling one input (a bug: please report it)
 ERROR_CLASSES = (MISSING_FILE, READ_ERROR, EMPTY_FILE, UNSUPPORTED_FORMAT, DECODE_ERROR, TOO_LARGE,
-                 CORRUPT_ARCHIVE, NO_CAPTIONS, NOT_AN_IMAGE)
+                 CORRUPT_ARCHIVE, NO_CAPTIONS, NOT_AN_IMAGE, UNSUPPORTED_MEMBER, ENCRYPTED_MEMBER, EXPANSION_LIMIT,
+                 INTERNAL_ERROR)
 
 # 100 megapixels: larger than any camera photo in common use, small enough that one decoded image (300 MB of RGB)
 # cannot take a worker down.
@@ -52,23 +57,38 @@ class ImageError(ValueError):
         self.message = message
 
 
+# The formats the jobs decode (`sources.IMAGE_EXTENSIONS`); Pillow's other plugins (EPS, which runs Ghostscript,
+# PSD, FITS, ...) are never tried on untrusted bytes. JPEG includes the MPO variant some cameras write.
+SUPPORTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "ICO")
+_GRAY_MODES = ("1", "L", "I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+_ROWS_PER_CHUNK = 256
+# 16-bit -> 8-bit, rounded to nearest: (v * 255 + 32767) // 65535 equals rint(v * 255 / 65535) for every v.
+_SIXTEEN_TO_EIGHT = ((np.arange(65536, dtype=np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+
+
 def _describe_start(data: bytes) -> str:
     return repr(data[:12])
 
 
+def _describe(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Identifies the image and checks its size without decoding the pixels."""
+    """Identifies the image (among `SUPPORTED_FORMATS`) and checks its size without decoding the pixels."""
     if not data:
         raise ImageError(EMPTY_FILE, "the file is empty (0 bytes)")
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
     except UnidentifiedImageError:
         raise ImageError(UNSUPPORTED_FORMAT,
-                         f"not an image format Pillow can read (file starts with {_describe_start(data)})") from None
+                         f"not an image in a supported format ({', '.join(SUPPORTED_FORMATS)}; the file starts with "
+                         f"{_describe_start(data)})") from None
     except Image.DecompressionBombError as error:
         raise ImageError(TOO_LARGE, str(error)) from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ImageError(DECODE_ERROR, f"cannot parse the image header: {error}") from None
+    except Exception as error:  # hostile headers make plugins raise anything (struct.error, IndexError, ...)
+        raise ImageError(DECODE_ERROR, f"cannot parse the image header: {_describe(error)}") from None
     width, height = image.size
     if width <= 0 or height <= 0:
         raise ImageError(DECODE_ERROR, f"the image has no pixels ({width}x{height})")
@@ -83,9 +103,37 @@ def upright_size(image: Image.Image) -> tuple[int, int]:
     width, height = image.size
     try:
         orientation = image.getexif().get(0x0112, 1)
-    except (OSError, SyntaxError, ValueError, TypeError):
+    except Exception:  # a malformed EXIF block: the image is shown as stored
         orientation = 1
     return (height, width) if orientation in _SWAPPING_ORIENTATIONS else (width, height)
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """The EXIF orientation applied; a malformed EXIF block leaves the image as stored (as viewers do)."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:
+        return image
+
+
+def _to_gray8(image: Image.Image) -> Image.Image:
+    """1/L/16-bit/32-bit grayscale -> 8-bit L, row block by row block (no full-size float copy).
+
+    16-bit is scaled from 0..65535; 32-bit integer or float from 0..255 if it fits, else 0..65535, else 0..max.
+    """
+    mode = image.mode
+    if mode in ("1", "L"):
+        return image.convert("L")
+    pixels = np.asarray(image)
+    if mode.startswith("I;16"):
+        return Image.fromarray(_SIXTEEN_TO_EIGHT[pixels])
+    peak = float(pixels.max(initial=0))
+    top = 255.0 if peak <= 255.0 else 65535.0 if peak <= 65535.0 else peak
+    gray = np.empty(pixels.shape, dtype=np.uint8)
+    for start in range(0, pixels.shape[0], _ROWS_PER_CHUNK):
+        block = pixels[start:start + _ROWS_PER_CHUNK].astype(np.float64)
+        gray[start:start + _ROWS_PER_CHUNK] = np.clip(np.rint(block * (255.0 / top)), 0, 255)
+    return Image.fromarray(gray)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -93,15 +141,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
     mode = image.mode
     if mode == "RGB":
         return image
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        pixels = np.asarray(image, dtype=np.float64)
-        if mode.startswith("I;16"):
-            top = 65535.0
-        else:  # 32-bit integer or float: 8-bit range if it fits, else 16-bit, else the image's own maximum
-            peak = float(pixels.max(initial=0.0))
-            top = 255.0 if peak <= 255.0 else 65535.0 if peak <= 65535.0 else peak
-        gray = np.clip(np.rint(pixels * (255.0 / top)), 0, 255).astype(np.uint8)
-        return Image.fromarray(gray).convert("RGB")
+    if mode in _GRAY_MODES:
+        return _to_gray8(image).convert("RGB")
     has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info)
     if has_alpha:
         rgba = image.convert("RGBA")
@@ -111,15 +152,19 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _decode_opened(image: Image.Image, draft_size: int | None) -> Image.Image:
+    """Decoded and upright; grayscale stays 8-bit L (resized before it becomes RGB), everything else is RGB."""
     try:
-        if draft_size and image.format == "JPEG":
+        if draft_size and image.format in ("JPEG", "MPO"):
             image.draft("RGB", (draft_size, draft_size))
         image.load()
-        return to_rgb(ImageOps.exif_transpose(image))
+        image = _upright(image)
+        return _to_gray8(image) if image.mode in _GRAY_MODES else to_rgb(image)
     except Image.DecompressionBombError as error:
         raise ImageError(TOO_LARGE, str(error)) from None
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as error:
-        raise ImageError(DECODE_ERROR, f"cannot decode the image: {error}") from None
+    except MemoryError:
+        raise ImageError(TOO_LARGE, "not enough memory to decode this image") from None
+    except Exception as error:  # truncated data, broken chunks, plugin failures on hostile files
+        raise ImageError(DECODE_ERROR, f"cannot decode the image: {_describe(error)}") from None
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None) -> Image.Image:
@@ -128,14 +173,18 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: 
     ``draft_size`` lets JPEG decoding scale down by 1/2, 1/4 or 1/8 in the DCT domain while staying at least that
     large, which is several times faster for photos much bigger than the backbone's input.
     """
-    return _decode_opened(open_image(data, max_pixels), draft_size)
+    return to_rgb(_decode_opened(open_image(data, max_pixels), draft_size))
 
 
 def resize_pixels(image: Image.Image, image_size: int) -> np.ndarray:
-    """Squashes an RGB picture to image_size x image_size (antialiased bilinear) and returns uint8 HxWx3 pixels."""
+    """Squashes a picture to image_size x image_size (antialiased bilinear) and returns uint8 HxWx3 RGB pixels.
+
+    A grayscale (L) picture is resized before it is made RGB: the same pixels as resizing its RGB copy, at a
+    third of the memory.
+    """
     if image.size != (image_size, image_size):
         image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
-    return np.asarray(image, dtype=np.uint8)
+    return np.asarray(to_rgb(image), dtype=np.uint8)
 
 
 def prepare_image(data: bytes, image_size: int,
@@ -143,7 +192,12 @@ def prepare_image(data: bytes, image_size: int,
     """Image bytes -> (uint8 pixels of shape [image_size, image_size, 3], upright (width, height) as stored).
 
     This is the preprocessing of every stage; the backbone's scaling (`backbones.preprocess`) follows per batch.
+    JPEGs are decoded at the smallest DCT scale (1/2, 1/4, 1/8) that stays at least ``image_size`` on both sides.
     """
     image = open_image(data, max_pixels)
     size = upright_size(image)
-    return resize_pixels(_decode_opened(image, draft_size=image_size), image_size), size
+    decoded = _decode_opened(image, draft_size=image_size)
+    try:
+        return resize_pixels(decoded, image_size), size
+    except MemoryError:
+        raise ImageError(TOO_LARGE, "not enough memory to resize this image") from None

@@ -15,6 +15,7 @@ An image URI inside an archive is ``ARCHIVE_URI!MEMBER_PATH``, e.g. ``gs://bucke
 """
 import posixpath
 import re
+import typing
 
 import pyarrow as pa
 
@@ -50,13 +51,42 @@ CHECKPOINT_DIR_SUFFIX = "-checkpoint"
 _SHARD = r"\d{5}-of-\d{5}"
 
 
-def error_row(image_uri: str, error_class: str, message: str) -> dict:
-    return {IMAGE_URI: image_uri, ERROR: error_class, MESSAGE: message}
+class CaptionRow(typing.NamedTuple):
+    """One captioned image: a row of CAPTION_SCHEMA (field names are the column names)."""
+    image_uri: str
+    caption: str
+    log_prob: float
+    model_id: str
+    width: int
+    height: int
 
 
-def caption_row(image_uri: str, caption: str, log_prob: float, model_id: str, width: int, height: int) -> dict:
-    return {IMAGE_URI: image_uri, CAPTION: caption, LOG_PROB: float(log_prob), MODEL_ID: model_id,
-            WIDTH: int(width), HEIGHT: int(height)}
+class ErrorRow(typing.NamedTuple):
+    """One input that could not be used: a row of ERROR_SCHEMA."""
+    image_uri: str
+    error: str
+    message: str
+
+
+def error_row(image_uri: str, error_class: str, message: str) -> ErrorRow:
+    return ErrorRow(image_uri=image_uri, error=error_class, message=message)
+
+
+def caption_row(image_uri: str, caption: str, log_prob: float, model_id: str, width: int, height: int) -> CaptionRow:
+    return CaptionRow(image_uri=image_uri, caption=caption, log_prob=float(log_prob), model_id=model_id,
+                      width=int(width), height=int(height))
+
+
+def as_record(row: typing.Union[CaptionRow, ErrorRow]) -> dict:
+    """The dict a Parquet sink writes for a row."""
+    return row._asdict()
+
+
+def row_from_record(record: dict) -> typing.Union[CaptionRow, ErrorRow]:
+    """A row read back from Parquet (a dict) as its named type."""
+    if ERROR in record and CAPTION not in record:
+        return ErrorRow(**{name: record[name] for name in ErrorRow._fields})
+    return CaptionRow(**{name: record[name] for name in CaptionRow._fields})
 
 
 def run_tag(run_number: int) -> str:
@@ -75,6 +105,12 @@ def error_shard_prefix(prefix: str, run_number: int) -> str:
 
 def checkpoint_dir(prefix: str) -> str:
     return prefix + CHECKPOINT_DIR_SUFFIX
+
+
+def sink_temp_glob(prefix: str) -> str:
+    """Glob of the temporary directories Beam's file sinks leave next to PREFIX when a run is killed."""
+    directory, stem = posixpath.split(prefix)
+    return posixpath.join(directory, f"beam-temp-{stem}-*")
 
 
 def output_glob(prefix: str) -> str:

@@ -12,7 +12,6 @@ import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from beam_jobs import caption_images, gallery, runtime
-from beam_jobs.caption_images import RouteInputs, SelectNewImages
 from beam_jobs.inference import CaptionModelHandler
 from schemas import images, tables
 from schemas.bundle import BundleKeys
@@ -229,30 +228,6 @@ def test_bundle_weights_are_enforced(inputs, sample_bundle, tmp_path):
 def test_inputs_that_match_nothing_fail_fast(sample_bundle, tmp_path):
     with pytest.raises(FileNotFoundError, match="--input .*nothing.*matches no file"):
         caption_images.run(_argv([str(tmp_path / "nothing" / "*.jpg")], sample_bundle, str(tmp_path / "c")))
-
-
-def test_routing_and_selection_transforms():
-    with local_test_pipeline() as pipeline:
-        routed = (pipeline | "Uris" >> beam.Create(["a.jpg", "b.tar.gz", "c.txt", "d.csv"])
-                  | beam.ParDo(RouteInputs()).with_outputs("archives", "lists", "errors", main="images"))
-        assert_that(routed.images, equal_to(["a.jpg"]), label="Images")
-        assert_that(routed.archives, equal_to(["b.tar.gz"]), label="Archives")
-        assert_that(routed.lists, equal_to(["c.txt"]), label="Lists")
-        assert_that(routed.errors | beam.Map(lambda r: (r["image_uri"], r["error"])),
-                    equal_to([("d.csv", "not_an_image")]), label="Errors")
-        bad_row = {"image_uri": "bad.md", "error": "not_an_image", "message": "m"}
-        joined = pipeline | "Joined" >> beam.Create([
-            ("new.jpg", {"todo": [("image", None)], "done": []}),
-            ("twice.jpg", {"todo": [("image", None), ("image", None)], "done": []}),
-            ("old.jpg", {"todo": [("image", None)], "done": [None]}),
-            ("only_done.jpg", {"todo": [], "done": [None]}),
-            ("bad.md", {"todo": [("error", bad_row)], "done": []}),
-            ("old_bad.md", {"todo": [("error", bad_row)], "done": [None]}),
-        ])
-        selected = joined | beam.ParDo(SelectNewImages()).with_outputs("errors", main="images")
-        assert_that(selected.images, equal_to([("new.jpg", "new.jpg", None), ("twice.jpg", "twice.jpg", None)]),
-                    label="Selected")
-        assert_that(selected.errors, equal_to([bad_row]), label="SelectedErrors")
 
 
 def test_gallery_shows_every_caption_and_error(inputs, captioned, tmp_path):

@@ -180,7 +180,7 @@ def test_classify_images_joins_captions_splits_and_files():
                | beam.ParDo(ClassifyImages("/d")).with_outputs("errors", "stats", main="items"))
         assert_that(out.items, equal_to([WorkItem("a.jpg", "train", "/d/a.jpg", ("a dog", "second"))]),
                     label="Items")
-        assert_that(out.errors | beam.Map(lambda row: (row["image_uri"], row["error"])),
+        assert_that(out.errors | beam.Map(lambda row: (row.image_uri, row.error)),
                     equal_to([("/d/gone.jpg", "missing_file"), ("/d/mute.jpg", "no_captions")]), label="Errors")
         assert_that(out.stats, equal_to([("captions_without_image", 1), ("captions_without_image", 2),
                                          ("images_without_split", 1), ("captions_empty_after_normalization", 1)]),

@@ -11,7 +11,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.portability import common_urns
 from apache_beam.portability.api import beam_runner_api_pb2
 
-from beam_jobs import caption_images, dataset, extract_features
+from beam_jobs import archives, caption_images, dataset, extract_features, outputs
 
 # The options a Dataflow launch carries, minus --runner=DataflowRunner itself: constructing that runner contacts
 # Google Cloud (credentials, the temp bucket), which is out of reach offline. The graph does not depend on it.
@@ -73,10 +73,11 @@ def test_caption_pipeline_serializes_for_dataflow(resume):
         output="gs://example-bucket/captions/run", model_dir="gs://example-bucket/model", model_id="imcap-0",
         backbone="xception", weights=REMOTE_WEIGHTS, weights_sha256="0" * 64, image_size=299, beam_width=3,
         length_penalty=0.0, min_batch_size=8, max_batch_size=32, decode_batch_size=128, max_image_pixels=10 ** 8,
-        max_member_bytes=2 ** 26, num_shards=0, run_number=2 if resume else 1,
-        done_files=("gs://example-bucket/captions/run-00000-of-00001.parquet",) if resume else (),
-        checkpoint_parts=("gs://example-bucket/captions/run-checkpoint/captions-0.parquet",) if resume else (),
-        checkpoint_rows=500, inference_backend="keras")
+        limits=archives.Limits(), read_threads=2, num_shards=0, checkpoint_rows=500, inference_backend="keras",
+        existing=outputs.ExistingOutputs(
+            committed=(("gs://example-bucket/captions/run-00000-of-00001.parquet", "captions", 1),) if resume else (),
+            checkpoint_parts=("gs://example-bucket/captions/run-checkpoint/captions-0.parquet",) if resume else (),
+            leftovers=()))
     pipeline = beam.Pipeline(options=PipelineOptions(DATAFLOW_FLAGS))
     caption_images.build_pipeline(pipeline, config)
     serialized = _round_trip(pipeline)

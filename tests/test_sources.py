@@ -1,35 +1,17 @@
-"""Reading archives and list files as streams: member URIs, limits, damaged archives."""
-import io
+"""Input names and URIs: kinds, escaped member names, normalization, list lines, reading with limits."""
 import os
-import tarfile
-import zipfile
+import urllib.parse
 
 import pytest
 
 from beam_jobs import sources
-from schemas import images
-
-
-def _tar(path, members, mode="w:gz"):
-    with tarfile.open(path, mode) as archive:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return str(path)
-
-
-def _zip(path, members):
-    with zipfile.ZipFile(path, "w") as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return str(path)
 
 
 @pytest.mark.parametrize("name, kind", [
     ("a/b/photo.JPG", sources.IMAGE), ("x.webp", sources.IMAGE), ("batch.tar.gz", sources.ARCHIVE),
-    ("batch.tgz", sources.ARCHIVE), ("b.zip", sources.ARCHIVE), ("list.txt", sources.LIST),
-    ("notes.md", sources.OTHER), ("gs://bucket/dir/img.png", sources.IMAGE),
+    ("batch.tgz", sources.ARCHIVE), ("b.zip", sources.ARCHIVE), ("b.tar.xz", sources.ARCHIVE),
+    ("list.txt", sources.LIST), ("notes.md", sources.OTHER), ("gs://bucket/dir/img.png", sources.IMAGE),
+    ("photo.jpg.exe", sources.OTHER), ("", sources.OTHER),
 ])
 def test_kind_by_name(name, kind):
     assert sources.kind_of(name) == kind
@@ -40,58 +22,74 @@ def test_member_uris_split_back():
     assert uri == "gs://b/batch.tar.gz!dir/a!b.jpg"
     assert sources.split_member_uri(uri) == ("gs://b/batch.tar.gz", "dir/a!b.jpg")
     assert sources.split_member_uri("/photos/wow!.jpg") == ("/photos/wow!.jpg", None)
+    assert sources.split_member_uri("/a/b.tar!#3") == ("/a/b.tar", "#3")
 
 
-def test_tar_members_stream_with_limits(tmp_path):
-    path = _tar(tmp_path / "b.tar.gz", {"d/one.jpg": b"1" * 10, "d/big.png": b"2" * 100, "d/notes.txt": b"hi"})
-    items = list(sources.iter_archive(path, max_member_bytes=50))
-    assert items[0] == ("image", f"{path}!d/one.jpg", b"1" * 10)
-    assert items[1][:3] == ("error", f"{path}!d/big.png", images.TOO_LARGE)
-    assert items[2][:3] == ("error", f"{path}!d/notes.txt", images.NOT_AN_IMAGE)
+@pytest.mark.parametrize("raw", [
+    b"plain/name.jpg", "caf\u00e9.jpg".encode("latin-1"), "caf\u00e9.jpg".encode("utf-8"), b"100%.jpg",
+    b"%41.jpg", b"#1.jpg", b"tab\there\n.jpg", b"\xff\xfe\x00.jpg", "\u65e5\u672c.jpg".encode("shift_jis"),
+    "\u0085 c1 control.jpg".encode("utf-8"), b"",
+])
+def test_member_names_are_text_and_reversible(raw):
+    escaped = sources.escape_member_name(raw)
+    escaped.encode("utf-8")  # valid text: no surrogates
+    assert escaped.isprintable() or not escaped
+    assert "#" not in escaped  # so that ARCHIVE!#N positions can never be a member's name
+    assert urllib.parse.unquote_to_bytes(escaped) == raw
+    assert sources.unescape_member_name(escaped) == raw
 
 
-def test_zip_members_and_bomb_limit(tmp_path):
-    path = _zip(tmp_path / "b.zip", {"a.jpg": b"x" * 10, "nested/b.jpg": b"y" * 1000, "dir/": b""})
-    items = list(sources.iter_archive(path, max_member_bytes=100))
-    assert items[0] == ("image", f"{path}!a.jpg", b"x" * 10)
-    assert items[1][:3] == ("error", f"{path}!nested/b.jpg", images.TOO_LARGE)
-    assert len(items) == 2
+def test_valid_names_stay_readable():
+    assert sources.escape_member_name("photos/\u00e9t\u00e9 2024/IMG_0001.JPG") == "photos/\u00e9t\u00e9 2024/IMG_0001.JPG"
+    assert sources.escape_member_name(b"caf\xe9.jpg") == "caf%E9.jpg"
 
 
-def test_truncated_tar_keeps_the_members_before_the_damage(tmp_path):
-    big = os.urandom(200_000)
-    path = _tar(tmp_path / "t.tar", {"a.jpg": b"a" * 100, "b.jpg": big}, mode="w")
-    data = open(path, "rb").read()
-    with open(path, "wb") as handle:
-        handle.write(data[: len(data) // 2])
-    items = list(sources.iter_archive(path))
-    assert items[0] == ("image", f"{path}!a.jpg", b"a" * 100)
-    assert items[-1][:3] == ("error", path, images.CORRUPT_ARCHIVE)
-    assert "after 1 members" in items[-1][3]
+def test_position_uris_cannot_be_member_uris():
+    assert sources.position_uri("a.tar", 3) == "a.tar!#3"
+    assert sources.member_uri("a.tar", "#3") == "a.tar!%233"
 
 
-@pytest.mark.parametrize("name", ["junk.tar.gz", "junk.zip", "junk.tar"])
-def test_garbage_archives_are_corrupt(tmp_path, name):
-    path = tmp_path / name
-    path.write_bytes(b"this is not an archive at all" * 50)
-    items = list(sources.iter_archive(str(path)))
-    assert [item[:3] for item in items] == [("error", str(path), images.CORRUPT_ARCHIVE)]
+def test_text_paths_escape_only_undecodable_bytes():
+    path = b"/data/caf\xe9 100%.jpg".decode("utf-8", "surrogateescape")
+    assert sources.text_path(path) == "/data/caf%E9 100%.jpg"
+    assert sources.text_path("/data/100%.jpg") == "/data/100%.jpg"
 
 
-def test_missing_archive(tmp_path):
-    items = list(sources.iter_archive(str(tmp_path / "gone.zip")))
-    assert [item[2] for item in items] == [images.MISSING_FILE]
-
-
-def test_read_member(tmp_path):
-    path = _tar(tmp_path / "b.tar", {"x/y.jpg": b"payload"}, mode="w")
-    assert sources.read_member(f"{path}!x/y.jpg") == b"payload"
-    with pytest.raises(FileNotFoundError):
-        sources.read_member(f"{path}!x/missing.jpg")
+@pytest.mark.parametrize("uri, normalized", [
+    ("/data/a/../b.jpg", "/data/b.jpg"), ("/data/./b.jpg", "/data/b.jpg"), ("//data//b.jpg", "/data/b.jpg"),
+    ("gs://bucket/a/../b.jpg", "gs://bucket/b.jpg"), ("gs://bucket//x/./y.jpg", "gs://bucket/x/y.jpg"),
+    ("s3://bucket/../../b.jpg", "s3://bucket/b.jpg"), ("rel/./b.jpg", "rel/b.jpg"),
+])
+def test_uris_are_normalized(uri, normalized):
+    assert sources.normalize_uri(uri) == normalized
 
 
 def test_list_lines_resolve_relative_to_the_list():
     assert sources.resolve_listed("/data/lists/l.txt", "  img/a.jpg \n") == "/data/lists/img/a.jpg"
-    assert sources.resolve_listed("gs://b/l.txt", "gs://c/a.jpg") == "gs://c/a.jpg"
+    assert sources.resolve_listed("/data/lists/l.txt", "../img/./a.jpg") == "/data/img/a.jpg"
+    assert sources.resolve_listed("/data/lists/l.txt", "../lists/b.jpg") == \
+        sources.resolve_listed("/data/lists/l.txt", "b.jpg")
+    assert sources.resolve_listed("gs://b/l.txt", "gs://c/x/../a.jpg") == "gs://c/a.jpg"
     assert sources.resolve_listed("/l.txt", "# comment") is None
     assert sources.resolve_listed("/l.txt", "   ") is None
+
+
+def test_glob_characters_are_found():
+    assert sources.has_glob_characters("out/cap*") and sources.has_glob_characters("out/[ab]")
+    assert not sources.has_glob_characters("gs://bucket/out/captions")
+
+
+def test_reading_with_a_limit_and_refusing_non_files(tmp_path):
+    path = tmp_path / "a.jpg"
+    path.write_bytes(b"x" * 100)
+    assert sources.read_bytes(str(path), 100) == b"x" * 100
+    with pytest.raises(sources.FileTooLarge):
+        sources.read_bytes(str(path), 99)
+    with pytest.raises(sources.NotARegularFile, match="a directory"):
+        sources.read_bytes(str(tmp_path))
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    with pytest.raises(sources.NotARegularFile, match="a FIFO"):  # opening it would block forever
+        sources.read_bytes(str(fifo))
+    with pytest.raises(FileNotFoundError):
+        sources.read_bytes(str(tmp_path / "gone.jpg"))

@@ -1,0 +1,46 @@
+"""The named elements that cross the caption job's steps (rows are `schemas.tables.CaptionRow`/`ErrorRow`).
+
+    InputRef ──ReadAndPrepare──▶ PreparedImage ──(ImageKey, pixels)──▶ ExtractFeatures ──(ImageKey, features)──▶
+        GenerateCaptions ──▶ CaptionRow
+
+Only `InputRef`s (URIs, never image bytes) go through a shuffle; pixels and features stay inside one fused stage.
+"""
+import typing
+
+import apache_beam as beam
+import numpy as np
+
+
+class InputRef(typing.NamedTuple):
+    """A file chosen to be read: an image, or an archive whose members are read as a stream.
+
+    ``uri`` is the text of output rows; ``location`` the path to open when it differs from ``uri`` (a local path
+    that is not UTF-8, as bytes), else empty. For an archive, ``done`` holds the member parts of URIs already in
+    the outputs (``""``: the archive's own URI) and ``claimed`` the member parts that loose inputs already name;
+    both are passed over while streaming.
+    """
+    uri: str
+    kind: str  # sources.IMAGE or sources.ARCHIVE
+    location: bytes = b""
+    done: typing.Sequence[str] = ()
+    claimed: typing.Sequence[str] = ()
+
+    def path(self) -> str:
+        return self.location.decode("utf-8", "surrogateescape") if self.location else self.uri
+
+
+class ImageKey(typing.NamedTuple):
+    """What travels with an image's pixels and features: its URI and upright size."""
+    uri: str
+    width: int
+    height: int
+
+
+class PreparedImage(typing.NamedTuple):
+    """An image decoded and resized for the backbone (`schemas.images.prepare_image`)."""
+    key: ImageKey
+    pixels: np.ndarray  # uint8 [image_size, image_size, 3]
+
+
+# Pixels have no Beam schema type; they never leave a fused stage, so a plain pickling coder is enough.
+beam.coders.registry.register_coder(PreparedImage, beam.coders.PickleCoder)

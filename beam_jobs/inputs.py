@@ -1,0 +1,280 @@
+"""Which inputs the caption job reads: globs and list files resolved to files, then chosen on URIs alone.
+
+    refs, early_errors = patterns | ResolveInputs()                  # InputRef per image file / archive; ErrorRow
+    selected, skipped_errors = ... | SelectNewInputs(done_uris)      # each URI once, none already done
+
+`ResolveInputs` matches the ``--input`` globs, classifies every file by name (`beam_jobs.sources`), streams list
+files (one URI per line, normalized) and routes what they name. Errors found here (a file that is no image, a
+list that is not text, a list inside a list) are rows at once; no file is read but lists.
+
+`SelectNewInputs` is the job's only join, and it is on URIs: candidates, the URIs already in the outputs
+(``--skip_existing``) and the member URIs that loose files already name meet in one CoGroupByKey keyed by the file
+URI (an archive member's done URI is keyed by its archive). Each URI comes out once; an archive comes out with
+the member names to pass over while it is streamed. Image bytes are read after this, by `image_transforms`.
+"""
+import os
+import typing
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from beam_jobs import runtime, sources
+from beam_jobs.elements import InputRef
+from beam_jobs.runtime import counter
+from schemas import images, tables
+from schemas.tables import ErrorRow
+
+ERRORS = "errors"
+LISTS, NESTED_LISTS = "lists", "nested_lists"
+MAX_LIST_LINE_BYTES = 64 * 1024
+LIST_PROBE_LINES = 10_000  # a .txt whose first lines name no image or archive is not a list of inputs
+
+
+def _encode(path: str) -> bytes:
+    """Paths travel as bytes: a local path that is not UTF-8 is a str no coder can write."""
+    return path.encode("utf-8", "surrogateescape")
+
+
+def _decode(path: bytes | str) -> str:
+    return path.decode("utf-8", "surrogateescape") if isinstance(path, bytes) else path
+
+
+def _location(path: str) -> bytes:
+    """The bytes to open a path by, when its text URI differs from it (a path that is not UTF-8)."""
+    return b"" if sources.text_path(path) == path else _encode(path)
+
+
+def _canonical_path(path: str) -> str:
+    """Local paths made absolute and normalized, so that one file has one URI whatever the working directory."""
+    if "://" in path:
+        return sources.normalize_uri(path)
+    return os.path.normpath(os.path.abspath(path))
+
+
+class MatchPatterns(beam.DoFn):
+    """A glob -> the paths it matches (a pattern that matches nothing any more is an error row)."""
+
+    def process(self, pattern: str):
+        try:
+            matched = FileSystems.match([pattern])[0].metadata_list
+        except Exception as error:  # BeamIOError when nothing matches on some filesystems
+            matched, failure = [], error
+        else:
+            failure = None
+        if not matched:
+            reason = f": {type(failure).__name__}: {failure}" if failure else ""
+            yield beam.pvalue.TaggedOutput(ERRORS, tables.error_row(
+                sources.text_path(pattern), images.MISSING_FILE, f"--input {pattern} matches no file{reason}"))
+            return
+        for metadata in matched:
+            yield _encode(_canonical_path(metadata.path))
+
+
+class RouteInputs(beam.DoFn):
+    """A path -> an `InputRef` (image or archive, main output), a list to read, or an error row."""
+
+    def __init__(self, listed: bool = False):
+        self._listed = listed  # paths named by a list: a list among them is not followed
+
+    def process(self, encoded: bytes):
+        path = _decode(encoded)
+        uri = sources.text_path(path)
+        try:
+            kind = sources.kind_of(uri)
+            if kind in (sources.IMAGE, sources.ARCHIVE):
+                counter("image_files" if kind == sources.IMAGE else "archives").inc()
+                yield InputRef(uri=uri, kind=kind, location=_location(path))
+            elif kind == sources.LIST:
+                yield beam.pvalue.TaggedOutput(NESTED_LISTS if self._listed else LISTS, _encode(path))
+            else:
+                counter("other_files").inc()
+                yield beam.pvalue.TaggedOutput(ERRORS, tables.error_row(
+                    uri, images.NOT_AN_IMAGE, "neither an image, an archive nor a list file (by its name); skipped"))
+        except Exception as error:
+            yield beam.pvalue.TaggedOutput(ERRORS, runtime.internal_error_row(uri, error))
+
+
+class _LineTooLong(Exception):
+    pass
+
+
+def _lines(stream, max_bytes: int):
+    """The lines of a binary stream, read in 1 MiB chunks; `_LineTooLong` past ``max_bytes`` without a newline."""
+    pending = b""
+    while True:
+        chunk = stream.read(1 << 20)
+        if not chunk:
+            break
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        for line in complete:
+            if len(line) > max_bytes:
+                raise _LineTooLong()
+            yield line
+        if len(pending) > max_bytes:
+            raise _LineTooLong()
+    if pending:
+        yield pending
+
+
+class ReadListFiles(beam.DoFn):
+    """A list file -> the normalized paths it names, streamed line by line; what is wrong with it -> one error row.
+
+    A file whose first `LIST_PROBE_LINES` lines name no image or archive (a README.txt among photos) is not a list:
+    one ``not_an_image`` row for it and nothing else. A line that is not UTF-8 text or longer than 64 KiB ends the
+    reading with one ``read_error`` row for the list (the entries before it are kept).
+    """
+
+    def process(self, encoded: bytes):
+        path = _decode(encoded)
+        uri = sources.text_path(path)
+        counter("list_files").inc()
+        yield beam.pvalue.TaggedOutput(LISTS, uri)
+        probe, entries, line_number = [], 0, 0
+        try:
+            with sources.open_raw(path) as stream:
+                try:
+                    for line in _lines(stream, MAX_LIST_LINE_BYTES):
+                        line_number += 1
+                        text = line.decode("utf-8-sig" if line_number == 1 else "utf-8")
+                        if "\0" in text:
+                            raise UnicodeError("a NUL byte")
+                        listed = sources.resolve_listed(path, text)
+                        if listed is None:
+                            continue
+                        if probe is not None:  # still deciding whether this is a list at all
+                            probe.append(listed)
+                            if sources.kind_of(listed) in (sources.IMAGE, sources.ARCHIVE):
+                                entries += len(probe)
+                                yield from (_encode(entry) for entry in probe)
+                                probe = None
+                            elif line_number >= LIST_PROBE_LINES:
+                                break
+                            continue
+                        entries += 1
+                        yield _encode(listed)
+                except (UnicodeError, _LineTooLong) as error:
+                    what = ("longer than 64 KiB" if isinstance(error, _LineTooLong) else
+                            f"not UTF-8 text ({getattr(error, 'reason', error)})")
+                    if probe is not None:
+                        yield beam.pvalue.TaggedOutput(ERRORS, tables.error_row(
+                            uri, images.NOT_AN_IMAGE, f"not a list of image URIs: line {line_number + 1:,} is "
+                                                      f"{what}; skipped"))
+                    else:
+                        yield beam.pvalue.TaggedOutput(ERRORS, tables.error_row(
+                            uri, images.READ_ERROR, f"line {line_number + 1:,} is {what}; the {entries:,} entries "
+                                                    "before it were read, the rest of the list is skipped"))
+                    counter("listed_uris").inc(entries)
+                    return
+        except Exception as error:  # filesystems raise their own types (BeamIOError, PermissionError, ...)
+            error_class = images.MISSING_FILE if isinstance(error, FileNotFoundError) else images.READ_ERROR
+            counter("listed_uris").inc(entries)
+            yield beam.pvalue.TaggedOutput(ERRORS, tables.error_row(
+                uri, error_class, f"cannot read the list file after {entries:,} entries: "
+                                  f"{type(error).__name__}: {error}"))
+            return
+        if probe is not None:
+            yield beam.pvalue.TaggedOutput(ERRORS, tables.error_row(
+                uri, images.NOT_AN_IMAGE, "a .txt/.lst/.list input that names no image or archive; skipped"))
+            return
+        counter("listed_uris").inc(entries)
+
+
+class _Resolved(typing.NamedTuple):
+    refs: beam.PCollection
+    lists: beam.PCollection  # URIs of the list files that were read
+    nested_lists: beam.PCollection  # paths of lists named by lists (not followed)
+    errors: beam.PCollection
+
+
+class ResolveInputs(beam.PTransform):
+    """Globs -> `InputRef`s of image files and archives, the list files read, and error rows."""
+
+    def expand(self, patterns):
+        paths = patterns | "Match" >> beam.ParDo(MatchPatterns()).with_outputs(ERRORS, main="paths")
+        routed = paths.paths | "Route" >> beam.ParDo(RouteInputs()).with_outputs(
+            LISTS, NESTED_LISTS, ERRORS, main="refs")
+        listed = routed[LISTS] | "ReadLists" >> beam.ParDo(ReadListFiles()).with_outputs(
+            LISTS, ERRORS, main="paths")
+        listed_routed = listed.paths | "RouteListed" >> beam.ParDo(RouteInputs(listed=True)).with_outputs(
+            LISTS, NESTED_LISTS, ERRORS, main="refs")
+        refs = (routed.refs, listed_routed.refs) | "AllRefs" >> beam.Flatten()
+        errors = ((paths[ERRORS], routed[ERRORS], listed[ERRORS], listed_routed[ERRORS])
+                  | "AllErrors" >> beam.Flatten())
+        nested = ((routed[NESTED_LISTS], listed_routed[NESTED_LISTS]) | "NestedLists" >> beam.Flatten())
+        return _Resolved(refs=refs, lists=listed[LISTS], nested_lists=nested, errors=errors)
+
+
+def _claims(uri: str):
+    """A loose input whose URI reads as ``ARCHIVE!MEMBER`` claims that member: the archive passes over it."""
+    archive, member = sources.split_member_uri(uri)
+    if member is not None:
+        yield archive, member
+
+
+def _done_keys(uri: str):
+    yield uri, ""
+    yield from _claims(uri)
+
+
+class SelectNewInputs(beam.DoFn):
+    """After the URI join: each input once, none already done; early errors once, unless done."""
+
+    def process(self, element):
+        uri, joined = element
+        refs, errors = list(joined["refs"]), list(joined["errors"])
+        done = set(joined["done"])
+        done_itself = "" in done
+        candidates = len(refs) + len(errors) + (0 if refs or errors else
+                                                 (1 if joined["nested_lists"] and not joined["lists"] else 0))
+        if candidates > 1:
+            counter("duplicate_inputs").inc(candidates - 1)
+        if refs and refs[0].kind == sources.ARCHIVE:
+            ref = refs[0]
+            yield ref._replace(done=tuple(sorted(done)), claimed=tuple(sorted(set(joined["claims"]))))
+            return
+        if not candidates:
+            return  # only done URIs, claims or lists that were read
+        if done_itself:
+            counter("skipped_existing").inc()
+            return
+        if refs:
+            yield refs[0]
+        elif errors:
+            yield beam.pvalue.TaggedOutput(ERRORS, sorted(errors)[0])
+        else:
+            yield beam.pvalue.TaggedOutput(ERRORS, tables.error_row(
+                uri, images.NOT_AN_IMAGE, "a list file named inside a list file; lists are not followed from lists: "
+                                          "pass it as an --input"))
+
+
+class _Selected(typing.NamedTuple):
+    refs: beam.PCollection
+    errors: beam.PCollection
+
+
+class SelectInputs(beam.PTransform):
+    """(resolved inputs, done URIs) -> the `InputRef`s to read and the early error rows to write, each URI once."""
+
+    def __init__(self, done_uris):
+        super().__init__()
+        self._done_uris = done_uris
+
+    def expand(self, resolved: _Resolved):
+        refs, errors = resolved.refs, resolved.errors
+        loose_uris = (
+            (refs | "RefUris" >> beam.Map(lambda ref: ref.uri),
+             errors | "ErrorUris" >> beam.Map(lambda row: row.image_uri),
+             resolved.nested_lists | "NestedUris" >> beam.Map(lambda path: sources.text_path(_decode(path))))
+            | "LooseUris" >> beam.Flatten())
+        joined = (
+            {"refs": refs | "KeyRefs" >> beam.Map(lambda ref: (ref.uri, ref)),
+             "errors": errors | "KeyErrors" >> beam.Map(lambda row: (row.image_uri, row)),
+             "lists": resolved.lists | "KeyLists" >> beam.Map(lambda uri: (uri, uri)),
+             "nested_lists": resolved.nested_lists | "KeyNested" >> beam.Map(
+                 lambda path: (sources.text_path(_decode(path)), path)),
+             "claims": loose_uris | "Claims" >> beam.FlatMap(_claims),
+             "done": self._done_uris | "DoneKeys" >> beam.FlatMap(_done_keys)}
+            | "JoinOnUris" >> beam.CoGroupByKey())
+        selected = joined | "SelectNew" >> beam.ParDo(SelectNewInputs()).with_outputs(ERRORS, main="refs")
+        return _Selected(refs=selected.refs, errors=selected[ERRORS])
