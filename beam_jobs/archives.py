@@ -133,7 +133,8 @@ def read_archive(uri: str, location: str | None = None, *, skip: typing.Abstract
         if not head:
             yield MemberFailure(uri, images.EMPTY_FILE, "the archive is empty (0 bytes)")
             return
-        if _looks_like_zip(head) or (sources.is_zip_name(uri) and not _compression_of(head)):
+        if _looks_like_zip(head) or (sources.is_zip_name(uri) and not _compression_of(head)
+                                     and head[257:262] != b"ustar"):
             yield from _ZipReader(uri, stream, skip, limits).events()
         else:
             yield from _TarReader(uri, open_stream, stream, head, skip, limits).events()

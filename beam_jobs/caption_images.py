@@ -219,9 +219,12 @@ def summarize(counters: dict, config: CaptionConfig) -> str:
              f"{counters.get('duplicate_inputs', 0):,} duplicate inputs"]
     if adopted:
         lines.append(f"  carried over from the interrupted run's checkpoint: {adopted:,} rows")
-    if counters.get("internal_errors"):
-        lines.append(f"  internal errors: {counters['internal_errors']:,} (see the error rows of class "
+    if counters.get("errors_internal_error"):
+        lines.append(f"  internal errors: {counters['errors_internal_error']:,} (see the error rows of class "
                      "internal_error; please report them)")
+    if counters.get("internal_errors_without_row"):
+        lines.append(f"  internal errors after an archive's own row: {counters['internal_errors_without_row']:,} "
+                     "(in the log; please report them)")
     lines.append(f"  output: {tables.caption_shard_prefix(config.output, config.run_number)}*.parquet and "
                  f"{tables.error_shard_prefix(config.output, config.run_number)}*.parquet")
     return "\n".join(lines)

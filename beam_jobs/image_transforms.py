@@ -177,7 +177,7 @@ class ReadAndPrepare(beam.DoFn):
         except Exception as error:
             if archive_row_written:
                 logging.error("internal error on archive %s after its own row was written", ref.uri, exc_info=error)
-                counter("internal_errors").inc()
+                counter("internal_errors_without_row").inc()
             else:
                 yield beam.pvalue.TaggedOutput(ERRORS, runtime.internal_error_row(ref.uri, error))
 

@@ -12,6 +12,7 @@ list that is not text, a list inside a list) are rows at once; no file is read b
 URI (an archive member's done URI is keyed by its archive). Each URI comes out once; an archive comes out with
 the member names to pass over while it is streamed. Image bytes are read after this, by `image_transforms`.
 """
+import glob
 import os
 import typing
 
@@ -22,7 +23,6 @@ from beam_jobs import runtime, sources
 from beam_jobs.elements import InputRef
 from beam_jobs.runtime import counter
 from schemas import images, tables
-from schemas.tables import ErrorRow
 
 ERRORS = "errors"
 LISTS, NESTED_LISTS = "lists", "nested_lists"
@@ -61,13 +61,33 @@ class MatchPatterns(beam.DoFn):
             matched, failure = [], error
         else:
             failure = None
-        if not matched:
+        if not matched and not _broken_links(pattern, set()):
             reason = f": {type(failure).__name__}: {failure}" if failure else ""
             yield beam.pvalue.TaggedOutput(ERRORS, tables.error_row(
                 sources.text_path(pattern), images.MISSING_FILE, f"--input {pattern} matches no file{reason}"))
             return
         for metadata in matched:
             yield _encode(_canonical_path(metadata.path))
+        for path in _broken_links(pattern, {metadata.path for metadata in matched}):
+            yield _encode(_canonical_path(path))
+
+
+def _broken_links(pattern: str, matched: set) -> list[str]:
+    """Local entries that Beam's glob passes over without a word but that look like inputs: symbolic links that
+    point nowhere (or in a loop), and directories named like an image, archive or list. Each becomes an input, so
+    that it gets its row (``missing_file`` or ``read_error``)."""
+    if "://" in pattern and not pattern.startswith("file://"):
+        return []
+    local = pattern[len("file://"):] if pattern.startswith("file://") else pattern
+    found = []
+    for path in glob.glob(local, recursive=True):
+        if path in matched:
+            continue
+        if os.path.islink(path) and not os.path.exists(path):
+            found.append(path)
+        elif os.path.isdir(path) and sources.kind_of(path) != sources.OTHER:
+            found.append(path)
+    return sorted(found)
 
 
 class RouteInputs(beam.DoFn):
@@ -233,8 +253,8 @@ class SelectNewInputs(beam.DoFn):
             ref = refs[0]
             yield ref._replace(done=tuple(sorted(done)), claimed=tuple(sorted(set(joined["claims"]))))
             return
-        if not candidates:
-            return  # only done URIs, claims or lists that were read
+        if not candidates:  # only done URIs, claims or lists that were read
+            return
         if done_itself:
             counter("skipped_existing").inc()
             return
@@ -260,7 +280,7 @@ class SelectInputs(beam.PTransform):
         super().__init__()
         self._done_uris = done_uris
 
-    def expand(self, resolved: _Resolved):
+    def expand(self, resolved):
         refs, errors = resolved.refs, resolved.errors
         loose_uris = (
             (refs | "RefUris" >> beam.Map(lambda ref: ref.uri),

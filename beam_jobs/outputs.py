@@ -27,7 +27,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_jobs.runtime import counter
 from schemas import tables
-from schemas.tables import CaptionRow, ErrorRow
+from schemas.tables import CaptionRow
 
 CAPTIONS, ERRORS = "captions", "errors"
 

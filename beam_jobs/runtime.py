@@ -109,9 +109,11 @@ def counter(name: str):
 
 
 def internal_error_row(uri: str, error: BaseException):
-    """The error row of an input whose handling raised an unexpected exception: the job goes on without it."""
+    """The error row of an input whose handling raised an unexpected exception: the job goes on without it.
+
+    Safe on any thread (it counts nothing: Beam counters only count on the bundle's own thread; the rows are
+    counted by class where they are written)."""
     from schemas import images, tables
-    counter("internal_errors").inc()
     logging.warning("internal error on %s", uri, exc_info=error)
     text = str(error).strip()
     what = f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -1,0 +1,58 @@
+"""Runs the caption job and kills its own process with SIGKILL at a chosen moment (for tests/test_caption_resume.py).
+
+    python tests/kill_during.py expansion|captioning|final_write CAPTION_JOB_ARGS...
+
+expansion: on the 3rd archive entry; captioning: on the 3rd caption batch; final_write: right after the first
+output shard is renamed to its final name (the other shards and the checkpoint's removal never happen).
+"""
+import os
+import signal
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _kill():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _on_call(owner, name, call_number):
+    original = getattr(owner, name)
+    calls = []
+
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call_number:
+            _kill()
+        return original(*args, **kwargs)
+    setattr(owner, name, wrapper)
+
+
+def main():
+    moment, args = sys.argv[1], sys.argv[2:]
+    if moment == "expansion":
+        from beam_jobs import archives
+        _on_call(archives._TarReader, "_entry_event", 3)  # pylint: disable=protected-access
+    elif moment == "captioning":
+        from beam_jobs.inference import CaptionModelHandler
+        _on_call(CaptionModelHandler, "run_inference", 3)
+    elif moment == "final_write":
+        from apache_beam.io.filesystems import FileSystems
+
+        from schemas import tables
+        prefix = args[args.index("--output") + 1]
+        original = FileSystems.rename
+
+        def rename(sources, destinations):
+            original(sources, destinations)
+            if any(tables.classify_output(prefix, path) for path in destinations):
+                _kill()
+        FileSystems.rename = staticmethod(rename)
+    else:
+        raise SystemExit(f"unknown moment {moment}")
+    from beam_jobs import caption_images
+    sys.exit(caption_images.main(args))
+
+
+if __name__ == "__main__":
+    main()
