@@ -134,7 +134,17 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     return args, beam_args
 
 
+def _check_filesystem(flag: str, path: str) -> None:
+    try:
+        FileSystems.get_filesystem(path)
+    except ValueError as error:
+        scheme = path.partition("://")[0]
+        hint = " (install imcap[gcp] for gs:// paths)" if scheme == "gs" else ""
+        raise ValueError(f"{flag} {path}: no Beam filesystem for '{scheme}://'{hint}: {error}") from None
+
+
 def _matches_something(pattern: str) -> bool:
+    _check_filesystem("--input", pattern)
     try:
         return bool(FileSystems.match([pattern])[0].metadata_list)
     except Exception:  # BeamIOError when nothing matches on some filesystems
@@ -155,6 +165,7 @@ def prepare(args: argparse.Namespace) -> CaptionConfig:
     check_feature_weights(config, digest, weights)
     del extractor
 
+    _check_filesystem("--output", args.output)
     for pattern in args.input:
         if not _matches_something(pattern):
             raise FileNotFoundError(f"--input {pattern}: matches no file")
@@ -187,7 +198,7 @@ def prepare(args: argparse.Namespace) -> CaptionConfig:
 def build_pipeline(pipeline: beam.Pipeline, config: CaptionConfig) -> None:
     done_uris = pipeline | "DoneUris" >> ReadDoneUris(config.done_files)
     selected = (pipeline
-                | "Patterns" >> beam.Create(config.inputs)
+                | "Patterns" >> beam.Create([pattern.encode("utf-8", "surrogateescape") for pattern in config.inputs])
                 | "ResolveInputs" >> ResolveInputs()
                 | "SelectInputs" >> SelectInputs(done_uris))
     prepared = selected.refs | "ReadAndPrepare" >> beam.ParDo(ReadAndPrepare(

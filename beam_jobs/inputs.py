@@ -54,7 +54,8 @@ def _canonical_path(path: str) -> str:
 class MatchPatterns(beam.DoFn):
     """A glob -> the paths it matches (a pattern that matches nothing any more is an error row)."""
 
-    def process(self, pattern: str):
+    def process(self, encoded: bytes):
+        pattern = _decode(encoded)
         try:
             matched = FileSystems.match([pattern])[0].metadata_list
         except Exception as error:  # BeamIOError when nothing matches on some filesystems
@@ -64,7 +65,7 @@ class MatchPatterns(beam.DoFn):
         if not matched and not _broken_links(pattern, set()):
             reason = f": {type(failure).__name__}: {failure}" if failure else ""
             yield beam.pvalue.TaggedOutput(ERRORS, tables.error_row(
-                sources.text_path(pattern), images.MISSING_FILE, f"--input {pattern} matches no file{reason}"))
+                pattern, images.MISSING_FILE, f"--input {pattern} matches no file{reason}"))
             return
         for metadata in matched:
             yield _encode(_canonical_path(metadata.path))

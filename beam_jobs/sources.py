@@ -100,11 +100,7 @@ def unescape_member_name(member: str) -> bytes:
 
 def text_path(path: str) -> str:
     """A path as valid text: bytes that are not UTF-8 (surrogate-escaped by Python) become %XX; others are kept."""
-    try:
-        path.encode("utf-8")
-        return path
-    except UnicodeEncodeError:
-        return "".join(f"%{ord(c) - 0xDC00:02X}" if "\udc80" <= c <= "\udcff" else c for c in path)
+    return tables.valid_text(path)
 
 
 def member_uri(archive_uri: str, name: bytes | str) -> str:

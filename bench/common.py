@@ -60,14 +60,13 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, {platform.system()}"
 
 
-def peak_rss_of_command(command: list[str], env: dict | None = None) -> tuple[float, float]:
+def peak_rss_of_command(command: list[str], env: dict | None = None, cwd: str = REPO_ROOT) -> tuple[float, float]:
     """(wall seconds, peak RSS in MiB) of a command run as the only child of a fresh helper process."""
     probe = ("import resource, subprocess, sys, time, json; start = time.perf_counter(); "
              "code = subprocess.run(sys.argv[1:]).returncode; "
              "print(json.dumps({'code': code, 'seconds': time.perf_counter() - start, "
              "'rss_kib': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))")
-    out = subprocess.run([sys.executable, "-c", probe, *command], capture_output=True, text=True, env=env,
-                         cwd=REPO_ROOT)
+    out = subprocess.run([sys.executable, "-c", probe, *command], capture_output=True, text=True, env=env, cwd=cwd)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     if result["code"] != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{out.stderr[-3000:]}")

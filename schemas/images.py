@@ -42,6 +42,9 @@ DEFAULT_MAX_PIXELS = 100_000_000
 # Pillow refuses images above about 179 megapixels by itself (DecompressionBombError, reported as too_large like
 # ours) and warns above 89 megapixels; the warning is noise here because the limit above is checked explicitly.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+# Pillow's plugins warn about malformed metadata of the file at hand ("Corrupt EXIF data", ...): per-input noise in
+# a batch job's log; what matters about an input is in its output or error row.
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 _WHITE = (255, 255, 255)
 _SWAPPING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that rotate by 90 or 270 degrees
 
@@ -111,28 +114,33 @@ def upright_size(image: Image.Image) -> tuple[int, int]:
 def _upright(image: Image.Image) -> Image.Image:
     """The EXIF orientation applied; a malformed EXIF block leaves the image as stored (as viewers do)."""
     try:
-        return ImageOps.exif_transpose(image)
+        ImageOps.exif_transpose(image, in_place=True)  # no copy when the photo is already upright
     except Exception:
-        return image
+        pass
+    return image
 
 
 def _to_gray8(image: Image.Image) -> Image.Image:
-    """1/L/16-bit/32-bit grayscale -> 8-bit L, row block by row block (no full-size float copy).
+    """1/L/16-bit/32-bit grayscale -> 8-bit L, a block of rows at a time (no full-size copy besides the result).
 
     16-bit is scaled from 0..65535; 32-bit integer or float from 0..255 if it fits, else 0..65535, else 0..max.
     """
     mode = image.mode
-    if mode in ("1", "L"):
+    if mode == "L":
+        return image
+    if mode == "1":
         return image.convert("L")
-    pixels = np.asarray(image)
-    if mode.startswith("I;16"):
-        return Image.fromarray(_SIXTEEN_TO_EIGHT[pixels])
-    peak = float(pixels.max(initial=0))
-    top = 255.0 if peak <= 255.0 else 65535.0 if peak <= 65535.0 else peak
-    gray = np.empty(pixels.shape, dtype=np.uint8)
-    for start in range(0, pixels.shape[0], _ROWS_PER_CHUNK):
-        block = pixels[start:start + _ROWS_PER_CHUNK].astype(np.float64)
-        gray[start:start + _ROWS_PER_CHUNK] = np.clip(np.rint(block * (255.0 / top)), 0, 255)
+    width, height = image.size
+    if not mode.startswith("I;16"):
+        peak = max(float(image.getextrema()[1]), 0.0)
+        top = 255.0 if peak <= 255.0 else 65535.0 if peak <= 65535.0 else peak
+    gray = np.empty((height, width), dtype=np.uint8)
+    for start in range(0, height, _ROWS_PER_CHUNK):
+        block = np.asarray(image.crop((0, start, width, min(start + _ROWS_PER_CHUNK, height))))
+        if mode.startswith("I;16"):
+            gray[start:start + len(block)] = _SIXTEEN_TO_EIGHT[block]
+        else:
+            gray[start:start + len(block)] = np.clip(np.rint(block.astype(np.float64) * (255.0 / top)), 0, 255)
     return Image.fromarray(gray)
 
 

@@ -68,8 +68,19 @@ class ErrorRow(typing.NamedTuple):
     message: str
 
 
+def valid_text(text: str) -> str:
+    """Text any coder and Parquet can write: lone surrogates (bytes of a non-UTF-8 path that Python decoded with
+    surrogateescape, quoted in an exception's message) become %XX, as `beam_jobs.sources` escapes such paths."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return "".join(f"%{ord(c) - 0xDC00:02X}" if "\udc80" <= c <= "\udcff" else
+                       c.encode("utf-8", "backslashreplace").decode("utf-8") for c in text)
+
+
 def error_row(image_uri: str, error_class: str, message: str) -> ErrorRow:
-    return ErrorRow(image_uri=image_uri, error=error_class, message=message)
+    return ErrorRow(image_uri=valid_text(image_uri), error=error_class, message=valid_text(message))
 
 
 def caption_row(image_uri: str, caption: str, log_prob: float, model_id: str, width: int, height: int) -> CaptionRow:

@@ -102,3 +102,43 @@ def test_large_jpeg_draft_decoding_matches_full_decoding_closely():
     full = images.resize_pixels(images.to_rgb(Image.open(io.BytesIO(data))), 150)
     assert size == (1200, 1200)
     assert np.abs(drafted.astype(int) - full.astype(int)).mean() < 3.0
+
+
+def test_only_supported_formats_are_opened():
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n0 0 moveto (x) show showpage\n"
+    psd_like = _encode(Image.new("RGB", (20, 20)), "TGA")  # a format Pillow reads, but not one the jobs accept
+    for data in (eps, psd_like):
+        with pytest.raises(ImageError) as caught:
+            prepare_image(data, 71)
+        assert caught.value.error_class == images.UNSUPPORTED_FORMAT
+        assert "JPEG, PNG" in caught.value.message
+
+
+def test_a_malformed_exif_block_leaves_the_photo_as_stored():
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = bytearray(_encode(_left_half_red_right_half_blue(), "JPEG", exif=exif, quality=95))
+    start = data.find(b"Exif\0\0")
+    data[start + 10:start + 18] = b"\xff" * 8  # the IFD offset now points nowhere
+    pixels, size = prepare_image(bytes(data), 72)
+    assert size == (80, 40)  # not rotated
+    assert pixels[36, 10, 0] > 200 and pixels[36, 60, 2] > 200  # red left, blue right, as stored
+
+
+@pytest.mark.parametrize("values, expected", [
+    (np.full((300, 20), -7, dtype=np.int32), 0),  # negative 32-bit: clipped to black
+    (np.full((300, 20), 200, dtype=np.int32), 200),  # fits 8 bits: kept
+    (np.full((300, 20), 70000, dtype=np.int32), 255),  # above 16 bits: scaled by its own maximum
+    (np.full((300, 20), 1.5, dtype=np.float32), 2),  # float, rounded
+])
+def test_thirty_two_bit_images_are_scaled_block_by_block(values, expected):
+    pixels, _ = prepare_image(_encode(Image.fromarray(values), "TIFF"), 71)
+    assert np.all(pixels == expected)
+
+
+def test_big_endian_sixteen_bit_tiff():
+    stored = np.full((300, 30), 65535, dtype=">u2")
+    stored[:, :15] = 32768
+    image = Image.frombuffer("I;16B", (30, 300), stored.tobytes(), "raw", "I;16B", 0, 1)
+    pixels, _ = prepare_image(_encode(image, "TIFF"), 72)
+    assert np.all(pixels[:, :30] == 128) and np.all(pixels[:, 42:] == 255)
