@@ -662,9 +662,7 @@ class _ZipReader:
         tail_length = min(self._size, _EOCD.size + 0xFFFF)
         self._stream.seek(self._size - tail_length)
         tail = self._stream.read(tail_length)
-        index = tail.rfind(b"PK\x05\x06")
-        while index >= 0 and len(tail) - index < _EOCD.size:
-            index = tail.rfind(b"PK\x05\x06", 0, index)
+        index = _end_record_index(tail)
         if index < 0:
             raise _Stop(images.CORRUPT_ARCHIVE, "no zip end-of-central-directory record: not a zip archive, or a "
                                                 "truncated one (e.g. an incomplete download)")
@@ -809,6 +807,20 @@ class _ZipReader:
             raise _Stop(images.CORRUPT_ARCHIVE, f"CRC-32 mismatch (stored {entry.crc:08x}, computed {crc:08x}): "
                                                 "the member's data is damaged")
         return b"".join(output)
+
+
+def _end_record_index(tail: bytes) -> int:
+    """The end-of-central-directory record in the file's tail: the last candidate whose comment length reaches
+    exactly the end of the file (a comment may itself hold the signature), else the last candidate that fits."""
+    fallback, index = -1, tail.rfind(b"PK\x05\x06")
+    while index >= 0:
+        if len(tail) - index >= _EOCD.size:
+            if fallback < 0:
+                fallback = index
+            if index + _EOCD.size + _EOCD.unpack_from(tail, index)[7] == len(tail):
+                return index
+        index = tail.rfind(b"PK\x05\x06", 0, index)
+    return fallback
 
 
 def _zip64_sizes(extra: bytes, compressed: int, size: int, offset: int) -> tuple[int, int, int]:

@@ -17,13 +17,15 @@ class InputRef(typing.NamedTuple):
     ``uri`` is the text of output rows; ``location`` the path to open when it differs from ``uri`` (a local path
     that is not UTF-8, as bytes), else empty. For an archive, ``done`` holds the member parts of URIs already in
     the outputs (``""``: the archive's own URI) and ``claimed`` the member parts that loose inputs already name;
-    both are passed over while streaming.
+    both are passed over while streaming. ``only``: when not empty, the archive is no input itself and only these
+    members (named by a list) are read.
     """
     uri: str
     kind: str  # sources.IMAGE or sources.ARCHIVE
     location: bytes = b""
     done: typing.Sequence[str] = ()
     claimed: typing.Sequence[str] = ()
+    only: typing.Sequence[str] = ()
 
     def path(self) -> str:
         return self.location.decode("utf-8", "surrogateescape") if self.location else self.uri

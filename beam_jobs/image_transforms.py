@@ -110,6 +110,16 @@ class _OrderedPool:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
 
+class _AllBut:
+    """A container holding every member part except the given ones (the archive reader's ``skip``)."""
+
+    def __init__(self, kept):
+        self._kept = kept
+
+    def __contains__(self, part):
+        return part not in self._kept
+
+
 class ReadAndPrepare(beam.DoFn):
     """`InputRef` -> `PreparedImage` per image (main output) and `ErrorRow`s (``errors``).
 
@@ -141,7 +151,7 @@ class ReadAndPrepare(beam.DoFn):
 
     def process(self, ref: InputRef):
         if ref.kind == sources.ARCHIVE:
-            yield from self._archive(ref)
+            yield from (self._listed_members(ref) if ref.only else self._archive(ref))
             return
         try:
             yield from self._outputs(self._pool.submit(
@@ -180,6 +190,47 @@ class ReadAndPrepare(beam.DoFn):
                 counter("internal_errors_without_row").inc()
             else:
                 yield beam.pvalue.TaggedOutput(ERRORS, runtime.internal_error_row(ref.uri, error))
+
+    def _listed_members(self, ref: InputRef):
+        """Only the members a list names, from an archive that is no input itself: each wanted member gets its
+        row; nothing else of the archive does (its damage is reported on the wanted members it cost)."""
+        wanted, found = set(ref.only), set()
+        prefix = ref.uri + tables.MEMBER_SEPARATOR
+        stop = damage = None
+        try:
+            for event in archives.read_archive(ref.uri, ref.path(), skip=_AllBut(wanted), limits=self._limits):
+                part = event.uri[len(prefix):] if event.uri.startswith(prefix) else ""
+                if isinstance(event, archives.MemberSkipped):
+                    if event.reason == archives.SKIPPED_DUPLICATE and part in wanted:
+                        counter("duplicate_inputs").inc()
+                    continue
+                if part in wanted and part not in found:
+                    found.add(part)
+                    if isinstance(event, archives.MemberData):
+                        counter("archive_members").inc()
+                        yield from self._outputs(self._pool.submit(
+                            prepare_bytes, event.uri, event.data, self._image_size, self._max_pixels,
+                            cost=len(event.data)))
+                    else:
+                        yield beam.pvalue.TaggedOutput(ERRORS, tables.error_row(event.uri, event.error_class,
+                                                                                event.message))
+                elif part == "":
+                    stop = event
+                elif isinstance(event, archives.MemberFailure) and part.startswith(sources.POSITION_MARK):
+                    damage = damage or event
+        except Exception as error:
+            stop = archives.MemberFailure(ref.uri, images.INTERNAL_ERROR, f"{type(error).__name__}: {error}")
+        for part in sorted(wanted - found):
+            uri = prefix + part
+            if stop is not None:
+                row = tables.error_row(uri, stop.error_class, f"listed member of {ref.uri}, which could not be read "
+                                                              f"to its end: {stop.message}")
+            elif damage is not None:
+                row = tables.error_row(uri, images.CORRUPT_ARCHIVE, f"no member of this name was read from "
+                                                                    f"{ref.uri}; it has damage: {damage.message}")
+            else:
+                row = tables.error_row(uri, images.MISSING_FILE, f"no member of this name in {ref.uri}")
+            yield beam.pvalue.TaggedOutput(ERRORS, row)
 
     def finish_bundle(self):
         for output in self._outputs(self._pool.drain()):

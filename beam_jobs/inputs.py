@@ -5,7 +5,8 @@
 
 `ResolveInputs` matches the ``--input`` globs, classifies every file by name (`beam_jobs.sources`), streams list
 files (one URI per line, normalized) and routes what they name. Errors found here (a file that is no image, a
-list that is not text, a list inside a list) are rows at once; no file is read but lists.
+list that is not text, a list inside a list) are rows at once; no file is read but lists. A listed
+``ARCHIVE!MEMBER`` that is not itself a file is a member reference: the archive is read for those members only.
 
 `SelectNewInputs` is the job's only join, and it is on URIs: candidates, the URIs already in the outputs
 (``--skip_existing``) and the member URIs that loose files already name meet in one CoGroupByKey keyed by the file
@@ -25,7 +26,7 @@ from beam_jobs.runtime import counter
 from schemas import images, tables
 
 ERRORS = "errors"
-LISTS, NESTED_LISTS = "lists", "nested_lists"
+LISTS, NESTED_LISTS, MEMBERS = "lists", "nested_lists", "members"
 MAX_LIST_LINE_BYTES = 64 * 1024
 LIST_PROBE_LINES = 10_000  # a .txt whose first lines name no image or archive is not a list of inputs
 
@@ -101,6 +102,11 @@ class RouteInputs(beam.DoFn):
         path = _decode(encoded)
         uri = sources.text_path(path)
         try:
+            member = self._member_reference(path) if self._listed else None
+            if member is not None:
+                counter("listed_members").inc()
+                yield beam.pvalue.TaggedOutput(MEMBERS, member)
+                return
             kind = sources.kind_of(uri)
             if kind in (sources.IMAGE, sources.ARCHIVE):
                 counter("image_files" if kind == sources.IMAGE else "archives").inc()
@@ -114,14 +120,25 @@ class RouteInputs(beam.DoFn):
         except Exception as error:
             yield beam.pvalue.TaggedOutput(ERRORS, runtime.internal_error_row(uri, error))
 
+    @staticmethod
+    def _member_reference(path: str):
+        """(archive URI, member part, archive location) when a listed path names an archive member
+        (``ARCHIVE!MEMBER``, as in the outputs) and is not itself a file; else None."""
+        archive, member = sources.split_member_uri(path)
+        if member is None or FileSystems.exists(path):
+            return None
+        if not member.startswith(sources.POSITION_MARK):  # one spelling per member: the escaped stored name
+            member = sources.escape_member_name(sources.unescape_member_name(member))
+        return sources.text_path(archive), member, _location(archive)
 
-class _LineTooLong(Exception):
-    pass
+
+TOO_LONG = None  # what `_lines` yields for a line past the length limit
 
 
 def _lines(stream, max_bytes: int):
-    """The lines of a binary stream, read in 1 MiB chunks; `_LineTooLong` past ``max_bytes`` without a newline."""
-    pending = b""
+    """The lines of a binary stream, read in 1 MiB chunks; `TOO_LONG` for a line longer than ``max_bytes`` (whose
+    bytes are passed over, never held)."""
+    pending, skipping = b"", False
     while True:
         chunk = stream.read(1 << 20)
         if not chunk:
@@ -129,21 +146,26 @@ def _lines(stream, max_bytes: int):
         pending += chunk
         *complete, pending = pending.split(b"\n")
         for line in complete:
-            if len(line) > max_bytes:
-                raise _LineTooLong()
-            yield line
+            if skipping:
+                skipping = False  # the end of the over-long line
+                continue
+            yield TOO_LONG if len(line) > max_bytes else line
         if len(pending) > max_bytes:
-            raise _LineTooLong()
-    if pending:
-        yield pending
+            if not skipping:
+                yield TOO_LONG
+            pending, skipping = b"", True
+    if pending and not skipping:
+        yield TOO_LONG if len(pending) > max_bytes else pending
 
 
 class ReadListFiles(beam.DoFn):
     """A list file -> the normalized paths it names, streamed line by line; what is wrong with it -> one error row.
 
-    A file whose first `LIST_PROBE_LINES` lines name no image or archive (a README.txt among photos) is not a list:
-    one ``not_an_image`` row for it and nothing else. A line that is not UTF-8 text or longer than 64 KiB ends the
-    reading with one ``read_error`` row for the list (the entries before it are kept).
+    Lines are UTF-8 (an optional BOM, CRLF); bytes that are not UTF-8 are kept as they are, so a Latin-1 line names
+    the Latin-1 file it means on a local disk. A line holding a NUL byte or longer than 64 KiB cannot name a file:
+    such lines are counted and reported in one ``read_error`` row for the list, and the other lines are read. A
+    file whose first `LIST_PROBE_LINES` lines name no image or archive (a README.txt among photos, a binary file)
+    is not a list: one ``not_an_image`` row for it and nothing else.
     """
 
     def process(self, encoded: bytes):
@@ -151,42 +173,31 @@ class ReadListFiles(beam.DoFn):
         uri = sources.text_path(path)
         counter("list_files").inc()
         yield beam.pvalue.TaggedOutput(LISTS, uri)
-        probe, entries, line_number = [], 0, 0
+        probe, entries, line_number, bad_lines = [], 0, 0, []
         try:
             with sources.open_raw(path) as stream:
-                try:
-                    for line in _lines(stream, MAX_LIST_LINE_BYTES):
-                        line_number += 1
-                        text = line.decode("utf-8-sig" if line_number == 1 else "utf-8")
-                        if "\0" in text:
-                            raise UnicodeError("a NUL byte")
-                        listed = sources.resolve_listed(path, text)
-                        if listed is None:
-                            continue
-                        if probe is not None:  # still deciding whether this is a list at all
-                            probe.append(listed)
-                            if sources.kind_of(listed) in (sources.IMAGE, sources.ARCHIVE):
-                                entries += len(probe)
-                                yield from (_encode(entry) for entry in probe)
-                                probe = None
-                            elif line_number >= LIST_PROBE_LINES:
-                                break
-                            continue
-                        entries += 1
-                        yield _encode(listed)
-                except (UnicodeError, _LineTooLong) as error:
-                    what = ("longer than 64 KiB" if isinstance(error, _LineTooLong) else
-                            f"not UTF-8 text ({getattr(error, 'reason', error)})")
-                    if probe is not None:
-                        yield beam.pvalue.TaggedOutput(ERRORS, tables.error_row(
-                            uri, images.NOT_AN_IMAGE, f"not a list of image URIs: line {line_number + 1:,} is "
-                                                      f"{what}; skipped"))
-                    else:
-                        yield beam.pvalue.TaggedOutput(ERRORS, tables.error_row(
-                            uri, images.READ_ERROR, f"line {line_number + 1:,} is {what}; the {entries:,} entries "
-                                                    "before it were read, the rest of the list is skipped"))
-                    counter("listed_uris").inc(entries)
-                    return
+                for line in _lines(stream, MAX_LIST_LINE_BYTES):
+                    line_number += 1
+                    if line is TOO_LONG or b"\0" in line:
+                        bad_lines.append((line_number, "is longer than 64 KiB" if line is TOO_LONG
+                                          else "holds a NUL byte"))
+                        continue
+                    if line_number == 1 and line.startswith(b"\xef\xbb\xbf"):
+                        line = line[3:]
+                    listed = sources.resolve_listed(path, line.decode("utf-8", "surrogateescape"))
+                    if listed is None:
+                        continue
+                    if probe is not None:  # still deciding whether this is a list at all
+                        probe.append(listed)
+                        if sources.kind_of(listed) in (sources.IMAGE, sources.ARCHIVE):
+                            entries += len(probe)
+                            yield from (_encode(entry) for entry in probe)
+                            probe = None
+                        elif line_number >= LIST_PROBE_LINES:
+                            break
+                        continue
+                    entries += 1
+                    yield _encode(listed)
         except Exception as error:  # filesystems raise their own types (BeamIOError, PermissionError, ...)
             error_class = images.MISSING_FILE if isinstance(error, FileNotFoundError) else images.READ_ERROR
             counter("listed_uris").inc(entries)
@@ -199,12 +210,19 @@ class ReadListFiles(beam.DoFn):
                 uri, images.NOT_AN_IMAGE, "a .txt/.lst/.list input that names no image or archive; skipped"))
             return
         counter("listed_uris").inc(entries)
+        if bad_lines:
+            shown = "; ".join(f"line {number:,} {what}" for number, what in bad_lines[:5])
+            more = f" (and {len(bad_lines) - 5:,} more)" if len(bad_lines) > 5 else ""
+            yield beam.pvalue.TaggedOutput(ERRORS, tables.error_row(
+                uri, images.READ_ERROR, f"{len(bad_lines):,} lines name no file: {shown}{more}; the other "
+                                        f"{entries:,} entries were read"))
 
 
 class _Resolved(typing.NamedTuple):
     refs: beam.PCollection
     lists: beam.PCollection  # URIs of the list files that were read
     nested_lists: beam.PCollection  # paths of lists named by lists (not followed)
+    members: beam.PCollection  # (archive URI, member part, location) named by lists
     errors: beam.PCollection
 
 
@@ -214,16 +232,17 @@ class ResolveInputs(beam.PTransform):
     def expand(self, patterns):
         paths = patterns | "Match" >> beam.ParDo(MatchPatterns()).with_outputs(ERRORS, main="paths")
         routed = paths.paths | "Route" >> beam.ParDo(RouteInputs()).with_outputs(
-            LISTS, NESTED_LISTS, ERRORS, main="refs")
+            LISTS, NESTED_LISTS, MEMBERS, ERRORS, main="refs")
         listed = routed[LISTS] | "ReadLists" >> beam.ParDo(ReadListFiles()).with_outputs(
             LISTS, ERRORS, main="paths")
         listed_routed = listed.paths | "RouteListed" >> beam.ParDo(RouteInputs(listed=True)).with_outputs(
-            LISTS, NESTED_LISTS, ERRORS, main="refs")
+            LISTS, NESTED_LISTS, MEMBERS, ERRORS, main="refs")
         refs = (routed.refs, listed_routed.refs) | "AllRefs" >> beam.Flatten()
         errors = ((paths[ERRORS], routed[ERRORS], listed[ERRORS], listed_routed[ERRORS])
                   | "AllErrors" >> beam.Flatten())
         nested = ((routed[NESTED_LISTS], listed_routed[NESTED_LISTS]) | "NestedLists" >> beam.Flatten())
-        return _Resolved(refs=refs, lists=listed[LISTS], nested_lists=nested, errors=errors)
+        return _Resolved(refs=refs, lists=listed[LISTS], nested_lists=nested, members=listed_routed[MEMBERS],
+                         errors=errors)
 
 
 def _claims(uri: str):
@@ -239,27 +258,36 @@ def _done_keys(uri: str):
 
 
 class SelectNewInputs(beam.DoFn):
-    """After the URI join: each input once, none already done; early errors once, unless done."""
+    """After the URI join: each input once, none already done; early errors once, unless done.
+
+    An archive comes out with the member parts to pass over (done, or named by loose files). An archive that is no
+    input but whose members a list names comes out with ``only`` those members (less the done ones)."""
 
     def process(self, element):
         uri, joined = element
         refs, errors = list(joined["refs"]), list(joined["errors"])
         done = set(joined["done"])
-        done_itself = "" in done
+        members = sorted(set(joined["members"]))
         candidates = len(refs) + len(errors) + (0 if refs or errors else
                                                  (1 if joined["nested_lists"] and not joined["lists"] else 0))
         if candidates > 1:
             counter("duplicate_inputs").inc(candidates - 1)
         if refs and refs[0].kind == sources.ARCHIVE:
-            ref = refs[0]
-            yield ref._replace(done=tuple(sorted(done)), claimed=tuple(sorted(set(joined["claims"]))))
-            return
-        if not candidates:  # only done URIs, claims or lists that were read
-            return
-        if done_itself:
+            counter("duplicate_inputs").inc(len(members))  # the whole archive is read anyway
+            yield refs[0]._replace(done=tuple(sorted(done)), claimed=tuple(sorted(set(joined["claims"]))))
+        elif members and not candidates:
+            claimed = set(joined["claims"])
+            wanted = [member for member, _ in members if member not in done and member not in claimed]
+            counter("skipped_existing").inc(sum(1 for member, _ in members if member in done))
+            counter("duplicate_inputs").inc(sum(1 for member, _ in members if member in claimed - done))
+            if wanted:
+                yield InputRef(uri=uri, kind=sources.ARCHIVE, location=members[0][1], only=tuple(wanted))
+        elif not candidates:  # only done URIs, claims or lists that were read
+            pass
+        elif "" in done:
             counter("skipped_existing").inc()
-            return
-        if refs:
+        elif refs:
+            counter("duplicate_inputs").inc(len(members))
             yield refs[0]
         elif errors:
             yield beam.pvalue.TaggedOutput(ERRORS, sorted(errors)[0])
@@ -295,6 +323,8 @@ class SelectInputs(beam.PTransform):
              "nested_lists": resolved.nested_lists | "KeyNested" >> beam.Map(
                  lambda path: (sources.text_path(_decode(path)), path)),
              "claims": loose_uris | "Claims" >> beam.FlatMap(_claims),
+             "members": resolved.members | "KeyMembers" >> beam.Map(
+                 lambda reference: (reference[0], (reference[1], reference[2]))),
              "done": self._done_uris | "DoneKeys" >> beam.FlatMap(_done_keys)}
             | "JoinOnUris" >> beam.CoGroupByKey())
         selected = joined | "SelectNew" >> beam.ParDo(SelectNewInputs()).with_outputs(ERRORS, main="refs")

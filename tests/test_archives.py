@@ -400,3 +400,12 @@ def test_tar_gz_bomb_stops_with_an_expansion_limit_row(tmp_path):
     capped = _events(path, limits=Limits(max_archive_bytes=1 << 20))
     assert [s[1] for s in _summary(capped)] == ["data", images.TOO_LARGE, images.EXPANSION_LIMIT]
     assert "--max_archive_bytes" in capped[2].message
+
+
+def test_a_zip_comment_that_holds_an_end_record_signature(tmp_path):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("a.jpg", b"aaa")
+        archive.comment = b"PK\x05\x06" + b"\xff" * 30  # a decoy end-of-central-directory record
+    path = _write(tmp_path / "decoy.zip", buffer.getvalue())
+    assert _summary(_events(path)) == [(_member(path, "a.jpg"), "data", b"aaa")]

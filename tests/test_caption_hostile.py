@@ -187,12 +187,14 @@ def corpus(sample_dataset, tmp_path_factory):
     expect(_write(os.path.join(lists, "README.txt"), b"These are my holiday photos.\nEnjoy!\n"), images.NOT_AN_IMAGE)
     expect(_write(os.path.join(lists, "binary.txt"), b"\xff\xfe\x00\x81" + os.urandom(300)), images.NOT_AN_IMAGE)
     expect(_write(os.path.join(lists, "long.txt"), b"x" * 100_000 + b".jpg\n"), images.NOT_AN_IMAGE)
-    _write(os.path.join(lists, "half.txt"), b"../files/good.jpg\n../files/\xff\xfe.jpg\n../files/cmyk.jpg\n")
-    expect(os.path.join(lists, "half.txt"), images.READ_ERROR)
+    _write(os.path.join(lists, "odd_lines.txt"), b"../files/good.jpg\n../files/caf\xe9.jpg\nbad\0line.jpg\n" +
+           b"y" * 70_000 + b"\n../files/cmyk.jpg\n../files/latin1_missing_\xff.jpg\n")
+    expect(os.path.join(lists, "odd_lines.txt"), images.READ_ERROR)  # the NUL line and the 70 kB line
+    expect(os.path.join(files, "latin1_missing_%FF.jpg"), images.MISSING_FILE)
 
     patterns = [os.path.join(files, "*"), os.path.join(packs, "*"), os.path.join(lists, "list.txt"),
                 os.path.join(lists, "README.txt"), os.path.join(lists, "binary.txt"), os.path.join(lists, "long.txt"),
-                os.path.join(lists, "half.txt"), os.path.join(files, "good.jpg")]
+                os.path.join(lists, "odd_lines.txt"), os.path.join(files, "good.jpg")]
     return patterns, expected
 
 
@@ -209,6 +211,8 @@ def test_every_hostile_input_is_exactly_one_row(corpus, sample_bundle, tmp_path)
     messages = {row["image_uri"]: row["message"] for row in errors}
     assert "a directory" in messages[os.path.join(corpus[0][0][:-2], "folder.jpg")]
     assert "above the limit of 200,000" in messages[os.path.join(corpus[0][0][:-2], "huge.bmp")]
+    odd_lines = next(uri for uri in messages if uri.endswith("odd_lines.txt"))
+    assert "2 lines name no file: line 3 holds a NUL byte; line 4 is longer than 64 KiB" in messages[odd_lines]
 
 
 def test_an_unexpected_exception_on_one_input_is_a_row(corpus, sample_bundle, tmp_path, monkeypatch):
@@ -262,3 +266,27 @@ def test_a_hostile_list_cannot_make_a_loop_or_escape_its_rows(tmp_path, sample_b
                        test_pipeline=local_test_pipeline())
     captions, errors = read_outputs(prefix)
     check_every_input_once(captions, errors, {str(tmp_path / "p.jpg"): None})
+
+
+def test_a_list_can_name_archive_members_by_their_uris(tmp_path, sample_bundle, sample_dataset):
+    photos = sorted(os.path.join(sample_dataset, "Flicker8k_Dataset", name)
+                    for name in os.listdir(os.path.join(sample_dataset, "Flicker8k_Dataset")))
+    jpeg = [open(path, "rb").read() for path in photos[:4]]
+    p_tar = _tar(str(tmp_path / "p.tar"), [("a.jpg", jpeg[0]), ("b.jpg", jpeg[1]), ("notes.txt", b"hi")])
+    q_tar = _tar(str(tmp_path / "q.tar"), [("x.jpg", jpeg[2]), ("y.jpg", jpeg[3])])
+    damaged = bytearray(open(_tar(str(tmp_path / "damaged.tar"), [(f"m{i}.jpg", jpeg[i]) for i in range(3)]),
+                             "rb").read())
+    second = damaged.find(b"m1.jpg")
+    damaged[second + 148:second + 156] = b"0000000\0"
+    _write(str(tmp_path / "damaged.tar"), bytes(damaged))
+    (tmp_path / "members.txt").write_text("\n".join([
+        "p.tar!a.jpg", "p.tar!%61.jpg", "p.tar!missing.jpg", "p.tar!notes.txt", "damaged.tar!m1.jpg",
+        "damaged.tar!m2.jpg", "gone.tar!x.jpg", "q.tar!x.jpg"]) + "\n")
+    prefix = str(tmp_path / "out" / "c")
+    caption_images.run(argv([str(tmp_path / "members.txt"), q_tar], sample_bundle, prefix),
+                       test_pipeline=local_test_pipeline())
+    captions, errors = read_outputs(prefix)
+    check_every_input_once(captions, errors, {
+        f"{p_tar}!a.jpg": None, f"{p_tar}!missing.jpg": images.MISSING_FILE, f"{p_tar}!notes.txt": images.NOT_AN_IMAGE,
+        f"{tmp_path}/damaged.tar!m1.jpg": images.CORRUPT_ARCHIVE, f"{tmp_path}/damaged.tar!m2.jpg": None,
+        f"{tmp_path}/gone.tar!x.jpg": images.MISSING_FILE, f"{q_tar}!x.jpg": None, f"{q_tar}!y.jpg": None})
