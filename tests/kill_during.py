@@ -31,8 +31,8 @@ def _on_call(owner, name, call_number):
 def main():
     moment, args = sys.argv[1], sys.argv[2:]
     if moment == "expansion":
-        from beam_jobs import archives
-        _on_call(archives._TarReader, "_entry_event", 3)  # pylint: disable=protected-access
+        from beam_jobs.archives.tar import TarReader
+        _on_call(TarReader, "_entry_event", 3)  # pylint: disable=protected-access
     elif moment == "captioning":
         from beam_jobs.inference import CaptionModelHandler
         _on_call(CaptionModelHandler, "run_inference", 3)

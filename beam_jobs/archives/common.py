@@ -1,0 +1,96 @@
+"""What the archive readers share: the events they emit, the limits, and the errors that end a reading."""
+import lzma
+import struct
+import typing
+import zlib
+
+from beam_jobs import sources
+
+BLOCK = 512
+CHUNK = 1 << 20
+RATIO_FLOOR_BYTES = 64 * 1024 * 1024  # the compression ratio is only judged past this much output
+
+DEFAULT_MAX_ARCHIVE_BYTES = 64 * 1024 ** 3
+DEFAULT_MAX_COMPRESSION_RATIO = 200.0
+
+
+class Limits(typing.NamedTuple):
+    """Caps that turn oversized members and decompression bombs into error rows.
+
+    ``max_member_bytes``: a member above it is ``too_large`` (not read). ``max_archive_bytes``: decompressed
+    bytes one archive may produce (a compressed tar's content, the sum of a zip's members). ``max_ratio``:
+    decompressed bytes per stored byte, judged once an archive (or a zip member) has produced
+    `RATIO_FLOOR_BYTES`; photos compress about 1:1, bombs 1,000:1 and more.
+    """
+    max_member_bytes: int = sources.DEFAULT_MAX_IMAGE_BYTES
+    max_archive_bytes: int = DEFAULT_MAX_ARCHIVE_BYTES
+    max_ratio: float = DEFAULT_MAX_COMPRESSION_RATIO
+
+
+class MemberData(typing.NamedTuple):
+    uri: str
+    position: int
+    data: bytes
+
+
+class MemberFailure(typing.NamedTuple):
+    uri: str
+    error_class: str
+    message: str
+
+
+class MemberSkipped(typing.NamedTuple):
+    uri: str
+    reason: str  # SKIPPED_DONE or SKIPPED_DUPLICATE
+
+
+SKIPPED_DONE, SKIPPED_DUPLICATE = "done", "duplicate"
+Event = typing.Union[MemberData, MemberFailure, MemberSkipped]
+
+
+class Stop(Exception):
+    """Reading cannot go on; ``error_class``/``message`` describe why."""
+
+    def __init__(self, error_class: str, message: str):
+        super().__init__(message)
+        self.error_class, self.message = error_class, message
+
+
+class Truncated(Exception):
+    """The data ended before a member's stated size."""
+
+
+def describe_error(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+# Decompressor and I/O failures of a compressed stream; any of them ends the reading of the stream.
+STREAM_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError, ValueError, struct.error)
+
+
+
+def compression_of(head: bytes) -> str | None:
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
+    if head.startswith(b"BZh"):
+        return "bzip2"
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return "xz"
+    if head.startswith(b"\x28\xb5\x2f\xfd"):
+        return "zstd"
+    return None
+
+
+def is_image_name(name: bytes) -> bool:
+    return sources.kind_of(name.decode("utf-8", "surrogateescape")) == sources.IMAGE
+
+
+def not_an_image_message(name: bytes) -> str:
+    if sources.kind_of(name.decode("utf-8", "surrogateescape")) == sources.ARCHIVE:
+        return "an archive inside an archive is not expanded; extract it and pass it as an input"
+    return "archive member is not named like an image; skipped"
+
+
+def too_large_message(size: int, limit: int) -> str:
+    return f"archive member of {size:,} bytes is above the limit of {limit:,} (raise --max_image_bytes to accept it)"

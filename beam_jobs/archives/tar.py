@@ -1,0 +1,440 @@
+"""Tar archives (plain, gzip, bzip2, xz) read as one stream: every entry accounted for, reading resumed after
+damaged headers, hard links resolved by a second pass, the expansion of compressed archives capped."""
+import bz2
+import gzip
+import io
+import lzma
+import tarfile
+import typing
+from typing import Callable, Iterator
+
+from beam_jobs import sources
+from beam_jobs.archives.common import (BLOCK, CHUNK, RATIO_FLOOR_BYTES, STREAM_ERRORS, Event, Limits, MemberData,
+                                       MemberFailure, MemberSkipped, SKIPPED_DONE, SKIPPED_DUPLICATE, Stop, Truncated,
+                                       compression_of, describe_error, is_image_name, not_an_image_message,
+                                       too_large_message)
+from schemas import images
+
+_ZERO_BLOCK = bytes(BLOCK)
+_MAX_EXTENDED_HEADER = 1 << 20  # pax / GNU long-name data above this is damage, not a name
+
+
+class _Prepended(io.RawIOBase):
+    """The first bytes already read, then the rest of the stream; counts the bytes it hands out."""
+
+    def __init__(self, head: bytes, stream):
+        super().__init__()
+        self._head, self._stream, self.consumed = head, stream, 0
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        if self._head:
+            count = min(len(buffer), len(self._head))
+            buffer[:count] = self._head[:count]
+            self._head = self._head[count:]
+        else:
+            data = self._stream.read(len(buffer))
+            count = len(data)
+            buffer[:count] = data
+        self.consumed += count
+        return count
+
+
+class _TarStream:
+    """The uncompressed tar bytes with a position, skipping and the expansion limits of compressed archives."""
+
+    def __init__(self, uri: str, stream, head: bytes, limits: Limits):
+        compression = compression_of(head)
+        if compression == "zstd":
+            raise Stop(images.UNSUPPORTED_FORMAT, "a zstd-compressed archive is not supported; use gzip, bzip2 or "
+                                                   "xz, or an uncompressed tar")
+        self.compression = compression
+        self._raw = _Prepended(head, stream)
+        buffered = io.BufferedReader(self._raw, buffer_size=CHUNK)
+        self._stream = {"gzip": lambda: gzip.GzipFile(fileobj=buffered, mode="rb"),
+                        "bzip2": lambda: bz2.BZ2File(buffered), "xz": lambda: lzma.LZMAFile(buffered),
+                        None: lambda: buffered}[compression]()
+        self._uri, self._limits = uri, limits
+        self.position = 0
+
+    def _check_limits(self) -> None:
+        if self.compression is None:
+            return  # an uncompressed tar holds exactly its bytes: nothing to cap
+        if self.position > self._limits.max_archive_bytes:
+            raise Stop(images.EXPANSION_LIMIT, f"the {self.compression} archive expands to more than "
+                                                f"{self._limits.max_archive_bytes:,} bytes (--max_archive_bytes)")
+        if (self.position > RATIO_FLOOR_BYTES
+                and self.position > self._limits.max_ratio * max(self._raw.consumed, 1)):
+            raise Stop(images.EXPANSION_LIMIT,
+                        f"the {self.compression} archive expands more than {self._limits.max_ratio:g} times "
+                        f"({self.position:,} bytes from {self._raw.consumed:,}; --max_compression_ratio): "
+                        "a decompression bomb or data that is no photo")
+
+    def read(self, count: int) -> bytes:
+        """Up to ``count`` bytes; fewer only at the end of the data."""
+        parts, wanted = [], count
+        while wanted > 0:
+            part = self._stream.read(min(wanted, CHUNK))
+            if not part:
+                break
+            parts.append(part)
+            wanted -= len(part)
+            self.position += len(part)
+            self._check_limits()
+        return b"".join(parts)
+
+    def skip(self, count: int) -> None:
+        """Passes over ``count`` bytes; `Truncated` if the data ends first."""
+        while count > 0:
+            part = self.read(min(count, CHUNK))
+            if not part:
+                raise Truncated()
+            count -= len(part)
+
+
+class _TarEntry(typing.NamedTuple):
+    position: int  # 1-based among the archive's entries
+    offset: int  # of its (first) header in the uncompressed tar
+    name: bytes
+    link: bytes
+    type: bytes
+    size: int
+    problem: str | None  # an extended header that could not be used
+
+
+class _TarDamage(typing.NamedTuple):
+    position: int
+    offset: int
+    end: int | None  # offset of the next valid header; None: the damage runs to the end
+    reason: str
+
+
+_DATALESS_TYPES = (tarfile.LNKTYPE, tarfile.SYMTYPE, tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE,
+                   tarfile.DIRTYPE)
+_REGULAR_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
+_NO_INPUT_TYPES = (tarfile.DIRTYPE, b"V", b"D")  # directories, volume labels, GNU dump directories
+_SPECIAL_TYPES = {tarfile.SYMTYPE: "a symbolic link", tarfile.CHRTYPE: "a character device",
+                  tarfile.BLKTYPE: "a block device", tarfile.FIFOTYPE: "a FIFO",
+                  tarfile.GNUTYPE_SPARSE: "a GNU sparse file", b"M": "the continuation of a multi-volume file",
+                  b"N": "an old GNU long-name entry"}
+
+
+def _parse_pax(data: bytes) -> dict[bytes, bytes]:
+    """pax extended header records ("LEN key=value\\n"); ValueError when malformed."""
+    records, position = {}, 0
+    while position < len(data) and data[position] != 0:
+        space = data.find(b" ", position)
+        if space < 0 or not data[position:space].isdigit():
+            raise ValueError("malformed pax record length")
+        length = int(data[position:space])
+        record = data[space + 1:position + length]
+        if length <= 0 or position + length > len(data) or not record.endswith(b"\n"):
+            raise ValueError("malformed pax record")
+        key, equals, value = record[:-1].partition(b"=")
+        if not equals:
+            raise ValueError("pax record without '='")
+        records[key] = value
+        position += length
+    return records
+
+
+class _TarWalker:
+    """Headers of a tar stream, in order: `_TarEntry`s and `_TarDamage`s. After an entry the caller may read
+    its data (`read_data`); whatever it leaves is skipped before the next header."""
+
+    def __init__(self, stream: _TarStream):
+        self._stream = stream
+        self._left = 0  # data bytes of the current entry not yet read, padding included
+        self._data_left = 0
+        self.position = 0
+        self.entries_seen = 0
+
+    def read_data(self, count: int) -> bytes:
+        count = min(count, self._data_left)
+        data = self._stream.read(count)
+        self._left -= len(data)
+        self._data_left -= len(data)
+        if len(data) < count:
+            raise Truncated()
+        return data
+
+    def _finish_entry(self) -> None:
+        left, self._left, self._data_left = self._left, 0, 0
+        self._stream.skip(left)
+
+    def _set_data(self, size: int) -> None:
+        self._data_left = size
+        self._left = size + (-size) % BLOCK
+
+    def _read_header(self):
+        """(offset, TarInfo) of the next header, None at the end, or a `_TarDamage` (then the header after it)."""
+        while True:
+            offset = self._stream.position
+            block = self._stream.read(BLOCK)
+            if not block:
+                return None
+            if len(block) < BLOCK:
+                if block.strip(b"\0"):
+                    self.position += 1
+                    return _TarDamage(self.position, offset, None, "the archive ends inside a header")
+                return None
+            if block == _ZERO_BLOCK:
+                continue  # end-of-archive marker or padding; read on, as `tar --ignore-zeros` does
+            try:
+                return offset, tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+            except tarfile.HeaderError as error:
+                return self._resynchronize(offset, str(error) or type(error).__name__)
+
+    def _resynchronize(self, offset: int, reason: str):
+        self.position += 1
+        damage_position = self.position
+        while True:
+            candidate = self._stream.position
+            block = self._stream.read(BLOCK)
+            if len(block) < BLOCK:
+                return _TarDamage(damage_position, offset, None, reason)
+            if block == _ZERO_BLOCK:
+                continue
+            try:
+                info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+            except tarfile.HeaderError:
+                continue
+            self._pending = (candidate, info)
+            return _TarDamage(damage_position, offset, candidate, reason)
+
+    def entries(self) -> Iterator:
+        self._pending = None
+        long_name = long_link = None
+        pax: dict[bytes, bytes] = {}
+        problem = None
+        first_offset = None
+        while True:
+            self._finish_entry()
+            if self._pending is not None:
+                header, self._pending = self._pending, None
+            else:
+                header = self._read_header()
+            if header is None:
+                return
+            if isinstance(header, _TarDamage):
+                long_name = long_link = None
+                pax, problem, first_offset = {}, None, None
+                yield header
+                continue
+            offset, info = header
+            if first_offset is None:
+                first_offset = offset
+            size = info.size
+            if size < 0:
+                header = self._resynchronize(offset, "negative size")
+                yield header
+                long_name = long_link = None
+                pax, problem, first_offset = {}, None, None
+                continue
+            if info.type in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
+                             tarfile.SOLARIS_XHDTYPE):
+                self._set_data(size)
+                if size > _MAX_EXTENDED_HEADER:
+                    problem = f"an extended header of {size:,} bytes (more than {_MAX_EXTENDED_HEADER:,})"
+                    continue
+                data = self.read_data(size)
+                if info.type == tarfile.GNUTYPE_LONGNAME:
+                    long_name = data.split(b"\0", 1)[0]
+                elif info.type == tarfile.GNUTYPE_LONGLINK:
+                    long_link = data.split(b"\0", 1)[0]
+                elif info.type in (tarfile.XHDTYPE, tarfile.SOLARIS_XHDTYPE):
+                    try:
+                        pax.update(_parse_pax(data))
+                    except ValueError as error:
+                        problem = f"a malformed pax header ({error})"
+                continue  # global pax headers ('g') describe no entry; their values are not needed here
+            if info.type == tarfile.GNUTYPE_SPARSE and getattr(info, "_sparse_structs", ((), False, 0))[1]:
+                extended = True
+                while extended:  # old GNU sparse: more 512-byte sparse maps follow the header, before the data
+                    block = self._stream.read(BLOCK)
+                    if len(block) < BLOCK:
+                        raise Truncated()
+                    extended = bool(block[504])
+            self.position += 1
+            self.entries_seen += 1
+            name = pax.get(b"path") or long_name or info.name.encode("utf-8", "surrogateescape")
+            link = pax.get(b"linkpath") or long_link or info.linkname.encode("utf-8", "surrogateescape")
+            if b"size" in pax:
+                if pax[b"size"].isdigit():
+                    size = int(pax[b"size"])
+                else:
+                    problem = problem or "a pax size that is not a number"
+            entry_type = info.type
+            if any(key.startswith(b"GNU.sparse.") for key in pax):
+                entry_type = tarfile.GNUTYPE_SPARSE
+            # As in tarfile: links, devices, FIFOs and directories store no data; everything else stores `size`.
+            self._set_data(0 if entry_type in _DATALESS_TYPES else size)
+            yield _TarEntry(self.position, first_offset, name, link, entry_type, size, problem)
+            long_name = long_link = None
+            pax, problem, first_offset = {}, None, None
+
+
+class TarReader:
+    def __init__(self, uri: str, open_stream: Callable, stream, head: bytes, skip, limits: Limits):
+        self._uri, self._open, self._stream, self._head = uri, open_stream, stream, head
+        self._skip, self._limits = skip, limits
+
+    def _member(self, name: bytes) -> str:
+        return sources.escape_member_name(name)
+
+    def events(self) -> Iterator[Event]:
+        uri = self._uri
+        try:
+            stream = _TarStream(uri, self._stream, self._head, self._limits)
+        except Stop as stop:
+            yield MemberFailure(uri, stop.error_class, stop.message)
+            return
+        walker = _TarWalker(stream)
+        kind = f"{stream.compression}-compressed tar" if stream.compression else "tar"
+        seen: set[str] = set()
+        links: list[tuple[int, bytes, bytes]] = []  # (position, link name, target name) of hard links to resolve
+        current = None  # the entry whose data is being read, for messages
+        current_has_row = False
+        found_header = False
+        try:
+            for item in walker.entries():
+                current, current_has_row = None, False
+                if isinstance(item, _TarDamage):
+                    if not found_header and item.offset == 0 and item.end is None:
+                        yield MemberFailure(uri, images.CORRUPT_ARCHIVE,
+                                            f"not a {kind} archive: no valid tar header in its "
+                                            f"{stream.position:,} bytes ({item.reason})")
+                        return
+                    found_header = True
+                    yield self._damage(item, kind)
+                    continue
+                found_header = True
+                current = item
+                event = self._entry_event(item, seen, links, walker)
+                if event is not None:
+                    current_has_row = True
+                    yield event
+        except Truncated:
+            if current is not None and not current_has_row:
+                yield MemberFailure(sources.member_uri(uri, current.name), images.CORRUPT_ARCHIVE,
+                                    f"member #{current.position} is truncated: the {kind} ends before its "
+                                    f"{current.size:,} bytes")
+            else:
+                where = f" inside member #{current.position}" if current is not None else ""
+                yield MemberFailure(uri, images.CORRUPT_ARCHIVE,
+                                    f"the {kind} is truncated: it ends{where} at byte {stream.position:,}")
+            yield from self._unresolved(links, "the archive is truncated before its end")
+            return
+        except Stop as stop:
+            if current is not None and not current_has_row:
+                yield MemberFailure(sources.member_uri(uri, current.name), stop.error_class,
+                                    f"member #{current.position}: {stop.message}")
+            yield MemberFailure(uri, stop.error_class,
+                                f"reading stopped at byte {stream.position:,} after {walker.entries_seen:,} entries: "
+                                f"{stop.message}; the rest of the archive is not read")
+            yield from self._unresolved(links, "the archive was not read to its end")
+            return
+        except STREAM_ERRORS as error:
+            message = (f"the {kind} is damaged at byte {stream.position:,} of its content "
+                       f"({describe_error(error)})")
+            if current is not None and not current_has_row:
+                yield MemberFailure(sources.member_uri(uri, current.name), images.CORRUPT_ARCHIVE,
+                                    f"member #{current.position}: {message}")
+            else:
+                yield MemberFailure(uri, images.CORRUPT_ARCHIVE, f"{message}; the rest of the archive is lost")
+            yield from self._unresolved(links, "the archive is damaged before its end")
+            return
+        if not walker.entries_seen and not found_header:
+            yield MemberFailure(uri, images.EMPTY_FILE, f"the {kind} archive holds no entries")
+            return
+        if links:
+            yield from self._resolve_links(links, kind)
+
+    def _damage(self, damage: _TarDamage, kind: str) -> MemberFailure:
+        if damage.end is None:
+            extent = "to the end of the archive; whatever was stored there is lost"
+        else:
+            extent = (f"{damage.end - damage.offset:,} bytes skipped to the next valid header at byte "
+                      f"{damage.end:,}; the entry stored there is lost")
+        return MemberFailure(sources.position_uri(self._uri, damage.position), images.CORRUPT_ARCHIVE,
+                             f"bad header of entry #{damage.position} at byte {damage.offset:,} of the {kind} "
+                             f"({damage.reason}); {extent}")
+
+    def _entry_event(self, entry: _TarEntry, seen: set, links: list, walker: _TarWalker):
+        """The event of one entry (None: no row); reads the data of image members."""
+        if entry.type in _NO_INPUT_TYPES:
+            return None
+        member = self._member(entry.name)
+        uri = f"{self._uri}!{member}"
+        where = f"member #{entry.position}"
+        if member in self._skip:
+            return MemberSkipped(uri, SKIPPED_DONE)
+        if member in seen:
+            return MemberSkipped(uri, SKIPPED_DUPLICATE)
+        seen.add(member)
+        if entry.problem:
+            return MemberFailure(uri, images.CORRUPT_ARCHIVE, f"{where} has {entry.problem}; skipped")
+        if not is_image_name(entry.name):
+            return MemberFailure(uri, images.NOT_AN_IMAGE, not_an_image_message(entry.name))
+        if entry.type == tarfile.LNKTYPE:
+            links.append((entry.position, entry.name, entry.link))
+            return None
+        if entry.type in _SPECIAL_TYPES:
+            target = f" to {sources.escape_member_name(entry.link)}" if entry.type == tarfile.SYMTYPE else ""
+            return MemberFailure(uri, images.UNSUPPORTED_MEMBER,
+                                 f"{where} is {_SPECIAL_TYPES[entry.type]}{target}, not a file; not followed")
+        if entry.type not in _REGULAR_TYPES and not entry.type.isalpha() and entry.type not in b"0123456789":
+            return MemberFailure(uri, images.CORRUPT_ARCHIVE, f"{where} has an invalid type {entry.type!r}")
+        # Regular files, and unknown types, which POSIX says to read as regular files.
+        if entry.size > self._limits.max_member_bytes:
+            return MemberFailure(uri, images.TOO_LARGE, too_large_message(entry.size, self._limits.max_member_bytes))
+        return MemberData(uri, entry.position, walker.read_data(entry.size))
+
+    def _unresolved(self, links: list, why: str) -> Iterator[MemberFailure]:
+        for position, name, target in links:
+            yield MemberFailure(sources.member_uri(self._uri, name), images.UNSUPPORTED_MEMBER,
+                                f"member #{position} is a hard link to {sources.escape_member_name(target)}, "
+                                f"which was not read: {why}")
+
+    def _resolve_links(self, links: list, kind: str) -> Iterator[Event]:
+        """A second pass over the archive reads the targets of hard links (the earlier member of that name)."""
+        wanted = {}
+        for position, name, target in links:
+            wanted.setdefault(target, []).append((position, name))
+        found: dict[bytes, tuple[int, bytes | str]] = {}  # target -> (position, data or failure message)
+        try:
+            with self._open() as raw:
+                head = raw.read(BLOCK)
+                walker = _TarWalker(_TarStream(self._uri, raw, head, self._limits))
+                last_link = max(position for position, _, _ in links)
+                for item in walker.entries():
+                    if isinstance(item, _TarDamage):
+                        continue
+                    if item.position >= last_link:
+                        break
+                    if item.name not in wanted:
+                        continue
+                    if item.type in _REGULAR_TYPES and item.size <= self._limits.max_member_bytes:
+                        found[item.name] = (item.position, walker.read_data(item.size))
+                    elif item.type in _REGULAR_TYPES:
+                        found[item.name] = (item.position, too_large_message(item.size,
+                                                                              self._limits.max_member_bytes))
+                    else:
+                        found[item.name] = (item.position, "which is not a regular file")
+        except (Stop, Truncated, *STREAM_ERRORS) as error:
+            reason = error.message if isinstance(error, Stop) else describe_error(error)
+            for target in wanted:
+                found.setdefault(target, (0, f"which could not be read again ({reason})"))
+        for target, pointing in wanted.items():
+            target_position, outcome = found.get(target, (0, "which is not an earlier member of the archive"))
+            for position, name in pointing:
+                uri = sources.member_uri(self._uri, name)
+                if isinstance(outcome, bytes) and target_position < position:
+                    yield MemberData(uri, position, outcome)
+                else:
+                    message = outcome if isinstance(outcome, str) else "which is not an earlier member"
+                    yield MemberFailure(uri, images.UNSUPPORTED_MEMBER,
+                                        f"member #{position} is a hard link to "
+                                        f"{sources.escape_member_name(target)}, {message}")
