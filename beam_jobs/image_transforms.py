@@ -151,7 +151,7 @@ class ReadAndPrepare(beam.DoFn):
 
     def process(self, ref: InputRef):
         if ref.kind == sources.ARCHIVE:
-            yield from (self._listed_members(ref) if ref.only else self._archive(ref))
+            yield from self._archive(ref)
             return
         try:
             yield from self._outputs(self._pool.submit(
@@ -161,76 +161,66 @@ class ReadAndPrepare(beam.DoFn):
             yield beam.pvalue.TaggedOutput(ERRORS, runtime.internal_error_row(ref.uri, error))
 
     def _archive(self, ref: InputRef):
-        done, claimed = set(ref.done), set(ref.claimed)
-        skip = done | claimed
+        """Streams an archive: every entry's row (``only``: just the members a list names, the archive being no
+        input itself). Members a list names that the archive turns out not to hold get a row too."""
+        done, claimed, listed = set(ref.done), set(ref.claimed), set(ref.listed) | set(ref.only)
+        whole = not ref.only
         prefix = ref.uri + tables.MEMBER_SEPARATOR
+        seen, stop, damage = set(), None, None
         archive_row_written = "" in done
         counter("archives_read").inc()
         try:
+            skip = done | claimed if whole else _AllBut(set(ref.only))
             for event in archives.read_archive(ref.uri, ref.path(), skip=skip, limits=self._limits):
+                part = event.uri[len(prefix):] if event.uri.startswith(prefix) else ""
+                if isinstance(event, archives.MemberFailure):
+                    if part == "":
+                        stop = event
+                    elif part.startswith(sources.POSITION_MARK):
+                        damage = damage or event
+                if not whole and part not in listed:
+                    continue  # not an input: only the members the list names are
+                first_time = part not in seen
+                seen.add(part)
                 if isinstance(event, archives.MemberData):
                     counter("archive_members").inc()
                     yield from self._outputs(self._pool.submit(
                         prepare_bytes, event.uri, event.data, self._image_size, self._max_pixels,
                         cost=len(event.data)))
-                    continue
-                part = event.uri[len(prefix):] if event.uri.startswith(prefix) else ""
-                if part in claimed or (isinstance(event, archives.MemberSkipped)
-                                       and event.reason == archives.SKIPPED_DUPLICATE):
+                elif isinstance(event, archives.MemberSkipped) and event.reason == archives.SKIPPED_DUPLICATE:
                     counter("duplicate_inputs").inc()
-                elif part in done:
+                elif part in claimed:
+                    counter("duplicate_inputs").inc()
+                elif part in done or not first_time:
                     counter("skipped_existing").inc()
                 elif isinstance(event, archives.MemberFailure):
-                    archive_row_written = archive_row_written or event.uri == ref.uri
+                    archive_row_written = archive_row_written or part == ""
                     yield beam.pvalue.TaggedOutput(ERRORS, tables.error_row(event.uri, event.error_class,
                                                                             event.message))
         except Exception as error:
-            if archive_row_written:
+            if whole and not archive_row_written:
+                archive_row_written = True
+                yield beam.pvalue.TaggedOutput(ERRORS, runtime.internal_error_row(ref.uri, error))
+            elif whole:
                 logging.error("internal error on archive %s after its own row was written", ref.uri, exc_info=error)
                 counter("internal_errors_without_row").inc()
-            else:
-                yield beam.pvalue.TaggedOutput(ERRORS, runtime.internal_error_row(ref.uri, error))
-
-    def _listed_members(self, ref: InputRef):
-        """Only the members a list names, from an archive that is no input itself: each wanted member gets its
-        row; nothing else of the archive does (its damage is reported on the wanted members it cost)."""
-        wanted, found = set(ref.only), set()
-        prefix = ref.uri + tables.MEMBER_SEPARATOR
-        stop = damage = None
-        try:
-            for event in archives.read_archive(ref.uri, ref.path(), skip=_AllBut(wanted), limits=self._limits):
-                part = event.uri[len(prefix):] if event.uri.startswith(prefix) else ""
-                if isinstance(event, archives.MemberSkipped):
-                    if event.reason == archives.SKIPPED_DUPLICATE and part in wanted:
-                        counter("duplicate_inputs").inc()
-                    continue
-                if part in wanted and part not in found:
-                    found.add(part)
-                    if isinstance(event, archives.MemberData):
-                        counter("archive_members").inc()
-                        yield from self._outputs(self._pool.submit(
-                            prepare_bytes, event.uri, event.data, self._image_size, self._max_pixels,
-                            cost=len(event.data)))
-                    else:
-                        yield beam.pvalue.TaggedOutput(ERRORS, tables.error_row(event.uri, event.error_class,
-                                                                                event.message))
-                elif part == "":
-                    stop = event
-                elif isinstance(event, archives.MemberFailure) and part.startswith(sources.POSITION_MARK):
-                    damage = damage or event
-        except Exception as error:
             stop = archives.MemberFailure(ref.uri, images.INTERNAL_ERROR, f"{type(error).__name__}: {error}")
-        for part in sorted(wanted - found):
-            uri = prefix + part
-            if stop is not None:
-                row = tables.error_row(uri, stop.error_class, f"listed member of {ref.uri}, which could not be read "
-                                                              f"to its end: {stop.message}")
-            elif damage is not None:
-                row = tables.error_row(uri, images.CORRUPT_ARCHIVE, f"no member of this name was read from "
-                                                                    f"{ref.uri}; it has damage: {damage.message}")
-            else:
-                row = tables.error_row(uri, images.MISSING_FILE, f"no member of this name in {ref.uri}")
-            yield beam.pvalue.TaggedOutput(ERRORS, row)
+        counter("duplicate_inputs").inc(len(set(ref.listed) & seen))  # listed, and read as part of the archive
+        for part in sorted(listed - seen - done - claimed):
+            yield beam.pvalue.TaggedOutput(ERRORS, self._unread_member(ref.uri, prefix + part, stop, damage))
+
+    @staticmethod
+    def _unread_member(archive_uri: str, uri: str, stop, damage) -> ErrorRow:
+        """The row of a member a list names that the archive did not yield."""
+        if stop is not None and stop.error_class == images.MISSING_FILE:
+            return tables.error_row(uri, images.MISSING_FILE, f"no such archive: {archive_uri}")
+        if stop is not None:
+            return tables.error_row(uri, stop.error_class, f"a member of {archive_uri}, whose reading stopped before "
+                                                           f"it: {stop.message}")
+        if damage is not None:
+            return tables.error_row(uri, images.CORRUPT_ARCHIVE, f"no member of this name was read from "
+                                                                 f"{archive_uri}, which has damage: {damage.message}")
+        return tables.error_row(uri, images.MISSING_FILE, f"no member of this name in {archive_uri}")
 
     def finish_bundle(self):
         for output in self._outputs(self._pool.drain()):

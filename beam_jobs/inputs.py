@@ -214,7 +214,8 @@ class ReadListFiles(beam.DoFn):
             shown = "; ".join(f"line {number:,} {what}" for number, what in bad_lines[:5])
             more = f" (and {len(bad_lines) - 5:,} more)" if len(bad_lines) > 5 else ""
             yield beam.pvalue.TaggedOutput(ERRORS, tables.error_row(
-                uri, images.READ_ERROR, f"{len(bad_lines):,} lines name no file: {shown}{more}; the other "
+                uri, images.READ_ERROR, f"{len(bad_lines):,} {'line names' if len(bad_lines) == 1 else 'lines name'} "
+                                        f"no file: {shown}{more}; the other "
                                         f"{entries:,} entries were read"))
 
 
@@ -273,8 +274,8 @@ class SelectNewInputs(beam.DoFn):
         if candidates > 1:
             counter("duplicate_inputs").inc(candidates - 1)
         if refs and refs[0].kind == sources.ARCHIVE:
-            counter("duplicate_inputs").inc(len(members))  # the whole archive is read anyway
-            yield refs[0]._replace(done=tuple(sorted(done)), claimed=tuple(sorted(set(joined["claims"]))))
+            yield refs[0]._replace(done=tuple(sorted(done)), claimed=tuple(sorted(set(joined["claims"]))),
+                                   listed=tuple(member for member, _ in members))
         elif members and not candidates:
             claimed = set(joined["claims"])
             wanted = [member for member, _ in members if member not in done and member not in claimed]

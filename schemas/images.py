@@ -69,6 +69,26 @@ _ROWS_PER_CHUNK = 256
 _SIXTEEN_TO_EIGHT = ((np.arange(65536, dtype=np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
 
 
+# First bytes of common files, to say what a file that cannot be opened is.
+_SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+               (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"II+\x00", "TIFF"), (b"MM\x00+", "TIFF"),
+               (b"\x00\x00\x01\x00", "ICO"), (b"%PDF", "PDF"), (b"%!PS", "PostScript"), (b"<?xml", "XML/SVG"),
+               (b"<svg", "SVG"), (b"PK\x03\x04", "ZIP"), (b"\x1f\x8b", "gzip"), (b"8BPS", "Photoshop"),
+               (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"), (b"\xff\x4f\xff\x51", "JPEG 2000"))
+
+
+def _kind_by_signature(data: bytes) -> str | None:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    if data[4:8] == b"ftyp":
+        brand = data[8:12]
+        return "AVIF" if brand in (b"avif", b"avis") else "HEIC/HEIF" if brand[:3] in (b"hei", b"hev", b"mif") \
+            else "MP4/QuickTime"
+    if data[:1] == b"P" and data[1:2] in b"123456" and data[2:3] in b" \t\r\n":
+        return "PPM"
+    return next((kind for signature, kind in _SIGNATURES if data.startswith(signature)), None)
+
+
 def _describe_start(data: bytes) -> str:
     return repr(data[:12])
 
@@ -85,9 +105,14 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
     try:
         image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
     except UnidentifiedImageError:
+        kind = _kind_by_signature(data)
+        if kind in SUPPORTED_FORMATS:
+            raise ImageError(DECODE_ERROR, f"a {kind} file whose header cannot be parsed (damaged or truncated; it "
+                                           f"starts with {_describe_start(data)})") from None
+        what = f"a {kind} file, " if kind else ""
         raise ImageError(UNSUPPORTED_FORMAT,
-                         f"not an image in a supported format ({', '.join(SUPPORTED_FORMATS)}; the file starts with "
-                         f"{_describe_start(data)})") from None
+                         f"{what}not an image in a supported format ({', '.join(SUPPORTED_FORMATS)}; the file starts "
+                         f"with {_describe_start(data)})") from None
     except Image.DecompressionBombError as error:
         raise ImageError(TOO_LARGE, str(error)) from None
     except Exception as error:  # hostile headers make plugins raise anything (struct.error, IndexError, ...)

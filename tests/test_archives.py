@@ -151,7 +151,8 @@ def test_links_devices_and_directories(tmp_path):
         info("dir/hard.jpg", tarfile.LNKTYPE, "dir/a.jpg"), info("dir/soft.jpg", tarfile.SYMTYPE, "a.jpg"),
         info("dir/dev.jpg", tarfile.CHRTYPE), info("dir/fifo.jpg", tarfile.FIFOTYPE),
         info("dir/dangling.jpg", tarfile.LNKTYPE, "dir/nothing.jpg"), ("dir/b.jpg", b"BB"),
-        info("dir/etc.jpg", tarfile.LNKTYPE, "/etc/passwd"),
+        info("dir/etc.jpg", tarfile.LNKTYPE, "/etc/passwd"), info("dir/chain.jpg", tarfile.LNKTYPE, "dir/hard.jpg"),
+        info("dir/self.jpg", tarfile.LNKTYPE, "dir/self.jpg"),
     ]))
     assert sorted(_summary(_events(path))) == sorted([
         (_member(path, "dir/a.jpg"), "data", b"AAAA"), (_member(path, "dir/hard.jpg"), "data", b"AAAA"),
@@ -161,6 +162,7 @@ def test_links_devices_and_directories(tmp_path):
         (_member(path, "dir/dangling.jpg"), images.UNSUPPORTED_MEMBER, None),
         (_member(path, "dir/b.jpg"), "data", b"BB"),
         (_member(path, "dir/etc.jpg"), images.UNSUPPORTED_MEMBER, None),
+        (_member(path, "dir/chain.jpg"), "data", b"AAAA"), (_member(path, "dir/self.jpg"), images.UNSUPPORTED_MEMBER, None),
     ])
 
 
@@ -409,3 +411,33 @@ def test_a_zip_comment_that_holds_an_end_record_signature(tmp_path):
         archive.comment = b"PK\x05\x06" + b"\xff" * 30  # a decoy end-of-central-directory record
     path = _write(tmp_path / "decoy.zip", buffer.getvalue())
     assert _summary(_events(path)) == [(_member(path, "a.jpg"), "data", b"aaa")]
+
+
+def test_an_archive_of_directories_only_is_one_row(tmp_path):
+    path = _zip(tmp_path / "dirs.zip", [("a/", b"", zipfile.ZIP_STORED), ("a/b/", b"", zipfile.ZIP_STORED)])
+    assert _summary(_events(path)) == [(path, images.EMPTY_FILE, None)]
+    directory = tarfile.TarInfo("only_a_directory")
+    directory.type = tarfile.DIRTYPE
+    path = _write(tmp_path / "dirs.tar", _tar_bytes([directory]))
+    assert _summary(_events(path)) == [(path, images.EMPTY_FILE, None)]
+
+
+def _damaged_archives(tmp_path):
+    plain = _tar_bytes([(f"m{i}.jpg", os.urandom(3000)) for i in range(6)] + [("notes.txt", os.urandom(3000))])
+    bad = bytearray(plain)
+    bad[(512 + 3072) * 2 + 148:(512 + 3072) * 2 + 156] = b"0000000\0"
+    return {"cut.tar": plain[:9000], "cut_in_notes.tar": plain[:len(plain) - 2000],
+            "cut.tar.gz": gzip.compress(plain)[:-3000], "bad.tar": bytes(bad),
+            "damaged.tar.gz": bytes(bytearray(gzip.compress(plain))[:9000]) + os.urandom(400) +
+            gzip.compress(plain)[9400:], "cut.zip": open(_zip(tmp_path / "z.zip", ZIP_MEMBERS), "rb").read()[:-60]}
+
+
+def test_a_rerun_over_a_damaged_archive_reports_nothing_new(tmp_path):
+    """Everything a first reading reported, passed as done, leaves a second reading with nothing to report."""
+    for name, data in _damaged_archives(tmp_path).items():
+        path = _write(tmp_path / name, data)
+        first = _events(path)
+        prefix = path + "!"
+        done = {event.uri[len(prefix):] if event.uri.startswith(prefix) else "" for event in first}
+        second = [event for event in _events(path, skip=done) if not isinstance(event, MemberSkipped)]
+        assert all(event.uri in {e.uri for e in first} for event in second), (name, second)

@@ -281,7 +281,7 @@ def test_a_list_can_name_archive_members_by_their_uris(tmp_path, sample_bundle, 
     _write(str(tmp_path / "damaged.tar"), bytes(damaged))
     (tmp_path / "members.txt").write_text("\n".join([
         "p.tar!a.jpg", "p.tar!%61.jpg", "p.tar!missing.jpg", "p.tar!notes.txt", "damaged.tar!m1.jpg",
-        "damaged.tar!m2.jpg", "gone.tar!x.jpg", "q.tar!x.jpg"]) + "\n")
+        "damaged.tar!m2.jpg", "gone.tar!x.jpg", "q.tar!x.jpg", "q.tar!nothing.jpg"]) + "\n")
     prefix = str(tmp_path / "out" / "c")
     caption_images.run(argv([str(tmp_path / "members.txt"), q_tar], sample_bundle, prefix),
                        test_pipeline=local_test_pipeline())
@@ -289,4 +289,5 @@ def test_a_list_can_name_archive_members_by_their_uris(tmp_path, sample_bundle, 
     check_every_input_once(captions, errors, {
         f"{p_tar}!a.jpg": None, f"{p_tar}!missing.jpg": images.MISSING_FILE, f"{p_tar}!notes.txt": images.NOT_AN_IMAGE,
         f"{tmp_path}/damaged.tar!m1.jpg": images.CORRUPT_ARCHIVE, f"{tmp_path}/damaged.tar!m2.jpg": None,
-        f"{tmp_path}/gone.tar!x.jpg": images.MISSING_FILE, f"{q_tar}!x.jpg": None, f"{q_tar}!y.jpg": None})
+        f"{tmp_path}/gone.tar!x.jpg": images.MISSING_FILE, f"{q_tar}!x.jpg": None, f"{q_tar}!y.jpg": None,
+        f"{q_tar}!nothing.jpg": images.MISSING_FILE})

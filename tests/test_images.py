@@ -142,3 +142,15 @@ def test_big_endian_sixteen_bit_tiff():
     image = Image.frombuffer("I;16B", (30, 300), stored.tobytes(), "raw", "I;16B", 0, 1)
     pixels, _ = prepare_image(_encode(image, "TIFF"), 72)
     assert np.all(pixels[:, :30] == 128) and np.all(pixels[:, 42:] == 255)
+
+
+def test_what_a_file_that_cannot_be_opened_is_is_said():
+    jpeg = bytearray(_encode(_left_half_red_right_half_blue(), "JPEG"))
+    start_of_frame = jpeg.find(b"\xff\xc0")
+    jpeg[start_of_frame + 5:start_of_frame + 7] = b"\x00\x00"  # a height of 0
+    with pytest.raises(ImageError) as caught:
+        prepare_image(bytes(jpeg), 71)
+    assert caught.value.error_class == images.DECODE_ERROR and "a JPEG file" in caught.value.message
+    with pytest.raises(ImageError) as caught:
+        prepare_image(b"%PDF-1.4\n%%EOF\n", 71)
+    assert caught.value.error_class == images.UNSUPPORTED_FORMAT and "a PDF file" in caught.value.message

@@ -69,9 +69,14 @@ def read_archive(uri: str, location: str | None = None, *, skip: typing.Containe
             return
         if _looks_like_zip(head) or (sources.is_zip_name(uri) and not compression_of(head)
                                      and head[257:262] != b"ustar"):
-            yield from ZipReader(uri, stream, skip, limits).events()
+            events = ZipReader(uri, stream, skip, limits).events()
         else:
-            yield from TarReader(uri, open_stream, stream, head, skip, limits).events()
+            events = TarReader(uri, open_stream, stream, head, skip, limits).events()
+        count = 0
+        for count, event in enumerate(events, start=1):
+            yield event
+        if not count:  # entries, but none is an input: directories, volume labels
+            yield MemberFailure(uri, images.EMPTY_FILE, "the archive holds no files (only directories)")
 
 
 def _looks_like_zip(head: bytes) -> bool:

@@ -296,11 +296,11 @@ class TarReader:
         seen: set[str] = set()
         links: list[tuple[int, bytes, bytes]] = []  # (position, link name, target name) of hard links to resolve
         current = None  # the entry whose data is being read, for messages
-        current_has_row = False
+        current_has_row = current_done = False
         found_header = False
         try:
             for item in walker.entries():
-                current, current_has_row = None, False
+                current, current_has_row, current_done = None, False, False
                 if isinstance(item, _TarDamage):
                     if not found_header and item.offset == 0 and item.end is None:
                         yield MemberFailure(uri, images.CORRUPT_ARCHIVE,
@@ -315,9 +315,12 @@ class TarReader:
                 event = self._entry_event(item, seen, links, walker)
                 if event is not None:
                     current_has_row = True
+                    current_done = isinstance(event, MemberSkipped) and event.reason == SKIPPED_DONE
                     yield event
         except Truncated:
-            if current is not None and not current_has_row:
+            if current_done:
+                pass  # damage within a member an earlier run read: that run reported it (on the member or here)
+            elif current is not None and not current_has_row:
                 yield MemberFailure(sources.member_uri(uri, current.name), images.CORRUPT_ARCHIVE,
                                     f"member #{current.position} is truncated: the {kind} ends before its "
                                     f"{current.size:,} bytes")
@@ -339,7 +342,9 @@ class TarReader:
         except STREAM_ERRORS as error:
             message = (f"the {kind} is damaged at byte {stream.position:,} of its content "
                        f"({describe_error(error)})")
-            if current is not None and not current_has_row:
+            if current_done:
+                pass  # damage within a member an earlier run read: that run reported it (on the member or here)
+            elif current is not None and not current_has_row:
                 yield MemberFailure(sources.member_uri(uri, current.name), images.CORRUPT_ARCHIVE,
                                     f"member #{current.position}: {message}")
             else:
@@ -400,9 +405,18 @@ class TarReader:
 
     def _resolve_links(self, links: list, kind: str) -> Iterator[Event]:
         """A second pass over the archive reads the targets of hard links (the earlier member of that name)."""
+        link_targets = {name: target for _, name, target in links}
+
+        def final_target(target: bytes) -> bytes:  # a link to a link is a link to what that one points at
+            visited = set()
+            while target in link_targets and target not in visited:
+                visited.add(target)
+                target = link_targets[target]
+            return target
+
         wanted = {}
         for position, name, target in links:
-            wanted.setdefault(target, []).append((position, name))
+            wanted.setdefault(final_target(target), []).append((position, name))
         found: dict[bytes, tuple[int, bytes | str]] = {}  # target -> (position, data or failure message)
         try:
             with self._open() as raw:
