@@ -9,6 +9,8 @@ an unexpected exception is an ``internal_error`` row for the input it happened o
 import argparse
 import collections
 import logging
+import queue
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import apache_beam as beam
@@ -106,8 +108,79 @@ class _OrderedPool:
         while self._pending:
             yield self._pop()
 
+    def submit_unordered(self, function, *args):
+        """A future of the call, outside the ordered queue (the caller keeps the order)."""
+        return self._executor.submit(function, *args)
+
     def shutdown(self):
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+class _ReadAhead:
+    """Iterates an archive's events on a background thread, ahead of the consumer: an image member's decoding is
+    submitted to the decode threads as soon as its bytes are read, so that reading, decompressing and decoding all
+    overlap the model's work. Yields (event without its bytes, future of the prepared image or None), in order;
+    at most ``depth`` events and `_PENDING_BYTES` of member bytes wait for the consumer."""
+
+    _END = object()
+
+    def __init__(self, events, submit, depth: int):
+        self._events, self._submit = events, submit
+        self._queue = queue.Queue(maxsize=max(depth, 1))
+        self._pending_bytes = 0
+        self._space = threading.Condition()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._produce, name="imcap-archive-reader", daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        while not self._stopped:
+            try:
+                self._queue.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(self):
+        try:
+            for event in self._events:
+                future, size = None, 0
+                if isinstance(event, archives.MemberData):
+                    size = len(event.data)
+                    with self._space:
+                        while self._pending_bytes > _PENDING_BYTES and not self._stopped:
+                            self._space.wait(0.2)
+                        self._pending_bytes += size
+                    future = self._submit(event.uri, event.data)
+                    event = event._replace(data=b"")
+                if not self._put((event, future, size)):
+                    return
+            self._put((self._END, None, 0))
+        except BaseException as error:  # handed to the consumer, which decides what becomes of it
+            self._put((error, None, 0))
+        finally:
+            close = getattr(self._events, "close", None)
+            if close:
+                close()
+
+    def __iter__(self):
+        try:
+            while True:
+                item, future, size = self._queue.get()
+                if item is self._END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                result = future.result() if future is not None else None
+                with self._space:
+                    self._pending_bytes -= size
+                    self._space.notify_all()
+                yield item, result
+        finally:
+            self._stopped = True
+            with self._space:
+                self._space.notify_all()
 
 
 class _AllBut:
@@ -171,7 +244,10 @@ class ReadAndPrepare(beam.DoFn):
         counter("archives_read").inc()
         try:
             skip = done | claimed if whole else _AllBut(set(ref.only))
-            for event in archives.read_archive(ref.uri, ref.path(), skip=skip, limits=self._limits):
+            events = archives.read_archive(ref.uri, ref.path(), skip=skip, limits=self._limits)
+            read_ahead = _ReadAhead(events, lambda uri, data: self._pool.submit_unordered(
+                prepare_bytes, uri, data, self._image_size, self._max_pixels), self._depth)
+            for event, prepared in read_ahead:
                 part = event.uri[len(prefix):] if event.uri.startswith(prefix) else ""
                 if isinstance(event, archives.MemberFailure):
                     if part == "":
@@ -184,9 +260,7 @@ class ReadAndPrepare(beam.DoFn):
                 seen.add(part)
                 if isinstance(event, archives.MemberData):
                     counter("archive_members").inc()
-                    yield from self._outputs(self._pool.submit(
-                        prepare_bytes, event.uri, event.data, self._image_size, self._max_pixels,
-                        cost=len(event.data)))
+                    yield from self._outputs([prepared])
                 elif isinstance(event, archives.MemberSkipped) and event.reason == archives.SKIPPED_DUPLICATE:
                     counter("duplicate_inputs").inc()
                 elif part in claimed:
