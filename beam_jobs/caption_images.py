@@ -36,8 +36,8 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs import archives, outputs, runtime, sources
-from beam_jobs.image_transforms import (DEFAULT_READ_THREADS, ERRORS, FeaturesOfImages, ReadAndPrepare,
-                                        add_feature_flags, check_feature_flags)
+from beam_jobs.image_transforms import (DEFAULT_READ_THREADS, FeaturesOfImages, ReadImages, add_feature_flags,
+                                        check_feature_flags)
 from beam_jobs.inference import (CaptionModelHandler, FeatureExtractorHandler, GenerateCaptions, check_backend,
                                  load_feature_model)
 from beam_jobs.inputs import ResolveInputs, SelectInputs
@@ -201,9 +201,8 @@ def build_pipeline(pipeline: beam.Pipeline, config: CaptionConfig) -> None:
                 | "Patterns" >> beam.Create([pattern.encode("utf-8", "surrogateescape") for pattern in config.inputs])
                 | "ResolveInputs" >> ResolveInputs()
                 | "SelectInputs" >> SelectInputs(done_uris))
-    prepared = selected.refs | "ReadAndPrepare" >> beam.ParDo(ReadAndPrepare(
-        config.image_size, config.max_image_pixels, config.limits, config.read_threads,
-        depth=config.max_batch_size)).with_outputs(ERRORS, main="images")
+    prepared = selected.refs | "ReadImages" >> ReadImages(
+        config.image_size, config.max_image_pixels, config.limits, config.read_threads, depth=config.max_batch_size)
     captions = (prepared.images
                 | "Features" >> FeaturesOfImages(FeatureExtractorHandler(
                     config.backbone, config.weights, config.image_size, min_batch_size=config.min_batch_size,
@@ -212,7 +211,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: CaptionConfig) -> None:
                 | "Captions" >> GenerateCaptions(CaptionModelHandler(
                     config.model_dir, config.beam_width, config.length_penalty,
                     max_batch_size=config.decode_batch_size), config.model_id))
-    errors = (selected.errors, prepared[ERRORS]) | "AllErrors" >> beam.Flatten()
+    errors = (selected.errors, prepared.errors) | "AllErrors" >> beam.Flatten()
     _ = (captions, errors) | "Write" >> WriteCaptionOutputs(
         config.output, config.run_number, config.num_shards, config.checkpoint_rows, config.existing)
 

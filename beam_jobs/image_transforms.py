@@ -11,9 +11,11 @@ import collections
 import logging
 import queue
 import threading
+import typing
 from concurrent.futures import ThreadPoolExecutor
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
@@ -193,6 +195,8 @@ class _AllBut:
         return part not in self._kept
 
 
+@beam.typehints.with_input_types(InputRef)
+@beam.typehints.with_output_types(PreparedImage)
 class ReadAndPrepare(beam.DoFn):
     """`InputRef` -> `PreparedImage` per image (main output) and `ErrorRow`s (``errors``).
 
@@ -330,9 +334,29 @@ def ExtractFeatures(keyed_pixels, handler: FeatureExtractorHandler):  # pylint: 
     return keyed_pixels | "RunInference" >> RunInference(KeyedModelHandler(handler))
 
 
+class _ReadImages(typing.NamedTuple):
+    images: beam.PCollection  # PreparedImage
+    errors: beam.PCollection  # ErrorRow
+
+
+class ReadImages(beam.PTransform):
+    """`InputRef`s -> (`PreparedImage`s, `ErrorRow`s): files read and archives streamed, decoded for the backbone."""
+
+    def __init__(self, image_size: int, max_pixels: int, limits: archives.Limits,
+                 read_threads: int = DEFAULT_READ_THREADS, depth: int = 32):
+        super().__init__()
+        self._read = ReadAndPrepare(image_size, max_pixels, limits, read_threads, depth)
+
+    def expand(self, refs):
+        read = refs | "ReadAndPrepare" >> beam.ParDo(self._read).with_outputs(ERRORS, main="images")
+        return _ReadImages(images=read.images, errors=read[ERRORS])
+
+
 @beam.ptransform_fn
+@beam.typehints.with_input_types(PreparedImage)
+@beam.typehints.with_output_types(typing.Tuple[ImageKey, np.ndarray])
 def FeaturesOfImages(prepared, handler: FeatureExtractorHandler):  # pylint: disable=invalid-name
     """`PreparedImage` -> (`ImageKey`, float32 features)."""
     return (prepared
-            | "KeyPixels" >> beam.Map(lambda image: (image.key, image.pixels)).with_input_types(PreparedImage)
+            | "KeyPixels" >> beam.Map(lambda image: (image.key, image.pixels))
             | "Features" >> ExtractFeatures(handler))

@@ -18,7 +18,7 @@ import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 
 from beam_jobs import sources
-from schemas import backbones
+from schemas import backbones, tables
 
 
 def localize(path: str) -> str:
@@ -178,9 +178,9 @@ class CaptionModelHandler(ModelHandler[np.ndarray, tuple, Any]):
 
 
 @beam.ptransform_fn
+@beam.typehints.with_output_types(tables.CaptionRow)
 def GenerateCaptions(features, handler: CaptionModelHandler, model_id: str):  # pylint: disable=invalid-name
     """(`ImageKey`, features) -> `schemas.tables.CaptionRow`, decoded in batches by the bundle's decoder."""
-    from schemas import tables
     return (features
             | "Decode" >> RunInference(KeyedModelHandler(handler))
             | "CaptionRows" >> beam.Map(lambda keyed: tables.caption_row(

@@ -52,6 +52,8 @@ def _canonical_path(path: str) -> str:
     return os.path.normpath(os.path.abspath(path))
 
 
+@beam.typehints.with_input_types(bytes)
+@beam.typehints.with_output_types(bytes)
 class MatchPatterns(beam.DoFn):
     """A glob -> the paths it matches (a pattern that matches nothing any more is an error row)."""
 
@@ -92,6 +94,8 @@ def _broken_links(pattern: str, matched: set) -> list[str]:
     return sorted(found)
 
 
+@beam.typehints.with_input_types(bytes)
+@beam.typehints.with_output_types(InputRef)
 class RouteInputs(beam.DoFn):
     """A path -> an `InputRef` (image or archive, main output), a list to read, or an error row."""
 
@@ -158,6 +162,8 @@ def _lines(stream, max_bytes: int):
         yield TOO_LONG if len(pending) > max_bytes else pending
 
 
+@beam.typehints.with_input_types(bytes)
+@beam.typehints.with_output_types(bytes)
 class ReadListFiles(beam.DoFn):
     """A list file -> the normalized paths it names, streamed line by line; what is wrong with it -> one error row.
 
@@ -258,6 +264,7 @@ def _done_keys(uri: str):
     yield from _claims(uri)
 
 
+@beam.typehints.with_output_types(InputRef)
 class SelectNewInputs(beam.DoFn):
     """After the URI join: each input once, none already done; early errors once, unless done.
 

@@ -104,6 +104,7 @@ def remove_checkpoint(directory: str, *committed) -> None:
                      directory)
 
 
+@beam.typehints.with_output_types(str)
 class CheckpointRows(beam.DoFn):
     """Commits rows to Parquet files in PREFIX-checkpoint/ every `every_rows` rows and at each bundle's end.
 

@@ -3,7 +3,7 @@
     python bench/caption_memory.py --model_dir MODEL [--images 250] [--weights PATH] [--archive]
 
 Each run is a fresh `python -m beam_jobs.caption_images` process on the first N (then 4N) Flickr8k train images,
-given as a list file (or, with --archive, packed in one .tar.gz, so that image bytes go through the shuffle);
+given as a list file (or, with --archive, packed in one .tar.gz);
 peak RSS is the process's maximum resident set size (getrusage). Runs alternate N, 4N, N, 4N, ... for --repeats.
 """
 import argparse
