@@ -340,8 +340,9 @@ def test_zip64_and_a_self_extracting_stub(tmp_path):
 def test_truncated_and_garbage_zips(tmp_path):
     path = _zip(tmp_path / "z.zip", ZIP_MEMBERS)
     data = open(path, "rb").read()
-    truncated = _write(tmp_path / "cut.zip", data[: len(data) // 2])
-    assert _summary(_events(truncated)) == [(truncated, images.CORRUPT_ARCHIVE, None)]
+    truncated = _write(tmp_path / "cut.zip", data[: len(data) // 2])  # ends inside a.jpg, the first member
+    assert _summary(_events(truncated)) == [(_member(truncated, "a.jpg"), images.CORRUPT_ARCHIVE, None),
+                                            (truncated, images.CORRUPT_ARCHIVE, None)]
     garbage = _write(tmp_path / "junk.zip", os.urandom(3000))
     assert _summary(_events(garbage)) == [(garbage, images.CORRUPT_ARCHIVE, None)]
     empty = _zip(tmp_path / "empty.zip", [])
@@ -441,3 +442,40 @@ def test_a_rerun_over_a_damaged_archive_reports_nothing_new(tmp_path):
         done = {event.uri[len(prefix):] if event.uri.startswith(prefix) else "" for event in first}
         second = [event for event in _events(path, skip=done) if not isinstance(event, MemberSkipped)]
         assert all(event.uri in {e.uri for e in first} for event in second), (name, second)
+
+
+class _Unseekable(io.RawIOBase):
+    """Where zipfile writes members with data descriptors (no sizes in their local headers), as streaming tools do."""
+
+    def __init__(self):
+        super().__init__()
+        self.buffer = io.BytesIO()
+
+    def writable(self):
+        return True
+
+    def write(self, data):
+        return self.buffer.write(data)
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+@pytest.mark.parametrize("method", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2])
+def test_a_truncated_zip_keeps_the_members_that_arrived(tmp_path, method, streamed):
+    members = [(f"p{i}.jpg", os.urandom(5000)) for i in range(4)]
+    target = _Unseekable() if streamed else io.BytesIO()
+    with zipfile.ZipFile(target, "w", compression=method) as archive:
+        for name, data in members:
+            with archive.open(name, "w") as handle:
+                handle.write(data)
+    data = (target.buffer if streamed else target).getvalue()
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        third = archive.getinfo("p2.jpg").header_offset
+    path = _write(tmp_path / "cut.zip", data[:third + 100])  # ends inside p2.jpg
+    events = _events(path)
+    assert _summary(events) == [(_member(path, "p0.jpg"), "data", members[0][1]),
+                                (_member(path, "p1.jpg"), "data", members[1][1]),
+                                (_member(path, "p2.jpg"), images.CORRUPT_ARCHIVE, None),
+                                (path, images.CORRUPT_ARCHIVE, None)]
+    assert "2 whole members" in events[-1].message
+    whole = _write(tmp_path / "whole.zip", data)
+    assert _summary(_events(whole)) == [(_member(whole, n), "data", d) for n, d in members]

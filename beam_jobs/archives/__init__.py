@@ -16,6 +16,8 @@ bytes (gzip, bzip2, xz; zip by its signatures), not from the name. What becomes 
   of all links at once);
 - a bad tar header: one ``corrupt_archive`` failure at ``ARCHIVE!#N`` (N: the entry's position), then the
   reader scans block by block to the next valid header and goes on, so the members after the damage are kept;
+- a zip without its central directory (truncated): the members read from their local headers, then one failure
+  on the archive saying what was lost;
 - anything that ends the reading early (a truncated or corrupt compressed stream, an expansion limit, a file that
   is no archive at all, an archive with no entry) is one failure on the archive's own URI.
 

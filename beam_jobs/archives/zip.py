@@ -53,7 +53,10 @@ class ZipReader:
             self._size = self._stream.tell()
             directory = self._find_directory()
         except Stop as stop:
-            yield MemberFailure(uri, stop.error_class, stop.message)
+            if stop.error_class == images.CORRUPT_ARCHIVE and self._starts_with_a_member():
+                yield from self._recover(stop.message)
+            else:
+                yield MemberFailure(uri, stop.error_class, stop.message)
             return
         except Exception as error:
             yield MemberFailure(uri, images.READ_ERROR, f"cannot read the zip archive: {describe_error(error)}")
@@ -72,6 +75,126 @@ class ZipReader:
                     yield event
         except Stop as stop:
             yield MemberFailure(uri, stop.error_class, f"after {entries:,} of {count:,} entries: {stop.message}")
+
+    def _starts_with_a_member(self) -> bool:
+        self._stream.seek(0)
+        return self._stream.read(4) == b"PK\x03\x04"
+
+    def _recover(self, why: str) -> Iterator[Event]:
+        """A zip without its central directory (an incomplete download, a truncated copy): the members are recovered
+        from their local headers, in order, until the data ends; then one row on the archive says so."""
+        seen: set[str] = set()
+        offset, position, stopped, complete = 0, 0, None, 0
+        try:
+            while offset + _LOCAL.size <= self._size:
+                self._stream.seek(offset)
+                header = self._stream.read(_LOCAL.size)
+                if header[:4] != b"PK\x03\x04":
+                    break  # the central directory's start, or damage
+                fields = _LOCAL.unpack(header)
+                flags, method, name_length, extra_length = fields[3], fields[4], fields[10], fields[11]
+                name = self._stream.read(name_length)
+                extra = self._stream.read(extra_length)
+                if len(name) < name_length or len(extra) < extra_length:
+                    raise Truncated()
+                compressed, size, _ = _zip64_sizes(extra, fields[8], fields[9], 0)
+                crc = fields[7]
+                data_start = offset + _LOCAL.size + name_length + extra_length
+                position += 1
+                following = None
+                member = sources.escape_member_name(name)
+                truncated = MemberFailure(f"{self._uri}!{member}", images.CORRUPT_ARCHIVE,
+                                          f"member #{position} is truncated: the file ends inside its data")
+                reported = member in self._skip or member in seen
+                if flags & 0x08:  # sizes and CRC follow the data: find where the compressed stream ends
+                    try:
+                        compressed, size, crc, following = self._measure_streamed(data_start, method, position)
+                    except Truncated:
+                        if not reported:
+                            yield truncated
+                        break
+                entry = _ZipEntry(position=position, name=name, flags=flags, method=method, crc=crc,
+                                  compressed_size=compressed, size=size, header_offset=offset, creator=0, external=0)
+                if data_start + compressed > self._size:
+                    if not reported:
+                        yield truncated
+                    break
+                event = self._entry_event(entry, seen)
+                if event is not None:
+                    yield event
+                offset = following if following is not None else data_start + compressed
+                complete += 1
+        except Stop as stop:
+            stopped = stop.message
+        except Truncated:
+            stopped = "the file ends inside a member's header"
+        except STREAM_ERRORS as error:
+            stopped = describe_error(error)
+        ending = f"; then: {stopped}" if stopped else ""
+        yield MemberFailure(self._uri, images.CORRUPT_ARCHIVE,
+                            f"{why}; read instead from the local headers: {complete:,} whole members in the first "
+                            f"{offset:,} of {self._size:,} bytes{ending}; whatever the archive held after that is lost")
+
+    def _measure_streamed(self, data_start: int, method: int, position: int) -> tuple[int, int, int, int]:
+        """(compressed size, size, CRC-32, offset after the data descriptor) of a member written without sizes in
+        its local header, by decompressing it (output counted against the limits, then dropped)."""
+        if method == _DEFLATED:
+            engine = zlib.decompressobj(-15)
+        elif method == _BZIP2:
+            engine = bz2.BZ2Decompressor()
+        elif method == _STORED:
+            return self._measure_stored(data_start, position)
+        else:
+            raise Stop(images.CORRUPT_ARCHIVE, f"member #{position} has no sizes in its local header and its method "
+                                               f"({method}) does not mark its end; nothing after it can be found")
+        self._stream.seek(data_start)
+        consumed = produced = crc = 0
+        while not engine.eof:
+            chunk = self._stream.read(CHUNK)
+            if not chunk:
+                raise Truncated()
+            part = engine.decompress(chunk)
+            consumed += len(chunk)
+            produced += len(part)
+            self._produced += len(part)
+            crc = zlib.crc32(part, crc)
+            if self._produced > self._limits.max_archive_bytes or (
+                    self._produced > RATIO_FLOOR_BYTES and self._produced > self._limits.max_ratio * self._size):
+                raise Stop(images.EXPANSION_LIMIT, f"member #{position} expands past the limits "
+                                                   "(--max_archive_bytes, --max_compression_ratio)")
+        compressed = consumed - len(engine.unused_data)
+        after = data_start + compressed
+        self._stream.seek(after)
+        descriptor = self._stream.read(24)
+        skip = 4 if descriptor[:4] == b"PK\x07\x08" else 0
+        wide = len(descriptor) >= skip + 20 and struct.unpack_from("<Q", descriptor, skip + 4)[0] == compressed
+        return compressed, produced, crc, after + skip + (20 if wide else 12)
+
+    def _measure_stored(self, data_start: int, position: int) -> tuple[int, int, int, int]:
+        """A stored member without sizes ends where a data descriptor (signature, CRC-32, sizes) matches the bytes
+        before it; the data is scanned for one, at most --max_image_bytes plus a margin far."""
+        limit = self._limits.max_member_bytes + CHUNK
+        self._stream.seek(data_start)
+        data = b""
+        search_from = 0
+        while True:
+            index = data.find(b"PK\x07\x08", search_from)
+            while index >= 0:
+                descriptor = data[index + 4:index + 16]
+                if len(descriptor) < 12:
+                    break
+                crc, compressed, size = struct.unpack("<3L", descriptor)
+                if compressed == size == index and zlib.crc32(data[:index]) == crc:
+                    return index, index, crc, data_start + index + 16
+                index = data.find(b"PK\x07\x08", index + 1)
+            search_from = max(len(data) - 16, 0)
+            chunk = self._stream.read(CHUNK)
+            if not chunk:
+                raise Truncated()
+            data += chunk
+            if len(data) > limit:
+                raise Stop(images.CORRUPT_ARCHIVE, f"member #{position} is stored without sizes and no data "
+                                                   f"descriptor follows it within {limit:,} bytes")
 
     def _find_directory(self) -> tuple[int, int, int, int]:
         """(entries, central directory offset, its length, offset of the zip inside the file)."""
