@@ -130,6 +130,9 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
                      "its earlier outputs by globbing it")
     if not args.output.strip() or args.output.endswith("/"):
         parser.error(f"--output {args.output!r}: give a file name prefix such as out/captions, not a directory")
+    if tables.ambiguous_prefix(args.output):
+        parser.error(f"--output {args.output}: a prefix ending in -errors, -checkpoint or -rN would share file names "
+                     "with another prefix's outputs (PREFIX-errors-..., PREFIX-rN-...); choose another name")
     check_feature_flags(parser, args)
     return args, beam_args
 

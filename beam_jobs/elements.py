@@ -16,7 +16,7 @@ class InputRef(typing.NamedTuple):
 
     ``uri`` is the text of output rows; ``location`` the path to open when it differs from ``uri`` (a local path
     that is not UTF-8, as bytes), else empty. For an archive, ``done`` holds the member parts of URIs already in
-    the outputs (``""``: the archive's own URI) and ``claimed`` the member parts that loose inputs already name;
+    the outputs (`beam_jobs.sources.ITSELF`: the archive's own URI) and ``claimed`` the member parts that loose inputs already name;
     both are passed over while streaming. ``listed``: member parts that lists name (each gets a row, if only to
     say the archive has no such member). ``only``: when not empty, the archive is no input itself and only these
     members (named by a list) are read.

@@ -77,12 +77,12 @@ def thumbnails(uris: list[str], size: int) -> dict:
     with tqdm(total=len(uris), desc="thumbnails", unit="img") as progress:
         for uri in sorted(by_archive.pop(None, ())):
             try:
-                out[uri] = _thumbnail(sources.read_bytes(uri), size)
+                out[uri] = _thumbnail(sources.read_bytes(sources.path_of(uri)), size)
             except Exception:  # moved, deleted or unreadable since the job ran: shown as unavailable
                 out[uri] = None
             progress.update()
         for archive, wanted in sorted(by_archive.items()):
-            for event in archives.read_archive(archive):
+            for event in archives.read_archive(archive, sources.path_of(archive)):
                 if isinstance(event, archives.MemberData) and event.uri in wanted:
                     try:
                         out[event.uri] = _thumbnail(event.data, size)

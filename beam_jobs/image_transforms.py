@@ -187,6 +187,7 @@ class _ReadAhead:
 
 class _AllBut:
     """A container holding every member part except the given ones (the archive reader's ``skip``)."""
+    from_earlier_runs = False  # passed over because not wanted, not because an earlier run read them
 
     def __init__(self, kept):
         self._kept = kept
@@ -244,7 +245,7 @@ class ReadAndPrepare(beam.DoFn):
         whole = not ref.only
         prefix = ref.uri + tables.MEMBER_SEPARATOR
         seen, stop, damage = set(), None, None
-        archive_row_written = "" in done
+        archive_row_written = sources.ITSELF in done
         counter("archives_read").inc()
         try:
             skip = done | claimed if whole else _AllBut(set(ref.only))
@@ -252,9 +253,9 @@ class ReadAndPrepare(beam.DoFn):
             read_ahead = _ReadAhead(events, lambda uri, data: self._pool.submit_unordered(
                 prepare_bytes, uri, data, self._image_size, self._max_pixels), self._depth)
             for event, prepared in read_ahead:
-                part = event.uri[len(prefix):] if event.uri.startswith(prefix) else ""
+                part = sources.ITSELF if event.uri == ref.uri else event.uri[len(prefix):]
                 if isinstance(event, archives.MemberFailure):
-                    if part == "":
+                    if part == sources.ITSELF:
                         stop = event
                     elif part.startswith(sources.POSITION_MARK):
                         damage = damage or event
@@ -272,7 +273,7 @@ class ReadAndPrepare(beam.DoFn):
                 elif part in done or not first_time:
                     counter("skipped_existing").inc()
                 elif isinstance(event, archives.MemberFailure):
-                    archive_row_written = archive_row_written or part == ""
+                    archive_row_written = archive_row_written or part == sources.ITSELF
                     yield beam.pvalue.TaggedOutput(ERRORS, tables.error_row(event.uri, event.error_class,
                                                                             event.message))
         except Exception as error:

@@ -127,13 +127,13 @@ class RouteInputs(beam.DoFn):
     @staticmethod
     def _member_reference(path: str):
         """(archive URI, member part, archive location) when a listed path names an archive member
-        (``ARCHIVE!MEMBER``, as in the outputs) and is not itself a file; else None."""
-        archive, member = sources.split_member_uri(path)
-        if member is None or FileSystems.exists(path):
+        (``ARCHIVE!MEMBER``, as in the outputs) and is not itself a file; else None. Where several archives could
+        be meant (a name holding ``!``), the first that exists is."""
+        splits = sources.member_splits(path)
+        if not splits or FileSystems.exists(path):
             return None
-        if not member.startswith(sources.POSITION_MARK):  # one spelling per member: the escaped stored name
-            member = sources.escape_member_name(sources.unescape_member_name(member))
-        return sources.text_path(archive), member, _location(archive)
+        archive, member = next((split for split in splits if FileSystems.exists(split[0])), splits[0])
+        return sources.text_path(archive), sources.canonical_member(member), _location(archive)
 
 
 TOO_LONG = None  # what `_lines` yields for a line past the length limit
@@ -253,15 +253,14 @@ class ResolveInputs(beam.PTransform):
 
 
 def _claims(uri: str):
-    """A loose input whose URI reads as ``ARCHIVE!MEMBER`` claims that member: the archive passes over it."""
-    archive, member = sources.split_member_uri(uri)
-    if member is not None:
-        yield archive, member
+    """A loose input whose URI reads as ``ARCHIVE!MEMBER`` claims that member: the archive passes over it. Every
+    way to read it counts (an archive's own name may hold ``!``); a key that is no input's costs nothing."""
+    yield from sources.member_splits(uri)
 
 
 def _done_keys(uri: str):
-    yield uri, ""
-    yield from _claims(uri)
+    yield uri, sources.ITSELF
+    yield from sources.member_splits(uri)
 
 
 @beam.typehints.with_output_types(InputRef)
@@ -292,7 +291,7 @@ class SelectNewInputs(beam.DoFn):
                 yield InputRef(uri=uri, kind=sources.ARCHIVE, location=members[0][1], only=tuple(wanted))
         elif not candidates:  # only done URIs, claims or lists that were read
             pass
-        elif "" in done:
+        elif sources.ITSELF in done:
             counter("skipped_existing").inc()
         elif refs:
             counter("duplicate_inputs").inc(len(members))

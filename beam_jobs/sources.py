@@ -18,8 +18,8 @@ URIs (the ``image_uri`` of every output row):
   valid text and the stored bytes come back with ``urllib.parse.unquote_to_bytes(MEMBER)``;
 - damage inside an archive that has no trustworthy member name (a bad tar header) is ``ARCHIVE_URI!#N``, N the
   1-based position of the entry in the archive (`position_uri`); ``#`` never occurs unescaped in a member name;
-- a file path that is not valid UTF-8 (possible on local disks) gets the same percent-encoding of its undecodable
-  bytes; the job keeps the real path beside it to read the file.
+- a file path that is not valid UTF-8 (possible on local disks) becomes a percent-encoded ``file://`` URI
+  (`text_path`); the job keeps the real path beside it to read the file.
 """
 import os
 import posixpath
@@ -95,12 +95,38 @@ def escape_member_name(name: bytes | str) -> str:
 
 def unescape_member_name(member: str) -> bytes:
     """The stored name bytes of an escaped member name (the inverse of `escape_member_name`)."""
-    return urllib.parse.unquote_to_bytes(member)
+    return urllib.parse.unquote_to_bytes(member.encode("utf-8", "surrogateescape"))
+
+
+def canonical_member(member: str) -> str:
+    """One spelling per member part: a position (``#N``) as it is, a name as `escape_member_name` writes it (so
+    ``caf%E9.jpg``, ``caf%e9.jpg`` and a list's raw Latin-1 ``café.jpg`` are one member)."""
+    if member[:1] == POSITION_MARK and member[1:].isdigit():
+        return member
+    return escape_member_name(unescape_member_name(member))
+
+
+def path_of(uri: str) -> str:
+    """The path to open for a file URI as the outputs spell it (the inverse of `text_path`)."""
+    if uri.startswith("file://"):
+        return urllib.parse.unquote_to_bytes(uri[len("file://"):]).decode("utf-8", "surrogateescape")
+    return uri
+
+
+ITSELF = "\x00"  # in sets of member parts: the archive's own URI (no member part can hold a NUL: it is escaped)
 
 
 def text_path(path: str) -> str:
-    """A path as valid text: bytes that are not UTF-8 (surrogate-escaped by Python) become %XX; others are kept."""
-    return tables.valid_text(path)
+    """A path as valid text. A path that is valid UTF-8 is itself. One that is not (possible on local disks; Python
+    holds its bytes as surrogates) becomes a ``file://`` URI with every byte outside ``A-Za-z0-9_.-~/``
+    percent-encoded: it cannot be taken for another file's path (those do not start with ``file://``), and
+    ``urllib.parse.unquote_to_bytes(uri[7:])`` gives the path's bytes back."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        raw = path.encode("utf-8", "surrogateescape")
+        return "file://" + urllib.parse.quote_from_bytes(raw, safe="/")
 
 
 def member_uri(archive_uri: str, name: bytes | str) -> str:
@@ -112,15 +138,22 @@ def position_uri(archive_uri: str, position: int) -> str:
     return f"{archive_uri}{tables.MEMBER_SEPARATOR}{POSITION_MARK}{position}"
 
 
+def member_splits(uri: str) -> list[tuple[str, str]]:
+    """Every (archive URI, member part) that ``uri`` can be read as, shortest archive first: an archive's own
+    name may hold ``!`` (``a.tar!b.tar`` is one file's name as well as a member of ``a.tar``)."""
+    splits = []
+    index = uri.find(tables.MEMBER_SEPARATOR)
+    while index >= 0:
+        if kind_of(uri[:index]) == ARCHIVE:
+            splits.append((uri[:index], uri[index + 1:]))
+        index = uri.find(tables.MEMBER_SEPARATOR, index + 1)
+    return splits
+
+
 def split_member_uri(uri: str) -> tuple[str, str | None]:
-    """(archive URI, member part) for an archive member's URI, (uri, None) for anything else."""
-    head, separator, member = uri.partition(tables.MEMBER_SEPARATOR)
-    while separator:
-        if kind_of(head) == ARCHIVE:
-            return head, member
-        more_head, separator, member = member.partition(tables.MEMBER_SEPARATOR)
-        head = f"{head}{tables.MEMBER_SEPARATOR}{more_head}"
-    return uri, None
+    """(archive URI, member part) for an archive member's URI (the shortest archive), (uri, None) otherwise."""
+    splits = member_splits(uri)
+    return splits[0] if splits else (uri, None)
 
 
 def has_glob_characters(path: str) -> bool:
@@ -147,13 +180,18 @@ def normalize_uri(uri: str) -> str:
 
 
 def resolve_listed(list_uri: str, line: str) -> str | None:
-    """The normalized URI a line of a list file names (None for blank lines and comments)."""
+    """The normalized URI a line of a list file names (None for blank lines and comments). An ``ARCHIVE!MEMBER``
+    line has its archive part resolved and normalized; the member part is kept as written (``..`` in a member's
+    name is part of the name)."""
     entry = line.strip()
     if not entry or entry.startswith("#"):
         return None
-    if "://" in entry or entry.startswith("/"):
-        return normalize_uri(entry)
-    return normalize_uri(posixpath.join(posixpath.dirname(list_uri), entry))
+    archive, member = split_member_uri(entry)
+    path = archive if member is not None else entry
+    if not ("://" in path or path.startswith("/")):
+        path = posixpath.join(posixpath.dirname(list_uri), path)
+    path = normalize_uri(path)
+    return path if member is None else f"{path}{tables.MEMBER_SEPARATOR}{member}"
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -124,6 +124,13 @@ def sink_temp_glob(prefix: str) -> str:
     return posixpath.join(directory, f"beam-temp-{stem}-*")
 
 
+def ambiguous_prefix(prefix: str) -> bool:
+    """Whether PREFIX's file names could be another prefix's (``out/c-errors`` writes what ``out/c`` calls its error
+    shards): such prefixes are refused."""
+    stem = posixpath.basename(prefix)
+    return bool(re.search(r"-(errors|checkpoint|r\d+)$", stem))
+
+
 def output_glob(prefix: str) -> str:
     """Glob of every committed output file (caption and error shards of every run)."""
     return f"{prefix}-*{PARQUET_SUFFIX}"

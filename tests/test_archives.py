@@ -12,7 +12,7 @@ import zlib
 
 import pytest
 
-from beam_jobs import archives
+from beam_jobs import archives, sources
 from beam_jobs.archives import Limits, MemberData, MemberFailure, MemberSkipped
 from schemas import images
 
@@ -479,3 +479,105 @@ def test_a_truncated_zip_keeps_the_members_that_arrived(tmp_path, method, stream
     assert "2 whole members" in events[-1].message
     whole = _write(tmp_path / "whole.zip", data)
     assert _summary(_events(whole)) == [(_member(whole, n), "data", d) for n, d in members]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Found by review: each once broke an exactly-once guarantee or the memory bound
+
+
+def test_an_empty_member_name_is_not_the_archive_itself(tmp_path):
+    data = _tar_bytes([("", b"no name"), ("p0.jpg", b"0" * 600), ("p1.jpg", os.urandom(30_000))])
+    path = _write(tmp_path / "e.tar.gz", gzip.compress(data)[:-8000])  # the compressed stream ends inside p1.jpg
+    assert _summary(_events(path)) == [(_member(path, ""), images.NOT_AN_IMAGE, None),
+                                       (_member(path, "p0.jpg"), "data", b"0" * 600),
+                                       (_member(path, "p1.jpg"), images.CORRUPT_ARCHIVE, None)]
+    first = _events(path)  # and a rerun that passes over what was reported adds nothing
+    done = {event.uri[len(path) + 1:] if event.uri != path else sources.ITSELF for event in first}
+    assert all(isinstance(event, MemberSkipped) for event in _events(path, skip=done))
+
+
+@pytest.mark.parametrize("kind", [tarfile.DIRTYPE, tarfile.LNKTYPE])
+def test_damage_right_after_an_entry_without_data_is_the_archives(tmp_path, kind):
+    entry = tarfile.TarInfo("d.jpg")
+    entry.type, entry.linkname = kind, "p0.jpg"
+    data = _tar_bytes([("p0.jpg", b"0" * 600), entry] + [(f"q{i}.jpg", os.urandom(5000)) for i in range(4)])
+    compressed = gzip.compress(data)
+    path = _write(tmp_path / "t.tar.gz", compressed[:len(compressed) // 5])  # ends just after d.jpg
+    summary = _summary(_events(path))
+    uris = [uri for uri, _, _ in summary]
+    assert len(uris) == len(set(uris))
+    assert summary[0] == (_member(path, "p0.jpg"), "data", b"0" * 600)
+    rows_of_d = [kind for uri, kind, _ in summary if uri == _member(path, "d.jpg")]
+    assert rows_of_d == ([] if kind == tarfile.DIRTYPE else [images.UNSUPPORTED_MEMBER])
+    assert any(kind == images.CORRUPT_ARCHIVE for _, kind, _ in summary)
+
+
+def test_a_zip_stored_in_a_truncated_zip_is_not_taken_for_it(tmp_path):
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as archive:
+        archive.writestr("q0.jpg", b"inner")
+    outer = io.BytesIO()
+    with zipfile.ZipFile(outer, "w") as archive:
+        archive.writestr("p0.jpg", b"outer")
+        archive.writestr("inner.zip", inner.getvalue())  # stored: its end record is in the outer file as is
+    data = outer.getvalue()
+    path = _write(tmp_path / "outer.zip", data[:data.rfind(b"PK\x01\x02", 0, data.rfind(b"PK\x05\x06")) - 40])
+    assert _summary(_events(path))[:2] == [(_member(path, "p0.jpg"), "data", b"outer"),
+                                           (_member(path, "inner.zip"), images.NOT_AN_IMAGE, None)]
+    assert all("q0.jpg" not in uri for uri, _, _ in _summary(_events(path)))
+
+
+def test_an_end_record_that_understates_the_count_loses_nothing(tmp_path):
+    data = bytearray(open(_zip(tmp_path / "z.zip", ZIP_MEMBERS), "rb").read())
+    end = data.rfind(b"PK\x05\x06")
+    struct.pack_into("<HH", data, end + 8, 1, 1)  # says 1 entry (as a count past 65,535 wraps without zip64)
+    path = _write(tmp_path / "z.zip", bytes(data))
+    assert [uri for uri, kind, _ in _summary(_events(path)) if kind == "data"] == [
+        _member(path, name) for name, _, _ in ZIP_MEMBERS[:4]]
+
+
+def test_a_streamed_bomb_in_a_truncated_zip_is_measured_without_keeping_it(tmp_path):
+    target = _Unseekable()
+    with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_BZIP2) as archive:
+        with archive.open("zeros.jpg", "w") as handle:
+            for _ in range(8):
+                handle.write(bytes(1 << 20))
+        with archive.open("after.jpg", "w") as handle:
+            handle.write(b"x")
+    data = target.buffer.getvalue()
+    path = _write(tmp_path / "bomb.zip", data[:data.find(b"PK\x01\x02")])  # no central directory
+    events = _summary(_events(path, limits=Limits(max_archive_bytes=1 << 20)))
+    assert events == [(_member(path, "zeros.jpg"), images.EXPANSION_LIMIT, None), (path, images.CORRUPT_ARCHIVE, None)]
+
+
+def test_an_unexpected_exception_on_one_zip_member_costs_only_that_member(tmp_path, monkeypatch):
+    from beam_jobs.archives import zip as zip_reader
+    path = _zip(tmp_path / "z.zip", ZIP_MEMBERS)
+    original = zip_reader._Decompressor.decompress
+
+    def decompress(self, data, max_length):
+        if self._method == zipfile.ZIP_BZIP2:
+            raise MemoryError("cannot allocate")
+        return original(self, data, max_length)
+    monkeypatch.setattr(zip_reader._Decompressor, "decompress", decompress)
+    summary = _summary(_events(path))
+    assert (_member(path, "c.jpg"), images.INTERNAL_ERROR, None) in summary
+    assert [uri for uri, kind, _ in summary if kind == "data"] == [_member(path, n) for n in ("a.jpg", "b.jpg", "d.jpg")]
+
+
+def test_a_tar_whose_first_name_looks_like_a_compression_signature(tmp_path):
+    for name in ("BZh91AY&SY.jpg", "\x1f\x8b.jpg", "PK\x03\x04.jpg"):
+        path = _write(tmp_path / "odd.zip", _tar_bytes([(name, b"x" * 100)]))
+        assert _summary(_events(path)) == [(_member(path, sources.escape_member_name(name)), "data", b"x" * 100)]
+
+
+def test_xz_padding_trailing_data_and_a_dictionary_too_large(tmp_path):
+    first, second = _tar_bytes([("a.jpg", b"a" * 100)]), _tar_bytes([("b.jpg", b"b" * 100)])
+    padded = _write(tmp_path / "padded.tar.xz", lzma.compress(first[:-1024]) + bytes(8) + lzma.compress(second))
+    assert _summary(_events(padded)) == [(_member(padded, "a.jpg"), "data", b"a" * 100),
+                                         (_member(padded, "b.jpg"), "data", b"b" * 100)]
+    trailing = _write(tmp_path / "trailing.tar.xz", lzma.compress(first) + b"not xz")
+    assert _summary(_events(trailing)) == [(_member(trailing, "a.jpg"), "data", b"a" * 100)]
+    huge = _write(tmp_path / "huge.tar.xz", lzma.compress(first, filters=[
+        {"id": lzma.FILTER_LZMA2, "dict_size": 1536 << 20}]))
+    assert _summary(_events(huge)) == [(huge, images.UNSUPPORTED_FORMAT, None)]

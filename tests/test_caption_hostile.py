@@ -97,7 +97,8 @@ def corpus(sample_dataset, tmp_path_factory):
     expect(os.path.join(files, "loop.jpg"), images.READ_ERROR)
     latin = os.path.join(files, "caf\udce9.jpg")  # a file name that is not UTF-8 (b"caf\xe9.jpg")
     _write(latin, jpeg[2])
-    expect(os.path.join(files, "caf%E9.jpg"), None)
+    expect("file://" + os.path.join(files, "caf%E9.jpg"), None)
+    expect(_write(os.path.join(files, "caf%E9.jpg"), jpeg[3]), None)  # another file, whose name is that text
     expect(_write(os.path.join(files, "notes.md"), b"# photos\n"), images.NOT_AN_IMAGE)
     gray16 = Image.fromarray((np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16))
     expect(_write(os.path.join(files, "gray16.png"), _encode(gray16, "PNG")), None)
@@ -118,6 +119,10 @@ def corpus(sample_dataset, tmp_path_factory):
     _tar(os.path.join(packs, "x.tar"), [("y.jpg", jpeg[6]), ("z.jpg", jpeg[7])])
     expect(_write(os.path.join(packs, "x.tar!y.jpg"), jpeg[8]), None)
     expect(os.path.join(packs, "x.tar!z.jpg"), None)
+
+    # An archive whose own name holds "!" and reads as a member of another archive's name.
+    _tar(os.path.join(packs, "a.tar!b.tar"), [("in.jpg", jpeg[4])])
+    expect(os.path.join(packs, "a.tar!b.tar!in.jpg"), None)
 
     # Archives.
     members = [(f"m{i}.jpg", jpeg[i]) for i in range(5)]
@@ -190,7 +195,7 @@ def corpus(sample_dataset, tmp_path_factory):
     _write(os.path.join(lists, "odd_lines.txt"), b"../files/good.jpg\n../files/caf\xe9.jpg\nbad\0line.jpg\n" +
            b"y" * 70_000 + b"\n../files/cmyk.jpg\n../files/latin1_missing_\xff.jpg\n")
     expect(os.path.join(lists, "odd_lines.txt"), images.READ_ERROR)  # the NUL line and the 70 kB line
-    expect(os.path.join(files, "latin1_missing_%FF.jpg"), images.MISSING_FILE)
+    expect("file://" + os.path.join(files, "latin1_missing_%FF.jpg"), images.MISSING_FILE)
 
     patterns = [os.path.join(files, "*"), os.path.join(packs, "*"), os.path.join(lists, "list.txt"),
                 os.path.join(lists, "README.txt"), os.path.join(lists, "binary.txt"), os.path.join(lists, "long.txt"),
@@ -206,6 +211,10 @@ def test_every_hostile_input_is_exactly_one_row(corpus, sample_bundle, tmp_path)
     captions, errors = read_outputs(prefix)
     check_every_input_once(captions, errors, expected)
     counters = runtime.metric_counters(result)
+    rerun = caption_images.run(argv(patterns, sample_bundle, prefix, "--max_image_bytes", str(MAX_IMAGE_BYTES),
+                                    "--skip_existing"), test_pipeline=local_test_pipeline())
+    check_every_input_once(*read_outputs(prefix), expected)  # the rerun found everything done, damage included
+    assert runtime.metric_counters(rerun).get("images_captioned", 0) == 0
     assert counters["duplicate_inputs"] >= 5  # good.jpg thrice more, notes.md, x.tar, the zip's second ok.jpg, ...
     assert "errors_internal_error" not in counters
     messages = {row["image_uri"]: row["message"] for row in errors}
@@ -281,7 +290,8 @@ def test_a_list_can_name_archive_members_by_their_uris(tmp_path, sample_bundle, 
     _write(str(tmp_path / "damaged.tar"), bytes(damaged))
     (tmp_path / "members.txt").write_text("\n".join([
         "p.tar!a.jpg", "p.tar!%61.jpg", "p.tar!missing.jpg", "p.tar!notes.txt", "damaged.tar!m1.jpg",
-        "damaged.tar!m2.jpg", "gone.tar!x.jpg", "q.tar!x.jpg", "q.tar!nothing.jpg"]) + "\n")
+        "damaged.tar!m2.jpg", "gone.tar!x.jpg", "q.tar!x.jpg", "q.tar!nothing.jpg", "p.tar!../../b.jpg"]) + "\n"
+        + "p.tar!#\udcff\np.tar!caf\udce9.jpg\n", encoding="utf-8", errors="surrogateescape")
     prefix = str(tmp_path / "out" / "c")
     caption_images.run(argv([str(tmp_path / "members.txt"), q_tar], sample_bundle, prefix),
                        test_pipeline=local_test_pipeline())
@@ -290,4 +300,5 @@ def test_a_list_can_name_archive_members_by_their_uris(tmp_path, sample_bundle, 
         f"{p_tar}!a.jpg": None, f"{p_tar}!missing.jpg": images.MISSING_FILE, f"{p_tar}!notes.txt": images.NOT_AN_IMAGE,
         f"{tmp_path}/damaged.tar!m1.jpg": images.CORRUPT_ARCHIVE, f"{tmp_path}/damaged.tar!m2.jpg": None,
         f"{tmp_path}/gone.tar!x.jpg": images.MISSING_FILE, f"{q_tar}!x.jpg": None, f"{q_tar}!y.jpg": None,
-        f"{q_tar}!nothing.jpg": images.MISSING_FILE})
+        f"{q_tar}!nothing.jpg": images.MISSING_FILE, f"{p_tar}!../../b.jpg": images.MISSING_FILE,
+        f"{p_tar}!%23%FF": images.MISSING_FILE, f"{p_tar}!caf%E9.jpg": images.MISSING_FILE})

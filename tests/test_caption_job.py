@@ -151,3 +151,11 @@ def test_gallery_shows_every_caption_and_error(inputs, captioned, tmp_path):
         assert row[tables.IMAGE_URI] in page
     for row in errors:
         assert row[tables.IMAGE_URI] in page and row[tables.ERROR] in page
+
+
+@pytest.mark.parametrize("output", ["out/c-errors", "out/c-r2", "out/c-checkpoint", "out/*", "out/[ab]", "out/"])
+def test_output_prefixes_that_would_be_ambiguous_are_refused(output, capsys):
+    with pytest.raises(SystemExit):
+        caption_images.parse_args(["--input", "x.jpg", "--model_dir", "m", "--output", output])
+    assert "--output" in capsys.readouterr().err
+

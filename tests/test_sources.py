@@ -49,10 +49,19 @@ def test_position_uris_cannot_be_member_uris():
     assert sources.member_uri("a.tar", "#3") == "a.tar!%233"
 
 
-def test_text_paths_escape_only_undecodable_bytes():
+def test_paths_that_are_not_utf8_become_file_uris_that_no_other_path_can_be():
     path = b"/data/caf\xe9 100%.jpg".decode("utf-8", "surrogateescape")
-    assert sources.text_path(path) == "/data/caf%E9 100%.jpg"
-    assert sources.text_path("/data/100%.jpg") == "/data/100%.jpg"
+    uri = sources.text_path(path)
+    assert uri == "file:///data/caf%E9%20100%25.jpg"
+    assert sources.path_of(uri) == path and sources.path_of("/data/x.jpg") == "/data/x.jpg"
+    assert sources.text_path("/data/caf%E9 100%.jpg") == "/data/caf%E9 100%.jpg"  # a UTF-8 path is itself
+
+
+def test_every_way_to_read_a_member_uri():
+    assert sources.member_splits("/d/a.tar!b.tar!c.jpg") == [("/d/a.tar", "b.tar!c.jpg"), ("/d/a.tar!b.tar", "c.jpg")]
+    assert sources.member_splits("/d/x!y.jpg") == []
+    assert sources.canonical_member("caf%e9.jpg") == sources.canonical_member("caf%E9.jpg") == "caf%E9.jpg"
+    assert sources.canonical_member("#12") == "#12" and sources.canonical_member("#x") == "%23x"
 
 
 @pytest.mark.parametrize("uri, normalized", [
@@ -72,6 +81,7 @@ def test_list_lines_resolve_relative_to_the_list():
     assert sources.resolve_listed("gs://b/l.txt", "gs://c/x/../a.jpg") == "gs://c/a.jpg"
     assert sources.resolve_listed("/l.txt", "# comment") is None
     assert sources.resolve_listed("/l.txt", "   ") is None
+    assert sources.resolve_listed("/data/l.txt", "sub/../t.tar!../x/./y.jpg") == "/data/t.tar!../x/./y.jpg"
 
 
 def test_glob_characters_are_found():

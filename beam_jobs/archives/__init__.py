@@ -24,6 +24,7 @@ bytes (gzip, bzip2, xz; zip by its signatures), not from the name. What becomes 
 Member URIs follow `beam_jobs.sources` (escaped names; positions for nameless damage), so every failure has a URI
 of its own and no URI is produced twice by one archive (a name stored twice is read once: `MemberSkipped`).
 """
+import tarfile
 import typing
 from typing import Iterator
 
@@ -69,8 +70,8 @@ def read_archive(uri: str, location: str | None = None, *, skip: typing.Containe
         if not head:
             yield MemberFailure(uri, images.EMPTY_FILE, "the archive is empty (0 bytes)")
             return
-        if _looks_like_zip(head) or (sources.is_zip_name(uri) and not compression_of(head)
-                                     and head[257:262] != b"ustar"):
+        if not _is_tar_header(head) and (_looks_like_zip(head) or (sources.is_zip_name(uri)
+                                                                   and not compression_of(head))):
             events = ZipReader(uri, stream, skip, limits).events()
         else:
             events = TarReader(uri, open_stream, stream, head, skip, limits).events()
@@ -79,6 +80,15 @@ def read_archive(uri: str, location: str | None = None, *, skip: typing.Containe
             yield event
         if not count:  # entries, but none is an input: directories, volume labels
             yield MemberFailure(uri, images.EMPTY_FILE, "the archive holds no files (only directories)")
+
+
+def _is_tar_header(head: bytes) -> bool:
+    """A valid tar header (its checksum holds): a plain tar, whatever its first member's name starts with."""
+    try:
+        tarfile.TarInfo.frombuf(head, "utf-8", "surrogateescape")
+        return True
+    except tarfile.HeaderError:
+        return False
 
 
 def _looks_like_zip(head: bytes) -> bool:

@@ -9,6 +9,8 @@ from beam_jobs import sources
 BLOCK = 512
 CHUNK = 1 << 20
 RATIO_FLOOR_BYTES = 64 * 1024 * 1024  # the compression ratio is only judged past this much output
+# LZMA/xz decoders allocate their dictionary up front (a header can ask for 4 GiB); xz -9 uses 64 MiB.
+MAX_LZMA_DICTIONARY = 256 * 1024 * 1024
 
 DEFAULT_MAX_ARCHIVE_BYTES = 64 * 1024 ** 3
 DEFAULT_MAX_COMPRESSION_RATIO = 200.0

@@ -9,7 +9,7 @@ import typing
 from typing import Callable, Iterator
 
 from beam_jobs import sources
-from beam_jobs.archives.common import (BLOCK, CHUNK, RATIO_FLOOR_BYTES, STREAM_ERRORS, Event, Limits, MemberData,
+from beam_jobs.archives.common import (BLOCK, CHUNK, MAX_LZMA_DICTIONARY, RATIO_FLOOR_BYTES, STREAM_ERRORS, Event, Limits, MemberData,
                                        MemberFailure, MemberSkipped, SKIPPED_DONE, SKIPPED_DUPLICATE, Stop, Truncated,
                                        compression_of, describe_error, is_image_name, not_an_image_message,
                                        too_large_message)
@@ -42,11 +42,69 @@ class _Prepended(io.RawIOBase):
         return count
 
 
+class _XzReader(io.RawIOBase):
+    """xz decompression with a memory limit (an xz header may ask for a dictionary of gigabytes, allocated up front),
+    concatenated streams read in turn; trailing data that is no xz stream is ignored, as `lzma.LZMAFile` does."""
+
+    def __init__(self, raw):
+        super().__init__()
+        self._raw = raw
+        self._engine = self._new_engine()
+        self._finished = self._trailing = False
+
+    @staticmethod
+    def _new_engine():
+        return lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=MAX_LZMA_DICTIONARY + (64 << 20))
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        while not self._finished:
+            if self._engine.eof:
+                rest = self._engine.unused_data.lstrip(b"\0")  # stream padding is NUL bytes
+                while not rest:
+                    more = self._raw.read(CHUNK)
+                    if not more:
+                        self._finished = True
+                        return 0
+                    rest = more.lstrip(b"\0")
+                self._engine = self._new_engine()
+                self._trailing = True  # until it gives a byte, this may be trailing data that is no xz stream
+                try:
+                    data = self._engine.decompress(rest, len(buffer))
+                except lzma.LZMAError:
+                    self._finished = True
+                    return 0
+            else:
+                chunk = b""
+                if self._engine.needs_input:
+                    chunk = self._raw.read(CHUNK)
+                    if not chunk:
+                        if self._trailing:
+                            self._finished = True
+                            return 0
+                        raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+                try:
+                    data = self._engine.decompress(chunk, len(buffer))
+                except lzma.LZMAError as error:
+                    if "memory" in str(error).lower():
+                        raise Stop(images.UNSUPPORTED_FORMAT,
+                                   f"the xz stream needs more than {MAX_LZMA_DICTIONARY:,} bytes of dictionary "
+                                   "(xz -9 uses 64 MiB)") from None
+                    raise
+            if data:
+                self._trailing = False
+                buffer[:len(data)] = data
+                return len(data)
+        return 0
+
+
 class _TarStream:
     """The uncompressed tar bytes with a position, skipping and the expansion limits of compressed archives."""
 
     def __init__(self, uri: str, stream, head: bytes, limits: Limits):
-        compression = compression_of(head)
+        compression = None if _valid_header(head) else compression_of(head)
         if compression == "zstd":
             raise Stop(images.UNSUPPORTED_FORMAT, "a zstd-compressed archive is not supported; use gzip, bzip2 or "
                                                    "xz, or an uncompressed tar")
@@ -54,7 +112,8 @@ class _TarStream:
         self._raw = _Prepended(head, stream)
         buffered = io.BufferedReader(self._raw, buffer_size=CHUNK)
         self._stream = {"gzip": lambda: gzip.GzipFile(fileobj=buffered, mode="rb"),
-                        "bzip2": lambda: bz2.BZ2File(buffered), "xz": lambda: lzma.LZMAFile(buffered),
+                        "bzip2": lambda: bz2.BZ2File(buffered),
+                        "xz": lambda: io.BufferedReader(_XzReader(buffered), buffer_size=CHUNK),
                         None: lambda: buffered}[compression]()
         self._uri, self._limits = uri, limits
         self.position = 0
@@ -119,6 +178,14 @@ _SPECIAL_TYPES = {tarfile.SYMTYPE: "a symbolic link", tarfile.CHRTYPE: "a charac
                   tarfile.BLKTYPE: "a block device", tarfile.FIFOTYPE: "a FIFO",
                   tarfile.GNUTYPE_SPARSE: "a GNU sparse file", b"M": "the continuation of a multi-volume file",
                   b"N": "an old GNU long-name entry"}
+
+
+def _valid_header(block: bytes) -> bool:
+    try:
+        tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+        return True
+    except tarfile.HeaderError:
+        return False
 
 
 def _parse_pax(data: bytes) -> dict[bytes, bytes]:
@@ -312,11 +379,20 @@ class TarReader:
                     continue
                 found_header = True
                 current = item
-                event = self._entry_event(item, seen, links, walker)
-                if event is not None:
-                    current_has_row = True
-                    current_done = isinstance(event, MemberSkipped) and event.reason == SKIPPED_DONE
-                    yield event
+                try:
+                    event = self._entry_event(item, seen, links, walker)
+                except (Stop, Truncated, *STREAM_ERRORS):
+                    raise  # they end the reading: handled below
+                except Exception as error:  # e.g. MemoryError on one member: that member's row; the rest is read
+                    event = MemberFailure(sources.member_uri(uri, item.name), images.INTERNAL_ERROR,
+                                          f"member #{item.position}: {describe_error(error)}")
+                if event is None:
+                    current = None  # no row of its own (a directory, a hard link for later): nothing to blame on it
+                    continue
+                current_has_row = True
+                current_done = (isinstance(event, MemberSkipped) and event.reason == SKIPPED_DONE
+                                and getattr(self._skip, "from_earlier_runs", True))
+                yield event
         except Truncated:
             if current_done:
                 pass  # damage within a member an earlier run read: that run reported it (on the member or here)
@@ -414,41 +490,40 @@ class TarReader:
                 target = link_targets[target]
             return target
 
-        wanted = {}
+        wanted: dict[bytes, list[tuple[int, bytes]]] = {}
         for position, name, target in links:
             wanted.setdefault(final_target(target), []).append((position, name))
-        found: dict[bytes, tuple[int, bytes | str]] = {}  # target -> (position, data or failure message)
-        try:
+
+        def outcome_for(target: bytes, target_position: int, data: bytes | None, why: str) -> Iterator[Event]:
+            for position, name in wanted.pop(target):
+                uri = sources.member_uri(self._uri, name)
+                if data is not None and target_position < position:
+                    yield MemberData(uri, position, data)
+                else:
+                    yield MemberFailure(uri, images.UNSUPPORTED_MEMBER,
+                                        f"member #{position} is a hard link to {sources.escape_member_name(target)}, "
+                                        f"{why if data is None else 'which is not an earlier member'}")
+
+        reason = "which is not an earlier member of the archive"
+        try:  # each target's bytes are read, handed out and dropped before the next one is read
             with self._open() as raw:
                 head = raw.read(BLOCK)
                 walker = _TarWalker(_TarStream(self._uri, raw, head, self._limits))
                 last_link = max(position for position, _, _ in links)
                 for item in walker.entries():
-                    if isinstance(item, _TarDamage):
+                    if isinstance(item, _TarDamage) or item.name not in wanted:
                         continue
                     if item.position >= last_link:
                         break
-                    if item.name not in wanted:
-                        continue
                     if item.type in _REGULAR_TYPES and item.size <= self._limits.max_member_bytes:
-                        found[item.name] = (item.position, walker.read_data(item.size))
+                        yield from outcome_for(item.name, item.position, walker.read_data(item.size), "")
                     elif item.type in _REGULAR_TYPES:
-                        found[item.name] = (item.position, too_large_message(item.size,
-                                                                              self._limits.max_member_bytes))
+                        yield from outcome_for(item.name, item.position, None,
+                                               too_large_message(item.size, self._limits.max_member_bytes))
                     else:
-                        found[item.name] = (item.position, "which is not a regular file")
+                        yield from outcome_for(item.name, item.position, None, "which is not a regular file")
         except (Stop, Truncated, *STREAM_ERRORS) as error:
-            reason = error.message if isinstance(error, Stop) else describe_error(error)
-            for target in wanted:
-                found.setdefault(target, (0, f"which could not be read again ({reason})"))
-        for target, pointing in wanted.items():
-            target_position, outcome = found.get(target, (0, "which is not an earlier member of the archive"))
-            for position, name in pointing:
-                uri = sources.member_uri(self._uri, name)
-                if isinstance(outcome, bytes) and target_position < position:
-                    yield MemberData(uri, position, outcome)
-                else:
-                    message = outcome if isinstance(outcome, str) else "which is not an earlier member"
-                    yield MemberFailure(uri, images.UNSUPPORTED_MEMBER,
-                                        f"member #{position} is a hard link to "
-                                        f"{sources.escape_member_name(target)}, {message}")
+            detail = error.message if isinstance(error, Stop) else describe_error(error)
+            reason = f"which could not be read again ({detail})"
+        for target in list(wanted):
+            yield from outcome_for(target, 0, None, reason)

@@ -9,7 +9,7 @@ import zlib
 from typing import Iterator
 
 from beam_jobs import sources
-from beam_jobs.archives.common import (CHUNK, RATIO_FLOOR_BYTES, STREAM_ERRORS, Event, Limits, MemberData,
+from beam_jobs.archives.common import (CHUNK, MAX_LZMA_DICTIONARY, RATIO_FLOOR_BYTES, STREAM_ERRORS, Event, Limits, MemberData,
                                        MemberFailure, MemberSkipped, SKIPPED_DONE, SKIPPED_DUPLICATE, Stop, Truncated,
                                        describe_error, is_image_name, not_an_image_message, too_large_message)
 from schemas import images
@@ -62,7 +62,7 @@ class ZipReader:
             yield MemberFailure(uri, images.READ_ERROR, f"cannot read the zip archive: {describe_error(error)}")
             return
         count, start, length, shift = directory
-        if count == 0:
+        if count == 0 and length == 0:
             yield MemberFailure(uri, images.EMPTY_FILE, "the zip archive holds no entries")
             return
         seen: set[str] = set()
@@ -113,6 +113,10 @@ class ZipReader:
                         if not reported:
                             yield truncated
                         break
+                    except Stop as stop:
+                        if not reported:
+                            yield MemberFailure(truncated.uri, stop.error_class, stop.message)
+                        raise
                 entry = _ZipEntry(position=position, name=name, flags=flags, method=method, crc=crc,
                                   compressed_size=compressed, size=size, header_offset=offset, creator=0, external=0)
                 if data_start + compressed > self._size:
@@ -150,14 +154,20 @@ class ZipReader:
         self._stream.seek(data_start)
         consumed = produced = crc = 0
         while not engine.eof:
-            chunk = self._stream.read(CHUNK)
-            if not chunk:
-                raise Truncated()
-            part = engine.decompress(chunk)
-            consumed += len(chunk)
+            if method == _DEFLATED and engine.unconsumed_tail:
+                part = engine.decompress(engine.unconsumed_tail, CHUNK)
+            elif method == _BZIP2 and not engine.needs_input:
+                part = engine.decompress(b"", CHUNK)
+            else:
+                chunk = self._stream.read(CHUNK)
+                if not chunk:
+                    raise Truncated()
+                consumed += len(chunk)
+                part = engine.decompress(chunk, CHUNK)
             produced += len(part)
             self._produced += len(part)
             crc = zlib.crc32(part, crc)
+            del part  # measured, not kept
             if self._produced > self._limits.max_archive_bytes or (
                     self._produced > RATIO_FLOOR_BYTES and self._produced > self._limits.max_ratio * self._size):
                 raise Stop(images.EXPANSION_LIMIT, f"member #{position} expands past the limits "
@@ -175,7 +185,7 @@ class ZipReader:
         before it; the data is scanned for one, at most --max_image_bytes plus a margin far."""
         limit = self._limits.max_member_bytes + CHUNK
         self._stream.seek(data_start)
-        data = b""
+        data = bytearray()
         search_from = 0
         while True:
             index = data.find(b"PK\x07\x08", search_from)
@@ -184,7 +194,7 @@ class ZipReader:
                 if len(descriptor) < 12:
                     break
                 crc, compressed, size = struct.unpack("<3L", descriptor)
-                if compressed == size == index and zlib.crc32(data[:index]) == crc:
+                if compressed == size == index and zlib.crc32(memoryview(data)[:index]) == crc:
                     return index, index, crc, data_start + index + 16
                 index = data.find(b"PK\x07\x08", index + 1)
             search_from = max(len(data) - 16, 0)
@@ -222,6 +232,9 @@ class ZipReader:
         if shift < 0 or start + shift + length > self._size:
             raise Stop(images.CORRUPT_ARCHIVE, "the zip central directory lies outside the file: a truncated or "
                                                 "damaged archive")
+        if shift and self._starts_with_a_member():
+            raise Stop(images.CORRUPT_ARCHIVE, "the only end-of-central-directory record found belongs to data "
+                                                "inside the archive (a zip stored in a truncated zip)")
         return count, start + shift, length, shift
 
     def _central_directory(self, count: int, start: int, length: int, shift: int) -> Iterator[_ZipEntry]:
@@ -240,7 +253,9 @@ class ZipReader:
                     raise Stop(images.CORRUPT_ARCHIVE, f"the central directory is truncated at entry #{position}")
             return cursor - buffer_start
 
-        for position in range(1, count + 1):
+        position = 0
+        while cursor < end:  # by the directory's length: a count above 65,535 wraps in zips without zip64
+            position += 1
             relative = ensure(_CENTRAL.size, position)
             fields = _CENTRAL.unpack_from(buffer, relative)
             if fields[0] != b"PK\x01\x02":
@@ -257,6 +272,9 @@ class ZipReader:
                             compressed_size=compressed, size=size, header_offset=offset + shift,
                             creator=fields[2], external=fields[17])
             cursor += record_length
+        if position == 0:
+            raise Stop(images.CORRUPT_ARCHIVE, f"the end record states {count:,} entries but a central directory of "
+                                                "0 bytes")
 
     def _entry_event(self, entry: _ZipEntry, seen: set) -> Event | None:
         member = sources.escape_member_name(entry.name)
@@ -301,6 +319,8 @@ class ZipReader:
         except (*STREAM_ERRORS, Truncated) as error:
             return MemberFailure(uri, images.CORRUPT_ARCHIVE, f"{where} cannot be decompressed: "
                                                               f"{describe_error(error)}")
+        except Exception as error:  # e.g. MemoryError: this member's row; the others are read
+            return MemberFailure(uri, images.INTERNAL_ERROR, f"{where}: {describe_error(error)}")
         return MemberData(uri, entry.position, data)
 
     def _read_member(self, entry: _ZipEntry) -> bytes:
@@ -337,7 +357,7 @@ class ZipReader:
                             "bytes (--max_compression_ratio)")
             crc = zlib.crc32(part, crc)
             output.append(part)
-        if not decompressor.finished():
+        if not decompressor.finished() and not (entry.method == _LZMA and produced == entry.size):
             raise Stop(images.CORRUPT_ARCHIVE, "its compressed data ends before the end of its stream")
         if produced != entry.size:
             raise Stop(images.CORRUPT_ARCHIVE, f"decompresses to {produced:,} bytes, not the {entry.size:,} its "
@@ -402,6 +422,9 @@ class _Decompressor:
         code, dictionary = self._header[4], struct.unpack_from("<L", self._header, 5)[0]
         if code >= 9 * 5 * 5:
             raise Stop(images.CORRUPT_ARCHIVE, "its LZMA properties are malformed")
+        if dictionary > MAX_LZMA_DICTIONARY:
+            raise Stop(images.UNSUPPORTED_MEMBER, f"its LZMA dictionary of {dictionary:,} bytes is above "
+                                                  f"{MAX_LZMA_DICTIONARY:,} (xz -9 uses 64 MiB)")
         self._engine = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=[{
             "id": lzma.FILTER_LZMA1, "dict_size": dictionary, "lc": code % 9, "lp": (code // 9) % 5,
             "pb": code // 45}])
