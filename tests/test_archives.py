@@ -551,15 +551,15 @@ def test_a_streamed_bomb_in_a_truncated_zip_is_measured_without_keeping_it(tmp_p
 
 
 def test_an_unexpected_exception_on_one_zip_member_costs_only_that_member(tmp_path, monkeypatch):
-    from beam_jobs.archives import zip as zip_reader
+    from beam_jobs.archives import zip_format
     path = _zip(tmp_path / "z.zip", ZIP_MEMBERS)
-    original = zip_reader._Decompressor.decompress
+    original = zip_format.Decompressor.decompress
 
     def decompress(self, data, max_length):
         if self._method == zipfile.ZIP_BZIP2:
             raise MemoryError("cannot allocate")
         return original(self, data, max_length)
-    monkeypatch.setattr(zip_reader._Decompressor, "decompress", decompress)
+    monkeypatch.setattr(zip_format.Decompressor, "decompress", decompress)
     summary = _summary(_events(path))
     assert (_member(path, "c.jpg"), images.INTERNAL_ERROR, None) in summary
     assert [uri for uri, kind, _ in summary if kind == "data"] == [_member(path, n) for n in ("a.jpg", "b.jpg", "d.jpg")]

@@ -1,346 +1,15 @@
 """Tar archives (plain, gzip, bzip2, xz) read as one stream: every entry accounted for, reading resumed after
 damaged headers, hard links resolved by a second pass, the expansion of compressed archives capped."""
-import bz2
-import gzip
-import io
-import lzma
 import tarfile
-import typing
 from typing import Callable, Iterator
 
 from beam_jobs import sources
-from beam_jobs.archives.common import (BLOCK, CHUNK, MAX_LZMA_DICTIONARY, RATIO_FLOOR_BYTES, STREAM_ERRORS, Event, Limits, MemberData,
-                                       MemberFailure, MemberSkipped, SKIPPED_DONE, SKIPPED_DUPLICATE, Stop, Truncated,
-                                       compression_of, describe_error, is_image_name, not_an_image_message,
-                                       too_large_message)
+from beam_jobs.archives.common import (BLOCK, STREAM_ERRORS, Event, Limits, MemberData, MemberFailure, MemberSkipped,
+                                       SKIPPED_DONE, SKIPPED_DUPLICATE, Stop, Truncated, describe_error, is_image_name,
+                                       not_an_image_message, too_large_message)
+from beam_jobs.archives.tar_format import (NO_INPUT_TYPES, REGULAR_TYPES, SPECIAL_TYPES, TarDamage, TarEntry,
+                                           TarStream, TarWalker)
 from schemas import images
-
-_ZERO_BLOCK = bytes(BLOCK)
-_MAX_EXTENDED_HEADER = 1 << 20  # pax / GNU long-name data above this is damage, not a name
-
-
-class _Prepended(io.RawIOBase):
-    """The first bytes already read, then the rest of the stream; counts the bytes it hands out."""
-
-    def __init__(self, head: bytes, stream):
-        super().__init__()
-        self._head, self._stream, self.consumed = head, stream, 0
-
-    def readable(self):
-        return True
-
-    def readinto(self, buffer):
-        if self._head:
-            count = min(len(buffer), len(self._head))
-            buffer[:count] = self._head[:count]
-            self._head = self._head[count:]
-        else:
-            data = self._stream.read(len(buffer))
-            count = len(data)
-            buffer[:count] = data
-        self.consumed += count
-        return count
-
-
-class _XzReader(io.RawIOBase):
-    """xz decompression with a memory limit (an xz header may ask for a dictionary of gigabytes, allocated up front),
-    concatenated streams read in turn; trailing data that is no xz stream is ignored, as `lzma.LZMAFile` does."""
-
-    def __init__(self, raw):
-        super().__init__()
-        self._raw = raw
-        self._engine = self._new_engine()
-        self._finished = self._trailing = False
-
-    @staticmethod
-    def _new_engine():
-        return lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=MAX_LZMA_DICTIONARY + (64 << 20))
-
-    def readable(self):
-        return True
-
-    def readinto(self, buffer):
-        while not self._finished:
-            if self._engine.eof:
-                rest = self._engine.unused_data.lstrip(b"\0")  # stream padding is NUL bytes
-                while not rest:
-                    more = self._raw.read(CHUNK)
-                    if not more:
-                        self._finished = True
-                        return 0
-                    rest = more.lstrip(b"\0")
-                self._engine = self._new_engine()
-                self._trailing = True  # until it gives a byte, this may be trailing data that is no xz stream
-                try:
-                    data = self._engine.decompress(rest, len(buffer))
-                except lzma.LZMAError:
-                    self._finished = True
-                    return 0
-            else:
-                chunk = b""
-                if self._engine.needs_input:
-                    chunk = self._raw.read(CHUNK)
-                    if not chunk:
-                        if self._trailing:
-                            self._finished = True
-                            return 0
-                        raise EOFError("Compressed file ended before the end-of-stream marker was reached")
-                try:
-                    data = self._engine.decompress(chunk, len(buffer))
-                except lzma.LZMAError as error:
-                    if "memory" in str(error).lower():
-                        raise Stop(images.UNSUPPORTED_FORMAT,
-                                   f"the xz stream needs more than {MAX_LZMA_DICTIONARY:,} bytes of dictionary "
-                                   "(xz -9 uses 64 MiB)") from None
-                    raise
-            if data:
-                self._trailing = False
-                buffer[:len(data)] = data
-                return len(data)
-        return 0
-
-
-class _TarStream:
-    """The uncompressed tar bytes with a position, skipping and the expansion limits of compressed archives."""
-
-    def __init__(self, uri: str, stream, head: bytes, limits: Limits):
-        compression = None if _valid_header(head) else compression_of(head)
-        if compression == "zstd":
-            raise Stop(images.UNSUPPORTED_FORMAT, "a zstd-compressed archive is not supported; use gzip, bzip2 or "
-                                                   "xz, or an uncompressed tar")
-        self.compression = compression
-        self._raw = _Prepended(head, stream)
-        buffered = io.BufferedReader(self._raw, buffer_size=CHUNK)
-        self._stream = {"gzip": lambda: gzip.GzipFile(fileobj=buffered, mode="rb"),
-                        "bzip2": lambda: bz2.BZ2File(buffered),
-                        "xz": lambda: io.BufferedReader(_XzReader(buffered), buffer_size=CHUNK),
-                        None: lambda: buffered}[compression]()
-        self._uri, self._limits = uri, limits
-        self.position = 0
-
-    def _check_limits(self) -> None:
-        if self.compression is None:
-            return  # an uncompressed tar holds exactly its bytes: nothing to cap
-        if self.position > self._limits.max_archive_bytes:
-            raise Stop(images.EXPANSION_LIMIT, f"the {self.compression} archive expands to more than "
-                                                f"{self._limits.max_archive_bytes:,} bytes (--max_archive_bytes)")
-        if (self.position > RATIO_FLOOR_BYTES
-                and self.position > self._limits.max_ratio * max(self._raw.consumed, 1)):
-            raise Stop(images.EXPANSION_LIMIT,
-                        f"the {self.compression} archive expands more than {self._limits.max_ratio:g} times "
-                        f"({self.position:,} bytes from {self._raw.consumed:,}; --max_compression_ratio): "
-                        "a decompression bomb or data that is no photo")
-
-    def read(self, count: int) -> bytes:
-        """Up to ``count`` bytes; fewer only at the end of the data."""
-        parts, wanted = [], count
-        while wanted > 0:
-            part = self._stream.read(min(wanted, CHUNK))
-            if not part:
-                break
-            parts.append(part)
-            wanted -= len(part)
-            self.position += len(part)
-            self._check_limits()
-        return b"".join(parts)
-
-    def skip(self, count: int) -> None:
-        """Passes over ``count`` bytes; `Truncated` if the data ends first."""
-        while count > 0:
-            part = self.read(min(count, CHUNK))
-            if not part:
-                raise Truncated()
-            count -= len(part)
-
-
-class _TarEntry(typing.NamedTuple):
-    position: int  # 1-based among the archive's entries
-    offset: int  # of its (first) header in the uncompressed tar
-    name: bytes
-    link: bytes
-    type: bytes
-    size: int
-    problem: str | None  # an extended header that could not be used
-
-
-class _TarDamage(typing.NamedTuple):
-    position: int
-    offset: int
-    end: int | None  # offset of the next valid header; None: the damage runs to the end
-    reason: str
-
-
-_DATALESS_TYPES = (tarfile.LNKTYPE, tarfile.SYMTYPE, tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE,
-                   tarfile.DIRTYPE)
-_REGULAR_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
-_NO_INPUT_TYPES = (tarfile.DIRTYPE, b"V", b"D")  # directories, volume labels, GNU dump directories
-_SPECIAL_TYPES = {tarfile.SYMTYPE: "a symbolic link", tarfile.CHRTYPE: "a character device",
-                  tarfile.BLKTYPE: "a block device", tarfile.FIFOTYPE: "a FIFO",
-                  tarfile.GNUTYPE_SPARSE: "a GNU sparse file", b"M": "the continuation of a multi-volume file",
-                  b"N": "an old GNU long-name entry"}
-
-
-def _valid_header(block: bytes) -> bool:
-    try:
-        tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
-        return True
-    except tarfile.HeaderError:
-        return False
-
-
-def _parse_pax(data: bytes) -> dict[bytes, bytes]:
-    """pax extended header records ("LEN key=value\\n"); ValueError when malformed."""
-    records, position = {}, 0
-    while position < len(data) and data[position] != 0:
-        space = data.find(b" ", position)
-        if space < 0 or not data[position:space].isdigit():
-            raise ValueError("malformed pax record length")
-        length = int(data[position:space])
-        record = data[space + 1:position + length]
-        if length <= 0 or position + length > len(data) or not record.endswith(b"\n"):
-            raise ValueError("malformed pax record")
-        key, equals, value = record[:-1].partition(b"=")
-        if not equals:
-            raise ValueError("pax record without '='")
-        records[key] = value
-        position += length
-    return records
-
-
-class _TarWalker:
-    """Headers of a tar stream, in order: `_TarEntry`s and `_TarDamage`s. After an entry the caller may read
-    its data (`read_data`); whatever it leaves is skipped before the next header."""
-
-    def __init__(self, stream: _TarStream):
-        self._stream = stream
-        self._left = 0  # data bytes of the current entry not yet read, padding included
-        self._data_left = 0
-        self.position = 0
-        self.entries_seen = 0
-
-    def read_data(self, count: int) -> bytes:
-        count = min(count, self._data_left)
-        data = self._stream.read(count)
-        self._left -= len(data)
-        self._data_left -= len(data)
-        if len(data) < count:
-            raise Truncated()
-        return data
-
-    def _finish_entry(self) -> None:
-        left, self._left, self._data_left = self._left, 0, 0
-        self._stream.skip(left)
-
-    def _set_data(self, size: int) -> None:
-        self._data_left = size
-        self._left = size + (-size) % BLOCK
-
-    def _read_header(self):
-        """(offset, TarInfo) of the next header, None at the end, or a `_TarDamage` (then the header after it)."""
-        while True:
-            offset = self._stream.position
-            block = self._stream.read(BLOCK)
-            if not block:
-                return None
-            if len(block) < BLOCK:
-                if block.strip(b"\0"):
-                    self.position += 1
-                    return _TarDamage(self.position, offset, None, "the archive ends inside a header")
-                return None
-            if block == _ZERO_BLOCK:
-                continue  # end-of-archive marker or padding; read on, as `tar --ignore-zeros` does
-            try:
-                return offset, tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
-            except tarfile.HeaderError as error:
-                return self._resynchronize(offset, str(error) or type(error).__name__)
-
-    def _resynchronize(self, offset: int, reason: str):
-        self.position += 1
-        damage_position = self.position
-        while True:
-            candidate = self._stream.position
-            block = self._stream.read(BLOCK)
-            if len(block) < BLOCK:
-                return _TarDamage(damage_position, offset, None, reason)
-            if block == _ZERO_BLOCK:
-                continue
-            try:
-                info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
-            except tarfile.HeaderError:
-                continue
-            self._pending = (candidate, info)
-            return _TarDamage(damage_position, offset, candidate, reason)
-
-    def entries(self) -> Iterator:
-        self._pending = None
-        long_name = long_link = None
-        pax: dict[bytes, bytes] = {}
-        problem = None
-        first_offset = None
-        while True:
-            self._finish_entry()
-            if self._pending is not None:
-                header, self._pending = self._pending, None
-            else:
-                header = self._read_header()
-            if header is None:
-                return
-            if isinstance(header, _TarDamage):
-                long_name = long_link = None
-                pax, problem, first_offset = {}, None, None
-                yield header
-                continue
-            offset, info = header
-            if first_offset is None:
-                first_offset = offset
-            size = info.size
-            if size < 0:
-                header = self._resynchronize(offset, "negative size")
-                yield header
-                long_name = long_link = None
-                pax, problem, first_offset = {}, None, None
-                continue
-            if info.type in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
-                             tarfile.SOLARIS_XHDTYPE):
-                self._set_data(size)
-                if size > _MAX_EXTENDED_HEADER:
-                    problem = f"an extended header of {size:,} bytes (more than {_MAX_EXTENDED_HEADER:,})"
-                    continue
-                data = self.read_data(size)
-                if info.type == tarfile.GNUTYPE_LONGNAME:
-                    long_name = data.split(b"\0", 1)[0]
-                elif info.type == tarfile.GNUTYPE_LONGLINK:
-                    long_link = data.split(b"\0", 1)[0]
-                elif info.type in (tarfile.XHDTYPE, tarfile.SOLARIS_XHDTYPE):
-                    try:
-                        pax.update(_parse_pax(data))
-                    except ValueError as error:
-                        problem = f"a malformed pax header ({error})"
-                continue  # global pax headers ('g') describe no entry; their values are not needed here
-            if info.type == tarfile.GNUTYPE_SPARSE and getattr(info, "_sparse_structs", ((), False, 0))[1]:
-                extended = True
-                while extended:  # old GNU sparse: more 512-byte sparse maps follow the header, before the data
-                    block = self._stream.read(BLOCK)
-                    if len(block) < BLOCK:
-                        raise Truncated()
-                    extended = bool(block[504])
-            self.position += 1
-            self.entries_seen += 1
-            name = pax.get(b"path") or long_name or info.name.encode("utf-8", "surrogateescape")
-            link = pax.get(b"linkpath") or long_link or info.linkname.encode("utf-8", "surrogateescape")
-            if b"size" in pax:
-                if pax[b"size"].isdigit():
-                    size = int(pax[b"size"])
-                else:
-                    problem = problem or "a pax size that is not a number"
-            entry_type = info.type
-            if any(key.startswith(b"GNU.sparse.") for key in pax):
-                entry_type = tarfile.GNUTYPE_SPARSE
-            # As in tarfile: links, devices, FIFOs and directories store no data; everything else stores `size`.
-            self._set_data(0 if entry_type in _DATALESS_TYPES else size)
-            yield _TarEntry(self.position, first_offset, name, link, entry_type, size, problem)
-            long_name = long_link = None
-            pax, problem, first_offset = {}, None, None
 
 
 class TarReader:
@@ -354,11 +23,11 @@ class TarReader:
     def events(self) -> Iterator[Event]:
         uri = self._uri
         try:
-            stream = _TarStream(uri, self._stream, self._head, self._limits)
+            stream = TarStream(uri, self._stream, self._head, self._limits)
         except Stop as stop:
             yield MemberFailure(uri, stop.error_class, stop.message)
             return
-        walker = _TarWalker(stream)
+        walker = TarWalker(stream)
         kind = f"{stream.compression}-compressed tar" if stream.compression else "tar"
         seen: set[str] = set()
         links: list[tuple[int, bytes, bytes]] = []  # (position, link name, target name) of hard links to resolve
@@ -368,7 +37,7 @@ class TarReader:
         try:
             for item in walker.entries():
                 current, current_has_row, current_done = None, False, False
-                if isinstance(item, _TarDamage):
+                if isinstance(item, TarDamage):
                     if not found_header and item.offset == 0 and item.end is None:
                         yield MemberFailure(uri, images.CORRUPT_ARCHIVE,
                                             f"not a {kind} archive: no valid tar header in its "
@@ -433,7 +102,7 @@ class TarReader:
         if links:
             yield from self._resolve_links(links, kind)
 
-    def _damage(self, damage: _TarDamage, kind: str) -> MemberFailure:
+    def _damage(self, damage: TarDamage, kind: str) -> MemberFailure:
         if damage.end is None:
             extent = "to the end of the archive; whatever was stored there is lost"
         else:
@@ -443,9 +112,9 @@ class TarReader:
                              f"bad header of entry #{damage.position} at byte {damage.offset:,} of the {kind} "
                              f"({damage.reason}); {extent}")
 
-    def _entry_event(self, entry: _TarEntry, seen: set, links: list, walker: _TarWalker):
+    def _entry_event(self, entry: TarEntry, seen: set, links: list, walker: TarWalker):
         """The event of one entry (None: no row); reads the data of image members."""
-        if entry.type in _NO_INPUT_TYPES:
+        if entry.type in NO_INPUT_TYPES:
             return None
         member = self._member(entry.name)
         uri = f"{self._uri}!{member}"
@@ -462,11 +131,11 @@ class TarReader:
         if entry.type == tarfile.LNKTYPE:
             links.append((entry.position, entry.name, entry.link))
             return None
-        if entry.type in _SPECIAL_TYPES:
+        if entry.type in SPECIAL_TYPES:
             target = f" to {sources.escape_member_name(entry.link)}" if entry.type == tarfile.SYMTYPE else ""
             return MemberFailure(uri, images.UNSUPPORTED_MEMBER,
-                                 f"{where} is {_SPECIAL_TYPES[entry.type]}{target}, not a file; not followed")
-        if entry.type not in _REGULAR_TYPES and not entry.type.isalpha() and entry.type not in b"0123456789":
+                                 f"{where} is {SPECIAL_TYPES[entry.type]}{target}, not a file; not followed")
+        if entry.type not in REGULAR_TYPES and not entry.type.isalpha() and entry.type not in b"0123456789":
             return MemberFailure(uri, images.CORRUPT_ARCHIVE, f"{where} has an invalid type {entry.type!r}")
         # Regular files, and unknown types, which POSIX says to read as regular files.
         if entry.size > self._limits.max_member_bytes:
@@ -508,16 +177,16 @@ class TarReader:
         try:  # each target's bytes are read, handed out and dropped before the next one is read
             with self._open() as raw:
                 head = raw.read(BLOCK)
-                walker = _TarWalker(_TarStream(self._uri, raw, head, self._limits))
+                walker = TarWalker(TarStream(self._uri, raw, head, self._limits))
                 last_link = max(position for position, _, _ in links)
                 for item in walker.entries():
-                    if isinstance(item, _TarDamage) or item.name not in wanted:
+                    if isinstance(item, TarDamage) or item.name not in wanted:
                         continue
                     if item.position >= last_link:
                         break
-                    if item.type in _REGULAR_TYPES and item.size <= self._limits.max_member_bytes:
+                    if item.type in REGULAR_TYPES and item.size <= self._limits.max_member_bytes:
                         yield from outcome_for(item.name, item.position, walker.read_data(item.size), "")
-                    elif item.type in _REGULAR_TYPES:
+                    elif item.type in REGULAR_TYPES:
                         yield from outcome_for(item.name, item.position, None,
                                                too_large_message(item.size, self._limits.max_member_bytes))
                     else:

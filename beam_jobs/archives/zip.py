@@ -1,42 +1,19 @@
 """Zip archives read from their central directory (streamed in chunks), each member decompressed with its size
-and CRC-32 checked and its output capped."""
+and CRC-32 checked and its output capped; a zip without its directory is read from its local headers."""
 import bz2
 import io
-import lzma
 import struct
-import typing
 import zlib
 from typing import Iterator
 
 from beam_jobs import sources
-from beam_jobs.archives.common import (CHUNK, MAX_LZMA_DICTIONARY, RATIO_FLOOR_BYTES, STREAM_ERRORS, Event, Limits, MemberData,
+from beam_jobs.archives.common import (CHUNK, RATIO_FLOOR_BYTES, STREAM_ERRORS, Event, Limits, MemberData,
                                        MemberFailure, MemberSkipped, SKIPPED_DONE, SKIPPED_DUPLICATE, Stop, Truncated,
                                        describe_error, is_image_name, not_an_image_message, too_large_message)
+from beam_jobs.archives.zip_format import (BZIP2, CENTRAL, DEFLATED, EOCD, EOCD64, EOCD64_LOCATOR, LOCAL, LZMA,
+                                           METHOD_NAMES, STORED, UNIX_TYPES, Decompressor, ZipEntry, end_record_index,
+                                           zip64_sizes)
 from schemas import images
-
-_EOCD = struct.Struct("<4s4H2LH")  # signature, disk, cd disk, entries here, entries, cd size, cd offset, comment
-_EOCD64_LOCATOR = struct.Struct("<4sLQL")
-_EOCD64 = struct.Struct("<4sQ2H2L4Q")
-_CENTRAL = struct.Struct("<4s4B4HL2L5H2L")
-_LOCAL = struct.Struct("<4s2B4HL2L2H")
-_STORED, _DEFLATED, _BZIP2, _LZMA = 0, 8, 12, 14
-_METHOD_NAMES = {1: "Shrink", 6: "Implode", 9: "Deflate64", 10: "PKWARE Implode", 18: "IBM TERSE", 19: "LZ77",
-                 93: "Zstandard", 95: "XZ", 96: "JPEG variant", 97: "WavPack", 98: "PPMd", 99: "AES encryption"}
-_UNIX_TYPES = {0o120000: "a symbolic link", 0o020000: "a character device", 0o060000: "a block device",
-               0o010000: "a FIFO", 0o140000: "a socket", 0o040000: None}  # None: a directory (no row)
-
-
-class _ZipEntry(typing.NamedTuple):
-    position: int
-    name: bytes
-    flags: int
-    method: int
-    crc: int
-    compressed_size: int
-    size: int
-    header_offset: int
-    creator: int
-    external: int
 
 
 class ZipReader:
@@ -86,20 +63,20 @@ class ZipReader:
         seen: set[str] = set()
         offset, position, stopped, complete = 0, 0, None, 0
         try:
-            while offset + _LOCAL.size <= self._size:
+            while offset + LOCAL.size <= self._size:
                 self._stream.seek(offset)
-                header = self._stream.read(_LOCAL.size)
+                header = self._stream.read(LOCAL.size)
                 if header[:4] != b"PK\x03\x04":
                     break  # the central directory's start, or damage
-                fields = _LOCAL.unpack(header)
+                fields = LOCAL.unpack(header)
                 flags, method, name_length, extra_length = fields[3], fields[4], fields[10], fields[11]
                 name = self._stream.read(name_length)
                 extra = self._stream.read(extra_length)
                 if len(name) < name_length or len(extra) < extra_length:
                     raise Truncated()
-                compressed, size, _ = _zip64_sizes(extra, fields[8], fields[9], 0)
+                compressed, size, _ = zip64_sizes(extra, fields[8], fields[9], 0)
                 crc = fields[7]
-                data_start = offset + _LOCAL.size + name_length + extra_length
+                data_start = offset + LOCAL.size + name_length + extra_length
                 position += 1
                 following = None
                 member = sources.escape_member_name(name)
@@ -117,7 +94,7 @@ class ZipReader:
                         if not reported:
                             yield MemberFailure(truncated.uri, stop.error_class, stop.message)
                         raise
-                entry = _ZipEntry(position=position, name=name, flags=flags, method=method, crc=crc,
+                entry = ZipEntry(position=position, name=name, flags=flags, method=method, crc=crc,
                                   compressed_size=compressed, size=size, header_offset=offset, creator=0, external=0)
                 if data_start + compressed > self._size:
                     if not reported:
@@ -142,11 +119,11 @@ class ZipReader:
     def _measure_streamed(self, data_start: int, method: int, position: int) -> tuple[int, int, int, int]:
         """(compressed size, size, CRC-32, offset after the data descriptor) of a member written without sizes in
         its local header, by decompressing it (output counted against the limits, then dropped)."""
-        if method == _DEFLATED:
+        if method == DEFLATED:
             engine = zlib.decompressobj(-15)
-        elif method == _BZIP2:
+        elif method == BZIP2:
             engine = bz2.BZ2Decompressor()
-        elif method == _STORED:
+        elif method == STORED:
             return self._measure_stored(data_start, position)
         else:
             raise Stop(images.CORRUPT_ARCHIVE, f"member #{position} has no sizes in its local header and its method "
@@ -154,9 +131,9 @@ class ZipReader:
         self._stream.seek(data_start)
         consumed = produced = crc = 0
         while not engine.eof:
-            if method == _DEFLATED and engine.unconsumed_tail:
+            if method == DEFLATED and engine.unconsumed_tail:
                 part = engine.decompress(engine.unconsumed_tail, CHUNK)
-            elif method == _BZIP2 and not engine.needs_input:
+            elif method == BZIP2 and not engine.needs_input:
                 part = engine.decompress(b"", CHUNK)
             else:
                 chunk = self._stream.read(CHUNK)
@@ -208,24 +185,24 @@ class ZipReader:
 
     def _find_directory(self) -> tuple[int, int, int, int]:
         """(entries, central directory offset, its length, offset of the zip inside the file)."""
-        tail_length = min(self._size, _EOCD.size + 0xFFFF)
+        tail_length = min(self._size, EOCD.size + 0xFFFF)
         self._stream.seek(self._size - tail_length)
         tail = self._stream.read(tail_length)
-        index = _end_record_index(tail)
+        index = end_record_index(tail)
         if index < 0:
             raise Stop(images.CORRUPT_ARCHIVE, "no zip end-of-central-directory record: not a zip archive, or a "
                                                 "truncated one (e.g. an incomplete download)")
         eocd_offset = self._size - tail_length + index
-        (_, disk, cd_disk, _, count, length, start, _) = _EOCD.unpack_from(tail, index)
+        (_, disk, cd_disk, _, count, length, start, _) = EOCD.unpack_from(tail, index)
         if disk or cd_disk:
             raise Stop(images.UNSUPPORTED_FORMAT, "a multi-disk (split) zip archive is not supported")
-        if (count == 0xFFFF or length == 0xFFFFFFFF or start == 0xFFFFFFFF) and index >= _EOCD64_LOCATOR.size:
-            locator = _EOCD64_LOCATOR.unpack_from(tail, index - _EOCD64_LOCATOR.size)
+        if (count == 0xFFFF or length == 0xFFFFFFFF or start == 0xFFFFFFFF) and index >= EOCD64_LOCATOR.size:
+            locator = EOCD64_LOCATOR.unpack_from(tail, index - EOCD64_LOCATOR.size)
             if locator[0] == b"PK\x06\x07":
                 self._stream.seek(locator[2])
-                record = self._stream.read(_EOCD64.size)
-                if len(record) == _EOCD64.size and record[:4] == b"PK\x06\x06":
-                    fields = _EOCD64.unpack(record)
+                record = self._stream.read(EOCD64.size)
+                if len(record) == EOCD64.size and record[:4] == b"PK\x06\x06":
+                    fields = EOCD64.unpack(record)
                     count, length, start = fields[7], fields[8], fields[9]
                     eocd_offset = locator[2]
         shift = eocd_offset - length - start  # bytes before the zip (self-extracting archives)
@@ -237,7 +214,7 @@ class ZipReader:
                                                 "inside the archive (a zip stored in a truncated zip)")
         return count, start + shift, length, shift
 
-    def _central_directory(self, count: int, start: int, length: int, shift: int) -> Iterator[_ZipEntry]:
+    def _central_directory(self, count: int, start: int, length: int, shift: int) -> Iterator[ZipEntry]:
         """The central directory's entries, read in chunks (memory does not grow with the number of members)."""
         buffer, buffer_start, cursor, end = b"", start, start, start + length
 
@@ -256,19 +233,19 @@ class ZipReader:
         position = 0
         while cursor < end:  # by the directory's length: a count above 65,535 wraps in zips without zip64
             position += 1
-            relative = ensure(_CENTRAL.size, position)
-            fields = _CENTRAL.unpack_from(buffer, relative)
+            relative = ensure(CENTRAL.size, position)
+            fields = CENTRAL.unpack_from(buffer, relative)
             if fields[0] != b"PK\x01\x02":
                 raise Stop(images.CORRUPT_ARCHIVE, f"the central directory is damaged at entry #{position} "
                                                     f"(byte {cursor:,})")
             name_length, extra_length, comment_length = fields[12], fields[13], fields[14]
-            record_length = _CENTRAL.size + name_length + extra_length + comment_length
+            record_length = CENTRAL.size + name_length + extra_length + comment_length
             relative = ensure(record_length, position)
-            name_start = relative + _CENTRAL.size
+            name_start = relative + CENTRAL.size
             name = buffer[name_start:name_start + name_length]
             extra = buffer[name_start + name_length:name_start + name_length + extra_length]
-            compressed, size, offset = _zip64_sizes(extra, fields[10], fields[11], fields[18])
-            yield _ZipEntry(position=position, name=name, flags=fields[5], method=fields[6], crc=fields[9],
+            compressed, size, offset = zip64_sizes(extra, fields[10], fields[11], fields[18])
+            yield ZipEntry(position=position, name=name, flags=fields[5], method=fields[6], crc=fields[9],
                             compressed_size=compressed, size=size, header_offset=offset + shift,
                             creator=fields[2], external=fields[17])
             cursor += record_length
@@ -276,7 +253,7 @@ class ZipReader:
             raise Stop(images.CORRUPT_ARCHIVE, f"the end record states {count:,} entries but a central directory of "
                                                 "0 bytes")
 
-    def _entry_event(self, entry: _ZipEntry, seen: set) -> Event | None:
+    def _entry_event(self, entry: ZipEntry, seen: set) -> Event | None:
         member = sources.escape_member_name(entry.name)
         uri = f"{self._uri}!{member}"
         where = f"member #{entry.position}"
@@ -292,13 +269,13 @@ class ZipReader:
         seen.add(member)
         if not is_image_name(entry.name):
             return MemberFailure(uri, images.NOT_AN_IMAGE, not_an_image_message(entry.name))
-        if unix_type in _UNIX_TYPES:
-            return MemberFailure(uri, images.UNSUPPORTED_MEMBER, f"{where} is {_UNIX_TYPES[unix_type]}, not a file; "
+        if unix_type in UNIX_TYPES:
+            return MemberFailure(uri, images.UNSUPPORTED_MEMBER, f"{where} is {UNIX_TYPES[unix_type]}, not a file; "
                                                                  "not followed")
         if entry.flags & 0x1 or entry.method == 99:
             return MemberFailure(uri, images.ENCRYPTED_MEMBER, f"{where} is encrypted; decrypt the archive first")
-        if entry.method not in (_STORED, _DEFLATED, _BZIP2, _LZMA):
-            method = _METHOD_NAMES.get(entry.method, "unknown")
+        if entry.method not in (STORED, DEFLATED, BZIP2, LZMA):
+            method = METHOD_NAMES.get(entry.method, "unknown")
             return MemberFailure(uri, images.UNSUPPORTED_MEMBER,
                                  f"{where} uses compression method {entry.method} ({method}), which is not supported; "
                                  "re-create the archive with deflate or store")
@@ -323,18 +300,18 @@ class ZipReader:
             return MemberFailure(uri, images.INTERNAL_ERROR, f"{where}: {describe_error(error)}")
         return MemberData(uri, entry.position, data)
 
-    def _read_member(self, entry: _ZipEntry) -> bytes:
+    def _read_member(self, entry: ZipEntry) -> bytes:
         self._stream.seek(entry.header_offset)
-        header = self._stream.read(_LOCAL.size)
-        if len(header) < _LOCAL.size or header[:4] != b"PK\x03\x04":
+        header = self._stream.read(LOCAL.size)
+        if len(header) < LOCAL.size or header[:4] != b"PK\x03\x04":
             raise Stop(images.CORRUPT_ARCHIVE, f"no local header at byte {entry.header_offset:,}")
-        fields = _LOCAL.unpack(header)
-        data_start = entry.header_offset + _LOCAL.size + fields[10] + fields[11]
+        fields = LOCAL.unpack(header)
+        data_start = entry.header_offset + LOCAL.size + fields[10] + fields[11]
         if data_start + entry.compressed_size > self._size:
             raise Stop(images.CORRUPT_ARCHIVE, f"its data runs past the end of the file ({self._size:,} bytes): "
                                                 "a truncated archive")
         self._stream.seek(data_start)
-        decompressor = _Decompressor(entry.method)
+        decompressor = Decompressor(entry.method)
         output, produced, crc = [], 0, 0
         left = entry.compressed_size
         while left > 0 or decompressor.has_more():
@@ -357,7 +334,7 @@ class ZipReader:
                             "bytes (--max_compression_ratio)")
             crc = zlib.crc32(part, crc)
             output.append(part)
-        if not decompressor.finished() and not (entry.method == _LZMA and produced == entry.size):
+        if not decompressor.finished() and not (entry.method == LZMA and produced == entry.size):
             raise Stop(images.CORRUPT_ARCHIVE, "its compressed data ends before the end of its stream")
         if produced != entry.size:
             raise Stop(images.CORRUPT_ARCHIVE, f"decompresses to {produced:,} bytes, not the {entry.size:,} its "
@@ -366,98 +343,3 @@ class ZipReader:
             raise Stop(images.CORRUPT_ARCHIVE, f"CRC-32 mismatch (stored {entry.crc:08x}, computed {crc:08x}): "
                                                 "the member's data is damaged")
         return b"".join(output)
-
-
-def _end_record_index(tail: bytes) -> int:
-    """The end-of-central-directory record in the file's tail: the last candidate whose comment length reaches
-    exactly the end of the file (a comment may itself hold the signature), else the last candidate that fits."""
-    fallback, index = -1, tail.rfind(b"PK\x05\x06")
-    while index >= 0:
-        if len(tail) - index >= _EOCD.size:
-            if fallback < 0:
-                fallback = index
-            if index + _EOCD.size + _EOCD.unpack_from(tail, index)[7] == len(tail):
-                return index
-        index = tail.rfind(b"PK\x05\x06", 0, index)
-    return fallback
-
-
-def _zip64_sizes(extra: bytes, compressed: int, size: int, offset: int) -> tuple[int, int, int]:
-    position = 0
-    while position + 4 <= len(extra):
-        tag, length = struct.unpack_from("<2H", extra, position)
-        if tag == 0x0001:
-            values = extra[position + 4:position + 4 + length]
-            index = 0
-            if size == 0xFFFFFFFF and index + 8 <= len(values):
-                size = struct.unpack_from("<Q", values, index)[0]
-                index += 8
-            if compressed == 0xFFFFFFFF and index + 8 <= len(values):
-                compressed = struct.unpack_from("<Q", values, index)[0]
-                index += 8
-            if offset == 0xFFFFFFFF and index + 8 <= len(values):
-                offset = struct.unpack_from("<Q", values, index)[0]
-            break
-        position += 4 + length
-    return compressed, size, offset
-
-
-class _Decompressor:
-    """One zip compression method behind decompress(data, max_length) / has_more() / finished()."""
-
-    def __init__(self, method: int):
-        self._method = method
-        self._engine = {_DEFLATED: lambda: zlib.decompressobj(-15), _BZIP2: bz2.BZ2Decompressor,
-                        _STORED: lambda: None, _LZMA: lambda: None}[method]()
-        self._header = b""  # LZMA in zip: version (2 bytes), properties size (2), properties (5), then the stream
-        self._pending = b""
-
-    def _start_lzma(self, data: bytes) -> bytes:
-        self._header += data
-        if len(self._header) < 9:
-            return b""
-        properties_length = struct.unpack_from("<H", self._header, 2)[0]
-        if properties_length != 5:
-            raise Stop(images.CORRUPT_ARCHIVE, "its LZMA properties are malformed")
-        code, dictionary = self._header[4], struct.unpack_from("<L", self._header, 5)[0]
-        if code >= 9 * 5 * 5:
-            raise Stop(images.CORRUPT_ARCHIVE, "its LZMA properties are malformed")
-        if dictionary > MAX_LZMA_DICTIONARY:
-            raise Stop(images.UNSUPPORTED_MEMBER, f"its LZMA dictionary of {dictionary:,} bytes is above "
-                                                  f"{MAX_LZMA_DICTIONARY:,} (xz -9 uses 64 MiB)")
-        self._engine = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=[{
-            "id": lzma.FILTER_LZMA1, "dict_size": dictionary, "lc": code % 9, "lp": (code // 9) % 5,
-            "pb": code // 45}])
-        rest, self._header = self._header[9:], b""
-        return rest
-
-    def decompress(self, data: bytes, max_length: int) -> bytes:
-        max_length = max(max_length, 1)
-        if self._method == _STORED:
-            data = self._pending + data
-            self._pending = data[max_length:]
-            return data[:max_length]
-        if self._method == _LZMA and self._engine is None:
-            data = self._start_lzma(data)
-            if self._engine is None:
-                return b""
-        if self._method == _DEFLATED:
-            output = self._engine.decompress(self._pending + data, max_length)
-            self._pending = self._engine.unconsumed_tail
-            return output
-        if self._engine.eof:
-            if data:
-                raise Stop(images.CORRUPT_ARCHIVE, "data follows the end of its compressed stream")
-            return b""
-        return self._engine.decompress(data, max_length)
-
-    def has_more(self) -> bool:
-        """Whether output may be pending without more input."""
-        if self._method in (_STORED, _DEFLATED):
-            return bool(self._pending)
-        return self._engine is not None and not self._engine.eof and not self._engine.needs_input
-
-    def finished(self) -> bool:
-        if self._method == _STORED:
-            return True
-        return self._engine is not None and self._engine.eof
