@@ -40,7 +40,7 @@ from beam_jobs.image_transforms import (DEFAULT_READ_THREADS, FeaturesOfImages, 
                                         check_feature_flags)
 from beam_jobs.inference import (CaptionModelHandler, FeatureExtractorHandler, GenerateCaptions, check_backend,
                                  load_feature_model)
-from beam_jobs.inputs import ResolveInputs, SelectInputs
+from beam_jobs.inputs import ResolveInputs, SelectInputs, effective_pattern
 from beam_jobs.outputs import ReadDoneUris, WriteCaptionOutputs
 from schemas import backbones, tables
 from schemas.bundle import BundleKeys
@@ -149,7 +149,7 @@ def _check_filesystem(flag: str, path: str) -> None:
 def _matches_something(pattern: str) -> bool:
     _check_filesystem("--input", pattern)
     try:
-        return bool(FileSystems.match([pattern])[0].metadata_list)
+        return bool(FileSystems.match([effective_pattern(pattern)])[0].metadata_list)
     except Exception:  # BeamIOError when nothing matches on some filesystems
         return False
 

@@ -54,11 +54,28 @@ def _canonical_path(path: str) -> str:
 
 @beam.typehints.with_input_types(bytes)
 @beam.typehints.with_output_types(bytes)
+def effective_pattern(pattern: str) -> str:
+    """The glob an --input means: a directory (a local one, or a prefix on an object store, given without glob
+    characters) means every file under it, recursively (``DIR/**``)."""
+    if sources.has_glob_characters(pattern):
+        return pattern
+    local = pattern[len("file://"):] if pattern.startswith("file://") else pattern
+    if "://" not in local:
+        return pattern.rstrip("/") + "/**" if os.path.isdir(local) else pattern
+    try:
+        if FileSystems.match([pattern])[0].metadata_list:
+            return pattern
+    except Exception:  # BeamIOError when nothing matches on some filesystems
+        pass
+    return pattern.rstrip("/") + "/**"
+
+
 class MatchPatterns(beam.DoFn):
     """A glob -> the paths it matches (a pattern that matches nothing any more is an error row)."""
 
     def process(self, encoded: bytes):
-        pattern = _decode(encoded)
+        given = _decode(encoded)
+        pattern = effective_pattern(given)
         try:
             matched = FileSystems.match([pattern])[0].metadata_list
         except Exception as error:  # BeamIOError when nothing matches on some filesystems
@@ -68,7 +85,7 @@ class MatchPatterns(beam.DoFn):
         if not matched and not _broken_links(pattern, set()):
             reason = f": {type(failure).__name__}: {failure}" if failure else ""
             yield beam.pvalue.TaggedOutput(ERRORS, tables.error_row(
-                pattern, images.MISSING_FILE, f"--input {pattern} matches no file{reason}"))
+                given, images.MISSING_FILE, f"--input {given} matches no file{reason}"))
             return
         for metadata in matched:
             yield _encode(_canonical_path(metadata.path))

@@ -335,6 +335,8 @@ def main() -> int:
     parser.add_argument("--work_dir", default=os.path.join(tempfile.gettempdir(), "imcap-hostile"))
     parser.add_argument("--model_dir")
     parser.add_argument("--weights", default="none")
+    parser.add_argument("beam_args", nargs="*", help="Beam options for the job, after --, e.g. "
+                                                      "-- --direct_running_mode=multi_processing --direct_num_workers=2")
     args = parser.parse_args()
     os.makedirs(args.work_dir, exist_ok=True)
     patterns = build(args.work_dir)
@@ -344,6 +346,7 @@ def main() -> int:
                "--output", prefix, "--overwrite"]
     for pattern in patterns:
         command += ["--input", pattern]
+    command += args.beam_args
     done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
     print(done.stderr[-2500:] if done.returncode else "\n".join(
         line for line in done.stderr.splitlines() if "caption job finished" in line or line.startswith("  ")))

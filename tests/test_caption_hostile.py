@@ -302,3 +302,17 @@ def test_a_list_can_name_archive_members_by_their_uris(tmp_path, sample_bundle, 
         f"{tmp_path}/gone.tar!x.jpg": images.MISSING_FILE, f"{q_tar}!x.jpg": None, f"{q_tar}!y.jpg": None,
         f"{q_tar}!nothing.jpg": images.MISSING_FILE, f"{p_tar}!../../b.jpg": images.MISSING_FILE,
         f"{p_tar}!%23%FF": images.MISSING_FILE, f"{p_tar}!caf%E9.jpg": images.MISSING_FILE})
+
+
+def test_a_directory_input_means_every_file_under_it(tmp_path, sample_bundle, sample_dataset):
+    photo = os.path.join(sample_dataset, "Flicker8k_Dataset", sorted(os.listdir(
+        os.path.join(sample_dataset, "Flicker8k_Dataset")))[0])
+    os.makedirs(tmp_path / "photos" / "2024" / "june")
+    shutil.copy(photo, tmp_path / "photos" / "a.jpg")
+    shutil.copy(photo, tmp_path / "photos" / "2024" / "june" / "b.jpg")
+    (tmp_path / "photos" / "2024" / "notes.md").write_text("x")
+    prefix = str(tmp_path / "out" / "c")
+    caption_images.run(argv([str(tmp_path / "photos")], sample_bundle, prefix), test_pipeline=local_test_pipeline())
+    check_every_input_once(*read_outputs(prefix), {
+        str(tmp_path / "photos" / "a.jpg"): None, str(tmp_path / "photos" / "2024" / "june" / "b.jpg"): None,
+        str(tmp_path / "photos" / "2024" / "notes.md"): images.NOT_AN_IMAGE})
