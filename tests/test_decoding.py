@@ -83,9 +83,10 @@ def test_length_penalty_prefers_longer_captions():
     features = _features(32, seed=3)
     plain = decoder.beam_search(features, beam_width=4, length_penalty=0.0)
     normalized = decoder.beam_search(features, beam_width=4, length_penalty=1.0)
-    assert sum(h.length for h in normalized) >= sum(h.length for h in plain)
+    assert sum(h.length for h in normalized) > sum(h.length for h in plain)  # it changes choices, to longer ones
     for hypothesis_plain, hypothesis_normalized in zip(plain, normalized):
         assert hypothesis_normalized.score(1.0) >= hypothesis_plain.score(1.0) - 1e-6
+        assert hypothesis_plain.log_prob >= hypothesis_normalized.log_prob - 1e-6
 
 
 def test_hypothesis_score():

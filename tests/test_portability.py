@@ -3,6 +3,8 @@ options Dataflow would get, and what the graph references is what the user gave 
 import base64
 import binascii
 import bz2
+import os
+import tempfile
 import zlib
 
 import apache_beam as beam
@@ -62,8 +64,30 @@ def test_extract_pipeline_serializes_for_dataflow(sample_dataset):
     extract_features.build_pipeline(pipeline, _extract_config(sample_dataset))
     serialized = _round_trip(pipeline)
     assert REMOTE_WEIGHTS.encode() in serialized
-    assert b"/tmp/imcap-" not in serialized  # the launcher's local copy of the weights is not what workers get
     assert b"gs://example-bucket/features" in serialized
+
+
+def test_workers_get_the_remote_weights_not_the_launchers_copy(sample_dataset, tmp_path):
+    """The launcher copies remote weights to local disk to check them (`inference.localize`); the graph it builds
+    must still name the remote file, which every worker can reach."""
+    from schemas import backbones
+    from tests import prefixfs
+    local = str(tmp_path / "w.weights.h5")
+    backbones.build_feature_extractor(backbones.XCEPTION, "none", 71).save_weights(local)
+    remote = "prefixfs://weights-bucket/w.weights.h5"
+    prefixfs.put(remote, open(local, "rb").read())
+    args, _ = extract_features.parse_args(["--dataset_dir", sample_dataset, "--output_dir", str(tmp_path / "out"),
+                                           "--weights", remote, "--image_size", "71"])
+    config = extract_features.prepare(args)
+    copies = [name for name in os.listdir(tempfile.gettempdir()) if name.startswith("imcap-")
+              and name.endswith("w.weights.h5")]
+    assert copies  # the launcher did make its local copy...
+    pipeline = beam.Pipeline(options=PipelineOptions(DATAFLOW_FLAGS))
+    extract_features.build_pipeline(pipeline, config)
+    serialized = _round_trip(pipeline)
+    assert remote.encode() in serialized
+    for copy in copies:  # ...and no worker is told to read it
+        assert copy.encode() not in serialized
 
 
 @pytest.mark.parametrize("resume", [False, True])

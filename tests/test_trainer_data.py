@@ -52,8 +52,11 @@ def test_training_order_is_shuffled_but_repeatable(tmp_path):
         dataset = data.caption_dataset(data_dir, "train", 16, batch_size=1, training=True, seed=seed)
         return [tuple(targets.numpy()[0]) for (_, _), targets in dataset]
 
+    unshuffled = [tuple(targets.numpy()[0]) for (_, _), targets in
+                  data.caption_dataset(data_dir, "train", 16, batch_size=1, training=False)]
     assert order(7) == order(7)
-    assert sorted(order(7)) == sorted(order(8))
+    assert sorted(order(7)) == sorted(order(8)) == sorted(unshuffled)
+    assert order(7) != unshuffled and order(8) != unshuffled and order(7) != order(8)  # 1 in 720 by chance
 
 
 def test_length_buckets_group_similar_lengths(tmp_path):
