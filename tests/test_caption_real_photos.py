@@ -11,7 +11,7 @@ from tests.conftest import FLICKR8K_DIR, local_test_pipeline, requires_flickr8k
 
 @requires_flickr8k()
 def test_the_same_photo_gets_the_same_row_loose_and_in_every_archive(sample_bundle, tmp_path):
-    photos_dir = os.path.join(FLICKR8K_DIR, "Flicker8k_Dataset")
+    photos_dir = os.path.normpath(os.path.join(FLICKR8K_DIR, "Flicker8k_Dataset"))  # URIs are normalized
     names = sorted(os.listdir(photos_dir))[:6]
     paths = [os.path.join(photos_dir, name) for name in names]
     listed = tmp_path / "photos.txt"
