@@ -21,6 +21,7 @@ import sys
 import tarfile
 
 from beam_jobs import caption_images, extract_features, gallery, runtime, sample_dataset
+from trainer import cli
 from schemas import backbones
 
 LOCAL_IMAGENET_FILE = os.path.expanduser("~/.cache/imcap/xception_imagenet_notop.weights.h5")
@@ -37,7 +38,7 @@ def choose_weights(requested: str | None) -> str:
         backbones.build_feature_extractor(backbones.XCEPTION, backbones.IMAGENET, backbones.XCEPTION.min_image_size)
         logging.info("using Keras' ImageNet Xception weights")
         return backbones.IMAGENET
-    except RuntimeError as error:
+    except backbones.WeightsUnavailable as error:
         logging.warning("ImageNet weights are not available here (%s).\n  The demo continues with RANDOM-INIT "
                         "Xception features (--weights none): they still tell the synthetic scenes apart, but "
                         "real photos need the ImageNet weights (see README: 'Weights').",
@@ -54,6 +55,7 @@ def _pack(paths: list[str], archive: str) -> str:
 
 def main(argv=None) -> int:
     runtime.setup_logging()
+    cli.quiet_tensorflow()
     parser = argparse.ArgumentParser(prog="imcap-demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--output_dir", default="demo_out")
     parser.add_argument("--images", type=runtime.positive_int, default=300)

@@ -18,6 +18,7 @@ import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 
 from beam_jobs import sources
+from trainer import cli
 from schemas import backbones, tables
 
 
@@ -122,6 +123,7 @@ class FeatureExtractorHandler(ModelHandler[np.ndarray, np.ndarray, Any]):
         self._backend = backend
 
     def load_model(self) -> _CompiledExtractor:
+        cli.quiet_tensorflow()  # a worker process imports TensorFlow here first
         model, digest = load_feature_model(self._backbone, self._weights, self._image_size)
         if self._expected_sha256 and digest != self._expected_sha256:
             raise ValueError(f"the {self._backbone.name} weights loaded on this worker ({self._weights}, sha256 "
@@ -162,6 +164,7 @@ class CaptionModelHandler(ModelHandler[np.ndarray, tuple, Any]):
         self._length_penalty = length_penalty
 
     def load_model(self):
+        cli.quiet_tensorflow()
         from trainer.bundle import Bundle
         bundle = Bundle(self._model_dir)
         logging.info("loaded caption bundle %s on a worker", bundle.model_id)

@@ -15,6 +15,8 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.portability.fn_api_runner import fn_runner
 
+from trainer import cli
+
 LOCAL_RUNNER = "beam_jobs.runtime.LocalRunner"
 METRICS_NAMESPACE = "imcap"
 
@@ -148,6 +150,7 @@ non_negative_int = _int_at_least(0, "an integer >= 0")
 def job_main(run, argv=None) -> int:
     """A job's command-line entry point: errors a user can fix are one log line and exit status 2."""
     setup_logging()
+    cli.quiet_tensorflow()
     try:
         run(argv)
     except (ValueError, FileNotFoundError) as error:
@@ -156,19 +159,8 @@ def job_main(run, argv=None) -> int:
     return 0
 
 
-class _DropKnownNoise(logging.Filter):
-    """Beam 2.77's RunInference warns on every batch that it cannot read memory usage when torch is absent
-    (its `resource` import is tied to an optional torch import); the warning is about Beam, not the job."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Resource module is not available")
-
-
 def setup_logging(level: int = logging.INFO) -> None:
-    # force: a library may already have configured the root logger at WARNING while being imported (Beam's GCP
-    # modules log "apitools not found" that way when google-apitools is absent), which would hide the job's INFO.
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", force=True)
-    logging.getLogger().addFilter(_DropKnownNoise())
+    cli.setup_logging(level)
     # Beam's portable runner logs every stage at INFO; keep the job's own messages readable.
     for noisy in ("apache_beam.runners.portability.fn_api_runner", "apache_beam.runners.worker",
                   "apache_beam.io.filebasedsink", "apache_beam.runners.portability.local_job_service",

@@ -36,6 +36,10 @@ BACKBONES = {XCEPTION.name: XCEPTION}
 DEFAULT_BACKBONE = XCEPTION.name
 
 
+class WeightsUnavailable(ValueError):
+    """Keras could not download the ImageNet weights (no internet access): the user passes a weights file instead."""
+
+
 def get_backbone(name: str) -> Backbone:
     try:
         return BACKBONES[name]
@@ -88,7 +92,7 @@ def build_feature_extractor(backbone: Backbone, weights: str, image_size: int):
         try:
             return constructor(weights="imagenet", include_top=False, pooling="avg", input_shape=shape)
         except Exception as error:  # Keras raises several types for a failed download
-            raise RuntimeError(
+            raise WeightsUnavailable(
                 f"could not get Keras' ImageNet weights for {backbone.name} ({type(error).__name__}: {error}). "
                 "Without internet access, pass --weights PATH with a local weights file "
                 "(python ../shared/tools/get_xception_weights.py writes one) or --weights none") from error

@@ -19,6 +19,7 @@ import warnings
 from schemas import fileio
 from schemas.bundle import BundleKeys
 from schemas.records import MetadataKeys
+from trainer import cli
 
 BLEU_WEIGHTS = {
     "bleu_1": (1.0, 0.0, 0.0, 0.0),
@@ -95,7 +96,8 @@ def evaluate(data_dir: str, model_dir: str, split: str, beam_width: int | None =
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True)
+    cli.setup_logging()
+    cli.quiet_tensorflow()
     parser = argparse.ArgumentParser(prog="imcap-evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data_dir", required=True, help="--output_dir of the extract job")
     parser.add_argument("--model_dir", required=True, help="a model bundle (trainer.task's --model_dir)")

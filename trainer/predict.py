@@ -15,6 +15,7 @@ import numpy as np
 
 from schemas import backbones, images
 from schemas.bundle import BundleKeys
+from trainer import cli
 
 
 class FeatureExtractor:
@@ -60,7 +61,8 @@ def caption_files(paths: list[str], model_dir: str, beam_width: int | None = Non
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s", force=True)
+    cli.setup_logging(logging.WARNING, "%(levelname)s %(message)s")
+    cli.quiet_tensorflow()
     parser = argparse.ArgumentParser(prog="imcap-predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_dir", required=True, help="a model bundle (trainer.task's --model_dir)")
     parser.add_argument("--beam_width", type=int, help="1 = greedy (default: the bundle's)")
@@ -71,7 +73,7 @@ def main(argv=None) -> int:
         parser.error("--beam_width must be at least 1")
     try:
         results = caption_files(args.images, args.model_dir, args.beam_width, args.weights)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
+    except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     failed = False

@@ -23,6 +23,7 @@ import warnings
 from schemas import fileio
 from schemas.records import MetadataKeys
 from schemas.vocabulary import VOCAB_FILE, Vocabulary
+from trainer import cli
 
 CHECKPOINTS = "checkpoints"
 BACKUP = "backup"  # Keras BackupAndRestore state (weights, optimizer, epoch) of the last completed epoch
@@ -58,7 +59,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--beam_width", type=_positive_int, default=3, help="default beam width for the bundle")
     parser.add_argument("--length_penalty", type=float, default=0.0, help="default length penalty for the bundle")
     parser.add_argument("--restart", action="store_true", help="discard an interrupted run's state in --model_dir")
-    parser.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras progress output")
+    parser.add_argument("--verbose", type=int, default=None, choices=(0, 1, 2),
+                        help="Keras progress output: 1 a bar (default on a terminal), 2 one line per epoch (default "
+                             "when the output is a file or a pipe), 0 none")
     return parser.parse_args(argv)
 
 
@@ -213,8 +216,9 @@ def train(args: argparse.Namespace) -> dict:
     if best_model.state["stopped_early"]:
         logging.info("the interrupted run had already stopped early; exporting its best model")
     else:
+        progress = args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
         decoder.fit(train_batches, validation_data=eval_batches, epochs=args.epochs, callbacks=callbacks,
-                    verbose=args.verbose)
+                    verbose=progress)
     if not os.path.exists(best_model.best_path):
         raise RuntimeError("training finished without a single completed epoch")
     decoder.load_weights(best_model.best_path)
@@ -245,7 +249,8 @@ def train(args: argparse.Namespace) -> dict:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True)
+    cli.setup_logging()
+    cli.quiet_tensorflow()
     args = parse_args(argv)
     try:
         train(args)
