@@ -67,28 +67,45 @@ def _thumbnail(data: bytes, size: int) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def _where(uri: str) -> tuple[str | None, str]:
+    """(archive to stream, or None for a file, path) of an output URI: a file whose own name reads as a member
+    (``x.zip!p.jpg``) is that file; otherwise the first archive that exists among the ways to read it."""
+    path = sources.path_of(uri)
+    if FileSystems.exists(path):
+        return None, path
+    for archive, _ in sources.member_splits(uri):
+        if FileSystems.exists(sources.path_of(archive)):
+            return archive, sources.path_of(archive)
+    return None, path
+
+
 def thumbnails(uris: list[str], size: int) -> dict:
     """uri -> data URI (None where the image cannot be read any more); each archive is streamed once."""
     by_archive = collections.defaultdict(set)
+    paths = {}
     for uri in uris:
-        archive, member = sources.split_member_uri(uri)
-        by_archive[archive if member is not None else None].add(uri)
+        archive, path = _where(uri)
+        by_archive[archive].add(uri)
+        paths[archive or uri] = path
     out = {}
     with tqdm(total=len(uris), desc="thumbnails", unit="img") as progress:
         for uri in sorted(by_archive.pop(None, ())):
             try:
-                out[uri] = _thumbnail(sources.read_bytes(sources.path_of(uri)), size)
+                out[uri] = _thumbnail(sources.read_bytes(paths[uri]), size)
             except Exception:  # moved, deleted or unreadable since the job ran: shown as unavailable
                 out[uri] = None
             progress.update()
         for archive, wanted in sorted(by_archive.items()):
-            for event in archives.read_archive(archive, sources.path_of(archive)):
-                if isinstance(event, archives.MemberData) and event.uri in wanted:
-                    try:
-                        out[event.uri] = _thumbnail(event.data, size)
-                    except images.ImageError:
-                        out[event.uri] = None
-                    progress.update()
+            try:
+                for event in archives.read_archive(archive, paths[archive]):
+                    if isinstance(event, archives.MemberData) and event.uri in wanted:
+                        try:
+                            out[event.uri] = _thumbnail(event.data, size)
+                        except images.ImageError:
+                            out[event.uri] = None
+                        progress.update()
+            except Exception:  # an archive changed since the job ran: its images are shown as unavailable
+                pass
     return out
 
 

@@ -13,6 +13,7 @@ list that is not text, a list inside a list) are rows at once; no file is read b
 URI (an archive member's done URI is keyed by its archive). Each URI comes out once; an archive comes out with
 the member names to pass over while it is streamed. Image bytes are read after this, by `image_transforms`.
 """
+import codecs
 import glob
 import os
 import typing
@@ -43,6 +44,13 @@ def _decode(path: bytes | str) -> str:
 def _location(path: str) -> bytes:
     """The bytes to open a path by, when its text URI differs from it (a path that is not UTF-8)."""
     return b"" if sources.text_path(path) == path else _encode(path)
+
+
+def _exists(path: str) -> bool:
+    try:
+        return FileSystems.exists(path)
+    except Exception:  # no filesystem for its scheme, or one that cannot say: reading it will tell, with a row
+        return False
 
 
 def _canonical_path(path: str) -> str:
@@ -147,36 +155,62 @@ class RouteInputs(beam.DoFn):
         (``ARCHIVE!MEMBER``, as in the outputs) and is not itself a file; else None. Where several archives could
         be meant (a name holding ``!``), the first that exists is."""
         splits = sources.member_splits(path)
-        if not splits or FileSystems.exists(path):
+        if not splits or _exists(path):
             return None
-        archive, member = next((split for split in splits if FileSystems.exists(split[0])), splits[0])
+        archive, member = next((split for split in splits if _exists(split[0])), splits[0])
         return sources.text_path(archive), sources.canonical_member(member), _location(archive)
 
 
 TOO_LONG = None  # what `_lines` yields for a line past the length limit
 
 
-def _lines(stream, max_bytes: int):
-    """The lines of a binary stream, read in 1 MiB chunks; `TOO_LONG` for a line longer than ``max_bytes`` (whose
-    bytes are passed over, never held)."""
-    pending, skipping = b"", False
+_WIDE_BOMS = ((b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"), (b"\xff\xfe", "utf-16-le"),
+              (b"\xfe\xff", "utf-16-be"))
+
+
+def _chunks(stream):
+    """A list file's bytes in 1 MiB chunks, as UTF-8: a UTF-16 or UTF-32 file (by its byte-order mark) is decoded
+    and re-encoded on the way; anything else is passed as it is."""
+    head = stream.read(4)
+    encoding = next((name for bom, name in _WIDE_BOMS if head.startswith(bom)), None)
+    if encoding is None:
+        chunk = head
+        while chunk:
+            yield chunk
+            chunk = stream.read(1 << 20)
+        return
+    decoder = codecs.getincrementaldecoder(encoding)("replace")
+    bom = next(bom for bom, name in _WIDE_BOMS if name == encoding)
+    chunk = head[len(bom):]
     while True:
-        chunk = stream.read(1 << 20)
+        text = decoder.decode(chunk, final=not chunk)
+        if text:
+            yield text.encode("utf-8")
         if not chunk:
-            break
+            return
+        chunk = stream.read(1 << 20)
+
+
+def _lines(stream, max_bytes: int):
+    """The lines of a list file (ended by LF, CRLF or a lone CR); `TOO_LONG` for a line longer than ``max_bytes``
+    (whose bytes are passed over, never held)."""
+    pending, skipping = b"", False
+    for chunk in _chunks(stream):
         pending += chunk
         *complete, pending = pending.split(b"\n")
         for line in complete:
             if skipping:
                 skipping = False  # the end of the over-long line
                 continue
-            yield TOO_LONG if len(line) > max_bytes else line
-        if len(pending) > max_bytes:
+            for piece in line.split(b"\r"):
+                yield TOO_LONG if len(piece) > max_bytes else piece
+        if len(pending) > max_bytes and b"\r" not in pending:
             if not skipping:
                 yield TOO_LONG
             pending, skipping = b"", True
     if pending and not skipping:
-        yield TOO_LONG if len(pending) > max_bytes else pending
+        for piece in pending.split(b"\r"):
+            yield TOO_LONG if len(piece) > max_bytes else piece
 
 
 @beam.typehints.with_input_types(bytes)
@@ -312,7 +346,7 @@ class SelectNewInputs(beam.DoFn):
             counter("skipped_existing").inc()
         elif refs:
             counter("duplicate_inputs").inc(len(members))
-            yield refs[0]
+            yield max(refs, key=lambda ref: bool(ref.location))  # the one that knows the real path, if any
         elif errors:
             yield beam.pvalue.TaggedOutput(ERRORS, sorted(errors)[0])
         else:

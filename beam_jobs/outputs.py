@@ -12,8 +12,10 @@ goes; the sinks write the run's shards together with the rows an interrupted run
 already in committed shards, so a run killed between its shards and its checkpoint's removal adds nothing twice);
 then the checkpoint is removed.
 """
+import glob
 import hashlib
 import logging
+import os
 import posixpath
 import typing
 
@@ -61,12 +63,25 @@ def existing_outputs(prefix: str) -> ExistingOutputs:
     checkpoint_files = _match(posixpath.join(tables.checkpoint_dir(prefix), "*"))
     parts = [path for path in checkpoint_files if path.endswith(tables.PARQUET_SUFFIX)]
     leftovers = [path for path in checkpoint_files if not path.endswith(tables.PARQUET_SUFFIX)]
-    leftovers += _match(posixpath.join(tables.sink_temp_glob(prefix), "*"))
+    leftovers += [path for path in _match(posixpath.join(tables.sink_temp_glob(prefix), "*"))
+                  if tables.is_sink_temp_dir(prefix, posixpath.basename(posixpath.dirname(path)))]
+    leftovers += _empty_local_temp_dirs(prefix)
     return ExistingOutputs(tuple(sorted(committed)), tuple(parts), tuple(leftovers))
+
+
+def _empty_local_temp_dirs(prefix: str) -> list[str]:
+    """Temporary directories of PREFIX's killed sinks that hold nothing (object stores have no empty directories)."""
+    if "://" in prefix:
+        return []
+    return [path for path in glob.glob(tables.sink_temp_glob(prefix))
+            if os.path.isdir(path) and not os.listdir(path)
+            and tables.is_sink_temp_dir(prefix, os.path.basename(path))]
 
 
 def _delete_files(paths) -> None:
     for path in paths:
+        if "://" not in path and os.path.isdir(path):
+            continue  # an empty directory: removed by _delete_directory_objects
         try:
             FileSystems.delete([path])
         except Exception as error:  # already gone (a concurrent cleanup), or a filesystem's own error
@@ -88,8 +103,8 @@ def delete_outputs(prefix: str, existing: ExistingOutputs) -> None:
     """Removes every file of earlier runs (``--overwrite``): shards, checkpoint files, killed sinks' files."""
     _delete_files([path for path, _, _ in existing.committed] + list(existing.checkpoint_parts)
                   + list(existing.leftovers))
-    temp_dirs = sorted({posixpath.dirname(path) for path in existing.leftovers
-                        if posixpath.basename(posixpath.dirname(path)).startswith("beam-temp-")})
+    temp_dirs = sorted({path if os.path.isdir(path) else posixpath.dirname(path) for path in existing.leftovers
+                        if "beam-temp-" in path})
     _delete_directory_objects(tables.checkpoint_dir(prefix), *temp_dirs)
 
 

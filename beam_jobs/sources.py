@@ -188,6 +188,8 @@ def resolve_listed(list_uri: str, line: str) -> str | None:
         return None
     archive, member = split_member_uri(entry)
     path = archive if member is not None else entry
+    if path.startswith("file://"):  # the job's own spelling of a path that is not UTF-8 (`text_path`)
+        path = path_of(path)
     if not ("://" in path or path.startswith("/")):
         path = posixpath.join(posixpath.dirname(list_uri), path)
     path = normalize_uri(path)

@@ -98,10 +98,49 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
+# A progressive JPEG's decoding time grows with its number of scans, and nothing else bounds it: a small file with
+# thousands of scans takes minutes. Real photos have at most a few dozen; libjpeg-turbo's TurboJPEG API caps at 500.
+MAX_JPEG_SCANS = 500
+
+
+def _check_before_opening(data: bytes, max_pixels: int) -> None:
+    """What Pillow would only find out by decoding: JPEG scan bombs, and ICO files (Pillow decodes the embedded
+    image while opening them) whose images are above the pixel limit."""
+    if data.startswith(b"\xff\xd8\xff"):
+        scans = data.count(b"\xff\xda")  # start-of-scan markers: entropy-coded data never holds FF DA
+        if scans > MAX_JPEG_SCANS:
+            raise ImageError(DECODE_ERROR, f"a JPEG with {scans:,} scans (more than {MAX_JPEG_SCANS}): decoding it "
+                                           "would take minutes; real photos have a few dozen at most")
+    elif data.startswith((b"\x00\x00\x01\x00", b"\x00\x00\x02\x00")) and len(data) >= 6:
+        for width, height in _ico_sizes(data):
+            if width * height > max_pixels:
+                raise ImageError(TOO_LARGE, f"an icon holding a {width}x{height} image: {width * height:,} pixels "
+                                            f"is above the limit of {max_pixels:,} (raise --max_image_pixels)")
+
+
+def _ico_sizes(data: bytes):
+    """(width, height) of every image in an ICO/CUR file, read from the embedded PNG or BMP headers."""
+    count = int.from_bytes(data[4:6], "little")
+    for index in range(min(count, 1024)):
+        entry = data[6 + 16 * index:6 + 16 * (index + 1)]
+        if len(entry) < 16:
+            return
+        width, height = entry[0] or 256, entry[1] or 256
+        offset = int.from_bytes(entry[12:16], "little")
+        embedded = data[offset:offset + 26]
+        if embedded.startswith(b"\x89PNG\r\n\x1a\n") and len(embedded) >= 24:
+            width, height = int.from_bytes(embedded[16:20], "big"), int.from_bytes(embedded[20:24], "big")
+        elif len(embedded) >= 12 and int.from_bytes(embedded[0:4], "little") in (12, 40, 56, 108, 124):
+            width = abs(int.from_bytes(embedded[4:8], "little", signed=True))
+            height = abs(int.from_bytes(embedded[8:12], "little", signed=True)) // 2  # the mask doubles it
+        yield width, height
+
+
 def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Identifies the image (among `SUPPORTED_FORMATS`) and checks its size without decoding the pixels."""
     if not data:
         raise ImageError(EMPTY_FILE, "the file is empty (0 bytes)")
+    _check_before_opening(data, max_pixels)
     try:
         image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
     except UnidentifiedImageError:

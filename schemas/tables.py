@@ -119,9 +119,17 @@ def checkpoint_dir(prefix: str) -> str:
 
 
 def sink_temp_glob(prefix: str) -> str:
-    """Glob of the temporary directories Beam's file sinks leave next to PREFIX when a run is killed."""
+    """Glob of the temporary directories Beam's file sinks leave next to PREFIX when a run is killed (it also
+    matches other prefixes' directories: filter with `is_sink_temp_dir`)."""
     directory, stem = posixpath.split(prefix)
     return posixpath.join(directory, f"beam-temp-{stem}-*")
+
+
+def is_sink_temp_dir(prefix: str, directory_name: str) -> bool:
+    """Whether a directory is one of PREFIX's sinks' (``beam-temp-<sink prefix>-<uuid hex>``; the sink prefixes are
+    `caption_shard_prefix` and `error_shard_prefix`), not another prefix's such as PREFIX-foo's."""
+    stem = re.escape(posixpath.basename(prefix))
+    return bool(re.fullmatch(rf"beam-temp-{stem}-(?:{ERRORS_PART}-)?(?:r\d+-)?-[0-9a-f]{{32}}", directory_name))
 
 
 def ambiguous_prefix(prefix: str) -> bool:

@@ -32,6 +32,11 @@ def put(path: str, data: bytes) -> None:
         _objects[path] = (bytes(data), time.time())
 
 
+def delete_object(path: str) -> None:
+    with _lock:
+        del _objects[path]
+
+
 def get(path: str) -> bytes:
     with _lock:
         return _objects[path][0]

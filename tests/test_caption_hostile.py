@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from beam_jobs import archives, caption_images, runtime
+from beam_jobs import archives, caption_images, gallery, runtime
 from schemas import images
 from tests.caption_helpers import argv, check_every_input_once, read_outputs
 from tests.conftest import local_test_pipeline
@@ -197,7 +197,14 @@ def corpus(sample_dataset, tmp_path_factory):
     expect(os.path.join(lists, "odd_lines.txt"), images.READ_ERROR)  # the NUL line and the 70 kB line
     expect("file://" + os.path.join(files, "latin1_missing_%FF.jpg"), images.MISSING_FILE)
 
+    # Line ends of every kind, UTF-16, and the job's own file:// spelling of a path that is not UTF-8.
+    _write(os.path.join(lists, "cr_only.txt"), b"../files/good.jpg\r../files/gray16.png\r../files/cmyk.jpg\r")
+    _write(os.path.join(lists, "utf16.txt"), "../files/tiny_utf16.jpg\r\n../files/good.jpg\n".encode("utf-16"))
+    expect(os.path.join(files, "tiny_utf16.jpg"), images.MISSING_FILE)
+    _write(os.path.join(lists, "retry.txt"), ("file://" + os.path.join(files, "caf%E9.jpg") + "\n").encode())
+
     patterns = [os.path.join(files, "*"), os.path.join(packs, "*"), os.path.join(lists, "list.txt"),
+                os.path.join(lists, "cr_only.txt"), os.path.join(lists, "utf16.txt"), os.path.join(lists, "retry.txt"),
                 os.path.join(lists, "README.txt"), os.path.join(lists, "binary.txt"), os.path.join(lists, "long.txt"),
                 os.path.join(lists, "odd_lines.txt"), os.path.join(files, "good.jpg")]
     return patterns, expected
@@ -211,6 +218,9 @@ def test_every_hostile_input_is_exactly_one_row(corpus, sample_bundle, tmp_path)
     captions, errors = read_outputs(prefix)
     check_every_input_once(captions, errors, expected)
     counters = runtime.metric_counters(result)
+    page = str(tmp_path / "gallery.html")
+    assert gallery.main(["--captions", f"{prefix}-*.parquet", "--output", page, "--limit", "1000"]) == 0
+    assert open(page, encoding="utf-8").read().count("data:image/jpeg;base64,") == len(captions)  # every one found
     rerun = caption_images.run(argv(patterns, sample_bundle, prefix, "--max_image_bytes", str(MAX_IMAGE_BYTES),
                                     "--skip_existing"), test_pipeline=local_test_pipeline())
     check_every_input_once(*read_outputs(prefix), expected)  # the rerun found everything done, damage included

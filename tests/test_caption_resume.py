@@ -98,7 +98,8 @@ def test_checkpoint_removal_and_overwrite_without_directories(inputs, sample_bun
     # temporary file. --overwrite must remove them, and every shard, before the new run writes anything.
     prefixfs.put(f"{checkpoint}/captions-stale.parquet", _parquet_bytes([tables.as_record(tables.caption_row(
         "prefixfs://bucket/elsewhere.jpg", "a stale caption", -1.0, "old", 1, 1))], tables.CAPTION_SCHEMA))
-    prefixfs.put("prefixfs://bucket/out/beam-temp-captions--0123/part", b"partial")
+    prefixfs.put(f"prefixfs://bucket/out/beam-temp-captions--{'0123abcd' * 4}/part", b"partial")
+    prefixfs.put(f"prefixfs://bucket/out/beam-temp-captions-other--{'0123abcd' * 4}/part", b"another prefix's")
     seen_when_the_run_starts = []
     original_build = caption_images.build_pipeline
 
@@ -107,7 +108,9 @@ def test_checkpoint_removal_and_overwrite_without_directories(inputs, sample_bun
         original_build(pipeline, config)
     monkeypatch.setattr(caption_images, "build_pipeline", build)
     caption_images.run(args + ["--overwrite"], test_pipeline=local_test_pipeline())
-    assert seen_when_the_run_starts == []
+    other = f"prefixfs://bucket/out/beam-temp-captions-other--{'0123abcd' * 4}/part"
+    assert seen_when_the_run_starts == [other]  # all of this prefix's files gone; another prefix's untouched
+    prefixfs.delete_object(other)
     written = prefixfs.paths()
     assert written and all(tables.classify_output(prefix, path)[1] == 1 for path in written)  # run 1 again, alone
     check_every_input_once(*read_outputs(prefix), expected)

@@ -154,3 +154,27 @@ def test_what_a_file_that_cannot_be_opened_is_is_said():
     with pytest.raises(ImageError) as caught:
         prepare_image(b"%PDF-1.4\n%%EOF\n", 71)
     assert caught.value.error_class == images.UNSUPPORTED_FORMAT and "a PDF file" in caught.value.message
+
+
+def test_a_jpeg_with_thousands_of_scans_is_refused_before_decoding():
+    data = bytearray(_encode(Image.effect_noise((64, 64), 40).convert("RGB"), "JPEG", progressive=True))
+    start = data.find(b"\xff\xda")
+    end = data.find(b"\xff\xda", start + 2)
+    scan = bytes(data[start:end])  # one whole scan, header and entropy-coded data
+    bomb = bytes(data[:end]) + scan * (images.MAX_JPEG_SCANS + 10) + bytes(data[end:])
+    with pytest.raises(ImageError) as caught:
+        prepare_image(bomb, 71)
+    assert caught.value.error_class == images.DECODE_ERROR and "scans" in caught.value.message
+    prepare_image(bytes(data), 71)  # an ordinary progressive JPEG still decodes
+
+
+def test_an_icon_holding_a_huge_image_is_refused_before_pillow_decodes_it():
+    inner = _encode(Image.new("RGB", (3000, 3000)), "PNG")
+    icon = (b"\x00\x00\x01\x00\x01\x00" + bytes([16, 16, 0, 0, 1, 0, 32, 0]) + len(inner).to_bytes(4, "little")
+            + (22).to_bytes(4, "little") + inner)
+    with pytest.raises(ImageError) as caught:
+        prepare_image(icon, 71, max_pixels=1_000_000)
+    assert caught.value.error_class == images.TOO_LARGE and "3000x3000" in caught.value.message
+    small = _encode(Image.new("RGB", (32, 32), (200, 10, 10)), "ICO")
+    pixels, _ = prepare_image(small, 71, max_pixels=1_000_000)
+    assert pixels[0, 0, 0] > 150
