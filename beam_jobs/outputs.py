@@ -225,6 +225,16 @@ class CountRows(beam.DoFn):
         yield row
 
 
+@beam.ptransform_fn
+def _WriteShards(row_collections, shard_prefix: str, schema: pa.Schema, num_shards: int):  # pylint: disable=invalid-name
+    """Rows (several PCollections) -> Parquet shards ``<shard_prefix>SSSSS-of-NNNNN.parquet``; their names."""
+    return (row_collections
+            | "AllRows" >> beam.Flatten()
+            | "Records" >> beam.Map(tables.as_record)
+            | "Parquet" >> beam.io.WriteToParquet(shard_prefix, schema=schema, file_name_suffix=tables.PARQUET_SUFFIX,
+                                                   num_shards=num_shards, shard_name_template="SSSSS-of-NNNNN"))
+
+
 class WriteCaptionOutputs(beam.PTransform):
     """(caption rows, error rows) of this run -> checkpoint while running, then the run's shards; returns the
     written shard names."""
@@ -248,21 +258,10 @@ class WriteCaptionOutputs(beam.PTransform):
                 checkpoint, ERRORS, tables.ERROR_SCHEMA, self._checkpoint_rows)))
         adopted = pipeline | "AdoptCheckpoint" >> AdoptCheckpoint(
             self._existing.checkpoint_parts, tuple(path for path, _, _ in self._existing.committed))
-        written_captions = (
-            (captions, adopted.captions)
-            | "CaptionsToWrite" >> beam.Flatten()
-            | "CaptionRecords" >> beam.Map(tables.as_record)
-            | "WriteCaptions" >> beam.io.WriteToParquet(
-                tables.caption_shard_prefix(self._prefix, self._run), schema=tables.CAPTION_SCHEMA,
-                file_name_suffix=tables.PARQUET_SUFFIX, num_shards=self._num_shards,
-                shard_name_template="SSSSS-of-NNNNN"))
-        written_errors = (
-            (errors, adopted.errors)
-            | "ErrorsToWrite" >> beam.Flatten()
-            | "ErrorRecords" >> beam.Map(tables.as_record)
-            | "WriteErrors" >> beam.io.WriteToParquet(
-                tables.error_shard_prefix(self._prefix, self._run), schema=tables.ERROR_SCHEMA,
-                file_name_suffix=tables.PARQUET_SUFFIX, num_shards=1, shard_name_template="SSSSS-of-NNNNN"))
+        written_captions = (captions, adopted.captions) | "WriteCaptions" >> _WriteShards(
+            tables.caption_shard_prefix(self._prefix, self._run), tables.CAPTION_SCHEMA, self._num_shards)
+        written_errors = (errors, adopted.errors) | "WriteErrors" >> _WriteShards(
+            tables.error_shard_prefix(self._prefix, self._run), tables.ERROR_SCHEMA, 1)
         _ = (pipeline
              | "CheckpointDir" >> beam.Create([checkpoint])
              | "RemoveCheckpoint" >> beam.Map(

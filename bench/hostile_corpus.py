@@ -36,6 +36,7 @@ from PIL import Image
 from common import REPO_ROOT
 
 sys.path.insert(0, REPO_ROOT)
+from tests.caption_helpers import png_claiming, tar_bytes  # noqa: E402  (the same builders as the tests')
 
 
 def encode(image, fmt, **kwargs):
@@ -54,13 +55,6 @@ def jpeg(seed, **kwargs):
     return encode(photo(seed), "JPEG", **kwargs)
 
 
-def png_claiming(width, height):
-    data = bytearray(encode(Image.new("RGB", (1, 1)), "PNG"))
-    struct.pack_into(">II", data, 16, width, height)
-    struct.pack_into(">I", data, 29, zlib.crc32(bytes(data[12:29])))
-    return bytes(data)
-
-
 def png_with_chunk(kind: bytes, payload: bytes):
     data = encode(Image.new("RGB", (4, 4)), "PNG")
     chunk = struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
@@ -72,19 +66,6 @@ def jpeg_with_size(width, height):
     sof = data.find(b"\xff\xc0")
     struct.pack_into(">HH", data, sof + 5, height, width)
     return bytes(data)
-
-
-def tar_bytes(members, mode="w", fmt=tarfile.GNU_FORMAT, encoding="utf-8"):
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode=mode, format=fmt, encoding=encoding) as archive:
-        for member in members:
-            if isinstance(member, tarfile.TarInfo):
-                archive.addfile(member)
-            else:
-                info = tarfile.TarInfo(member[0])
-                info.size = len(member[1])
-                archive.addfile(info, io.BytesIO(member[1]))
-    return buffer.getvalue()
 
 
 def link(name, kind, target=""):

@@ -1,9 +1,11 @@
 """Helpers of the caption job's tests: a small mixed input set with the outcome of every input, and output checks."""
 import io
 import os
+import struct
 import shutil
 import tarfile
 import zipfile
+import zlib
 
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
@@ -109,3 +111,49 @@ def check_every_input_once(captions, errors, expected):
     unexpected = {uri: outcomes[uri] for uri in outcomes if uri not in expected}
     wrong = {uri: (outcomes[uri], expected[uri]) for uri in outcomes if uri in expected and outcomes[uri] != expected[uri]}
     assert not (missing or unexpected or wrong), f"missing {missing}; unexpected {unexpected}; (got, wanted) {wrong}"
+
+
+class SimulatedCrash(Exception):
+    pass
+
+
+def crash_on_third_caption_batch(monkeypatch) -> list:
+    """Makes the caption decoder fail on its third batch, as a lost worker would; returns the sizes of the
+    batches it was called with. Undo with ``monkeypatch.undo()``."""
+    from beam_jobs.inference import CaptionModelHandler
+    original = CaptionModelHandler.run_inference
+    calls = []
+
+    def run_inference(self, batch, model, inference_args=None):
+        calls.append(len(batch))
+        if len(calls) == 3:
+            raise SimulatedCrash("simulated worker loss")
+        return original(self, batch, model, inference_args)
+    monkeypatch.setattr(CaptionModelHandler, "run_inference", run_inference)
+    return calls
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height (a decompression bomb's calling card)."""
+    from PIL import Image
+    buffer = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    struct.pack_into(">II", data, 16, width, height)
+    struct.pack_into(">I", data, 29, zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def tar_bytes(members, mode: str = "w", fmt: int = tarfile.GNU_FORMAT, encoding: str = "utf-8") -> bytes:
+    """A tar archive in memory; members are (name, data) or ready TarInfos without data (links, devices)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode=mode, format=fmt, encoding=encoding) as archive:
+        for member in members:
+            if isinstance(member, tarfile.TarInfo):
+                archive.addfile(member)
+            else:
+                info = tarfile.TarInfo(member[0])
+                info.size = len(member[1])
+                archive.addfile(info, io.BytesIO(member[1]))
+    return buffer.getvalue()
+

@@ -15,21 +15,11 @@ import pytest
 from beam_jobs import archives, sources
 from beam_jobs.archives import Limits, MemberData, MemberFailure, MemberSkipped
 from schemas import images
+from tests.caption_helpers import tar_bytes
 
 
 def _tar_bytes(members, fmt=tarfile.GNU_FORMAT, encoding="utf-8"):
-    """members: (name, data) or a ready TarInfo with its data."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=fmt, encoding=encoding) as archive:
-        for member in members:
-            if isinstance(member, tarfile.TarInfo):
-                archive.addfile(member)
-                continue
-            name, data = member
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+    return tar_bytes(members, fmt=fmt, encoding=encoding)
 
 
 def _write(path, data: bytes) -> str:

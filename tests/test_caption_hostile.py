@@ -5,7 +5,6 @@ import gzip
 import io
 import os
 import shutil
-import struct
 import tarfile
 import zipfile
 import zlib
@@ -16,7 +15,7 @@ from PIL import Image
 
 from beam_jobs import archives, caption_images, gallery, runtime
 from schemas import images
-from tests.caption_helpers import argv, check_every_input_once, read_outputs
+from tests.caption_helpers import argv, check_every_input_once, png_claiming, read_outputs, tar_bytes
 from tests.conftest import local_test_pipeline
 
 MAX_IMAGE_BYTES = 200_000
@@ -28,24 +27,8 @@ def _encode(image, fmt, **kwargs):
     return buffer.getvalue()
 
 
-def _png_claiming(width, height):
-    """A tiny PNG whose header claims width x height (a decompression bomb's calling card)."""
-    data = bytearray(_encode(Image.new("RGB", (1, 1)), "PNG"))
-    struct.pack_into(">II", data, 16, width, height)
-    struct.pack_into(">I", data, 29, zlib.crc32(bytes(data[12:29])))
-    return bytes(data)
-
-
 def _tar(path, members, mode="w", fmt=tarfile.GNU_FORMAT, encoding="utf-8"):
-    with tarfile.open(path, mode, format=fmt, encoding=encoding) as archive:
-        for member in members:
-            if isinstance(member, tarfile.TarInfo):
-                archive.addfile(member)
-            else:
-                info = tarfile.TarInfo(member[0])
-                info.size = len(member[1])
-                archive.addfile(info, io.BytesIO(member[1]))
-    return path
+    return _write(path, tar_bytes(members, mode, fmt, encoding))
 
 
 def _link(name, kind, target=""):
@@ -83,7 +66,7 @@ def corpus(sample_dataset, tmp_path_factory):
     expect(_write(os.path.join(files, "text.jpg"), b"plain text wearing a .jpg name"), images.UNSUPPORTED_FORMAT)
     expect(_write(os.path.join(files, "script.jpg"), b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n"
                                                      b"(pwned) print showpage\n"), images.UNSUPPORTED_FORMAT)
-    expect(_write(os.path.join(files, "bomb.png"), _png_claiming(40_000, 40_000)), images.TOO_LARGE)
+    expect(_write(os.path.join(files, "bomb.png"), png_claiming(40_000, 40_000)), images.TOO_LARGE)
     expect(_write(os.path.join(files, "huge.bmp"), _encode(Image.new("RGB", (300, 300)), "BMP")), images.TOO_LARGE)
     os.makedirs(os.path.join(files, "folder.jpg"))
     expect(os.path.join(files, "folder.jpg"), images.READ_ERROR)

@@ -7,11 +7,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from beam_jobs import caption_images, gallery, runtime
-from beam_jobs.inference import CaptionModelHandler
 from schemas import tables
 from schemas.bundle import BundleKeys
 from schemas import fileio
-from tests.caption_helpers import argv, build_inputs, check_every_input_once, read_outputs
+from tests.caption_helpers import (argv, build_inputs, check_every_input_once, crash_on_third_caption_batch,
+                                   read_outputs)
 from tests.conftest import REPO_ROOT, local_test_pipeline
 
 
@@ -90,23 +90,10 @@ def test_resume_captions_only_new_images(inputs, sample_bundle, tmp_path):
     check_every_input_once(captions, errors, expected)
 
 
-class _Crash(Exception):
-    pass
-
-
 def test_rerun_after_an_interruption_does_only_the_rest(inputs, sample_bundle, tmp_path, monkeypatch):
     patterns, expected = inputs
     prefix = str(tmp_path / "captions")
-    original = CaptionModelHandler.run_inference
-    calls = []
-
-    def crash_on_third_batch(self, batch, model, inference_args=None):
-        calls.append(len(batch))
-        if len(calls) == 3:
-            raise _Crash("simulated worker loss")
-        return original(self, batch, model, inference_args)
-
-    monkeypatch.setattr(CaptionModelHandler, "run_inference", crash_on_third_batch)
+    calls = crash_on_third_caption_batch(monkeypatch)
     args = argv(patterns, sample_bundle, prefix, "--decode_batch_size", "2", "--checkpoint_rows", "1",
                 "--min_batch_size", "1")
     with pytest.raises(Exception, match="simulated worker loss"):
@@ -116,7 +103,7 @@ def test_rerun_after_an_interruption_does_only_the_rest(inputs, sample_bundle, t
     checkpointed = sum(pq.read_table(p).num_rows for p in parts if os.path.basename(p).startswith("captions-"))
     assert checkpointed == sum(calls[:2]) > 0  # ...but the rows of the two finished batches are kept
 
-    monkeypatch.setattr(CaptionModelHandler, "run_inference", original)
+    monkeypatch.undo()
     result = caption_images.run(args + ["--skip_existing"], test_pipeline=local_test_pipeline())
     counters = runtime.metric_counters(result)
     assert counters["images_captioned"] == 12 - checkpointed

@@ -11,10 +11,10 @@ import pytest
 from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs import caption_images, outputs
-from beam_jobs.inference import CaptionModelHandler
 from schemas import tables
 from tests import prefixfs
-from tests.caption_helpers import argv, build_inputs, check_every_input_once, read_outputs
+from tests.caption_helpers import (argv, build_inputs, check_every_input_once, crash_on_third_caption_batch,
+                                   read_outputs)
 from tests.conftest import REPO_ROOT, local_test_pipeline
 
 SMALL_BATCHES = ["--decode_batch_size", "2", "--checkpoint_rows", "1", "--min_batch_size", "1",
@@ -52,23 +52,6 @@ def test_killed_runs_resume_to_each_input_once(moment, inputs, sample_bundle, tm
     assert not [path for path in _files_under(tmp_path / "out") if "beam-temp" in path]
 
 
-class _Crash(Exception):
-    pass
-
-
-def _crash_on_third_batch(monkeypatch):
-    original = CaptionModelHandler.run_inference
-    calls = []
-
-    def run_inference(self, batch, model, inference_args=None):
-        calls.append(len(batch))
-        if len(calls) == 3:
-            raise _Crash("simulated worker loss")
-        return original(self, batch, model, inference_args)
-    monkeypatch.setattr(CaptionModelHandler, "run_inference", run_inference)
-    return original
-
-
 def _parquet_bytes(rows, schema):
     buffer = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), buffer)
@@ -82,14 +65,14 @@ def test_checkpoint_removal_and_overwrite_without_directories(inputs, sample_bun
     checkpoint = tables.checkpoint_dir(prefix)
     args = argv(patterns, sample_bundle, prefix, *SMALL_BATCHES)
 
-    original = _crash_on_third_batch(monkeypatch)
+    crash_on_third_caption_batch(monkeypatch)
     with pytest.raises(Exception, match="simulated worker loss"):
         caption_images.run(args, test_pipeline=local_test_pipeline())
     parts = prefixfs.paths(checkpoint + "/")
     assert parts and not FileSystems.exists(checkpoint)  # rows were committed; the "directory" is no object
     assert not read_outputs(prefix)[0]
 
-    monkeypatch.setattr(CaptionModelHandler, "run_inference", original)
+    monkeypatch.undo()
     caption_images.run(args + ["--skip_existing"], test_pipeline=local_test_pipeline())
     assert prefixfs.paths(checkpoint) == []  # adopted into the shards, then every object removed
     check_every_input_once(*read_outputs(prefix), expected)

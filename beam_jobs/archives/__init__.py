@@ -24,7 +24,6 @@ bytes (gzip, bzip2, xz; zip by its signatures), not from the name. What becomes 
 Member URIs follow `beam_jobs.sources` (escaped names; positions for nameless damage), so every failure has a URI
 of its own and no URI is produced twice by one archive (a name stored twice is read once: `MemberSkipped`).
 """
-import tarfile
 import typing
 from typing import Iterator
 
@@ -33,6 +32,7 @@ from beam_jobs.archives.common import (BLOCK, DEFAULT_MAX_ARCHIVE_BYTES, DEFAULT
                                        RATIO_FLOOR_BYTES, SKIPPED_DONE, SKIPPED_DUPLICATE, Event, Limits, MemberData,
                                        MemberFailure, MemberSkipped, compression_of, describe_error)
 from beam_jobs.archives.tar import TarReader
+from beam_jobs.archives.tar_format import valid_header
 from beam_jobs.archives.zip import ZipReader
 from schemas import images
 
@@ -70,7 +70,7 @@ def read_archive(uri: str, location: str | None = None, *, skip: typing.Containe
         if not head:
             yield MemberFailure(uri, images.EMPTY_FILE, "the archive is empty (0 bytes)")
             return
-        if not _is_tar_header(head) and (_looks_like_zip(head) or (sources.is_zip_name(uri)
+        if not valid_header(head) and (_looks_like_zip(head) or (sources.is_zip_name(uri)
                                                                    and not compression_of(head))):
             events = ZipReader(uri, stream, skip, limits).events()
         else:
@@ -80,15 +80,6 @@ def read_archive(uri: str, location: str | None = None, *, skip: typing.Containe
             yield event
         if not count:  # entries, but none is an input: directories, volume labels
             yield MemberFailure(uri, images.EMPTY_FILE, "the archive holds no files (only directories)")
-
-
-def _is_tar_header(head: bytes) -> bool:
-    """A valid tar header (its checksum holds): a plain tar, whatever its first member's name starts with."""
-    try:
-        tarfile.TarInfo.frombuf(head, "utf-8", "surrogateescape")
-        return True
-    except tarfile.HeaderError:
-        return False
 
 
 def _looks_like_zip(head: bytes) -> bool:

@@ -178,6 +178,7 @@ SPECIAL_TYPES = {tarfile.SYMTYPE: "a symbolic link", tarfile.CHRTYPE: "a charact
 
 
 def valid_header(block: bytes) -> bool:
+    """A tar header whose checksum holds (a plain tar starts with one, whatever its first member's name is)."""
     try:
         tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
         return True
