@@ -184,12 +184,11 @@ def prepare(args: argparse.Namespace) -> CaptionConfig:
         outputs.delete_outputs(args.output, outputs.ExistingOutputs((), (), existing.leftovers))
         logging.info("removed %d temporary files of an interrupted run", len(existing.leftovers))
         existing = existing._replace(leftovers=())
-    decoding = bundle.decoding
+    beam_width, length_penalty = bundle.decoding_for(args.beam_width, args.length_penalty)
     return CaptionConfig(
         inputs=tuple(args.input), output=args.output, model_dir=args.model_dir, model_id=bundle.model_id,
         backbone=backbone.name, weights=weights, weights_sha256=digest, image_size=config[BundleKeys.IMAGE_SIZE],
-        beam_width=args.beam_width or decoding["beam_width"],
-        length_penalty=decoding["length_penalty"] if args.length_penalty is None else args.length_penalty,
+        beam_width=beam_width, length_penalty=length_penalty,
         min_batch_size=args.min_batch_size, max_batch_size=args.max_batch_size,
         decode_batch_size=args.decode_batch_size, max_image_pixels=args.max_image_pixels,
         limits=archives.Limits(max_member_bytes=args.max_image_bytes, max_archive_bytes=args.max_archive_bytes,

@@ -21,8 +21,9 @@ import sys
 import tarfile
 
 from beam_jobs import caption_images, extract_features, gallery, runtime, sample_dataset
-from trainer import cli
 from schemas import backbones
+from schemas.records import MetadataKeys, SplitKeys
+from trainer import cli
 
 LOCAL_IMAGENET_FILE = os.path.expanduser("~/.cache/imcap/xception_imagenet_notop.weights.h5")
 
@@ -108,7 +109,8 @@ def main(argv=None) -> int:
         "  captions  %s\n"
         "  gallery   %s  <- open this in a browser",
         out, dataset_dir, features_dir,
-        ", ".join(f"{s} {c['images']} images" for s, c in metadata["splits"].items()), metadata["weights"],
+        ", ".join(f"{s} {c[SplitKeys.IMAGES]} images" for s, c in metadata[MetadataKeys.SPLITS].items()),
+        metadata[MetadataKeys.WEIGHTS],
         model_dir, scores["bleu_4"], ", ".join(sorted(glob.glob(f"{captions_prefix}-*.parquet"))), gallery_path)
     return 0
 

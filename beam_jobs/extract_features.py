@@ -35,7 +35,7 @@ from beam_jobs.image_transforms import ERRORS, ExtractFeatures, PrepareImages, a
 from beam_jobs.inference import FeatureExtractorHandler, check_backend, load_feature_model
 from beam_jobs.runtime import counter
 from schemas import backbones, captions, fileio as schema_fileio, images, records, tables
-from schemas.records import MetadataKeys
+from schemas.records import MetadataKeys, SplitKeys
 from schemas.vocabulary import VOCAB_FILE, Vocabulary
 
 DEFAULT_MIN_WORD_COUNT = 5
@@ -283,8 +283,8 @@ class EncodeRecords(beam.DoFn):
 
 def _split_counts(tagged):
     split, example = tagged
-    yield ("split", split, "images"), 1
-    yield ("split", split, "captions"), len(example.features.feature[records.CAPTIONS].bytes_list.value)
+    yield ("split", split, SplitKeys.IMAGES), 1
+    yield ("split", split, SplitKeys.CAPTIONS), len(example.features.feature[records.CAPTIONS].bytes_list.value)
 
 
 def write_metadata(output_dir: str, report, vocab_tokens, max_length: int, written_files,
@@ -293,9 +293,9 @@ def write_metadata(output_dir: str, report, vocab_tokens, max_length: int, writt
     totals = dict(report)
     splits = {}
     for split in config.layout.split_files:
-        splits[split] = {"images": totals.get(("split", split, "images"), 0),
-                         "captions": totals.get(("split", split, "captions"), 0),
-                         "files": posixpath.basename(records.split_pattern(output_dir, split))}
+        splits[split] = {SplitKeys.IMAGES: totals.get(("split", split, SplitKeys.IMAGES), 0),
+                         SplitKeys.CAPTIONS: totals.get(("split", split, SplitKeys.CAPTIONS), 0),
+                         SplitKeys.FILES: posixpath.basename(records.split_pattern(output_dir, split))}
     errors_by_class = {key[1]: value for key, value in sorted(totals.items()) if key[0] == "error"}
     vocabulary = Vocabulary(vocab_tokens)
     metadata = {
@@ -317,7 +317,7 @@ def write_metadata(output_dir: str, report, vocab_tokens, max_length: int, writt
         MetadataKeys.IMAGE_SIZE: config.image_size,
         MetadataKeys.PREPROCESSING: backbones.get_backbone(config.backbone).preprocessing,
         MetadataKeys.INFERENCE_BACKEND: config.inference_backend,
-        "record_files": sorted(posixpath.basename(path) for path in written_files),
+        MetadataKeys.RECORD_FILES: sorted(posixpath.basename(path) for path in written_files),
     }
     vocabulary.save(schema_fileio.join(output_dir, VOCAB_FILE))
     schema_fileio.write_json(schema_fileio.join(output_dir, records.METADATA_FILE), metadata)
@@ -406,7 +406,7 @@ def _example_class():
 def summarize(metadata: dict) -> str:
     lines = ["extract job finished:"]
     for split, counts in metadata[MetadataKeys.SPLITS].items():
-        lines.append(f"  {split:<6} {counts['images']:>8,} images {counts['captions']:>9,} captions")
+        lines.append(f"  {split:<6} {counts[SplitKeys.IMAGES]:>8,} images {counts[SplitKeys.CAPTIONS]:>9,} captions")
     lines.append(f"  images failed: {metadata[MetadataKeys.IMAGES_FAILED]:,} "
                  f"{metadata[MetadataKeys.ERRORS_BY_CLASS] or ''}".rstrip())
     lines.append(f"  captions without image: {metadata[MetadataKeys.CAPTIONS_WITHOUT_IMAGE]:,}; images in no split: "

@@ -45,15 +45,20 @@ def load_feature_model(backbone: backbones.Backbone, weights: str, image_size: i
     return model, backbones.weights_digest(model)
 
 
+def _traced_forward(model, image_size: int):
+    """The model as one traced function over [None, size, size, 3] float32 batches (any batch size, one trace)."""
+    import tensorflow as tf
+    return tf.function(lambda images: model(images, training=False), input_signature=[
+        tf.TensorSpec([None, image_size, image_size, 3], tf.float32)])
+
+
 class _CompiledExtractor:
     """The Keras model behind one traced function over [None, size, size, 3] float32 batches."""
 
     def __init__(self, model, image_size: int, weights_sha256: str):
-        import tensorflow as tf
         self.model = model
         self.weights_sha256 = weights_sha256
-        self._forward = tf.function(lambda images: model(images, training=False), input_signature=[
-            tf.TensorSpec([None, image_size, image_size, 3], tf.float32)])
+        self._forward = _traced_forward(model, image_size)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return self._forward(images).numpy()
@@ -71,12 +76,9 @@ class _OpenVinoExtractor:
         import threading
 
         import openvino
-        import tensorflow as tf
         self.weights_sha256 = weights_sha256
-        forward = tf.function(lambda images: model(images, training=False), input_signature=[
-            tf.TensorSpec([None, image_size, image_size, 3], tf.float32)])
         self.compiled = openvino.Core().compile_model(
-            openvino.convert_model(forward), "CPU", {"INFERENCE_PRECISION_HINT": precision} if precision else {})
+            openvino.convert_model(_traced_forward(model, image_size)), "CPU", {"INFERENCE_PRECISION_HINT": precision} if precision else {})
         self.precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         self._local = threading.local()
 

@@ -131,20 +131,7 @@ def parse_key_value(text: str) -> tuple[str, str]:
     return name, value
 
 
-def _int_at_least(minimum: int, what: str):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
-        return value
-    return parse
-
-
-positive_int = _int_at_least(1, "a positive integer")
-non_negative_int = _int_at_least(0, "an integer >= 0")
+positive_int, non_negative_int = cli.positive_int, cli.non_negative_int
 
 
 def job_main(run, argv=None) -> int:

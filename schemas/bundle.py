@@ -25,8 +25,14 @@ class BundleKeys:
     FEATURE_DIM = "feature_dim"
     MAX_LENGTH = "max_length"  # longest sequence to decode, <start> and <end> included
     VOCAB_SIZE = "vocab_size"
-    DECODING = "decoding"  # {"beam_width": int, "length_penalty": float}: defaults for the caption job
+    DECODING = "decoding"  # {DecodingKeys.BEAM_WIDTH: int, DecodingKeys.LENGTH_PENALTY: float}: the defaults
     TRAINING = "training"  # hyper-parameters, data and results of the run that produced it (informational)
+
+
+class DecodingKeys:
+    """Keys of BundleKeys.DECODING: how the caption job, trainer.evaluate and trainer.predict decode by default."""
+    BEAM_WIDTH = "beam_width"  # 1: greedy
+    LENGTH_PENALTY = "length_penalty"  # hypotheses ranked by log_prob / length ** length_penalty
 
 
 REQUIRED_KEYS = (BundleKeys.FORMAT_VERSION, BundleKeys.MODEL_ID, BundleKeys.BACKBONE, BundleKeys.WEIGHTS,

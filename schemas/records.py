@@ -37,9 +37,17 @@ ERRORS_FILE = "errors.parquet"
 RECORD_SUFFIX = ".tfrecord"
 
 
+class SplitKeys:
+    """Keys of each split's entry in metadata.json's SPLITS."""
+    IMAGES = "images"
+    CAPTIONS = "captions"
+    FILES = "files"  # the glob of its records, relative to the directory
+
+
 class MetadataKeys:
     """Keys of metadata.json."""
-    SPLITS = "splits"  # {split: {"images": int, "captions": int, "files": pattern relative to the directory}}
+    SPLITS = "splits"  # {split: {SplitKeys.IMAGES: int, SplitKeys.CAPTIONS: int, SplitKeys.FILES: glob}}
+    RECORD_FILES = "record_files"  # names of the record shards written
     IMAGES_FAILED = "images_failed"
     ERRORS_BY_CLASS = "errors_by_class"
     CAPTIONS_WITHOUT_IMAGE = "captions_without_image"
@@ -60,6 +68,20 @@ class MetadataKeys:
 
 
 FORMAT_VERSION = 1
+
+
+def check_metadata(metadata: dict, source: str) -> dict:
+    """metadata.json as the trainer reads it, or a ValueError saying what to do."""
+    version = metadata.get(MetadataKeys.FORMAT_VERSION)
+    if version != FORMAT_VERSION:
+        written = "no format version (an early imcap)" if version is None else f"format {version}"
+        raise ValueError(f"{source}: records of {written}, but this imcap reads format {FORMAT_VERSION}; run the "
+                         "extract job of this version again (or the imcap version that wrote them)")
+    missing = [key for key in (MetadataKeys.SPLITS, MetadataKeys.FEATURE_DIM, MetadataKeys.MAX_LENGTH)
+               if key not in metadata]
+    if missing:
+        raise ValueError(f"{source}: not the extract job's metadata, missing {', '.join(missing)}")
+    return metadata
 
 
 def shard_prefix(output_dir: str, split: str) -> str:

@@ -64,7 +64,7 @@ def write_feature_records(output_dir, splits, feature_dim=16, shards=1):
     import tensorflow as tf
 
     from schemas import captions as caption_rules, fileio, records
-    from schemas.records import MetadataKeys
+    from schemas.records import MetadataKeys, SplitKeys
     from schemas.vocabulary import Vocabulary
 
     counts = {}
@@ -87,10 +87,10 @@ def write_feature_records(output_dir, splits, feature_dim=16, shards=1):
             writers[index % shards].write(example.SerializeToString())
         for writer in writers:
             writer.close()
-        split_counts[split] = {"images": len(items), "captions": sum(len(raw) for _, _, raw in items)}
+        split_counts[split] = {SplitKeys.IMAGES: len(items), SplitKeys.CAPTIONS: sum(len(raw) for _, _, raw in items)}
     vocabulary.save(os.path.join(output_dir, "vocab.txt"))
     fileio.write_json(os.path.join(output_dir, records.METADATA_FILE), {
-        MetadataKeys.SPLITS: split_counts, MetadataKeys.FEATURE_DIM: feature_dim, MetadataKeys.MAX_LENGTH: max_length,
+        MetadataKeys.FORMAT_VERSION: records.FORMAT_VERSION, MetadataKeys.SPLITS: split_counts, MetadataKeys.FEATURE_DIM: feature_dim, MetadataKeys.MAX_LENGTH: max_length,
         MetadataKeys.VOCAB_SIZE: len(vocabulary), MetadataKeys.BACKBONE: "xception", MetadataKeys.WEIGHTS: "none",
         MetadataKeys.WEIGHTS_SHA256: "test-features", MetadataKeys.IMAGE_SIZE: 71,
         MetadataKeys.PREPROCESSING: "test", MetadataKeys.IMAGES_FAILED: 0})

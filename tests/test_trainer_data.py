@@ -82,3 +82,19 @@ def test_references_keep_all_captions(tmp_path):
     assert image_ids == list(CAPTIONS)
     assert features.shape == (3, 16)
     assert references[2] == ["blue", "a square", "three words here"]
+
+
+@pytest.mark.parametrize("version", [None, 0, 2])
+def test_records_of_another_format_version_are_refused_with_what_to_do(tmp_path, version):
+    import json
+    data_dir, _ = _write(tmp_path)
+    path = tmp_path / "metadata.json"
+    metadata = json.loads(path.read_text())
+    if version is None:
+        del metadata["format_version"]
+    else:
+        metadata["format_version"] = version
+    path.write_text(json.dumps(metadata))
+    with pytest.raises(ValueError, match="run the extract job of this version again"):
+        data.read_metadata(data_dir)
+

@@ -3,13 +3,13 @@ import hashlib
 import os
 import tempfile
 
-from schemas import bundle as bundle_schema
+from schemas import backbones, bundle as bundle_schema
 from schemas import fileio
-from schemas.bundle import BundleKeys
+from schemas.bundle import BundleKeys, DecodingKeys
 from schemas.records import MetadataKeys
 from schemas.vocabulary import VOCAB_FILE, Vocabulary
 
-DEFAULT_DECODING = {"beam_width": 3, "length_penalty": 0.0}
+DEFAULT_DECODING = {DecodingKeys.BEAM_WIDTH: 3, DecodingKeys.LENGTH_PENALTY: 0.0}
 
 
 def export_bundle(model_dir: str, decoder, vocabulary: Vocabulary, metadata: dict, training: dict,
@@ -19,7 +19,7 @@ def export_bundle(model_dir: str, decoder, vocabulary: Vocabulary, metadata: dic
     with tempfile.TemporaryDirectory() as scratch:
         local = os.path.join(scratch, bundle_schema.DECODER_FILE)
         decoder.save(local)
-        weights_digest = _weights_digest(decoder)
+        weights_digest = backbones.weights_digest(decoder)
         target = fileio.join(model_dir, bundle_schema.DECODER_FILE)
         import tensorflow as tf
         tf.io.gfile.copy(local, target, overwrite=True)
@@ -42,14 +42,6 @@ def export_bundle(model_dir: str, decoder, vocabulary: Vocabulary, metadata: dic
     }
     fileio.write_json(fileio.join(model_dir, bundle_schema.CONFIG_FILE), config)
     return config
-
-
-def _weights_digest(model) -> str:
-    import numpy as np
-    digest = hashlib.sha256()
-    for tensor in model.get_weights():
-        digest.update(np.asarray(tensor, np.float32).tobytes())
-    return digest.hexdigest()
 
 
 class Bundle:
@@ -77,6 +69,11 @@ class Bundle:
     @property
     def decoding(self) -> dict:
         return self.config[BundleKeys.DECODING]
+
+    def decoding_for(self, beam_width: int | None = None, length_penalty: float | None = None) -> tuple[int, float]:
+        """(beam width, length penalty): the ones given, else the bundle's defaults."""
+        return (beam_width or self.decoding[DecodingKeys.BEAM_WIDTH],
+                self.decoding[DecodingKeys.LENGTH_PENALTY] if length_penalty is None else length_penalty)
 
 
 def load_decoder(path: str):

@@ -7,6 +7,7 @@ initializes the devices with that stderr redirected (its lines are shown if the 
 ``IMCAP_VERBOSE=1`` to see them. Beam's import logs ``apitools not found`` when the GCP extras are absent, which
 only matters to gs:// users (who install ``imcap[gcp]``); `KnownNoise` drops it.
 """
+import argparse
 import logging
 import os
 import sys
@@ -73,3 +74,20 @@ def setup_logging(level: int = logging.INFO, fmt: str = LOG_FORMAT) -> None:
     # force: Beam's GCP modules log "apitools not found" at import time, which configures the root logger at WARNING
     logging.basicConfig(level=level, format=fmt, force=True)
     install_noise_filter()
+
+
+def _int_at_least(minimum: int, what: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+        return value
+    return parse
+
+
+positive_int = _int_at_least(1, "a positive integer")  # argparse types of every command
+non_negative_int = _int_at_least(0, "an integer >= 0")
+

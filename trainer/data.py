@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from schemas import fileio, records
-from schemas.records import MetadataKeys
+from schemas.records import MetadataKeys, SplitKeys
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -21,7 +21,7 @@ def read_metadata(data_dir: str) -> dict:
     path = fileio.join(data_dir, records.METADATA_FILE)
     if not fileio.exists(path):
         raise FileNotFoundError(f"{path}: no such file; --data_dir must be the --output_dir of the extract job")
-    return fileio.read_json(path)
+    return records.check_metadata(fileio.read_json(path), path)
 
 
 def split_files(data_dir: str, split: str) -> list[str]:
@@ -137,4 +137,4 @@ def split_sizes(metadata: dict, split: str) -> tuple[int, int]:
     except KeyError:
         raise ValueError(f"split {split!r} is not in the extracted data (splits: "
                          f"{', '.join(metadata[MetadataKeys.SPLITS])})") from None
-    return counts["images"], counts["captions"]
+    return counts[SplitKeys.IMAGES], counts[SplitKeys.CAPTIONS]

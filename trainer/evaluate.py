@@ -73,8 +73,7 @@ def evaluate(data_dir: str, model_dir: str, split: str, beam_width: int | None =
         raise ValueError(f"{data_dir} holds features of other backbone weights (sha256 "
                          f"{metadata[MetadataKeys.WEIGHTS_SHA256][:12]}) than {model_dir} was trained on "
                          f"({bundle.config[BundleKeys.WEIGHTS_SHA256][:12]})")
-    beam_width = beam_width or bundle.decoding["beam_width"]
-    length_penalty = bundle.decoding["length_penalty"] if length_penalty is None else length_penalty
+    beam_width, length_penalty = bundle.decoding_for(beam_width, length_penalty)
     image_ids, features, references = data.references(data_dir, split, metadata[MetadataKeys.FEATURE_DIM])
     if not image_ids:
         raise ValueError(f"no records in the {split} split of {data_dir}")

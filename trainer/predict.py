@@ -39,7 +39,7 @@ def caption_files(paths: list[str], model_dir: str, beam_width: int | None = Non
     from trainer.bundle import Bundle
     bundle = Bundle(model_dir)
     extractor = FeatureExtractor(bundle.config, weights)
-    beam_width = beam_width or bundle.decoding["beam_width"]
+    beam_width, length_penalty = bundle.decoding_for(beam_width)
     results = {}
     ready = []
     for path in paths:
@@ -54,7 +54,7 @@ def caption_files(paths: list[str], model_dir: str, beam_width: int | None = Non
     for start in range(0, len(ready), batch_size):
         chunk = ready[start:start + batch_size]
         features = extractor(np.stack([pixels for _, pixels in chunk]))
-        decoded = bundle.decoder.caption(features, beam_width, bundle.decoding["length_penalty"])
+        decoded = bundle.decoder.caption(features, beam_width, length_penalty)
         for (path, _), (text, log_prob) in zip(chunk, decoded):
             results[path] = (path, text, log_prob, None)
     return [results[path] for path in paths]

@@ -21,6 +21,7 @@ import time
 import warnings
 
 from schemas import fileio
+from schemas.bundle import DecodingKeys
 from schemas.records import MetadataKeys
 from schemas.vocabulary import VOCAB_FILE, Vocabulary
 from trainer import cli
@@ -40,15 +41,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model_dir", required=True, help="where the bundle, checkpoints and logs go")
     parser.add_argument("--train_split", default="train")
     parser.add_argument("--eval_split", default="dev", help="split for the dev loss (early stopping, best model)")
-    parser.add_argument("--epochs", type=_positive_int, default=30)
-    parser.add_argument("--batch_size", type=_positive_int, default=64)
-    parser.add_argument("--embedding_dim", type=_positive_int, default=256)
-    parser.add_argument("--units", type=_positive_int, default=256, help="LSTM and projection width")
+    parser.add_argument("--epochs", type=cli.positive_int, default=30)
+    parser.add_argument("--batch_size", type=cli.positive_int, default=64)
+    parser.add_argument("--embedding_dim", type=cli.positive_int, default=256)
+    parser.add_argument("--units", type=cli.positive_int, default=256, help="LSTM and projection width")
     parser.add_argument("--dropout", type=_fraction, default=0.5)
     parser.add_argument("--recurrent_dropout", type=_fraction, default=0.0)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--clipnorm", type=float, default=5.0, help="gradient norm clipping (0: none)")
-    parser.add_argument("--patience", type=_positive_int, default=3,
+    parser.add_argument("--patience", type=cli.positive_int, default=3,
                         help="stop after this many epochs without a lower dev loss")
     parser.add_argument("--feature_scaling", default="scale", choices=("scale", "standardize", "none"),
                         help="scale: divide features by their train RMS (default); standardize: per dimension")
@@ -56,20 +57,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="batch captions of similar length: ~1.7x faster epochs on Flickr8k, but dev BLEU-4 "
                              "came out lower (0.161 vs 0.179 with beam 3), so it is off by default")
     parser.add_argument("--seed", type=int, default=0, help="seeds initialization and shuffling (repeatable runs)")
-    parser.add_argument("--beam_width", type=_positive_int, default=3, help="default beam width for the bundle")
+    parser.add_argument("--beam_width", type=cli.positive_int, default=3, help="default beam width for the bundle")
     parser.add_argument("--length_penalty", type=float, default=0.0, help="default length penalty for the bundle")
     parser.add_argument("--restart", action="store_true", help="discard an interrupted run's state in --model_dir")
     parser.add_argument("--verbose", type=int, default=None, choices=(0, 1, 2),
                         help="Keras progress output: 1 a bar (default on a terminal), 2 one line per epoch (default "
                              "when the output is a file or a pipe), 0 none")
     return parser.parse_args(argv)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def _fraction(text: str) -> float:
@@ -241,7 +235,7 @@ def train(args: argparse.Namespace) -> dict:
     }
     config_written = bundle_lib.export_bundle(
         args.model_dir, decoder, vocabulary, metadata, training,
-        decoding={"beam_width": args.beam_width, "length_penalty": args.length_penalty})
+        decoding={DecodingKeys.BEAM_WIDTH: args.beam_width, DecodingKeys.LENGTH_PENALTY: args.length_penalty})
     logging.info("best %s %.4f at epoch %s of %d; median %.1f s/epoch, %.0f captions/s\nbundle %s written to %s",
                  monitor, best_model.state["best"], best_epoch, len(history), training["median_epoch_seconds"],
                  training["median_captions_per_second"], config_written["model_id"], args.model_dir)
