@@ -184,6 +184,9 @@ def prepare(args: argparse.Namespace) -> CaptionConfig:
         outputs.delete_outputs(args.output, outputs.ExistingOutputs((), (), existing.leftovers))
         logging.info("removed %d temporary files of an interrupted run", len(existing.leftovers))
         existing = existing._replace(leftovers=())
+    if existing:
+        logging.info("skipping inputs already in %d output shards and %d checkpoint files of %s",
+                     len(existing.committed), len(existing.checkpoint_parts), args.output)
     beam_width, length_penalty = bundle.decoding_for(args.beam_width, args.length_penalty)
     return CaptionConfig(
         inputs=tuple(args.input), output=args.output, model_dir=args.model_dir, model_id=bundle.model_id,
@@ -244,18 +247,8 @@ def summarize(counters: dict, config: CaptionConfig) -> str:
 
 def run(argv=None, test_pipeline=None):
     """Runs the job; returns the PipelineResult. Tests pass a TestPipeline."""
-    args, beam_args = parse_args(argv)
-    config = prepare(args)
-    if config.done_files:
-        logging.info("skipping images already in %d output shards and %d checkpoint files of %s",
-                     len(config.existing.committed), len(config.existing.checkpoint_parts), config.output)
-    pipeline = test_pipeline or beam.Pipeline(options=runtime.pipeline_options(beam_args))
-    build_pipeline(pipeline, config)
-    result = pipeline.run()
-    result.wait_until_finish()
-    counters = runtime.log_counters(result, "caption job")
-    logging.info("%s", summarize(counters, config))
-    return result
+    return runtime.run_job("caption job", argv, test_pipeline, parse_args=parse_args, prepare=prepare,
+                           build_pipeline=build_pipeline, summarize=summarize)
 
 
 def main(argv=None) -> int:

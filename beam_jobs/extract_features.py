@@ -419,19 +419,17 @@ def summarize(metadata: dict) -> str:
     return "\n".join(lines)
 
 
+def summarize_run(counters: dict, config: ExtractConfig) -> str:
+    metadata_path = schema_fileio.join(config.output_dir, records.METADATA_FILE)
+    if not schema_fileio.exists(metadata_path):
+        return f"extract job finished without metadata in {config.output_dir} (see the errors above)"
+    return f"{summarize(schema_fileio.read_json(metadata_path))}\n  output: {config.output_dir}"
+
+
 def run(argv=None, test_pipeline=None):
     """Runs the job; returns the PipelineResult. Tests pass a TestPipeline."""
-    args, beam_args = parse_args(argv)
-    config = prepare(args)
-    pipeline = test_pipeline or beam.Pipeline(options=runtime.pipeline_options(beam_args))
-    build_pipeline(pipeline, config)
-    result = pipeline.run()
-    result.wait_until_finish()
-    runtime.log_counters(result, "extract job")
-    metadata_path = schema_fileio.join(config.output_dir, records.METADATA_FILE)
-    if schema_fileio.exists(metadata_path):
-        logging.info("%s\n  output: %s", summarize(schema_fileio.read_json(metadata_path)), config.output_dir)
-    return result
+    return runtime.run_job("extract job", argv, test_pipeline, parse_args=parse_args, prepare=prepare,
+                           build_pipeline=build_pipeline, summarize=summarize_run)
 
 
 def main(argv=None) -> int:

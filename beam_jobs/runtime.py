@@ -33,35 +33,41 @@ class LocalRunner(fn_runner.FnApiRunner):
         return super().run_pipeline(pipeline, options)
 
 
-def _beam_option_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    pending = list(PipelineOptions.__subclasses__())
-    seen = set()
-    while pending:
-        cls = pending.pop()
-        if cls in seen:
-            continue
-        seen.add(cls)
-        pending.extend(cls.__subclasses__())
-        try:
-            cls._add_argparse_args(parser)  # pylint: disable=protected-access
-        except argparse.ArgumentError:
-            pass  # an option registered twice by two classes
-    return parser
-
-
 def pipeline_options(beam_args: list[str]) -> PipelineOptions:
-    """PipelineOptions from the arguments the job did not recognise; an unknown flag fails fast."""
-    _, unknown = _beam_option_parser().parse_known_args(beam_args)
-    unknown_flags = [arg for arg in unknown if arg.startswith("-")]
-    if unknown_flags:
-        raise SystemExit(f"error: unrecognized arguments: {' '.join(unknown_flags)} (neither a flag of this job "
-                         "nor a Beam pipeline option; see --help)")
+    """PipelineOptions from the arguments the job did not recognise; a flag no Beam option knows fails fast."""
     options = PipelineOptions(beam_args)
+    beam_logger = logging.getLogger("apache_beam.options.pipeline_options")
+    level = beam_logger.level
+    beam_logger.setLevel(logging.ERROR)  # it warns "Discarding unparseable args": said below, once, as an error
+    try:
+        unknown = sorted(set(options.get_all_options(retain_unknown_options=True)) - set(options.get_all_options()))
+    finally:
+        beam_logger.setLevel(level)
+    if unknown:
+        raise ValueError(f"unrecognized arguments: {' '.join('--' + name for name in unknown)} (neither a flag of "
+                         "this job nor a Beam pipeline option; see --help)")
     standard = options.view_as(StandardOptions)
     if not standard.runner:
         standard.runner = LOCAL_RUNNER
     return options
+
+
+def run_job(title: str, argv, test_pipeline, *, parse_args, prepare, build_pipeline, summarize):
+    """The life of a job: flags, checks on the launching machine, the graph, the run, the counters, the summary.
+
+    ``parse_args(argv) -> (args, beam_args)``; ``prepare(args) -> config`` raises ValueError/FileNotFoundError with
+    what to fix; ``build_pipeline(pipeline, config)``; ``summarize(counters, config) -> str``. Tests pass a
+    TestPipeline; returns the PipelineResult."""
+    args, beam_args = parse_args(argv)
+    options = pipeline_options(beam_args)  # before prepare: a mistyped flag fails before any model is loaded
+    config = prepare(args)
+    pipeline = test_pipeline or beam.Pipeline(options=options)
+    build_pipeline(pipeline, config)
+    result = pipeline.run()
+    result.wait_until_finish()
+    counters = log_counters(result, title)
+    logging.info("%s", summarize(counters, config))
+    return result
 
 
 def metric_counters(result, namespace: str = METRICS_NAMESPACE) -> dict[str, int]:
