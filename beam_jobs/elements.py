@@ -1,4 +1,4 @@
-"""The named elements that cross the caption job's steps (rows are `schemas.tables.CaptionRow`/`ErrorRow`).
+"""The named elements that cross the jobs' steps (rows are `schemas.tables.CaptionRow`/`ErrorRow`).
 
     InputRef ──ReadAndPrepare──▶ PreparedImage ──(ImageKey, pixels)──▶ ExtractFeatures ──(ImageKey, features)──▶
         GenerateCaptions ──▶ CaptionRow
@@ -44,6 +44,18 @@ class PreparedImage(typing.NamedTuple):
     """An image decoded and resized for the backbone (`schemas.images.prepare_image`)."""
     key: ImageKey
     pixels: np.ndarray  # uint8 [image_size, image_size, 3]
+
+
+class Tally(typing.NamedTuple):
+    """A count the extract job reports in metadata.json: images and captions of a split, error rows of a class,
+    and statistics of the dataset that are no input's failure."""
+    kind: str
+    name: str  # the split, the error class or the statistic
+    value: int
+    SPLIT_IMAGES = "split_images"
+    SPLIT_CAPTIONS = "split_captions"
+    ERROR = "error"
+    STAT = "stat"
 
 
 # Pixels have no Beam schema type; they never leave a fused stage, so a plain pickling coder is enough.

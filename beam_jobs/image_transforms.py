@@ -310,23 +310,38 @@ class ReadAndPrepare(beam.DoFn):
 
 
 class PrepareImages(beam.DoFn):
-    """The extract job's step: (key, uri, None) -> (key, (uint8 pixels, (width, height))); failures -> ``errors``."""
+    """The extract job's step: an item with a ``uri`` -> (item, uint8 pixels); failures -> ``errors`` rows."""
 
     def __init__(self, image_size: int, max_pixels: int, max_bytes: int | None = None):
         self._image_size = image_size
         self._max_pixels = max_pixels
         self._max_bytes = max_bytes
 
-    def process(self, element):
-        key, uri, _ = element
-        result = read_and_prepare(uri, uri, self._image_size, self._max_pixels, self._max_bytes)
+    def process(self, item):
+        result = read_and_prepare(item.uri, item.uri, self._image_size, self._max_pixels, self._max_bytes)
         if isinstance(result, ErrorRow):
             counter("images_failed").inc()
             counter(f"images_failed_{result.error}").inc()
             yield beam.pvalue.TaggedOutput(ERRORS, result)
             return
         counter("images_decoded").inc()
-        yield key, (result.pixels, (result.key.width, result.key.height))
+        yield item, result.pixels
+
+
+class _Featured(typing.NamedTuple):
+    features: beam.PCollection  # (item, float32 features)
+    errors: beam.PCollection  # ErrorRow
+
+
+@beam.ptransform_fn
+def FeaturesOfItems(items, handler: FeatureExtractorHandler, image_size: int, max_pixels: int):  # pylint: disable=invalid-name
+    """Items with a ``uri`` (the extract job's `WorkItem`s) -> (item, features) and error rows; a reshuffle spreads
+    the items over workers first (they come out of one join)."""
+    prepared = (items
+                | "Reshuffle" >> beam.Reshuffle()
+                | "PrepareImages" >> beam.ParDo(PrepareImages(image_size, max_pixels)).with_outputs(
+                    ERRORS, main="pixels"))
+    return _Featured(features=prepared.pixels | "Features" >> ExtractFeatures(handler), errors=prepared[ERRORS])
 
 
 @beam.ptransform_fn

@@ -101,15 +101,27 @@ class ProgressLog:
         self._count = 0
         self._start = self._last = None
 
-    def add(self, count: int = 1) -> None:
+    def add(self, count: int = 1, total: int | None = None) -> None:
+        """Counts; with ``total`` (the job's input count, once known), the log says "n of N" and an ETA."""
         now = time.monotonic()
         if self._start is None:
             self._start = self._last = now
         self._count += count
         if now - self._last >= self._interval_s:
             self._last = now
-            logging.info("%s: %d on this worker so far (%.1f/s)", self._what, self._count,
-                         self._count / max(now - self._start, 1e-9))
+            rate = self._count / max(now - self._start, 1e-9)
+            if total:
+                left = max(total - self._count, 0) / max(rate, 1e-9)
+                logging.info("%s: %s of %s (this worker), %.1f/s, ETA %s", self._what, f"{self._count:,}",
+                             f"{total:,}", rate, _duration(left))
+            else:
+                logging.info("%s: %s on this worker so far (%.1f/s)", self._what, f"{self._count:,}", rate)
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {seconds:02d} s"
 
 
 def counter(name: str):

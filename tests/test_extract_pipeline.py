@@ -1,5 +1,6 @@
 """The extract job on generated images with random-init Xception: records, vocabulary, metadata, errors."""
 import os
+import shutil
 import subprocess
 import sys
 
@@ -10,7 +11,9 @@ import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from beam_jobs import extract_features
-from beam_jobs.extract_features import ClassifyImages, CountWords, WorkItem
+from beam_jobs.dataset_read import ClassifyImages, WorkItem
+from beam_jobs.elements import Tally
+from beam_jobs.vocab import CountWords
 from schemas import backbones, captions, fileio, images, records
 from schemas.images import prepare_image
 from schemas.records import MetadataKeys
@@ -177,14 +180,16 @@ def test_classify_images_joins_captions_splits_and_files():
     ]
     with local_test_pipeline() as pipeline:
         out = (pipeline | beam.Create(joined)
-               | beam.ParDo(ClassifyImages("/d")).with_outputs("errors", "stats", main="items"))
+               | beam.ParDo(ClassifyImages("/d")).with_outputs("errors", "tallies", main="items"))
         assert_that(out.items, equal_to([WorkItem("a.jpg", "train", "/d/a.jpg", ("a dog", "second"))]),
                     label="Items")
         assert_that(out.errors | beam.Map(lambda row: (row.image_uri, row.error)),
                     equal_to([("/d/gone.jpg", "missing_file"), ("/d/mute.jpg", "no_captions")]), label="Errors")
-        assert_that(out.stats, equal_to([("captions_without_image", 1), ("captions_without_image", 2),
-                                         ("images_without_split", 1), ("captions_empty_after_normalization", 1)]),
-                    label="Stats")
+        assert_that(out.tallies, equal_to([Tally(Tally.STAT, "captions_without_image", 1),
+                                           Tally(Tally.STAT, "captions_without_image", 2),
+                                           Tally(Tally.STAT, "images_without_split", 1),
+                                           Tally(Tally.STAT, "captions_empty_after_normalization", 1)]),
+                    label="Tallies")
 
 
 def test_word_counts_combine_across_bundles():
@@ -239,3 +244,18 @@ def test_kaggle_layout_gives_the_same_captions(sample_dataset, extracted, tmp_pa
         for mine, theirs in zip(kaggle, token):
             assert sorted(mine[records.CAPTIONS]) == sorted(theirs[records.CAPTIONS])
     assert not records.read_records(output_dir, "test")
+
+
+def test_overwrite_deletes_only_its_own_files_and_only_once_every_check_passed(extracted, sample_dataset, tmp_path):
+    output_dir = tmp_path / "out"
+    shutil.copytree(extracted, output_dir)
+    (output_dir / "notes.txt").write_text("mine")
+    (output_dir / "other-00000-of-00001.tfrecord").write_bytes(b"not a split of this dataset")
+    before = sorted(os.listdir(output_dir))
+    with pytest.raises(ValueError, match="--weights .*no such file"):
+        extract_features.run(["--dataset_dir", sample_dataset, "--output_dir", str(output_dir), "--overwrite",
+                              "--weights", str(tmp_path / "missing.weights.h5")])
+    assert sorted(os.listdir(output_dir)) == before  # a failed check deletes nothing
+    args, _ = extract_features.parse_args(_argv(sample_dataset, str(output_dir), "--overwrite"))
+    extract_features.prepare(args)
+    assert sorted(os.listdir(output_dir)) == ["notes.txt", "other-00000-of-00001.tfrecord"]

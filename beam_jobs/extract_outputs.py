@@ -1,0 +1,171 @@
+"""What the extract job writes in its output directory (formats in `schemas.records`):
+
+    <split>-SSSSS-of-NNNNN.tfrecord   one tf.train.Example per image          WriteSplits
+    errors.parquet                    one row per image that could not be used  WriteErrorTable
+    vocab.txt, metadata.json          written once, after the records             WriteMetadata
+
+Counts for metadata.json travel as `Tally` elements (images and captions per split, errors per class, dataset
+statistics) and are summed by one CombineFn; metadata.json is written from that report, the vocabulary and the
+names of the written shards, after every record is written.
+"""
+import posixpath
+import typing
+
+import apache_beam as beam
+import numpy as np
+
+from beam_jobs import runtime
+from beam_jobs.dataset_read import WorkItem
+from beam_jobs.elements import Tally
+from beam_jobs.runtime import counter
+from beam_jobs.vocab import VOCAB_SPLIT, VocabularyInfo
+from schemas import backbones, captions, fileio, records, tables
+from schemas.records import MetadataKeys, SplitKeys
+from schemas.vocabulary import VOCAB_FILE, Vocabulary
+
+
+def _example_class():
+    import tensorflow as tf
+    return tf.train.Example
+
+
+class EncodeRecords(beam.DoFn):
+    """(WorkItem, features) -> tf.train.Example on the output named after the item's split."""
+
+    def __init__(self):
+        self._vocabulary = None
+        self._progress = None
+
+    def setup(self):
+        self._progress = runtime.ProgressLog("images featurized")
+
+    def process(self, element, vocabulary: VocabularyInfo, total: int):
+        item, features = element
+        if self._vocabulary is None or self._vocabulary.tokens != vocabulary.tokens:
+            self._vocabulary = Vocabulary(vocabulary.tokens)
+        caption_ids = [self._vocabulary.encode(captions.with_boundaries(caption.split()))
+                       for caption in item.captions]
+        counter(f"records_{item.split}").inc()
+        self._progress.add(total=total)
+        yield beam.pvalue.TaggedOutput(item.split, records.encode_example(
+            item.image_id, item.split, features, list(item.captions), caption_ids))
+
+
+class _Written(typing.NamedTuple):
+    files: beam.PCollection  # str: the record shards written
+    tallies: beam.PCollection  # Tally: images and captions per split
+
+
+@beam.ptransform_fn
+@beam.typehints.with_input_types(typing.Tuple[WorkItem, np.ndarray])
+def WriteSplits(featured, vocabulary, total, output_dir: str, splits: list, num_shards: int):  # pylint: disable=invalid-name
+    """(WorkItem, features) -> TFRecord shards per split, given the vocabulary (one `VocabularyInfo`) and the number
+    of items (for progress)."""
+    encoded = featured | "EncodeRecords" >> beam.ParDo(
+        EncodeRecords(), beam.pvalue.AsSingleton(vocabulary), beam.pvalue.AsSingleton(total)).with_outputs(*splits)
+    files, tallies = [], []
+    for split in splits:
+        examples = encoded[split]
+        files.append(examples | f"Write[{split}]" >> beam.io.WriteToTFRecord(
+            records.shard_prefix(output_dir, split), coder=beam.coders.ProtoCoder(_example_class()),
+            file_name_suffix=records.RECORD_SUFFIX, num_shards=num_shards))
+        tallies.append(examples | f"Tally[{split}]" >> beam.FlatMap(_split_tallies, split))
+    return _Written(files=tuple(files) | "Files" >> beam.Flatten(),
+                    tallies=tuple(tallies) | "Tallies" >> beam.Flatten())
+
+
+def _split_tallies(example, split: str):
+    yield Tally(Tally.SPLIT_IMAGES, split, 1)
+    yield Tally(Tally.SPLIT_CAPTIONS, split, len(example.features.feature[records.CAPTIONS].bytes_list.value))
+
+
+@beam.ptransform_fn
+def WriteErrorTable(errors, path: str):  # pylint: disable=invalid-name
+    """Error rows -> one Parquet file at ``path``; returns their tallies (one per error class)."""
+    _ = (errors
+         | "Records" >> beam.Map(tables.as_record)
+         | "Parquet" >> beam.io.WriteToParquet(path, schema=tables.ERROR_SCHEMA, num_shards=1, shard_name_template=""))
+    return errors | "Tallies" >> beam.Map(lambda row: Tally(Tally.ERROR, row.error, 1))
+
+
+class SumTallies(beam.CombineFn):
+    """Tallies -> {(kind, name): total}."""
+
+    def create_accumulator(self):
+        return {}
+
+    def add_input(self, accumulator, tally: Tally):
+        key = (tally.kind, tally.name)
+        accumulator[key] = accumulator.get(key, 0) + tally.value
+        return accumulator
+
+    def merge_accumulators(self, accumulators):
+        merged = {}
+        for accumulator in accumulators:
+            for key, value in accumulator.items():
+                merged[key] = merged.get(key, 0) + value
+        return merged
+
+    def extract_output(self, accumulator):
+        return accumulator
+
+
+class MetadataSettings(typing.NamedTuple):
+    """What metadata.json records about how the features were made."""
+    output_dir: str
+    splits: tuple
+    backbone: str
+    weights: str
+    weights_sha256: str
+    image_size: int
+    feature_dim: int
+    min_word_count: int
+    vocab_from_file: bool
+    inference_backend: str
+
+
+def metadata_from(settings: MetadataSettings, totals: dict, vocabulary: VocabularyInfo, written_files) -> dict:
+    """metadata.json's content (`schemas.records.MetadataKeys`)."""
+    splits = {split: {SplitKeys.IMAGES: totals.get((Tally.SPLIT_IMAGES, split), 0),
+                      SplitKeys.CAPTIONS: totals.get((Tally.SPLIT_CAPTIONS, split), 0),
+                      SplitKeys.FILES: posixpath.basename(records.split_pattern(settings.output_dir, split))}
+              for split in settings.splits}
+    errors_by_class = {name: value for (kind, name), value in sorted(totals.items()) if kind == Tally.ERROR}
+    return {
+        MetadataKeys.FORMAT_VERSION: records.FORMAT_VERSION,
+        MetadataKeys.SPLITS: splits,
+        MetadataKeys.IMAGES_FAILED: sum(errors_by_class.values()),
+        MetadataKeys.ERRORS_BY_CLASS: errors_by_class,
+        MetadataKeys.CAPTIONS_WITHOUT_IMAGE: totals.get((Tally.STAT, "captions_without_image"), 0),
+        MetadataKeys.IMAGES_WITHOUT_SPLIT: totals.get((Tally.STAT, "images_without_split"), 0),
+        MetadataKeys.CAPTIONS_EMPTY: totals.get((Tally.STAT, "captions_empty_after_normalization"), 0),
+        MetadataKeys.VOCAB_SIZE: len(vocabulary.tokens),
+        MetadataKeys.MIN_WORD_COUNT: settings.min_word_count,
+        MetadataKeys.VOCAB_SOURCE: "vocab_file" if settings.vocab_from_file else f"{VOCAB_SPLIT} split",
+        MetadataKeys.MAX_LENGTH: int(vocabulary.max_length),
+        MetadataKeys.FEATURE_DIM: settings.feature_dim,
+        MetadataKeys.BACKBONE: settings.backbone,
+        MetadataKeys.WEIGHTS: backbones.describe_weights(settings.weights),
+        MetadataKeys.WEIGHTS_SHA256: settings.weights_sha256,
+        MetadataKeys.IMAGE_SIZE: settings.image_size,
+        MetadataKeys.PREPROCESSING: backbones.get_backbone(settings.backbone).preprocessing,
+        MetadataKeys.INFERENCE_BACKEND: settings.inference_backend,
+        MetadataKeys.RECORD_FILES: sorted(posixpath.basename(path) for path in written_files),
+    }
+
+
+def write_metadata(settings: MetadataSettings, totals: dict, vocabulary: VocabularyInfo, written_files) -> dict:
+    """Writes vocab.txt and metadata.json (runs once, after the records are written)."""
+    metadata = metadata_from(settings, totals, vocabulary, written_files)
+    Vocabulary(vocabulary.tokens).save(fileio.join(settings.output_dir, VOCAB_FILE))
+    fileio.write_json(fileio.join(settings.output_dir, records.METADATA_FILE), metadata)
+    return metadata
+
+
+@beam.ptransform_fn
+def WriteMetadata(tallies, vocabulary, written_files, settings: MetadataSettings):  # pylint: disable=invalid-name
+    """(tallies of every kind, one VocabularyInfo, written shard names) -> vocab.txt and metadata.json."""
+    totals = tallies | "SumTallies" >> beam.CombineGlobally(SumTallies())
+    return (totals
+            | "Write" >> beam.Map(lambda report, vocabulary, files: write_metadata(settings, report, vocabulary, files),
+                                  beam.pvalue.AsSingleton(vocabulary), beam.pvalue.AsList(written_files)))
