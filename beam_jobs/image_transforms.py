@@ -210,10 +210,11 @@ class ReadAndPrepare(beam.DoFn):
                  read_threads: int = DEFAULT_READ_THREADS, depth: int = 32):
         self._image_size, self._max_pixels, self._limits = image_size, max_pixels, limits
         self._threads, self._depth = read_threads, depth
-        self._pool = None
+        self._pool = self._progress = None
 
     def setup(self):
         self._pool = _OrderedPool(self._threads, self._depth)
+        self._progress = runtime.ProgressLog("inputs read (files and archives)")
 
     def teardown(self):
         if self._pool is not None:
@@ -227,7 +228,8 @@ class ReadAndPrepare(beam.DoFn):
             else:
                 yield beam.pvalue.TaggedOutput(ERRORS, result)
 
-    def process(self, ref: InputRef):
+    def process(self, ref: InputRef, total: int = 0):
+        self._progress.add(total=total)
         if ref.kind == sources.ARCHIVE:
             yield from self._archive(ref)
             return
@@ -364,7 +366,9 @@ class ReadImages(beam.PTransform):
         self._read = ReadAndPrepare(image_size, max_pixels, limits, read_threads, depth)
 
     def expand(self, refs):
-        read = refs | "ReadAndPrepare" >> beam.ParDo(self._read).with_outputs(ERRORS, main="images")
+        total = refs | "CountInputs" >> beam.combiners.Count.Globally()  # URIs only: known before any byte is read
+        read = refs | "ReadAndPrepare" >> beam.ParDo(self._read, beam.pvalue.AsSingleton(total)).with_outputs(
+            ERRORS, main="images")
         return _ReadImages(images=read.images, errors=read[ERRORS])
 
 

@@ -146,3 +146,11 @@ def test_output_prefixes_that_would_be_ambiguous_are_refused(output, capsys):
         caption_images.parse_args(["--input", "x.jpg", "--model_dir", "m", "--output", output])
     assert "--output" in capsys.readouterr().err
 
+
+
+def test_progress_says_how_many_of_how_many_and_when_it_ends(caplog):
+    progress = runtime.ProgressLog("inputs read", interval_s=0.0)
+    with caplog.at_level("INFO"):
+        progress.add(total=4000)
+        progress.add(total=4000)
+    assert "inputs read: 2 of 4,000 (this worker)" in caplog.text and "ETA" in caplog.text
