@@ -148,10 +148,7 @@ def _check_filesystem(flag: str, path: str) -> None:
 
 def _matches_something(pattern: str) -> bool:
     _check_filesystem("--input", pattern)
-    try:
-        return bool(FileSystems.match([effective_pattern(pattern)])[0].metadata_list)
-    except Exception:  # BeamIOError when nothing matches on some filesystems
-        return False
+    return bool(sources.match_paths(effective_pattern(pattern)))
 
 
 def prepare(args: argparse.Namespace) -> CaptionConfig:

@@ -18,7 +18,7 @@ from beam_jobs import runtime
 from beam_jobs.dataset_read import WorkItem
 from beam_jobs.elements import Tally
 from beam_jobs.runtime import counter
-from beam_jobs.vocab import VOCAB_SPLIT, VocabularyInfo
+from beam_jobs.vocab import VOCAB_SPLIT, SumCounts, VocabularyInfo
 from schemas import backbones, captions, fileio, records, tables
 from schemas.records import MetadataKeys, SplitKeys
 from schemas.vocabulary import VOCAB_FILE, Vocabulary
@@ -88,26 +88,11 @@ def WriteErrorTable(errors, path: str):  # pylint: disable=invalid-name
     return errors | "Tallies" >> beam.Map(lambda row: Tally(Tally.ERROR, row.error, 1))
 
 
-class SumTallies(beam.CombineFn):
+class SumTallies(SumCounts):
     """Tallies -> {(kind, name): total}."""
 
-    def create_accumulator(self):
-        return {}
-
-    def add_input(self, accumulator, tally: Tally):
-        key = (tally.kind, tally.name)
-        accumulator[key] = accumulator.get(key, 0) + tally.value
-        return accumulator
-
-    def merge_accumulators(self, accumulators):
-        merged = {}
-        for accumulator in accumulators:
-            for key, value in accumulator.items():
-                merged[key] = merged.get(key, 0) + value
-        return merged
-
-    def extract_output(self, accumulator):
-        return accumulator
+    def counts_of(self, tally: Tally):
+        return (((tally.kind, tally.name), tally.value),)
 
 
 class MetadataSettings(typing.NamedTuple):

@@ -56,7 +56,7 @@ def _read_error(uri: str, error: Exception) -> ErrorRow:
         return tables.error_row(uri, images.TOO_LARGE, f"the file is {error} (raise --max_image_bytes to accept it)")
     if isinstance(error, sources.NotARegularFile):
         return tables.error_row(uri, images.READ_ERROR, f"cannot read it: {error}")
-    return tables.error_row(uri, images.READ_ERROR, f"cannot read the file: {type(error).__name__}: {error}")
+    return tables.error_row(uri, images.READ_ERROR, f"cannot read the file: {images.describe_error(error)}")
 
 
 def prepare_bytes(uri: str, data: bytes, image_size: int, max_pixels: int) -> PreparedImage | ErrorRow:
@@ -82,29 +82,25 @@ def read_and_prepare(uri: str, path: str, image_size: int, max_pixels: int,
 
 class _OrderedPool:
     """Runs calls on background threads and hands their results back in the order they were submitted, keeping at
-    most ``depth`` calls (and `_PENDING_BYTES` of their inputs) in flight."""
+    most ``depth`` calls in flight (a call on a file holds a path, not bytes: it reads them itself)."""
 
     def __init__(self, threads: int, depth: int):
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="imcap-decode")
         self._pending = collections.deque()
         self._depth = depth
-        self._pending_bytes = 0
 
-    def submit(self, function, *args, cost: int = 0):
-        """Submits a call; returns the results that had to be waited for to stay within the bounds."""
-        self._pending.append((self._executor.submit(function, *args), cost))
-        self._pending_bytes += cost
+    def submit(self, function, *args):
+        """Submits a call; returns the results that had to be waited for to stay within the bound."""
+        self._pending.append(self._executor.submit(function, *args))
         done = []
-        while len(self._pending) > self._depth or (self._pending_bytes > _PENDING_BYTES and len(self._pending) > 1):
+        while len(self._pending) > self._depth:
             done.append(self._pop())
-        while self._pending and self._pending[0][0].done():
+        while self._pending and self._pending[0].done():
             done.append(self._pop())
         return done
 
     def _pop(self):
-        future, cost = self._pending.popleft()
-        self._pending_bytes -= cost
-        return future.result()
+        return self._pending.popleft().result()
 
     def drain(self):
         while self._pending:
@@ -185,17 +181,6 @@ class _ReadAhead:
                 self._space.notify_all()
 
 
-class _AllBut:
-    """A container holding every member part except the given ones (the archive reader's ``skip``)."""
-    from_earlier_runs = False  # passed over because not wanted, not because an earlier run read them
-
-    def __init__(self, kept):
-        self._kept = kept
-
-    def __contains__(self, part):
-        return part not in self._kept
-
-
 @beam.typehints.with_input_types(InputRef)
 @beam.typehints.with_output_types(PreparedImage)
 class ReadAndPrepare(beam.DoFn):
@@ -250,8 +235,8 @@ class ReadAndPrepare(beam.DoFn):
         archive_row_written = sources.ITSELF in done
         counter("archives_read").inc()
         try:
-            skip = done | claimed if whole else _AllBut(set(ref.only))
-            events = archives.read_archive(ref.uri, ref.path(), skip=skip, limits=self._limits)
+            events = archives.read_archive(ref.uri, ref.path(), skip=done | claimed,
+                                           only=None if whole else set(ref.only), limits=self._limits)
             read_ahead = _ReadAhead(events, lambda uri, data: self._pool.submit_unordered(
                 prepare_bytes, uri, data, self._image_size, self._max_pixels), self._depth)
             for event, prepared in read_ahead:
@@ -285,7 +270,7 @@ class ReadAndPrepare(beam.DoFn):
             elif whole:
                 logging.error("internal error on archive %s after its own row was written", ref.uri, exc_info=error)
                 counter("internal_errors_without_row").inc()
-            stop = archives.MemberFailure(ref.uri, images.INTERNAL_ERROR, f"{type(error).__name__}: {error}")
+            stop = archives.MemberFailure(ref.uri, images.INTERNAL_ERROR, images.describe_error(error))
         counter("duplicate_inputs").inc(len(set(ref.listed) & seen))  # listed, and read as part of the archive
         for part in sorted(listed - seen - done - claimed):
             yield beam.pvalue.TaggedOutput(ERRORS, self._unread_member(ref.uri, prefix + part, stop, damage))

@@ -70,12 +70,7 @@ def effective_pattern(pattern: str) -> str:
     local = pattern[len("file://"):] if pattern.startswith("file://") else pattern
     if "://" not in local:
         return pattern.rstrip("/") + "/**" if os.path.isdir(local) else pattern
-    try:
-        if FileSystems.match([pattern])[0].metadata_list:
-            return pattern
-    except Exception:  # BeamIOError when nothing matches on some filesystems
-        pass
-    return pattern.rstrip("/") + "/**"
+    return pattern if sources.match_paths(pattern) else pattern.rstrip("/") + "/**"
 
 
 class MatchPatterns(beam.DoFn):
@@ -260,7 +255,7 @@ class ReadListFiles(beam.DoFn):
             counter("listed_uris").inc(entries)
             yield beam.pvalue.TaggedOutput(ERRORS, tables.error_row(
                 uri, error_class, f"cannot read the list file after {entries:,} entries: "
-                                  f"{type(error).__name__}: {error}"))
+                                  f"{images.describe_error(error)}"))
             return
         if probe is not None:
             yield beam.pvalue.TaggedOutput(ERRORS, tables.error_row(

@@ -27,6 +27,7 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
+from beam_jobs import sources
 from beam_jobs.runtime import counter
 from schemas import tables
 from schemas.tables import CaptionRow
@@ -47,23 +48,16 @@ class ExistingOutputs(typing.NamedTuple):
         return bool(self.committed or self.checkpoint_parts)
 
 
-def _match(pattern: str) -> list[str]:
-    try:
-        return sorted(metadata.path for metadata in FileSystems.match([pattern])[0].metadata_list)
-    except Exception:  # BeamIOError when nothing matches on some filesystems
-        return []
-
-
 def existing_outputs(prefix: str) -> ExistingOutputs:
     committed = []
-    for path in _match(tables.output_glob(prefix)):
+    for path in sources.match_paths(tables.output_glob(prefix)):
         kind = tables.classify_output(prefix, path)
         if kind:
             committed.append((path, *kind))
-    checkpoint_files = _match(posixpath.join(tables.checkpoint_dir(prefix), "*"))
+    checkpoint_files = sources.match_paths(posixpath.join(tables.checkpoint_dir(prefix), "*"))
     parts = [path for path in checkpoint_files if path.endswith(tables.PARQUET_SUFFIX)]
     leftovers = [path for path in checkpoint_files if not path.endswith(tables.PARQUET_SUFFIX)]
-    leftovers += [path for path in _match(posixpath.join(tables.sink_temp_glob(prefix), "*"))
+    leftovers += [path for path in sources.match_paths(posixpath.join(tables.sink_temp_glob(prefix), "*"))
                   if tables.is_sink_temp_dir(prefix, posixpath.basename(posixpath.dirname(path)))]
     leftovers += _empty_local_temp_dirs(prefix)
     return ExistingOutputs(tuple(sorted(committed)), tuple(parts), tuple(leftovers))
@@ -93,7 +87,7 @@ def _delete_directory_objects(*directories: str) -> None:
     """Local filesystems have directories that stay behind empty; object stores have none (nothing to do)."""
     for directory in directories:
         try:
-            if FileSystems.exists(directory) and not _match(posixpath.join(directory, "*")):
+            if FileSystems.exists(directory) and not sources.match_paths(posixpath.join(directory, "*")):
                 FileSystems.delete([directory])
         except Exception:  # not a directory object on this filesystem
             pass
@@ -111,7 +105,7 @@ def delete_outputs(prefix: str, existing: ExistingOutputs) -> None:
 def remove_checkpoint(directory: str, *committed) -> None:
     """Deletes the checkpoint's files, listed (object stores have no directory to delete); runs after the run's
     shards are committed (its side inputs are their file names)."""
-    files = _match(posixpath.join(directory, "*"))
+    files = sources.match_paths(posixpath.join(directory, "*"))
     _delete_files(files)
     _delete_directory_objects(directory)
     if files:

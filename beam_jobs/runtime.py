@@ -135,10 +135,8 @@ def internal_error_row(uri: str, error: BaseException):
     counted by class where they are written)."""
     from schemas import images, tables
     logging.warning("internal error on %s", uri, exc_info=error)
-    text = str(error).strip()
-    what = f"{type(error).__name__}: {text}" if text else type(error).__name__
-    return tables.error_row(uri, images.INTERNAL_ERROR,
-                            f"{what} (an unexpected failure while handling this input; the job went on without it)")
+    return tables.error_row(uri, images.INTERNAL_ERROR, f"{images.describe_error(error)} (an unexpected failure while "
+                                                        "handling this input; the job went on without it)")
 
 
 def parse_key_value(text: str) -> tuple[str, str]:

@@ -200,6 +200,14 @@ def resolve_listed(list_uri: str, line: str) -> str | None:
 # Opening and reading
 
 
+def match_paths(pattern: str) -> list[str]:
+    """The paths a glob matches on any Beam filesystem, sorted; none when nothing matches (some filesystems raise)."""
+    try:
+        return sorted(metadata.path for metadata in FileSystems.match([pattern])[0].metadata_list)
+    except Exception:  # BeamIOError when nothing matches on some filesystems
+        return []
+
+
 class NotARegularFile(OSError):
     """A local path that is a directory, device, FIFO or socket: reading it could block or never end."""
 

@@ -21,26 +21,36 @@ class VocabularyInfo(typing.NamedTuple):
     max_length: int  # ids in the longest caption of any split, <start> and <end> included
 
 
-class CountWords(beam.CombineFn):
-    """Word counts of cleaned captions (a dict), merged across workers."""
+class SumCounts(beam.CombineFn):
+    """{key: total} over all inputs, merged across workers; subclasses say what an input counts (`counts_of`)."""
+
+    def counts_of(self, element):
+        raise NotImplementedError
 
     def create_accumulator(self):
         return {}
 
-    def add_input(self, accumulator, caption_text):
-        for word in caption_text.split():
-            accumulator[word] = accumulator.get(word, 0) + 1
+    def add_input(self, accumulator, element):
+        for key, count in self.counts_of(element):
+            accumulator[key] = accumulator.get(key, 0) + count
         return accumulator
 
     def merge_accumulators(self, accumulators):
         merged = {}
         for accumulator in accumulators:
-            for word, count in accumulator.items():
-                merged[word] = merged.get(word, 0) + count
+            for key, count in accumulator.items():
+                merged[key] = merged.get(key, 0) + count
         return merged
 
     def extract_output(self, accumulator):
         return accumulator
+
+
+class CountWords(SumCounts):
+    """Word counts of cleaned captions (a dict)."""
+
+    def counts_of(self, caption_text):
+        return ((word, 1) for word in caption_text.split())
 
 
 def _longest(item: WorkItem) -> int:

@@ -93,7 +93,8 @@ def _describe_start(data: bytes) -> str:
     return repr(data[:12])
 
 
-def _describe(error: BaseException) -> str:
+def describe_error(error: BaseException) -> str:
+    """An exception as ``Type: message`` (the type alone when it says nothing), for error rows."""
     text = str(error).strip()
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
@@ -155,7 +156,7 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
     except Image.DecompressionBombError as error:
         raise ImageError(TOO_LARGE, str(error)) from None
     except Exception as error:  # hostile headers make plugins raise anything (struct.error, IndexError, ...)
-        raise ImageError(DECODE_ERROR, f"cannot parse the image header: {_describe(error)}") from None
+        raise ImageError(DECODE_ERROR, f"cannot parse the image header: {describe_error(error)}") from None
     width, height = image.size
     if width <= 0 or height <= 0:
         raise ImageError(DECODE_ERROR, f"the image has no pixels ({width}x{height})")
@@ -236,7 +237,7 @@ def _decode_opened(image: Image.Image, draft_size: int | None) -> Image.Image:
     except MemoryError:
         raise ImageError(TOO_LARGE, "not enough memory to decode this image") from None
     except Exception as error:  # truncated data, broken chunks, plugin failures on hostile files
-        raise ImageError(DECODE_ERROR, f"cannot decode the image: {_describe(error)}") from None
+        raise ImageError(DECODE_ERROR, f"cannot decode the image: {describe_error(error)}") from None
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None) -> Image.Image:

@@ -29,24 +29,25 @@ from typing import Iterator
 
 from beam_jobs import sources
 from beam_jobs.archives.common import (BLOCK, DEFAULT_MAX_ARCHIVE_BYTES, DEFAULT_MAX_COMPRESSION_RATIO,
-                                       RATIO_FLOOR_BYTES, SKIPPED_DONE, SKIPPED_DUPLICATE, Event, Limits, MemberData,
-                                       MemberFailure, MemberSkipped, compression_of, describe_error)
+                                       RATIO_FLOOR_BYTES, SKIPPED_DONE, SKIPPED_DUPLICATE, SKIPPED_UNWANTED, Event,
+                                       Limits, MemberData, MemberFailure, MemberSkipped, compression_of)
 from beam_jobs.archives.tar import TarReader
 from beam_jobs.archives.tar_format import valid_header
 from beam_jobs.archives.zip import ZipReader
 from schemas import images
+from schemas.images import describe_error
 
 __all__ = ["DEFAULT_MAX_ARCHIVE_BYTES", "DEFAULT_MAX_COMPRESSION_RATIO", "RATIO_FLOOR_BYTES", "SKIPPED_DONE",
-           "SKIPPED_DUPLICATE", "Event", "Limits", "MemberData", "MemberFailure", "MemberSkipped", "read_archive"]
+           "SKIPPED_DUPLICATE", "SKIPPED_UNWANTED", "Event", "Limits", "MemberData", "MemberFailure", "MemberSkipped", "read_archive"]
 
 
-def read_archive(uri: str, location: str | None = None, *, skip: typing.Container[str] = frozenset(),
-                 limits: Limits = Limits()) -> Iterator[Event]:
+def read_archive(uri: str, location: str | None = None, *, skip: typing.AbstractSet[str] = frozenset(),
+                 only: typing.AbstractSet[str] | None = None, limits: Limits = Limits()) -> Iterator[Event]:
     """Every entry of the archive at ``uri`` as events (see the module docstring).
 
     ``location``: the path to open when it differs from ``uri`` (a local path that is not UTF-8). ``skip``: member
-    parts of URIs (after ``!``) already captioned, or any container saying which to pass over; they are passed over
-    without being read (`MemberSkipped`).
+    parts of URIs (after ``!``) already captioned; ``only``: when given, the member parts wanted. Members skipped or
+    not wanted are passed over without being read (`MemberSkipped`: ``done`` or ``unwanted``).
     """
     location = location or uri
 
@@ -72,9 +73,9 @@ def read_archive(uri: str, location: str | None = None, *, skip: typing.Containe
             return
         if not valid_header(head) and (_looks_like_zip(head) or (sources.is_zip_name(uri)
                                                                    and not compression_of(head))):
-            events = ZipReader(uri, stream, skip, limits).events()
+            events = ZipReader(uri, stream, skip, only, limits).events()
         else:
-            events = TarReader(uri, open_stream, stream, head, skip, limits).events()
+            events = TarReader(uri, open_stream, stream, head, skip, only, limits).events()
         count = 0
         for count, event in enumerate(events, start=1):
             yield event

@@ -43,11 +43,24 @@ class MemberFailure(typing.NamedTuple):
 
 class MemberSkipped(typing.NamedTuple):
     uri: str
-    reason: str  # SKIPPED_DONE or SKIPPED_DUPLICATE
+    reason: str  # SKIPPED_DONE, SKIPPED_DUPLICATE or SKIPPED_UNWANTED
 
 
-SKIPPED_DONE, SKIPPED_DUPLICATE = "done", "duplicate"
+SKIPPED_DONE, SKIPPED_DUPLICATE, SKIPPED_UNWANTED = "done", "duplicate", "unwanted"
 Event = typing.Union[MemberData, MemberFailure, MemberSkipped]
+
+
+def passed_over(uri: str, member: str, skip, only, seen: set) -> MemberSkipped | None:
+    """Why a member is passed over without being read (not wanted, read by an earlier run, a name stored twice),
+    or None when it is to be handled (its name is then recorded in ``seen``)."""
+    if only is not None and member not in only:
+        return MemberSkipped(uri, SKIPPED_UNWANTED)
+    if member in skip:
+        return MemberSkipped(uri, SKIPPED_DONE)
+    if member in seen:
+        return MemberSkipped(uri, SKIPPED_DUPLICATE)
+    seen.add(member)
+    return None
 
 
 class Stop(Exception):
@@ -60,11 +73,6 @@ class Stop(Exception):
 
 class Truncated(Exception):
     """The data ended before a member's stated size."""
-
-
-def describe_error(error: BaseException) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 # Decompressor and I/O failures of a compressed stream; any of them ends the reading of the stream.

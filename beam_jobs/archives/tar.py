@@ -5,20 +5,18 @@ from typing import Callable, Iterator
 
 from beam_jobs import sources
 from beam_jobs.archives.common import (BLOCK, STREAM_ERRORS, Event, Limits, MemberData, MemberFailure, MemberSkipped,
-                                       SKIPPED_DONE, SKIPPED_DUPLICATE, Stop, Truncated, describe_error, is_image_name,
-                                       not_an_image_message, too_large_message)
+                                       SKIPPED_DONE, Stop, Truncated, is_image_name, not_an_image_message, passed_over,
+                                       too_large_message)
 from beam_jobs.archives.tar_format import (NO_INPUT_TYPES, REGULAR_TYPES, SPECIAL_TYPES, TarDamage, TarEntry,
                                            TarStream, TarWalker)
 from schemas import images
+from schemas.images import describe_error
 
 
 class TarReader:
-    def __init__(self, uri: str, open_stream: Callable, stream, head: bytes, skip, limits: Limits):
+    def __init__(self, uri: str, open_stream: Callable, stream, head: bytes, skip, only, limits: Limits):
         self._uri, self._open, self._stream, self._head = uri, open_stream, stream, head
-        self._skip, self._limits = skip, limits
-
-    def _member(self, name: bytes) -> str:
-        return sources.escape_member_name(name)
+        self._skip, self._only, self._limits = skip, only, limits
 
     def events(self) -> Iterator[Event]:
         uri = self._uri
@@ -59,8 +57,7 @@ class TarReader:
                     current = None  # no row of its own (a directory, a hard link for later): nothing to blame on it
                     continue
                 current_has_row = True
-                current_done = (isinstance(event, MemberSkipped) and event.reason == SKIPPED_DONE
-                                and getattr(self._skip, "from_earlier_runs", True))
+                current_done = isinstance(event, MemberSkipped) and event.reason == SKIPPED_DONE
                 yield event
         except Truncated:
             if current_done:
@@ -116,14 +113,12 @@ class TarReader:
         """The event of one entry (None: no row); reads the data of image members."""
         if entry.type in NO_INPUT_TYPES:
             return None
-        member = self._member(entry.name)
+        member = sources.escape_member_name(entry.name)
         uri = f"{self._uri}!{member}"
         where = f"member #{entry.position}"
-        if member in self._skip:
-            return MemberSkipped(uri, SKIPPED_DONE)
-        if member in seen:
-            return MemberSkipped(uri, SKIPPED_DUPLICATE)
-        seen.add(member)
+        skipped = passed_over(uri, member, self._skip, self._only, seen)
+        if skipped:
+            return skipped
         if entry.problem:
             return MemberFailure(uri, images.CORRUPT_ARCHIVE, f"{where} has {entry.problem}; skipped")
         if not is_image_name(entry.name):

@@ -8,19 +8,20 @@ from typing import Iterator
 
 from beam_jobs import sources
 from beam_jobs.archives.common import (CHUNK, RATIO_FLOOR_BYTES, STREAM_ERRORS, Event, Limits, MemberData,
-                                       MemberFailure, MemberSkipped, SKIPPED_DONE, SKIPPED_DUPLICATE, Stop, Truncated,
-                                       describe_error, is_image_name, not_an_image_message, too_large_message)
+                                       MemberFailure, Stop, Truncated, is_image_name, not_an_image_message, passed_over,
+                                       too_large_message)
 from beam_jobs.archives.zip_format import (BZIP2, CENTRAL, DEFLATED, EOCD, EOCD64, EOCD64_LOCATOR, LOCAL, LZMA,
                                            METHOD_NAMES, STORED, UNIX_TYPES, Decompressor, ZipEntry, end_record_index,
                                            zip64_sizes)
 from schemas import images
+from schemas.images import describe_error
 
 
 class ZipReader:
     """Reads a zip from its central directory (streamed in chunks), each member by seeking to its data."""
 
-    def __init__(self, uri: str, stream, skip, limits: Limits):
-        self._uri, self._stream, self._skip, self._limits = uri, stream, skip, limits
+    def __init__(self, uri: str, stream, skip, only, limits: Limits):
+        self._uri, self._stream, self._skip, self._only, self._limits = uri, stream, skip, only, limits
         self._produced = 0  # decompressed bytes of all members so far
 
     def events(self) -> Iterator[Event]:
@@ -82,7 +83,8 @@ class ZipReader:
                 member = sources.escape_member_name(name)
                 truncated = MemberFailure(f"{self._uri}!{member}", images.CORRUPT_ARCHIVE,
                                           f"member #{position} is truncated: the file ends inside its data")
-                reported = member in self._skip or member in seen
+                reported = (member in self._skip or member in seen
+                            or (self._only is not None and member not in self._only))
                 if flags & 0x08:  # sizes and CRC follow the data: find where the compressed stream ends
                     try:
                         compressed, size, crc, following = self._measure_streamed(data_start, method, position)
@@ -262,11 +264,9 @@ class ZipReader:
         unix_type = (entry.external >> 16) & 0o170000 if entry.creator == 3 else 0
         if unix_type == 0o040000:
             return None
-        if member in self._skip:
-            return MemberSkipped(uri, SKIPPED_DONE)
-        if member in seen:
-            return MemberSkipped(uri, SKIPPED_DUPLICATE)
-        seen.add(member)
+        skipped = passed_over(uri, member, self._skip, self._only, seen)
+        if skipped:
+            return skipped
         if not is_image_name(entry.name):
             return MemberFailure(uri, images.NOT_AN_IMAGE, not_an_image_message(entry.name))
         if unix_type in UNIX_TYPES:
