@@ -88,7 +88,7 @@ def thumbnails(uris: list[str], size: int) -> dict:
         by_archive[archive].add(uri)
         paths[archive or uri] = path
     out = {}
-    with tqdm(total=len(uris), desc="thumbnails", unit="img") as progress:
+    with tqdm(total=len(uris), desc="thumbnails", unit="img", disable=None) as progress:  # no bar in a log file
         for uri in sorted(by_archive.pop(None, ())):
             try:
                 out[uri] = _thumbnail(sources.read_bytes(paths[uri]), size)
