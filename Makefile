@@ -6,6 +6,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.imcap-installed
 DEMO_DIR ?= demo_out
+# pytest-xdist processes (each imports TensorFlow once); worksteal evens out the few long tests
+TEST_WORKERS ?= 2
 
 .PHONY: setup test demo clean
 
@@ -18,7 +20,7 @@ $(STAMP): setup.py
 setup: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal tests
 
 demo: $(STAMP)
 	$(BIN)/python -m beam_jobs.demo --output_dir $(DEMO_DIR)

@@ -28,6 +28,7 @@ shards as run ``rK`` (``PREFIX-rK-SSSSS-of-NNNNN.parquet``) together with the ch
 yet, and removes the checkpoint -- so the union of all shards has each input once.
 """
 import argparse
+import functools
 import logging
 import sys
 import typing
@@ -38,8 +39,7 @@ from apache_beam.io.filesystems import FileSystems
 from beam_jobs import archives, outputs, runtime, sources
 from beam_jobs.image_transforms import (DEFAULT_READ_THREADS, FeaturesOfImages, ReadImages, add_feature_flags,
                                         check_feature_flags)
-from beam_jobs.inference import (CaptionModelHandler, FeatureExtractorHandler, GenerateCaptions, check_backend,
-                                 load_feature_model)
+from beam_jobs.inference import MODELS, GenerateCaptions, Models, check_backend
 from beam_jobs.inputs import ResolveInputs, SelectInputs, effective_pattern
 from beam_jobs.outputs import ReadDoneUris, WriteCaptionOutputs
 from schemas import backbones, tables
@@ -69,6 +69,7 @@ class CaptionConfig(typing.NamedTuple):
     checkpoint_rows: int
     inference_backend: str
     existing: outputs.ExistingOutputs  # what earlier runs left under --output (--skip_existing resumes from it)
+    models: Models = MODELS  # the handlers' factory (tests pass fakes)
 
     @property
     def run_number(self) -> int:
@@ -151,19 +152,18 @@ def _matches_something(pattern: str) -> bool:
     return bool(sources.match_paths(effective_pattern(pattern)))
 
 
-def prepare(args: argparse.Namespace) -> CaptionConfig:
+def prepare(args: argparse.Namespace, models: Models = MODELS) -> CaptionConfig:
     """Checks everything on the launching machine; raises ValueError/FileNotFoundError with what to fix."""
-    from trainer.bundle import Bundle, check_feature_weights, feature_weights_for
+    from trainer.bundle import check_feature_weights, feature_weights_for
 
-    bundle = Bundle(args.model_dir)
+    bundle = models.open_bundle(args.model_dir)
     config = bundle.config
     weights = feature_weights_for(config, args.weights)
     backbone = backbones.get_backbone(config[BundleKeys.BACKBONE])
     backbones.check_weights_spec(weights)
     check_backend(args.inference_backend)
-    extractor, digest = load_feature_model(backbone, weights, config[BundleKeys.IMAGE_SIZE])
+    digest, _ = models.feature_weights(backbone, weights, config[BundleKeys.IMAGE_SIZE])
     check_feature_weights(config, digest, weights)
-    del extractor
 
     _check_filesystem("--output", args.output)
     for pattern in args.input:
@@ -194,7 +194,7 @@ def prepare(args: argparse.Namespace) -> CaptionConfig:
         limits=archives.Limits(max_member_bytes=args.max_image_bytes, max_archive_bytes=args.max_archive_bytes,
                                max_ratio=args.max_compression_ratio),
         read_threads=args.read_threads, num_shards=args.num_shards, checkpoint_rows=args.checkpoint_rows,
-        inference_backend=args.inference_backend, existing=existing)
+        inference_backend=args.inference_backend, existing=existing, models=models)
 
 
 def build_pipeline(pipeline: beam.Pipeline, config: CaptionConfig) -> None:
@@ -206,11 +206,11 @@ def build_pipeline(pipeline: beam.Pipeline, config: CaptionConfig) -> None:
     prepared = selected.refs | "ReadImages" >> ReadImages(
         config.image_size, config.max_image_pixels, config.limits, config.read_threads, depth=config.max_batch_size)
     captions = (prepared.images
-                | "Features" >> FeaturesOfImages(FeatureExtractorHandler(
+                | "Features" >> FeaturesOfImages(config.models.feature_handler(
                     config.backbone, config.weights, config.image_size, min_batch_size=config.min_batch_size,
                     max_batch_size=config.max_batch_size, expected_weights_sha256=config.weights_sha256,
                     backend=config.inference_backend))
-                | "Captions" >> GenerateCaptions(CaptionModelHandler(
+                | "Captions" >> GenerateCaptions(config.models.caption_handler(
                     config.model_dir, config.beam_width, config.length_penalty,
                     max_batch_size=config.decode_batch_size), config.model_id))
     errors = (selected.errors, prepared.errors) | "AllErrors" >> beam.Flatten()
@@ -242,10 +242,12 @@ def summarize(counters: dict, config: CaptionConfig) -> str:
     return "\n".join(lines)
 
 
-def run(argv=None, test_pipeline=None):
-    """Runs the job; returns the PipelineResult. Tests pass a TestPipeline."""
-    return runtime.run_job("caption job", argv, test_pipeline, parse_args=parse_args, prepare=prepare,
-                           build_pipeline=build_pipeline, summarize=summarize)
+def run(argv=None, test_pipeline=None, models: Models = MODELS):
+    """Runs the job; returns the PipelineResult. Tests pass a TestPipeline, and fake `Models` where the models are
+    beside the point."""
+    return runtime.run_job("caption job", argv, test_pipeline, parse_args=parse_args,
+                           prepare=functools.partial(prepare, models=models), build_pipeline=build_pipeline,
+                           summarize=summarize)
 
 
 def main(argv=None) -> int:

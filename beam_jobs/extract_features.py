@@ -20,6 +20,7 @@ data and never sees dev/test words. Counts for metadata.json travel as `Tally` e
 Runner: `beam_jobs.runtime.LocalRunner` unless ``--runner`` says otherwise; every Beam option passes through.
 """
 import argparse
+import functools
 import logging
 import posixpath
 import re
@@ -33,7 +34,7 @@ from beam_jobs import dataset, runtime
 from beam_jobs.dataset_read import ReadDataset
 from beam_jobs.extract_outputs import MetadataSettings, WriteErrorTable, WriteMetadata, WriteSplits
 from beam_jobs.image_transforms import FeaturesOfItems, add_feature_flags, check_feature_flags
-from beam_jobs.inference import FeatureExtractorHandler, check_backend, load_feature_model
+from beam_jobs.inference import MODELS, Models, check_backend
 from beam_jobs.vocab import VOCAB_SPLIT, BuildVocabulary
 from schemas import backbones, fileio as schema_fileio, records
 from schemas.records import MetadataKeys, SplitKeys
@@ -57,6 +58,7 @@ class ExtractConfig(typing.NamedTuple):
     num_shards: int
     max_image_pixels: int
     inference_backend: str
+    models: Models = MODELS  # the handlers' factory (tests pass fakes)
 
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
@@ -103,7 +105,7 @@ def _existing_outputs(output_dir: str, splits) -> list[str]:
     return found
 
 
-def prepare(args: argparse.Namespace) -> ExtractConfig:
+def prepare(args: argparse.Namespace, models: Models = MODELS) -> ExtractConfig:
     """Everything checked on the launching machine before a worker starts; raises ValueError with what to fix."""
     layout = dataset.resolve_layout(args.dataset_dir, args.images_dir, args.captions_file, args.split_files)
     summary = dataset.validate_layout(layout)
@@ -127,9 +129,7 @@ def prepare(args: argparse.Namespace) -> ExtractConfig:
     backbones.check_image_size(backbone, image_size)
     backbones.check_weights_spec(args.weights)
     check_backend(args.inference_backend)
-    model, digest = load_feature_model(backbone, args.weights, image_size)
-    feature_dim = int(model.output_shape[-1])
-    del model
+    digest, feature_dim = models.feature_weights(backbone, args.weights, image_size)
     logging.info("feature extractor: %s, weights %s (sha256 %s), %dx%d input, %d features", backbone.name,
                  args.weights, digest[:12], image_size, image_size, feature_dim)
     for path in existing:  # only now that every check has passed
@@ -138,7 +138,8 @@ def prepare(args: argparse.Namespace) -> ExtractConfig:
                          weights_sha256=digest, image_size=image_size, feature_dim=feature_dim,
                          min_batch_size=args.min_batch_size, max_batch_size=args.max_batch_size,
                          min_word_count=args.min_word_count, vocab_tokens=vocab_tokens, num_shards=args.num_shards,
-                         max_image_pixels=args.max_image_pixels, inference_backend=args.inference_backend)
+                         max_image_pixels=args.max_image_pixels, inference_backend=args.inference_backend,
+                         models=models)
 
 
 def build_pipeline(pipeline: beam.Pipeline, config: ExtractConfig) -> None:
@@ -147,9 +148,9 @@ def build_pipeline(pipeline: beam.Pipeline, config: ExtractConfig) -> None:
     vocabulary = data.items | "BuildVocabulary" >> BuildVocabulary(config.min_word_count, config.vocab_tokens)
     total = data.items | "CountItems" >> beam.combiners.Count.Globally()
     featured = data.items | "Features" >> FeaturesOfItems(
-        FeatureExtractorHandler(config.backbone, config.weights, config.image_size,
-                                min_batch_size=config.min_batch_size, max_batch_size=config.max_batch_size,
-                                expected_weights_sha256=config.weights_sha256, backend=config.inference_backend),
+        config.models.feature_handler(config.backbone, config.weights, config.image_size,
+                                      min_batch_size=config.min_batch_size, max_batch_size=config.max_batch_size,
+                                      expected_weights_sha256=config.weights_sha256, backend=config.inference_backend),
         config.image_size, config.max_image_pixels)
     written = featured.features | "WriteSplits" >> WriteSplits(
         vocabulary, total, config.output_dir, splits, config.num_shards)
@@ -188,10 +189,12 @@ def summarize_run(counters: dict, config: ExtractConfig) -> str:
     return f"{summarize(schema_fileio.read_json(metadata_path))}\n  output: {config.output_dir}"
 
 
-def run(argv=None, test_pipeline=None):
-    """Runs the job; returns the PipelineResult. Tests pass a TestPipeline."""
-    return runtime.run_job("extract job", argv, test_pipeline, parse_args=parse_args, prepare=prepare,
-                           build_pipeline=build_pipeline, summarize=summarize_run)
+def run(argv=None, test_pipeline=None, models: Models = MODELS):
+    """Runs the job; returns the PipelineResult. Tests pass a TestPipeline, and fake `Models` where the models are
+    beside the point."""
+    return runtime.run_job("extract job", argv, test_pipeline, parse_args=parse_args,
+                           prepare=functools.partial(prepare, models=models), build_pipeline=build_pipeline,
+                           summarize=summarize_run)
 
 
 def main(argv=None) -> int:

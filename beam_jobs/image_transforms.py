@@ -16,14 +16,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_jobs import archives, runtime, sources
 from beam_jobs.elements import ImageKey, InputRef, PreparedImage
-from beam_jobs.inference import INFERENCE_BACKENDS, KERAS_BACKEND, FeatureExtractorHandler
+from beam_jobs.inference import INFERENCE_BACKENDS, KERAS_BACKEND
 from beam_jobs.runtime import counter
 from schemas import images, tables
 from schemas.tables import ErrorRow
@@ -321,7 +321,7 @@ class _Featured(typing.NamedTuple):
 
 
 @beam.ptransform_fn
-def FeaturesOfItems(items, handler: FeatureExtractorHandler, image_size: int, max_pixels: int):  # pylint: disable=invalid-name
+def FeaturesOfItems(items, handler: ModelHandler, image_size: int, max_pixels: int):  # pylint: disable=invalid-name
     """Items with a ``uri`` (the extract job's `WorkItem`s) -> (item, features) and error rows; a reshuffle spreads
     the items over workers first (they come out of one join)."""
     prepared = (items
@@ -332,7 +332,7 @@ def FeaturesOfItems(items, handler: FeatureExtractorHandler, image_size: int, ma
 
 
 @beam.ptransform_fn
-def ExtractFeatures(keyed_pixels, handler: FeatureExtractorHandler):  # pylint: disable=invalid-name
+def ExtractFeatures(keyed_pixels, handler: ModelHandler):  # pylint: disable=invalid-name
     """(key, uint8 pixels) -> (key, float32 features) with batched RunInference."""
     return keyed_pixels | "RunInference" >> RunInference(KeyedModelHandler(handler))
 
@@ -360,7 +360,7 @@ class ReadImages(beam.PTransform):
 @beam.ptransform_fn
 @beam.typehints.with_input_types(PreparedImage)
 @beam.typehints.with_output_types(typing.Tuple[ImageKey, np.ndarray])
-def FeaturesOfImages(prepared, handler: FeatureExtractorHandler):  # pylint: disable=invalid-name
+def FeaturesOfImages(prepared, handler: ModelHandler):  # pylint: disable=invalid-name
     """`PreparedImage` -> (`ImageKey`, float32 features)."""
     return (prepared
             | "KeyPixels" >> beam.Map(lambda image: (image.key, image.pixels))

@@ -23,10 +23,16 @@ from schemas import backbones, tables
 
 
 def localize(path: str) -> str:
-    """A local copy of a file on any Beam filesystem (the path itself when it is local)."""
+    """A local copy of a file on any Beam filesystem (the path itself when it is local). The copy is named after
+    the file's path, size and modification time, so a file replaced under the same name is copied again."""
     if "://" not in path:
         return path
-    name = hashlib.sha256(path.encode("utf-8")).hexdigest()[:16] + "-" + os.path.basename(path)
+    from apache_beam.io.filesystems import FileSystems
+    metadata = FileSystems.match([path])[0].metadata_list
+    if not metadata:
+        raise FileNotFoundError(f"{path}: no such file")
+    identity = f"{path}\0{metadata[0].size_in_bytes}\0{metadata[0].last_updated_in_seconds}"
+    name = hashlib.sha256(identity.encode("utf-8")).hexdigest()[:16] + "-" + os.path.basename(path)
     target = os.path.join(tempfile.gettempdir(), "imcap-" + name)
     if not os.path.exists(target):
         handle, partial = tempfile.mkstemp(dir=os.path.dirname(target), suffix=".partial")
@@ -184,9 +190,42 @@ class CaptionModelHandler(ModelHandler[np.ndarray, tuple, Any]):
 
 @beam.ptransform_fn
 @beam.typehints.with_output_types(tables.CaptionRow)
-def GenerateCaptions(features, handler: CaptionModelHandler, model_id: str):  # pylint: disable=invalid-name
+def GenerateCaptions(features, handler: ModelHandler, model_id: str):  # pylint: disable=invalid-name
     """(`ImageKey`, features) -> `schemas.tables.CaptionRow`, decoded in batches by the bundle's decoder."""
     return (features
             | "Decode" >> RunInference(KeyedModelHandler(handler))
             | "CaptionRows" >> beam.Map(lambda keyed: tables.caption_row(
                 keyed[0].uri, keyed[1][0], keyed[1][1], model_id, keyed[0].width, keyed[0].height)))
+
+
+class Models:
+    """The jobs' models behind one seam: what is checked on the launching machine, and the RunInference handlers
+    that run on the workers.
+
+    This class is the product's: the backbone through Keras (or OpenVINO) and the bundle's Keras decoder. Both jobs
+    take a ``models`` argument in ``run`` so that tests of graph routing, resume and counting can pass fakes
+    (``tests/fakes.py``, as Beam's own ``ml/inference/base_test.py`` does) and only the tests about features and
+    models build Xception. A fake's handlers must pickle by an importable name, like any DoFn of the graph.
+    """
+
+    def feature_weights(self, backbone: backbones.Backbone, weights: str, image_size: int) -> tuple[str, int]:
+        """(SHA-256 of the weights, feature dimension) of the extractor that ``weights`` builds, on the launcher."""
+        model, digest = load_feature_model(backbone, weights, image_size)
+        return digest, int(model.output_shape[-1])
+
+    def open_bundle(self, model_dir: str):
+        """The bundle of ``model_dir``, its decoder loaded once at launch so that a broken one fails before any
+        worker starts."""
+        from trainer.bundle import Bundle
+        return Bundle(model_dir)
+
+    def feature_handler(self, backbone_name: str, weights: str, image_size: int, **options) -> ModelHandler:
+        """uint8 pixels [H, W, 3] -> float32 features; ``options`` as `FeatureExtractorHandler` takes them."""
+        return FeatureExtractorHandler(backbone_name, weights, image_size, **options)
+
+    def caption_handler(self, model_dir: str, beam_width: int, length_penalty: float, **options) -> ModelHandler:
+        """float32 features -> (caption, log_prob); ``options`` as `CaptionModelHandler` takes them."""
+        return CaptionModelHandler(model_dir, beam_width, length_penalty, **options)
+
+
+MODELS = Models()

@@ -150,10 +150,14 @@ def parse_key_value(text: str) -> tuple[str, str]:
 positive_int, non_negative_int = cli.positive_int, cli.non_negative_int
 
 
-def job_main(run, argv=None) -> int:
-    """A job's command-line entry point: errors a user can fix are one log line and exit status 2."""
+def job_main(run, argv=None, *, tensorflow: bool = True) -> int:
+    """A job's command-line entry point: errors a user can fix are one log line and exit status 2.
+
+    ``tensorflow``: import TensorFlow first, with its start-up noise silenced (the jobs' models need it; the fake
+    models of the tests do not)."""
     setup_logging()
-    cli.quiet_tensorflow()
+    if tensorflow:
+        cli.quiet_tensorflow()
     try:
         run(argv)
     except (ValueError, FileNotFoundError) as error:

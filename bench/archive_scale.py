@@ -46,7 +46,9 @@ def write_photos(dataset_dir: str, directory: str, count: int) -> list[str]:
     os.makedirs(directory, exist_ok=True)
     names = split_names(dataset_dir, "train")[:count]
     out = []
-    for index, (name, source) in enumerate(zip(names, image_paths(dataset_dir, names))):
+    from tqdm import tqdm
+    for index, (name, source) in enumerate(tqdm(list(zip(names, image_paths(dataset_dir, names))),
+                                                desc="big photos", unit="img", disable=None)):
         target = os.path.join(directory, f"big_{name}")
         if not os.path.exists(target):
             with open(target, "wb") as handle:
@@ -57,8 +59,9 @@ def write_photos(dataset_dir: str, directory: str, count: int) -> list[str]:
 
 def write_small(photos: list[str], directory: str) -> list[str]:
     os.makedirs(directory, exist_ok=True)
+    from tqdm import tqdm
     out = []
-    for path in photos:
+    for path in tqdm(photos, desc="224 px copies", unit="img", disable=None):
         target = os.path.join(directory, os.path.basename(path).replace("big_", "small_"))
         if not os.path.exists(target):
             Image.open(path).resize((224, 224), Image.Resampling.BICUBIC).save(target, format="JPEG", quality=92)

@@ -25,8 +25,10 @@ def main() -> None:
     backends = tuple(INFERENCE_BACKENDS)
     from schemas.images import prepare_image
 
+    from tqdm import tqdm
     pixels = []
-    for path in image_paths(args.dataset_dir, split_names(args.dataset_dir, "dev")[:args.images]):
+    for path in tqdm(image_paths(args.dataset_dir, split_names(args.dataset_dir, "dev")[:args.images]),
+                     desc="decoding dev photos", unit="img", disable=None):
         with open(path, "rb") as handle:
             pixels.append(prepare_image(handle.read(), 299)[0])
     handlers, models, load_seconds = {}, {}, {}

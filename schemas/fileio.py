@@ -1,10 +1,18 @@
 """Small-file I/O for the artifacts defined in `schemas` (vocabulary, metadata, bundle config).
 
-Uses ``tf.io.gfile`` so the same calls work on local paths and on ``gs://`` (and any filesystem TensorFlow has
-registered); the stages read and write these files with these helpers only.
+Local paths are read and written with Python's own file functions; URLs (``gs://`` and any filesystem TensorFlow
+has registered) with ``tf.io.gfile``, imported only then, so that reading a bundle's config or a vocabulary from
+local disk costs no TensorFlow import. The stages read and write these files with these helpers only.
 """
+import glob as local_glob
 import json
+import os
 import posixpath
+import sys
+
+
+def _remote(path: str) -> bool:
+    return "://" in path
 
 
 def _gfile():
@@ -18,20 +26,29 @@ def join(base: str, *parts: str) -> str:
 
 
 def exists(path: str) -> bool:
-    return _gfile().exists(path)
+    return _gfile().exists(path) if _remote(path) else os.path.exists(path)
 
 
 def glob(pattern: str) -> list[str]:
-    return sorted(_gfile().glob(pattern))
+    if _remote(pattern):
+        return sorted(_gfile().glob(pattern))
+    hidden = {"include_hidden": True} if sys.version_info >= (3, 11) else {}  # as gfile: '*' matches '.name' too
+    return sorted(local_glob.glob(pattern, **hidden))
 
 
 def makedirs(path: str) -> None:
-    _gfile().makedirs(path)
+    if _remote(path):
+        _gfile().makedirs(path)
+    else:
+        os.makedirs(path, exist_ok=True)
 
 
 def read_text(path: str) -> str:
     if not exists(path):
         raise FileNotFoundError(f"{path}: no such file")
+    if not _remote(path):
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
     with _gfile().GFile(path, "r") as handle:
         return handle.read()
 
@@ -40,6 +57,10 @@ def write_text(path: str, text: str) -> None:
     parent = posixpath.dirname(path)
     if parent:
         makedirs(parent)
+    if not _remote(path):
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        return
     with _gfile().GFile(path, "w") as handle:
         handle.write(text)
 

@@ -118,10 +118,10 @@ class SimulatedCrash(Exception):
 
 
 def crash_on_third_caption_batch(monkeypatch) -> list:
-    """Makes the caption decoder fail on its third batch, as a lost worker would; returns the sizes of the
+    """Makes the (fake) caption decoder fail on its third batch, as a lost worker would; returns the sizes of the
     batches it was called with. Undo with ``monkeypatch.undo()``."""
-    from beam_jobs.inference import CaptionModelHandler
-    original = CaptionModelHandler.run_inference
+    from tests.fakes import FakeCaptionHandler
+    original = FakeCaptionHandler.run_inference
     calls = []
 
     def run_inference(self, batch, model, inference_args=None):
@@ -129,7 +129,7 @@ def crash_on_third_caption_batch(monkeypatch) -> list:
         if len(calls) == 3:
             raise SimulatedCrash("simulated worker loss")
         return original(self, batch, model, inference_args)
-    monkeypatch.setattr(CaptionModelHandler, "run_inference", run_inference)
+    monkeypatch.setattr(FakeCaptionHandler, "run_inference", run_inference)
     return calls
 
 

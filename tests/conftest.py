@@ -14,6 +14,24 @@ IMAGENET_WEIGHTS = os.path.expanduser("~/.cache/imcap/xception_imagenet_notop.we
 TEST_IMAGE_SIZE = 71
 
 
+def built_once(tmp_path_factory, name: str, build) -> str:
+    """A read-only directory of the session that ``build(directory)`` fills, built once for all pytest-xdist
+    workers (the first one to ask builds it under a lock; the others wait and share it)."""
+    import fcntl
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # shared by the workers of this run
+    directory, done = str(base / name), str(base / f"{name}.done")
+    with open(str(base / f"{name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.exists(done):
+            shutil.rmtree(directory, ignore_errors=True)
+            os.makedirs(directory)
+            build(directory)
+            open(done, "w").close()
+    return directory
+
+
 def local_test_pipeline(argv=()):
     """A TestPipeline on the jobs' local runner (Beam's DirectRunner would first try to download Prism)."""
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -27,9 +45,8 @@ def local_test_pipeline(argv=()):
 def sample_dataset(tmp_path_factory):
     """12 generated images in the Flickr8k layout (train 8, dev 2, test 2). Read-only: copy to modify."""
     from beam_jobs.sample_dataset import write_sample_dataset
-    directory = tmp_path_factory.mktemp("sample")
-    write_sample_dataset(str(directory), num_images=12, image_size=96, seed=3)
-    return str(directory)
+    return built_once(tmp_path_factory, "sample", lambda directory: write_sample_dataset(
+        directory, num_images=12, image_size=96, seed=3))
 
 
 @pytest.fixture
@@ -49,11 +66,9 @@ def requires_flickr8k():
 def sample_features(sample_dataset, tmp_path_factory):
     """The extract job's output for the sample dataset (random-init Xception at 71 px, min word count 1)."""
     from beam_jobs import extract_features
-    output_dir = str(tmp_path_factory.mktemp("sample_features"))
-    extract_features.run(["--dataset_dir", sample_dataset, "--output_dir", output_dir, "--weights", "none",
-                          "--image_size", str(TEST_IMAGE_SIZE), "--min_word_count", "1"],
-                         test_pipeline=local_test_pipeline())
-    return output_dir
+    return built_once(tmp_path_factory, "sample_features", lambda output_dir: extract_features.run(
+        ["--dataset_dir", sample_dataset, "--output_dir", output_dir, "--weights", "none",
+         "--image_size", str(TEST_IMAGE_SIZE), "--min_word_count", "1"], test_pipeline=local_test_pipeline()))
 
 
 def write_feature_records(output_dir, splits, feature_dim=16, shards=1):
@@ -98,11 +113,28 @@ def write_feature_records(output_dir, splits, feature_dim=16, shards=1):
 
 
 @pytest.fixture(scope="session")
+def fake_bundle(tmp_path_factory):
+    """A bundle for `tests.fakes.FAKE_MODELS` (no decoder; jobs run with it need ``models=FAKE_MODELS``)."""
+    from tests.fakes import write_fake_bundle
+    return write_fake_bundle(str(tmp_path_factory.mktemp("fake_bundle")))
+
+
+@pytest.fixture(scope="session")
 def sample_bundle(sample_features, tmp_path_factory):
     """A small decoder trained for a few epochs on the sample features (a real bundle, quality beside the point)."""
     from trainer import task
-    model_dir = str(tmp_path_factory.mktemp("sample_bundle"))
-    task.train(task.parse_args(["--data_dir", sample_features, "--model_dir", model_dir, "--epochs", "3",
-                                "--embedding_dim", "32", "--units", "64", "--batch_size", "16", "--verbose", "0",
-                                "--beam_width", "2"]))
-    return model_dir
+    return built_once(tmp_path_factory, "sample_bundle", lambda model_dir: task.train(task.parse_args(
+        ["--data_dir", sample_features, "--model_dir", model_dir, "--epochs", "3", "--embedding_dim", "32",
+         "--units", "64", "--batch_size", "16", "--verbose", "0", "--beam_width", "2"])))
+
+
+@pytest.fixture(scope="session")
+def other_weights(tmp_path_factory):
+    """A Keras weights file of Xception whose weights are not random-init's ('none' x 1.01): other features."""
+    from schemas import backbones
+
+    def build(directory):
+        model = backbones.build_feature_extractor(backbones.XCEPTION, backbones.RANDOM_INIT, TEST_IMAGE_SIZE)
+        model.set_weights([w * 1.01 for w in model.get_weights()])
+        model.save_weights(os.path.join(directory, "other.weights.h5"))
+    return os.path.join(built_once(tmp_path_factory, "other_weights", build), "other.weights.h5")

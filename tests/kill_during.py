@@ -1,4 +1,5 @@
-"""Runs the caption job and kills its own process with SIGKILL at a chosen moment (for tests/test_caption_resume.py).
+"""Runs the caption job (with the fake models of tests/fakes.py) and kills its own process with SIGKILL at a chosen
+moment (for tests/test_caption_resume.py).
 
     python tests/kill_during.py expansion|captioning|final_write CAPTION_JOB_ARGS...
 
@@ -34,8 +35,8 @@ def main():
         from beam_jobs.archives.tar import TarReader
         _on_call(TarReader, "_entry_event", 3)  # pylint: disable=protected-access
     elif moment == "captioning":
-        from beam_jobs.inference import CaptionModelHandler
-        _on_call(CaptionModelHandler, "run_inference", 3)
+        from tests.fakes import FakeCaptionHandler
+        _on_call(FakeCaptionHandler, "run_inference", 3)
     elif moment == "final_write":
         from apache_beam.io.filesystems import FileSystems
 
@@ -50,8 +51,8 @@ def main():
         FileSystems.rename = staticmethod(rename)
     else:
         raise SystemExit(f"unknown moment {moment}")
-    from beam_jobs import caption_images
-    sys.exit(caption_images.main(args))
+    from tests import fakes
+    sys.exit(fakes.main(["caption", *args]))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from PIL import Image
 from beam_jobs import archives, caption_images, gallery, runtime
 from schemas import images
 from tests.caption_helpers import argv, check_every_input_once, png_claiming, read_outputs, tar_bytes
+from tests.fakes import FAKE_MODELS
 from tests.conftest import local_test_pipeline
 
 MAX_IMAGE_BYTES = 200_000
@@ -193,19 +194,19 @@ def corpus(sample_dataset, tmp_path_factory):
     return patterns, expected
 
 
-def test_every_hostile_input_is_exactly_one_row(corpus, sample_bundle, tmp_path):
+def test_every_hostile_input_is_exactly_one_row(corpus, fake_bundle, tmp_path):
     patterns, expected = corpus
     prefix = str(tmp_path / "out" / "captions")
-    result = caption_images.run(argv(patterns, sample_bundle, prefix, "--max_image_bytes", str(MAX_IMAGE_BYTES)),
-                                test_pipeline=local_test_pipeline())
+    result = caption_images.run(argv(patterns, fake_bundle, prefix, "--max_image_bytes", str(MAX_IMAGE_BYTES)),
+                                test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     captions, errors = read_outputs(prefix)
     check_every_input_once(captions, errors, expected)
     counters = runtime.metric_counters(result)
     page = str(tmp_path / "gallery.html")
     assert gallery.main(["--captions", f"{prefix}-*.parquet", "--output", page, "--limit", "1000"]) == 0
     assert open(page, encoding="utf-8").read().count("data:image/jpeg;base64,") == len(captions)  # every one found
-    rerun = caption_images.run(argv(patterns, sample_bundle, prefix, "--max_image_bytes", str(MAX_IMAGE_BYTES),
-                                    "--skip_existing"), test_pipeline=local_test_pipeline())
+    rerun = caption_images.run(argv(patterns, fake_bundle, prefix, "--max_image_bytes", str(MAX_IMAGE_BYTES),
+                                    "--skip_existing"), test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     check_every_input_once(*read_outputs(prefix), expected)  # the rerun found everything done, damage included
     assert runtime.metric_counters(rerun).get("images_captioned", 0) == 0
     assert counters["duplicate_inputs"] >= 5  # good.jpg thrice more, notes.md, x.tar, the zip's second ok.jpg, ...
@@ -217,7 +218,7 @@ def test_every_hostile_input_is_exactly_one_row(corpus, sample_bundle, tmp_path)
     assert "2 lines name no file: line 3 holds a NUL byte; line 4 is longer than 64 KiB" in messages[odd_lines]
 
 
-def test_an_unexpected_exception_on_one_input_is_a_row(corpus, sample_bundle, tmp_path, monkeypatch):
+def test_an_unexpected_exception_on_one_input_is_a_row(corpus, fake_bundle, tmp_path, monkeypatch):
     patterns, expected = corpus
     failing_uri = next(uri for uri in expected if uri.endswith("files/cmyk.jpg"))
     failing_photo = open(failing_uri, "rb").read()
@@ -239,8 +240,8 @@ def test_an_unexpected_exception_on_one_input_is_a_row(corpus, sample_bundle, tm
     monkeypatch.setattr(images, "prepare_image", prepare_or_fail)
     monkeypatch.setattr(archives, "read_archive", read_or_fail)
     prefix = str(tmp_path / "out" / "captions")
-    result = caption_images.run(argv(patterns, sample_bundle, prefix, "--max_image_bytes", str(MAX_IMAGE_BYTES)),
-                                test_pipeline=local_test_pipeline())
+    result = caption_images.run(argv(patterns, fake_bundle, prefix, "--max_image_bytes", str(MAX_IMAGE_BYTES)),
+                                test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     captions, errors = read_outputs(prefix)
     packs = os.path.dirname(next(uri for uri in expected if uri.endswith("bad_header.tar!m0.jpg")))
     changed = dict(expected)
@@ -256,7 +257,7 @@ def test_an_unexpected_exception_on_one_input_is_a_row(corpus, sample_bundle, tm
     assert runtime.metric_counters(result)["errors_internal_error"] == 2
 
 
-def test_a_hostile_list_cannot_make_a_loop_or_escape_its_rows(tmp_path, sample_bundle, sample_dataset):
+def test_a_hostile_list_cannot_make_a_loop_or_escape_its_rows(tmp_path, fake_bundle, sample_dataset):
     """A list naming itself, a list naming a list that names it back, and the same file under many spellings."""
     photo = os.path.join(sample_dataset, "Flicker8k_Dataset", sorted(os.listdir(
         os.path.join(sample_dataset, "Flicker8k_Dataset")))[0])
@@ -264,13 +265,13 @@ def test_a_hostile_list_cannot_make_a_loop_or_escape_its_rows(tmp_path, sample_b
     (tmp_path / "a.txt").write_text("a.txt\nb.txt\np.jpg\n./p.jpg\nsub/../p.jpg\n" + str(tmp_path / "p.jpg") + "\n")
     (tmp_path / "b.txt").write_text("a.txt\np.jpg\n")
     prefix = str(tmp_path / "out" / "c")
-    caption_images.run(argv([str(tmp_path / "a.txt"), str(tmp_path / "b.txt")], sample_bundle, prefix),
-                       test_pipeline=local_test_pipeline())
+    caption_images.run(argv([str(tmp_path / "a.txt"), str(tmp_path / "b.txt")], fake_bundle, prefix),
+                       test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     captions, errors = read_outputs(prefix)
     check_every_input_once(captions, errors, {str(tmp_path / "p.jpg"): None})
 
 
-def test_a_list_can_name_archive_members_by_their_uris(tmp_path, sample_bundle, sample_dataset):
+def test_a_list_can_name_archive_members_by_their_uris(tmp_path, fake_bundle, sample_dataset):
     photos = sorted(os.path.join(sample_dataset, "Flicker8k_Dataset", name)
                     for name in os.listdir(os.path.join(sample_dataset, "Flicker8k_Dataset")))
     jpeg = [open(path, "rb").read() for path in photos[:4]]
@@ -286,8 +287,8 @@ def test_a_list_can_name_archive_members_by_their_uris(tmp_path, sample_bundle, 
         "damaged.tar!m2.jpg", "gone.tar!x.jpg", "q.tar!x.jpg", "q.tar!nothing.jpg", "p.tar!../../b.jpg"]) + "\n"
         + "p.tar!#\udcff\np.tar!caf\udce9.jpg\n", encoding="utf-8", errors="surrogateescape")
     prefix = str(tmp_path / "out" / "c")
-    caption_images.run(argv([str(tmp_path / "members.txt"), q_tar], sample_bundle, prefix),
-                       test_pipeline=local_test_pipeline())
+    caption_images.run(argv([str(tmp_path / "members.txt"), q_tar], fake_bundle, prefix),
+                       test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     captions, errors = read_outputs(prefix)
     check_every_input_once(captions, errors, {
         f"{p_tar}!a.jpg": None, f"{p_tar}!missing.jpg": images.MISSING_FILE, f"{p_tar}!notes.txt": images.NOT_AN_IMAGE,
@@ -297,7 +298,7 @@ def test_a_list_can_name_archive_members_by_their_uris(tmp_path, sample_bundle, 
         f"{p_tar}!%23%FF": images.MISSING_FILE, f"{p_tar}!caf%E9.jpg": images.MISSING_FILE})
 
 
-def test_a_directory_input_means_every_file_under_it(tmp_path, sample_bundle, sample_dataset):
+def test_a_directory_input_means_every_file_under_it(tmp_path, fake_bundle, sample_dataset):
     photo = os.path.join(sample_dataset, "Flicker8k_Dataset", sorted(os.listdir(
         os.path.join(sample_dataset, "Flicker8k_Dataset")))[0])
     os.makedirs(tmp_path / "photos" / "2024" / "june")
@@ -305,7 +306,8 @@ def test_a_directory_input_means_every_file_under_it(tmp_path, sample_bundle, sa
     shutil.copy(photo, tmp_path / "photos" / "2024" / "june" / "b.jpg")
     (tmp_path / "photos" / "2024" / "notes.md").write_text("x")
     prefix = str(tmp_path / "out" / "c")
-    caption_images.run(argv([str(tmp_path / "photos")], sample_bundle, prefix), test_pipeline=local_test_pipeline())
+    caption_images.run(argv([str(tmp_path / "photos")], fake_bundle, prefix), test_pipeline=local_test_pipeline(),
+                       models=FAKE_MODELS)
     check_every_input_once(*read_outputs(prefix), {
         str(tmp_path / "photos" / "a.jpg"): None, str(tmp_path / "photos" / "2024" / "june" / "b.jpg"): None,
         str(tmp_path / "photos" / "2024" / "notes.md"): images.NOT_AN_IMAGE})

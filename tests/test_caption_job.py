@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import tarfile
 
 import pyarrow.parquet as pq
 import pytest
@@ -12,6 +13,7 @@ from schemas.bundle import BundleKeys
 from schemas import fileio
 from tests.caption_helpers import (argv, build_inputs, check_every_input_once, crash_on_third_caption_batch,
                                    read_outputs)
+from tests.fakes import FAKE_MODELS
 from tests.conftest import REPO_ROOT, local_test_pipeline
 
 
@@ -21,34 +23,36 @@ def inputs(sample_dataset, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def captioned(inputs, sample_bundle, tmp_path_factory):
+def captioned(inputs, fake_bundle, tmp_path_factory):
     patterns, _ = inputs
     prefix = os.path.join(str(tmp_path_factory.mktemp("captioned")), "captions")
-    result = caption_images.run(argv(patterns, sample_bundle, prefix), test_pipeline=local_test_pipeline())
+    result = caption_images.run(argv(patterns, fake_bundle, prefix), test_pipeline=local_test_pipeline(),
+                                models=FAKE_MODELS)
     return prefix, runtime.metric_counters(result)
 
 
-def test_every_input_is_captioned_or_an_error(inputs, captioned, sample_bundle):
+def test_every_input_is_captioned_or_an_error(inputs, captioned, fake_bundle):
     _, expected = inputs
     prefix, counters = captioned
     captions, errors = read_outputs(prefix)
     check_every_input_once(captions, errors, expected)
-    model_id = fileio.read_json(os.path.join(sample_bundle, "bundle.json"))[BundleKeys.MODEL_ID]
+    model_id = fileio.read_json(os.path.join(fake_bundle, "bundle.json"))[BundleKeys.MODEL_ID]
     for row in captions:
         assert row[tables.MODEL_ID] == model_id
         assert (row[tables.WIDTH], row[tables.HEIGHT]) == (96, 96)
         assert row[tables.LOG_PROB] < 0
     assert all(row[tables.MESSAGE] for row in errors)
     assert counters["images_captioned"] == len(captions) == 12
+    assert len({row[tables.CAPTION] for row in captions}) == 12  # 12 photos, 12 pixel-dependent (fake) captions
     assert counters["errors_not_an_image"] == 2 and counters["archive_members"] == 6
     assert not os.path.exists(tables.checkpoint_dir(prefix))  # removed once the shards were committed
 
 
-def test_multi_processing_command_gives_the_same_rows(inputs, captioned, sample_bundle, tmp_path):
+def test_multi_processing_command_gives_the_same_rows(inputs, captioned, fake_bundle, tmp_path):
     patterns, _ = inputs
     prefix = str(tmp_path / "captions")
-    done = subprocess.run([sys.executable, "-m", "beam_jobs.caption_images",
-                           *argv(patterns, sample_bundle, prefix, "--direct_running_mode=multi_processing",
+    done = subprocess.run([sys.executable, "-m", "tests.fakes", "caption",
+                           *argv(patterns, fake_bundle, prefix, "--direct_running_mode=multi_processing",
                                   "--direct_num_workers=2")], check=True, cwd=REPO_ROOT, capture_output=True,
                           text=True)
     mine, my_errors = read_outputs(prefix)
@@ -71,15 +75,15 @@ def test_job_logging_survives_a_library_configuring_logging_first():
     assert "INFO the job summary" in done.stderr
 
 
-def test_resume_captions_only_new_images(inputs, sample_bundle, tmp_path):
+def test_resume_captions_only_new_images(inputs, fake_bundle, tmp_path):
     patterns, expected = inputs
     prefix = str(tmp_path / "captions")
-    caption_images.run(argv(patterns[:1], sample_bundle, prefix), test_pipeline=local_test_pipeline())
+    caption_images.run(argv(patterns[:1], fake_bundle, prefix), test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     first, _ = read_outputs(prefix)
     with pytest.raises(ValueError, match="already has outputs.*--skip_existing"):
-        caption_images.run(argv(patterns, sample_bundle, prefix))
-    result = caption_images.run(argv(patterns, sample_bundle, prefix, "--skip_existing"),
-                                test_pipeline=local_test_pipeline())
+        caption_images.run(argv(patterns, fake_bundle, prefix), models=FAKE_MODELS)
+    result = caption_images.run(argv(patterns, fake_bundle, prefix, "--skip_existing"),
+                                test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     counters = runtime.metric_counters(result)
     assert counters["skipped_existing"] == 8  # the folder's 4 images and 4 error rows
     assert counters["images_captioned"] == 12 - len(first)
@@ -90,21 +94,21 @@ def test_resume_captions_only_new_images(inputs, sample_bundle, tmp_path):
     check_every_input_once(captions, errors, expected)
 
 
-def test_rerun_after_an_interruption_does_only_the_rest(inputs, sample_bundle, tmp_path, monkeypatch):
+def test_rerun_after_an_interruption_does_only_the_rest(inputs, fake_bundle, tmp_path, monkeypatch):
     patterns, expected = inputs
     prefix = str(tmp_path / "captions")
     calls = crash_on_third_caption_batch(monkeypatch)
-    args = argv(patterns, sample_bundle, prefix, "--decode_batch_size", "2", "--checkpoint_rows", "1",
+    args = argv(patterns, fake_bundle, prefix, "--decode_batch_size", "2", "--checkpoint_rows", "1",
                 "--min_batch_size", "1")
     with pytest.raises(Exception, match="simulated worker loss"):
-        caption_images.run(args, test_pipeline=local_test_pipeline())
+        caption_images.run(args, test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     assert not fileio.glob(tables.output_glob(prefix))  # nothing committed by the sinks...
     parts = fileio.glob(os.path.join(tables.checkpoint_dir(prefix), "*.parquet"))
     checkpointed = sum(pq.read_table(p).num_rows for p in parts if os.path.basename(p).startswith("captions-"))
     assert checkpointed == sum(calls[:2]) > 0  # ...but the rows of the two finished batches are kept
 
     monkeypatch.undo()
-    result = caption_images.run(args + ["--skip_existing"], test_pipeline=local_test_pipeline())
+    result = caption_images.run(args + ["--skip_existing"], test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     counters = runtime.metric_counters(result)
     assert counters["images_captioned"] == 12 - checkpointed
     captions, errors = read_outputs(prefix)
@@ -112,19 +116,44 @@ def test_rerun_after_an_interruption_does_only_the_rest(inputs, sample_bundle, t
     assert not os.path.exists(tables.checkpoint_dir(prefix))
 
 
-def test_bundle_weights_are_enforced(inputs, sample_bundle, tmp_path):
-    from schemas import backbones
-    other = str(tmp_path / "other.weights.h5")
-    model = backbones.build_feature_extractor(backbones.XCEPTION, "none", 71)
-    model.set_weights([w * 1.01 for w in model.get_weights()])
-    model.save_weights(other)
+def test_bundle_weights_are_enforced(inputs, sample_bundle, other_weights, tmp_path):
+    other = other_weights
     with pytest.raises(ValueError, match="captions would be meaningless"):
         caption_images.run(argv(inputs[0], sample_bundle, str(tmp_path / "c"), "--weights", other))
 
 
-def test_inputs_that_match_nothing_fail_fast(sample_bundle, tmp_path):
+def test_the_real_models_caption_what_the_decoder_says_of_the_extract_jobs_features(sample_dataset, sample_features,
+                                                                                    sample_bundle, tmp_path):
+    """Xception and the bundle's decoder on the workers: each photo, loose or in an archive, gets the caption the
+    bundle's decoder gives to that photo's features in the extract job's records (same network, same pixels)."""
+    import numpy as np
+
+    from schemas import records
+    from trainer.bundle import Bundle
+    source = os.path.join(sample_dataset, "Flicker8k_Dataset")
+    dev = records.read_records(sample_features, "dev")
+    paths = [os.path.join(source, record[records.IMAGE_ID]) for record in dev]
+    tar_path = str(tmp_path / "dev.tar")
+    with tarfile.open(tar_path, "w") as archive:
+        for index, path in enumerate(paths):
+            archive.add(path, arcname=f"m{index}.jpg")
+    prefix = str(tmp_path / "captions")
+    caption_images.run(argv([*paths, tar_path], sample_bundle, prefix, "--beam_width", "2"),
+                       test_pipeline=local_test_pipeline())
+    captions, errors = read_outputs(prefix)
+    assert not errors and len(captions) == 2 * len(paths) == 4
+    got = {row[tables.IMAGE_URI]: (row[tables.CAPTION], row[tables.LOG_PROB]) for row in captions}
+    expected = Bundle(sample_bundle).decoder.caption(np.stack([r[records.IMAGE_FEATURES] for r in dev]), 2)
+    for index, (path, (text, log_prob)) in enumerate(zip(paths, expected)):
+        for uri in (path, f"{tar_path}!m{index}.jpg"):
+            assert got[uri][0] == text and text
+            assert got[uri][1] == pytest.approx(log_prob, abs=1e-3)
+
+
+def test_inputs_that_match_nothing_fail_fast(fake_bundle, tmp_path):
     with pytest.raises(FileNotFoundError, match="--input .*nothing.*matches no file"):
-        caption_images.run(argv([str(tmp_path / "nothing" / "*.jpg")], sample_bundle, str(tmp_path / "c")))
+        caption_images.run(argv([str(tmp_path / "nothing" / "*.jpg")], fake_bundle, str(tmp_path / "c")),
+                           models=FAKE_MODELS)
 
 
 def test_gallery_shows_every_caption_and_error(inputs, captioned, tmp_path):

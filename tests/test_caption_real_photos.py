@@ -6,11 +6,12 @@ import zipfile
 
 from beam_jobs import caption_images
 from tests.caption_helpers import argv, check_every_input_once, read_outputs
+from tests.fakes import FAKE_MODELS
 from tests.conftest import FLICKR8K_DIR, local_test_pipeline, requires_flickr8k
 
 
 @requires_flickr8k()
-def test_the_same_photo_gets_the_same_row_loose_and_in_every_archive(sample_bundle, tmp_path):
+def test_the_same_photo_gets_the_same_row_loose_and_in_every_archive(fake_bundle, tmp_path):
     photos_dir = os.path.normpath(os.path.join(FLICKR8K_DIR, "Flicker8k_Dataset"))  # URIs are normalized
     names = sorted(os.listdir(photos_dir))[:6]
     paths = [os.path.join(photos_dir, name) for name in names]
@@ -26,7 +27,7 @@ def test_the_same_photo_gets_the_same_row_loose_and_in_every_archive(sample_bund
             handle.write(path, arcname=f"d/{name}")
     prefix = str(tmp_path / "out" / "c")
     inputs = [str(listed)] + [str(tmp_path / archive) for archive in (*archives, "p.zip")]
-    caption_images.run(argv(inputs, sample_bundle, prefix), test_pipeline=local_test_pipeline())
+    caption_images.run(argv(inputs, fake_bundle, prefix), test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     captions, errors = read_outputs(prefix)
     expected = {path: None for path in paths}
     for archive in (*archives, "p.zip"):
@@ -37,3 +38,4 @@ def test_the_same_photo_gets_the_same_row_loose_and_in_every_archive(sample_bund
         name = os.path.basename(row["image_uri"])
         by_name.setdefault(name, set()).add((row["caption"], round(row["log_prob"], 3), row["width"], row["height"]))
     assert all(len(outcomes) == 1 for outcomes in by_name.values()), by_name
+    assert len({outcome for outcomes in by_name.values() for outcome in outcomes}) == len(names)  # one per photo

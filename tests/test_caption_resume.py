@@ -15,6 +15,7 @@ from schemas import tables
 from tests import prefixfs
 from tests.caption_helpers import (argv, build_inputs, check_every_input_once, crash_on_third_caption_batch,
                                    read_outputs)
+from tests.fakes import FAKE_MODELS
 from tests.conftest import REPO_ROOT, local_test_pipeline
 
 SMALL_BATCHES = ["--decode_batch_size", "2", "--checkpoint_rows", "1", "--min_batch_size", "1",
@@ -31,10 +32,10 @@ def _files_under(directory):
 
 
 @pytest.mark.parametrize("moment", ["expansion", "captioning", "final_write"])
-def test_killed_runs_resume_to_each_input_once(moment, inputs, sample_bundle, tmp_path):
+def test_killed_runs_resume_to_each_input_once(moment, inputs, fake_bundle, tmp_path):
     patterns, expected = inputs
     prefix = str(tmp_path / "out" / "captions")
-    args = argv(patterns, sample_bundle, prefix, *SMALL_BATCHES)
+    args = argv(patterns, fake_bundle, prefix, *SMALL_BATCHES)
     killed = subprocess.run([sys.executable, os.path.join("tests", "kill_during.py"), moment, *args],
                             cwd=REPO_ROOT, capture_output=True, text=True)
     assert killed.returncode == -9, killed.stderr[-3000:]
@@ -45,7 +46,7 @@ def test_killed_runs_resume_to_each_input_once(moment, inputs, sample_bundle, tm
         assert any(tables.classify_output(prefix, path) for path in left)  # one shard made it...
         assert any("captions-checkpoint" in path for path in left)  # ...and the checkpoint is still there
 
-    caption_images.run(args + ["--skip_existing"], test_pipeline=local_test_pipeline())
+    caption_images.run(args + ["--skip_existing"], test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     captions, errors = read_outputs(prefix)
     check_every_input_once(captions, errors, expected)
     assert not os.path.exists(tables.checkpoint_dir(prefix))
@@ -58,22 +59,22 @@ def _parquet_bytes(rows, schema):
     return buffer.getvalue()
 
 
-def test_checkpoint_removal_and_overwrite_without_directories(inputs, sample_bundle, monkeypatch):
+def test_checkpoint_removal_and_overwrite_without_directories(inputs, fake_bundle, monkeypatch):
     patterns, expected = inputs
     prefixfs.clear()
     prefix = "prefixfs://bucket/out/captions"
     checkpoint = tables.checkpoint_dir(prefix)
-    args = argv(patterns, sample_bundle, prefix, *SMALL_BATCHES)
+    args = argv(patterns, fake_bundle, prefix, *SMALL_BATCHES)
 
     crash_on_third_caption_batch(monkeypatch)
     with pytest.raises(Exception, match="simulated worker loss"):
-        caption_images.run(args, test_pipeline=local_test_pipeline())
+        caption_images.run(args, test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     parts = prefixfs.paths(checkpoint + "/")
     assert parts and not FileSystems.exists(checkpoint)  # rows were committed; the "directory" is no object
     assert not read_outputs(prefix)[0]
 
     monkeypatch.undo()
-    caption_images.run(args + ["--skip_existing"], test_pipeline=local_test_pipeline())
+    caption_images.run(args + ["--skip_existing"], test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     assert prefixfs.paths(checkpoint) == []  # adopted into the shards, then every object removed
     check_every_input_once(*read_outputs(prefix), expected)
 
@@ -90,7 +91,7 @@ def test_checkpoint_removal_and_overwrite_without_directories(inputs, sample_bun
         seen_when_the_run_starts.extend(prefixfs.paths())
         original_build(pipeline, config)
     monkeypatch.setattr(caption_images, "build_pipeline", build)
-    caption_images.run(args + ["--overwrite"], test_pipeline=local_test_pipeline())
+    caption_images.run(args + ["--overwrite"], test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     other = f"prefixfs://bucket/out/beam-temp-captions-other--{'0123abcd' * 4}/part"
     assert seen_when_the_run_starts == [other]  # all of this prefix's files gone; another prefix's untouched
     prefixfs.delete_object(other)
@@ -99,12 +100,12 @@ def test_checkpoint_removal_and_overwrite_without_directories(inputs, sample_bun
     check_every_input_once(*read_outputs(prefix), expected)
 
 
-def test_rows_of_a_checkpoint_already_in_committed_shards_are_not_written_twice(inputs, sample_bundle, tmp_path):
+def test_rows_of_a_checkpoint_already_in_committed_shards_are_not_written_twice(inputs, fake_bundle, tmp_path):
     """A run killed between committing its shards and removing its checkpoint: the rerun adopts nothing twice."""
     patterns, expected = inputs
     prefix = str(tmp_path / "captions")
-    args = argv(patterns, sample_bundle, prefix)
-    caption_images.run(args, test_pipeline=local_test_pipeline())
+    args = argv(patterns, fake_bundle, prefix)
+    caption_images.run(args, test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     captions, errors = read_outputs(prefix)
     os.makedirs(tables.checkpoint_dir(prefix))
     for kind, rows, schema in (("captions", captions, tables.CAPTION_SCHEMA), ("errors", errors, tables.ERROR_SCHEMA)):
@@ -112,6 +113,6 @@ def test_rows_of_a_checkpoint_already_in_committed_shards_are_not_written_twice(
             handle.write(_parquet_bytes(rows, schema))
     existing = outputs.existing_outputs(prefix)
     assert len(existing.checkpoint_parts) == 2
-    caption_images.run(args + ["--skip_existing"], test_pipeline=local_test_pipeline())
+    caption_images.run(args + ["--skip_existing"], test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     check_every_input_once(*read_outputs(prefix), expected)
     assert not os.path.exists(tables.checkpoint_dir(prefix))

@@ -18,6 +18,7 @@ from schemas import backbones, captions, fileio, images, records
 from schemas.images import prepare_image
 from schemas.records import MetadataKeys
 from schemas.vocabulary import Vocabulary
+from tests.fakes import FAKE_MODELS
 from tests.conftest import REPO_ROOT, TEST_IMAGE_SIZE, local_test_pipeline
 
 
@@ -41,11 +42,9 @@ def _split_names(dataset_dir, split):
 
 
 @pytest.fixture(scope="module")
-def extracted(sample_dataset, tmp_path_factory):
-    """One in-process run of the job on the sample dataset (shared by the read-only checks below)."""
-    output_dir = str(tmp_path_factory.mktemp("extracted"))
-    extract_features.run(_argv(sample_dataset, output_dir), test_pipeline=local_test_pipeline())
-    return output_dir
+def extracted(sample_features):
+    """The session's in-process run of the job on the sample dataset with `_argv`'s flags (read-only)."""
+    return sample_features
 
 
 def test_records_hold_features_and_captions(sample_dataset, extracted):
@@ -129,7 +128,7 @@ def test_bad_inputs_go_to_errors_and_the_rest_is_written(sample_copy, tmp_path):
         handle.write(data)
 
     output_dir = str(tmp_path / "out")
-    extract_features.run(_argv(sample_copy, output_dir), test_pipeline=local_test_pipeline())
+    extract_features.run(_argv(sample_copy, output_dir), test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
 
     errors = pq.read_table(os.path.join(output_dir, records.ERRORS_FILE)).to_pylist()
     by_name = {os.path.basename(row["image_uri"]): row for row in errors}
@@ -154,11 +153,13 @@ def test_bad_inputs_go_to_errors_and_the_rest_is_written(sample_copy, tmp_path):
 
 
 def test_multi_processing_command_gives_the_same_records(sample_dataset, extracted, tmp_path):
-    # The command line, as a user runs it: its classes must pickle by importable names for the worker processes.
+    # The command line, as a user runs it: its classes must pickle by importable names for a worker process, which
+    # builds the same random-init Xception as the launcher (its weights digest is checked there). Real models in a
+    # worker process; two workers are run by the caption job's test (fake models: TensorFlow is imported per process).
     output_dir = str(tmp_path / "mp")
     subprocess.run([sys.executable, "-m", "beam_jobs.extract_features",
                     *_argv(sample_dataset, output_dir, "--direct_running_mode=multi_processing",
-                           "--direct_num_workers=2")], check=True, cwd=REPO_ROOT, capture_output=True)
+                           "--direct_num_workers=1")], check=True, cwd=REPO_ROOT, capture_output=True)
     for split in ("train", "dev", "test"):
         expected, got = records.read_records(extracted, split), records.read_records(output_dir, split)
         assert [r[records.IMAGE_ID] for r in got] == [r[records.IMAGE_ID] for r in expected]
@@ -237,7 +238,7 @@ def test_kaggle_layout_gives_the_same_captions(sample_dataset, extracted, tmp_pa
     for split in ("train", "dev"):
         os.symlink(os.path.join(text_dir, f"Flickr_8k.{split}Images.txt"), root / f"Flickr_8k.{split}Images.txt")
     output_dir = str(tmp_path / "out")
-    extract_features.run(_argv(str(root), output_dir), test_pipeline=local_test_pipeline())
+    extract_features.run(_argv(str(root), output_dir), test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     for split in ("train", "dev"):
         kaggle, token = records.read_records(output_dir, split), records.read_records(extracted, split)
         assert [r[records.IMAGE_ID] for r in kaggle] == [r[records.IMAGE_ID] for r in token]
@@ -257,5 +258,5 @@ def test_overwrite_deletes_only_its_own_files_and_only_once_every_check_passed(e
                               "--weights", str(tmp_path / "missing.weights.h5")])
     assert sorted(os.listdir(output_dir)) == before  # a failed check deletes nothing
     args, _ = extract_features.parse_args(_argv(sample_dataset, str(output_dir), "--overwrite"))
-    extract_features.prepare(args)
+    extract_features.prepare(args, models=FAKE_MODELS)
     assert sorted(os.listdir(output_dir)) == ["notes.txt", "other-00000-of-00001.tfrecord"]

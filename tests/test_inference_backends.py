@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from beam_jobs import extract_features
-from beam_jobs.inference import FeatureExtractorHandler, check_backend
+from beam_jobs.inference import INFERENCE_BACKENDS, _OpenVinoExtractor, check_backend, load_feature_model
 from schemas import records
 from schemas.images import prepare_image
 from tests.conftest import TEST_IMAGE_SIZE, local_test_pipeline
@@ -24,23 +24,37 @@ def pixels(sample_dataset):
             for name in sorted(os.listdir(directory))[:6]]
 
 
-def _features(backend, pixels):
-    handler = FeatureExtractorHandler("xception", "none", TEST_IMAGE_SIZE, backend=backend)
-    model = handler.load_model()
-    return np.stack(handler.run_inference(pixels, model)), model
+@pytest.fixture(scope="module")
+def keras_features(sample_dataset, sample_features):
+    """Keras' features of the `pixels` images, as the extract job recorded them."""
+    by_id = {record[records.IMAGE_ID]: record[records.IMAGE_FEATURES]
+             for split in ("train", "dev", "test") for record in records.read_records(sample_features, split)}
+    return np.stack([by_id[name] for name in sorted(os.listdir(os.path.join(sample_dataset, "Flicker8k_Dataset")))[:6]])
 
 
-def test_openvino_f32_matches_keras(pixels):
-    keras_features, _ = _features("keras", pixels)
-    openvino_features, model = _features("openvino-f32", pixels)
+@pytest.fixture(scope="module")
+def keras_model():
+    from schemas import backbones
+    return load_feature_model(backbones.XCEPTION, backbones.RANDOM_INIT, TEST_IMAGE_SIZE)
+
+
+def _openvino_features(keras_model, precision, pixels):
+    """The backend the handler builds for ``precision`` (`inference.INFERENCE_BACKENDS`), on one Keras model."""
+    from schemas import backbones
+    model, digest = keras_model
+    compiled = _OpenVinoExtractor(model, TEST_IMAGE_SIZE, digest, precision)
+    return compiled(backbones.preprocess(backbones.XCEPTION, np.stack(pixels))), compiled
+
+
+def test_openvino_f32_matches_keras(pixels, keras_features, keras_model):
+    openvino_features, model = _openvino_features(keras_model, INFERENCE_BACKENDS["openvino-f32"], pixels)
     assert model.precision == "f32"
     np.testing.assert_allclose(openvino_features, keras_features, rtol=1e-3, atol=1e-7)
     assert _cosines(openvino_features, keras_features).min() >= 0.99999
 
 
-def test_openvino_default_precision_is_within_tolerance(pixels):
-    keras_features, _ = _features("keras", pixels)
-    openvino_features, model = _features("openvino", pixels)
+def test_openvino_default_precision_is_within_tolerance(pixels, keras_features, keras_model):
+    openvino_features, model = _openvino_features(keras_model, INFERENCE_BACKENDS["openvino"], pixels)
     assert model.precision in ("bf16", "f32", "f16")
     assert _cosines(openvino_features, keras_features).min() >= 0.999
 

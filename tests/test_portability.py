@@ -67,13 +67,11 @@ def test_extract_pipeline_serializes_for_dataflow(sample_dataset):
     assert b"gs://example-bucket/features" in serialized
 
 
-def test_workers_get_the_remote_weights_not_the_launchers_copy(sample_dataset, tmp_path):
+def test_workers_get_the_remote_weights_not_the_launchers_copy(sample_dataset, other_weights, tmp_path):
     """The launcher copies remote weights to local disk to check them (`inference.localize`); the graph it builds
     must still name the remote file, which every worker can reach."""
-    from schemas import backbones
     from tests import prefixfs
-    local = str(tmp_path / "w.weights.h5")
-    backbones.build_feature_extractor(backbones.XCEPTION, "none", 71).save_weights(local)
+    local = other_weights
     remote = "prefixfs://weights-bucket/w.weights.h5"
     prefixfs.put(remote, open(local, "rb").read())
     args, _ = extract_features.parse_args(["--dataset_dir", sample_dataset, "--output_dir", str(tmp_path / "out"),
@@ -107,3 +105,19 @@ def test_caption_pipeline_serializes_for_dataflow(resume):
     serialized = _round_trip(pipeline)
     for reference in (REMOTE_WEIGHTS, "gs://example-bucket/model", "gs://example-bucket/captions/run"):
         assert reference.encode() in serialized
+
+
+def test_a_remote_file_replaced_under_its_name_is_copied_again():
+    """`inference.localize` keeps local copies of remote weights; a new file at the same URI must not be served
+    from the copy of the old one (the launcher would check, and a local worker use, stale weights)."""
+    from beam_jobs.inference import localize
+    from tests import prefixfs
+    remote = f"prefixfs://weights-bucket/replaced-{os.getpid()}.weights.h5"
+    prefixfs.put(remote, b"the first weights")
+    first = localize(remote)
+    assert open(first, "rb").read() == b"the first weights" and localize(remote) == first  # copied once
+    prefixfs.put(remote, b"the second weights, longer")
+    second = localize(remote)
+    assert second != first and open(second, "rb").read() == b"the second weights, longer"
+    for path in (first, second):
+        os.remove(path)

@@ -45,9 +45,10 @@ def export_bundle(model_dir: str, decoder, vocabulary: Vocabulary, metadata: dic
 
 
 class Bundle:
-    """A loaded bundle: ``config``, ``vocabulary``, the Keras ``decoder`` and a ready `CaptionDecoder`."""
+    """A loaded bundle: ``config``, ``vocabulary``, the Keras ``decoder_model`` and a ready `CaptionDecoder`
+    (``decoder``). ``with_decoder=False`` reads the config and vocabulary only (no TensorFlow)."""
 
-    def __init__(self, model_dir: str):
+    def __init__(self, model_dir: str, with_decoder: bool = True):
         config_path = fileio.join(model_dir, bundle_schema.CONFIG_FILE)
         if not fileio.exists(config_path):
             raise FileNotFoundError(f"{config_path}: no such file; --model_dir must be a directory written by "
@@ -58,9 +59,11 @@ class Bundle:
         if len(self.vocabulary) != self.config[BundleKeys.VOCAB_SIZE]:
             raise ValueError(f"{model_dir}: vocab.txt has {len(self.vocabulary)} tokens, bundle.json says "
                              f"{self.config[BundleKeys.VOCAB_SIZE]}")
-        self.decoder_model = load_decoder(fileio.join(model_dir, bundle_schema.DECODER_FILE))
-        from trainer.decoding import CaptionDecoder
-        self.decoder = CaptionDecoder(self.decoder_model, self.vocabulary, self.config[BundleKeys.MAX_LENGTH])
+        self.decoder_model = self.decoder = None
+        if with_decoder:
+            self.decoder_model = load_decoder(fileio.join(model_dir, bundle_schema.DECODER_FILE))
+            from trainer.decoding import CaptionDecoder
+            self.decoder = CaptionDecoder(self.decoder_model, self.vocabulary, self.config[BundleKeys.MAX_LENGTH])
 
     @property
     def model_id(self) -> str:

@@ -187,10 +187,15 @@ class CaptionDecoder:
         return self.beam_search(features, beam_width, length_penalty)
 
     def caption(self, features: np.ndarray, beam_width: int = 1, length_penalty: float = 0.0,
-                batch_size: int = 256) -> list[tuple[str, float]]:
-        """(caption text, log-probability) per feature row, decoding ``batch_size`` images at a time."""
+                batch_size: int = 256, progress: str | None = None) -> list[tuple[str, float]]:
+        """(caption text, log-probability) per feature row, decoding ``batch_size`` images at a time.
+
+        ``progress``: the label of a tqdm bar over the images (shown on a terminal only, not in a log file)."""
+        from tqdm import tqdm
         out = []
-        for start in range(0, len(features), batch_size):
-            for hypothesis in self.decode(features[start:start + batch_size], beam_width, length_penalty):
-                out.append((self.to_text(hypothesis), hypothesis.log_prob))
+        with tqdm(total=len(features), desc=progress, unit="img", disable=None if progress else True) as bar:
+            for start in range(0, len(features), batch_size):
+                for hypothesis in self.decode(features[start:start + batch_size], beam_width, length_penalty):
+                    out.append((self.to_text(hypothesis), hypothesis.log_prob))
+                bar.update(len(features[start:start + batch_size]))
         return out

@@ -78,7 +78,8 @@ def evaluate(data_dir: str, model_dir: str, split: str, beam_width: int | None =
     if not image_ids:
         raise ValueError(f"no records in the {split} split of {data_dir}")
     start = time.perf_counter()
-    decoded = bundle.decoder.caption(features, beam_width, length_penalty, batch_size)
+    decoded = bundle.decoder.caption(features, beam_width, length_penalty, batch_size,
+                                     progress=f"decoding {split} (beam {beam_width})")
     seconds = time.perf_counter() - start
     hypotheses = [text for text, _ in decoded]
     result = {

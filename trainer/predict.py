@@ -40,23 +40,26 @@ def caption_files(paths: list[str], model_dir: str, beam_width: int | None = Non
     bundle = Bundle(model_dir)
     extractor = FeatureExtractor(bundle.config, weights)
     beam_width, length_penalty = bundle.decoding_for(beam_width)
+    from tqdm import tqdm
     results = {}
-    ready = []
-    for path in paths:
-        try:
-            with open(path, "rb") as handle:
-                pixels, _ = images.prepare_image(handle.read(), extractor.image_size)
-            ready.append((path, pixels))
-        except images.ImageError as error:
-            results[path] = (path, None, None, f"{error.error_class}: {error.message}")
-        except OSError as error:
-            results[path] = (path, None, None, f"{images.READ_ERROR}: {error}")
-    for start in range(0, len(ready), batch_size):
-        chunk = ready[start:start + batch_size]
-        features = extractor(np.stack([pixels for _, pixels in chunk]))
-        decoded = bundle.decoder.caption(features, beam_width, length_penalty)
-        for (path, _), (text, log_prob) in zip(chunk, decoded):
-            results[path] = (path, text, log_prob, None)
+    with tqdm(total=len(paths), desc="captioning", unit="img", disable=None) as bar:  # no bar in a log file
+        for start in range(0, len(paths), batch_size):  # a batch of images in memory at a time
+            ready = []
+            for path in paths[start:start + batch_size]:
+                try:
+                    with open(path, "rb") as handle:
+                        pixels, _ = images.prepare_image(handle.read(), extractor.image_size)
+                    ready.append((path, pixels))
+                except images.ImageError as error:
+                    results[path] = (path, None, None, f"{error.error_class}: {error.message}")
+                except OSError as error:
+                    results[path] = (path, None, None, f"{images.READ_ERROR}: {error}")
+            if ready:
+                features = extractor(np.stack([pixels for _, pixels in ready]))
+                decoded = bundle.decoder.caption(features, beam_width, length_penalty)
+                for (path, _), (text, log_prob) in zip(ready, decoded):
+                    results[path] = (path, text, log_prob, None)
+            bar.update(len(paths[start:start + batch_size]))
     return [results[path] for path in paths]
 
 
