@@ -28,7 +28,6 @@ shards as run ``rK`` (``PREFIX-rK-SSSSS-of-NNNNN.parquet``) together with the ch
 yet, and removes the checkpoint -- so the union of all shards has each input once.
 """
 import argparse
-import functools
 import logging
 import sys
 import typing
@@ -242,16 +241,8 @@ def summarize(counters: dict, config: CaptionConfig) -> str:
     return "\n".join(lines)
 
 
-def run(argv=None, test_pipeline=None, models: Models = MODELS):
-    """Runs the job; returns the PipelineResult. Tests pass a TestPipeline, and fake `Models` where the models are
-    beside the point."""
-    return runtime.run_job("caption job", argv, test_pipeline, parse_args=parse_args,
-                           prepare=functools.partial(prepare, models=models), build_pipeline=build_pipeline,
-                           summarize=summarize)
-
-
-def main(argv=None) -> int:
-    return runtime.job_main(run, argv)
+JOB = runtime.Job("caption job", parse_args, prepare, build_pipeline, summarize)
+run, main = JOB.run, JOB.main  # run(argv, test_pipeline=None, models=None) -> PipelineResult; main(argv) -> exit status
 
 
 if __name__ == "__main__":

@@ -127,6 +127,18 @@ def _find_first(paths: list[str]) -> Optional[str]:
     return next((path for path in paths if _exists(path)), None)
 
 
+def _given_or_found(flag: str, given: str | None, kind: str, candidates, not_found: str) -> str:
+    """The path a flag gives (which must exist), else the first of ``candidates()`` that exists."""
+    if given:
+        if not _exists(given):
+            raise DatasetError(f"{flag} {given}: no such {kind}")
+        return given
+    found = _find_first(candidates())
+    if found is None:
+        raise DatasetError(f"{not_found}; pass {flag}")
+    return found
+
+
 def resolve_layout(dataset_dir: Optional[str] = None, images_dir: Optional[str] = None,
                    captions_file: Optional[str] = None, split_files: Optional[dict] = None) -> DatasetLayout:
     """Finds the images directory, captions file and split lists; flags override what is found."""
@@ -135,24 +147,15 @@ def resolve_layout(dataset_dir: Optional[str] = None, images_dir: Optional[str] 
     if dataset_dir and not _exists(dataset_dir):
         raise DatasetError(f"--dataset_dir {dataset_dir}: no such directory")
 
-    if not images_dir:
-        candidates = [_join(dataset_dir, name) for name in IMAGE_DIR_CANDIDATES]
-        images_dir = _find_first(candidates)
-        if images_dir is None:
-            raise DatasetError(f"no images directory in {dataset_dir} (looked for {', '.join(IMAGE_DIR_CANDIDATES)});"
-                               " pass --images_dir")
-    elif not _exists(images_dir):
-        raise DatasetError(f"--images_dir {images_dir}: no such directory")
-
-    if not captions_file:
-        candidates = [_join(dataset_dir, sub, name) for name in (TOKEN_CAPTIONS, CSV_CAPTIONS)
-                      for sub in TEXT_DIR_CANDIDATES]
-        captions_file = _find_first(candidates)
-        if captions_file is None:
-            raise DatasetError(f"no captions file in {dataset_dir} (looked for {TOKEN_CAPTIONS} and {CSV_CAPTIONS}, "
-                               "also under Flickr8k_text/); pass --captions_file")
-    elif not _exists(captions_file):
-        raise DatasetError(f"--captions_file {captions_file}: no such file")
+    images_dir = _given_or_found(
+        "--images_dir", images_dir, "directory", lambda: [_join(dataset_dir, name) for name in IMAGE_DIR_CANDIDATES],
+        f"no images directory in {dataset_dir} (looked for {', '.join(IMAGE_DIR_CANDIDATES)})")
+    captions_file = _given_or_found(
+        "--captions_file", captions_file, "file",
+        lambda: [_join(dataset_dir, sub, name)
+                 for name in (TOKEN_CAPTIONS, CSV_CAPTIONS) for sub in TEXT_DIR_CANDIDATES],
+        f"no captions file in {dataset_dir} (looked for {TOKEN_CAPTIONS} and {CSV_CAPTIONS}, also under "
+        "Flickr8k_text/)")
 
     if not split_files:
         split_files = {}

@@ -33,6 +33,13 @@ class InputRef(typing.NamedTuple):
         return self.location.decode("utf-8", "surrogateescape") if self.location else self.uri
 
 
+class MemberReference(typing.NamedTuple):
+    """A list line naming one member of an archive (``ARCHIVE!MEMBER``, as in the outputs)."""
+    archive: str  # the archive's URI
+    member: str  # the member part, canonical (`sources.canonical_member`)
+    location: bytes  # the archive's local path when it is not its URI (`InputRef.location`)
+
+
 class ImageKey(typing.NamedTuple):
     """What travels with an image's pixels and features: its URI and upright size."""
     uri: str

@@ -20,7 +20,6 @@ data and never sees dev/test words. Counts for metadata.json travel as `Tally` e
 Runner: `beam_jobs.runtime.LocalRunner` unless ``--runner`` says otherwise; every Beam option passes through.
 """
 import argparse
-import functools
 import logging
 import posixpath
 import re
@@ -189,16 +188,8 @@ def summarize_run(counters: dict, config: ExtractConfig) -> str:
     return f"{summarize(schema_fileio.read_json(metadata_path))}\n  output: {config.output_dir}"
 
 
-def run(argv=None, test_pipeline=None, models: Models = MODELS):
-    """Runs the job; returns the PipelineResult. Tests pass a TestPipeline, and fake `Models` where the models are
-    beside the point."""
-    return runtime.run_job("extract job", argv, test_pipeline, parse_args=parse_args,
-                           prepare=functools.partial(prepare, models=models), build_pipeline=build_pipeline,
-                           summarize=summarize_run)
-
-
-def main(argv=None) -> int:
-    return runtime.job_main(run, argv)
+JOB = runtime.Job("extract job", parse_args, prepare, build_pipeline, summarize_run)
+run, main = JOB.run, JOB.main  # run(argv, test_pipeline=None, models=None) -> PipelineResult; main(argv) -> exit status
 
 
 if __name__ == "__main__":

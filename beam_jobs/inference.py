@@ -74,8 +74,8 @@ class _OpenVinoExtractor:
     """The same network compiled by OpenVINO for the CPU (converted in memory from the traced Keras model).
 
     ``precision`` None lets OpenVINO choose: bfloat16 on CPUs that support it (about 2x faster than Keras on
-    AVX-512 BF16 CPUs; features within cosine 0.999 of Keras'), else f32; "f32" matches Keras to ~1e-5. One infer request per thread:
-    RunInference shares the model between the threads of a worker.
+    AVX-512 BF16 CPUs; features within cosine 0.999 of Keras'), else f32; "f32" matches Keras to ~1e-5. One infer
+    request per thread: RunInference shares the model between the threads of a worker.
     """
 
     def __init__(self, model, image_size: int, weights_sha256: str, precision: Optional[str]):
@@ -83,8 +83,9 @@ class _OpenVinoExtractor:
 
         import openvino
         self.weights_sha256 = weights_sha256
-        self.compiled = openvino.Core().compile_model(
-            openvino.convert_model(_traced_forward(model, image_size)), "CPU", {"INFERENCE_PRECISION_HINT": precision} if precision else {})
+        hints = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
+        self.compiled = openvino.Core().compile_model(openvino.convert_model(_traced_forward(model, image_size)),
+                                                      "CPU", hints)
         self.precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         self._local = threading.local()
 
@@ -194,8 +195,13 @@ def GenerateCaptions(features, handler: ModelHandler, model_id: str):  # pylint:
     """(`ImageKey`, features) -> `schemas.tables.CaptionRow`, decoded in batches by the bundle's decoder."""
     return (features
             | "Decode" >> RunInference(KeyedModelHandler(handler))
-            | "CaptionRows" >> beam.Map(lambda keyed: tables.caption_row(
-                keyed[0].uri, keyed[1][0], keyed[1][1], model_id, keyed[0].width, keyed[0].height)))
+            | "CaptionRows" >> beam.Map(_caption_row, model_id))
+
+
+def _caption_row(keyed: tuple, model_id: str) -> tables.CaptionRow:
+    """(`ImageKey`, (caption, log_prob)) -> the image's caption row."""
+    key, (caption, log_prob) = keyed
+    return tables.caption_row(key.uri, caption, log_prob, model_id, key.width, key.height)
 
 
 class Models:

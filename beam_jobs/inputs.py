@@ -22,7 +22,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs import runtime, sources
-from beam_jobs.elements import InputRef
+from beam_jobs.elements import InputRef, MemberReference
 from beam_jobs.runtime import counter
 from schemas import images, tables
 
@@ -146,14 +146,14 @@ class RouteInputs(beam.DoFn):
 
     @staticmethod
     def _member_reference(path: str):
-        """(archive URI, member part, archive location) when a listed path names an archive member
+        """The `MemberReference` when a listed path names an archive member
         (``ARCHIVE!MEMBER``, as in the outputs) and is not itself a file; else None. Where several archives could
         be meant (a name holding ``!``), the first that exists is."""
         splits = sources.member_splits(path)
         if not splits or _exists(path):
             return None
         archive, member = next((split for split in splits if _exists(split[0])), splits[0])
-        return sources.text_path(archive), sources.canonical_member(member), _location(archive)
+        return MemberReference(sources.text_path(archive), sources.canonical_member(member), _location(archive))
 
 
 TOO_LONG = None  # what `_lines` yields for a line past the length limit
@@ -275,7 +275,7 @@ class _Resolved(typing.NamedTuple):
     refs: beam.PCollection
     lists: beam.PCollection  # URIs of the list files that were read
     nested_lists: beam.PCollection  # paths of lists named by lists (not followed)
-    members: beam.PCollection  # (archive URI, member part, location) named by lists
+    members: beam.PCollection  # MemberReferences named by lists
     errors: beam.PCollection
 
 
@@ -377,7 +377,7 @@ class SelectInputs(beam.PTransform):
                  lambda path: (sources.text_path(_decode(path)), path)),
              "claims": loose_uris | "Claims" >> beam.FlatMap(_claims),
              "members": resolved.members | "KeyMembers" >> beam.Map(
-                 lambda reference: (reference[0], (reference[1], reference[2]))),
+                 lambda reference: (reference.archive, (reference.member, reference.location))),
              "done": self._done_uris | "DoneKeys" >> beam.FlatMap(_done_keys)}
             | "JoinOnUris" >> beam.CoGroupByKey())
         selected = joined | "SelectNew" >> beam.ParDo(SelectNewInputs()).with_outputs(ERRORS, main="refs")

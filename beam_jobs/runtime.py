@@ -8,8 +8,10 @@ runner (``--runner=DirectRunner``, ``FlinkRunner``, ``DataflowRunner``, ``Portab
 pass through unchanged.
 """
 import argparse
+import dataclasses
 import logging
 import time
+import typing
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
@@ -52,22 +54,45 @@ def pipeline_options(beam_args: list[str]) -> PipelineOptions:
     return options
 
 
-def run_job(title: str, argv, test_pipeline, *, parse_args, prepare, build_pipeline, summarize):
-    """The life of a job: flags, checks on the launching machine, the graph, the run, the counters, the summary.
+@dataclasses.dataclass
+class Job:
+    """A job of `beam_jobs`: its parts, and the life every job shares (`run`, `main`).
 
-    ``parse_args(argv) -> (args, beam_args)``; ``prepare(args) -> config`` raises ValueError/FileNotFoundError with
-    what to fix; ``build_pipeline(pipeline, config)``; ``summarize(counters, config) -> str``. Tests pass a
-    TestPipeline; returns the PipelineResult."""
-    args, beam_args = parse_args(argv)
-    options = pipeline_options(beam_args)  # before prepare: a mistyped flag fails before any model is loaded
-    config = prepare(args)
-    pipeline = test_pipeline or beam.Pipeline(options=options)
-    build_pipeline(pipeline, config)
-    result = pipeline.run()
-    result.wait_until_finish()
-    counters = log_counters(result, title)
-    logging.info("%s", summarize(counters, config))
-    return result
+    ``parse_args(argv) -> (args, beam_args)``; ``prepare(args, models=...) -> config`` checks everything on the
+    launching machine and raises ValueError/FileNotFoundError with what to fix; ``build_pipeline(pipeline,
+    config)``; ``summarize(counters, config) -> str``. A job module says ``run, main = JOB.run, JOB.main``."""
+    title: str
+    parse_args: typing.Callable
+    prepare: typing.Callable
+    build_pipeline: typing.Callable
+    summarize: typing.Callable
+
+    def run(self, argv=None, test_pipeline=None, models=None):
+        """Flags, checks, the graph, the run, the counters, the summary; returns the PipelineResult. Tests pass a
+        TestPipeline, and fake `beam_jobs.inference.Models` where the models are beside the point."""
+        args, beam_args = self.parse_args(argv)
+        options = pipeline_options(beam_args)  # before prepare: a mistyped flag fails before any model is loaded
+        config = self.prepare(args) if models is None else self.prepare(args, models=models)
+        pipeline = test_pipeline or beam.Pipeline(options=options)
+        self.build_pipeline(pipeline, config)
+        result = pipeline.run()
+        result.wait_until_finish()
+        counters = log_counters(result, self.title)
+        logging.info("%s", self.summarize(counters, config))
+        return result
+
+    def main(self, argv=None, *, models=None, tensorflow: bool = True) -> int:
+        """The command line: errors a user can fix are one log line and exit status 2.
+
+        ``tensorflow``: import TensorFlow first, with its start-up noise silenced (the jobs' models need it; the
+        fake models of the tests do not)."""
+        setup_logging()
+        if tensorflow:
+            cli.quiet_tensorflow()
+
+        def action():
+            self.run(argv, models=models)  # the PipelineResult is not an exit status
+        return cli.exit_status(action)
 
 
 def metric_counters(result, namespace: str = METRICS_NAMESPACE) -> dict[str, int]:
@@ -148,22 +173,6 @@ def parse_key_value(text: str) -> tuple[str, str]:
 
 
 positive_int, non_negative_int = cli.positive_int, cli.non_negative_int
-
-
-def job_main(run, argv=None, *, tensorflow: bool = True) -> int:
-    """A job's command-line entry point: errors a user can fix are one log line and exit status 2.
-
-    ``tensorflow``: import TensorFlow first, with its start-up noise silenced (the jobs' models need it; the fake
-    models of the tests do not)."""
-    setup_logging()
-    if tensorflow:
-        cli.quiet_tensorflow()
-    try:
-        run(argv)
-    except (ValueError, FileNotFoundError) as error:
-        logging.error("%s", error)
-        return 2
-    return 0
 
 
 def setup_logging(level: int = logging.INFO) -> None:

@@ -105,7 +105,8 @@ def write_feature_records(output_dir, splits, feature_dim=16, shards=1):
         split_counts[split] = {SplitKeys.IMAGES: len(items), SplitKeys.CAPTIONS: sum(len(raw) for _, _, raw in items)}
     vocabulary.save(os.path.join(output_dir, "vocab.txt"))
     fileio.write_json(os.path.join(output_dir, records.METADATA_FILE), {
-        MetadataKeys.FORMAT_VERSION: records.FORMAT_VERSION, MetadataKeys.SPLITS: split_counts, MetadataKeys.FEATURE_DIM: feature_dim, MetadataKeys.MAX_LENGTH: max_length,
+        MetadataKeys.FORMAT_VERSION: records.FORMAT_VERSION, MetadataKeys.SPLITS: split_counts,
+        MetadataKeys.FEATURE_DIM: feature_dim, MetadataKeys.MAX_LENGTH: max_length,
         MetadataKeys.VOCAB_SIZE: len(vocabulary), MetadataKeys.BACKBONE: "xception", MetadataKeys.WEIGHTS: "none",
         MetadataKeys.WEIGHTS_SHA256: "test-features", MetadataKeys.IMAGE_SIZE: 71,
         MetadataKeys.PREPROCESSING: "test", MetadataKeys.IMAGES_FAILED: 0})

@@ -123,12 +123,10 @@ def write_fake_bundle(model_dir: str, image_size: int = 71) -> str:
 
 
 def main(argv=None) -> int:
-    import functools
-
-    from beam_jobs import caption_images, extract_features, runtime
+    from beam_jobs import caption_images, extract_features
     job, *args = sys.argv[1:] if argv is None else argv
     module = {"caption": caption_images, "extract": extract_features}[job]
-    return runtime.job_main(functools.partial(module.run, models=FAKE_MODELS), args, tensorflow=False)
+    return module.JOB.main(args, models=FAKE_MODELS, tensorflow=False)
 
 
 if __name__ == "__main__":

@@ -90,7 +90,7 @@ def test_checkpoint_removal_and_overwrite_without_directories(inputs, fake_bundl
     def build(pipeline, config):
         seen_when_the_run_starts.extend(prefixfs.paths())
         original_build(pipeline, config)
-    monkeypatch.setattr(caption_images, "build_pipeline", build)
+    monkeypatch.setattr(caption_images.JOB, "build_pipeline", build)
     caption_images.run(args + ["--overwrite"], test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     other = f"prefixfs://bucket/out/beam-temp-captions-other--{'0123abcd' * 4}/part"
     assert seen_when_the_run_starts == [other]  # all of this prefix's files gone; another prefix's untouched

@@ -88,6 +88,20 @@ def _int_at_least(minimum: int, what: str):
     return parse
 
 
+EXPECTED_FAILURES = (ValueError, FileNotFoundError)  # what a user can fix: a bad flag, a missing file, ...
+
+
+def exit_status(action) -> int:
+    """Runs a command's ``action()`` and returns its exit status: the int it returns (0 for None), or 2 with the
+    error as one log line (no traceback) when it raises one of `EXPECTED_FAILURES`."""
+    try:
+        status = action()
+    except EXPECTED_FAILURES as error:
+        logging.error("%s", error)
+        return 2
+    return status or 0
+
+
 positive_int = _int_at_least(1, "a positive integer")  # argparse types of every command
 non_negative_int = _int_at_least(0, "an integer >= 0")
 

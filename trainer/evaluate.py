@@ -11,7 +11,6 @@ Prints a JSON object and saves it as ``MODEL/eval_<split>_beam<K>.json``.
 """
 import argparse
 import json
-import logging
 import sys
 import time
 import warnings
@@ -108,14 +107,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.beam_width is not None and args.beam_width < 1:
         parser.error("--beam_width must be at least 1")
-    try:
-        result = evaluate(args.data_dir, args.model_dir, args.split, args.beam_width, args.length_penalty,
-                          args.batch_size)
-    except (ValueError, FileNotFoundError) as error:
-        logging.error("%s", error)
-        return 2
-    print(json.dumps(result, indent=2))
-    return 0
+    return cli.exit_status(lambda: print(json.dumps(evaluate(
+        args.data_dir, args.model_dir, args.split, args.beam_width, args.length_penalty, args.batch_size), indent=2)))
 
 
 if __name__ == "__main__":

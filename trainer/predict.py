@@ -74,11 +74,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.beam_width is not None and args.beam_width < 1:
         parser.error("--beam_width must be at least 1")
-    try:
-        results = caption_files(args.images, args.model_dir, args.beam_width, args.weights)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return cli.exit_status(lambda: _print_captions(caption_files(args.images, args.model_dir, args.beam_width,
+                                                                 args.weights)))
+
+
+def _print_captions(results) -> int:
+    """IMAGE<TAB>caption<TAB>log_prob per image on stdout, failures on stderr; 1 if any image failed."""
     failed = False
     for path, caption, log_prob, error in results:
         if error:

@@ -246,12 +246,7 @@ def main(argv=None) -> int:
     cli.setup_logging()
     cli.quiet_tensorflow()
     args = parse_args(argv)
-    try:
-        train(args)
-    except (ValueError, FileNotFoundError) as error:
-        logging.error("%s", error)
-        return 2
-    return 0
+    return cli.exit_status(lambda: train(args))
 
 
 if __name__ == "__main__":
