@@ -62,6 +62,11 @@ def corpus(sample_dataset, tmp_path_factory):
 
     # Loose files.
     expect(_write(os.path.join(files, "good.jpg"), jpeg[0]), None)
+    expect(_write(os.path.join(files, "wide.png"), _encode(Image.open(photos[2]).resize((120, 80)), "PNG")), None)
+    upright = Image.Exif()
+    upright[0x0112] = 6  # stored 120x80, shown rotated by 90 degrees: 80x120
+    expect(_write(os.path.join(files, "turned.jpg"), _encode(Image.open(photos[3]).resize((120, 80)), "JPEG",
+                                                             exif=upright)), None)
     expect(_write(os.path.join(files, "zero.jpg"), b""), images.EMPTY_FILE)
     expect(_write(os.path.join(files, "truncated.jpg"), jpeg[1][: len(jpeg[1]) // 3]), images.DECODE_ERROR)
     expect(_write(os.path.join(files, "text.jpg"), b"plain text wearing a .jpg name"), images.UNSUPPORTED_FORMAT)
@@ -214,6 +219,8 @@ def test_every_hostile_input_is_exactly_one_row(corpus, fake_bundle, tmp_path):
     messages = {row["image_uri"]: row["message"] for row in errors}
     assert "a directory" in messages[os.path.join(corpus[0][0][:-2], "folder.jpg")]
     assert "above the limit of 200,000" in messages[os.path.join(corpus[0][0][:-2], "huge.bmp")]
+    sizes = {os.path.basename(row["image_uri"]): (row["width"], row["height"]) for row in captions}
+    assert sizes["wide.png"] == (120, 80) and sizes["turned.jpg"] == (80, 120)  # as shown, width first
     odd_lines = next(uri for uri in messages if uri.endswith("odd_lines.txt"))
     assert "2 lines name no file: line 3 holds a NUL byte; line 4 is longer than 64 KiB" in messages[odd_lines]
 

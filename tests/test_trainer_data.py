@@ -59,6 +59,18 @@ def test_training_order_is_shuffled_but_repeatable(tmp_path):
     assert order(7) != unshuffled and order(8) != unshuffled and order(7) != order(8)  # 1 in 720 by chance
 
 
+def test_an_images_captions_are_spread_over_the_epoch(tmp_path):
+    """Training shuffles pairs as well as images: an image's five captions do not come one after the other."""
+    items = [(f"{i}.jpg", _features(i), [f"caption {word} of image" for word in ("one", "two", "three", "four",
+                                                                                  "five")]) for i in range(6)]
+    write_feature_records(str(tmp_path), {"train": items})
+    order = [float(features.numpy()[0, 0]) for (features, _), _ in
+             data.caption_dataset(str(tmp_path), "train", 16, batch_size=1, training=True, seed=3)]
+    assert sorted(order) == sorted(float(i + 1) for i in range(6) for _ in range(5))
+    runs = 1 + sum(1 for before, after in zip(order, order[1:]) if before != after)
+    assert runs > 12  # 6 when only the images are shuffled; about 25 when the pairs are
+
+
 def test_length_buckets_group_similar_lengths(tmp_path):
     data_dir, _ = _write(tmp_path)
     # Target lengths (words + <end>): 4, 6, 8, 2, 3, 4 -> buckets [<4], [4, 6), [>=6] with boundaries (4, 6).
