@@ -118,22 +118,24 @@ def log_counters(result, title: str, namespace: str = METRICS_NAMESPACE) -> dict
 
 
 class ProgressLog:
-    """Logs a worker's progress every ``interval_s`` seconds (Beam's local runners show none by themselves)."""
+    """Logs a worker's progress ``first_s`` seconds after its first item, then every ``interval_s`` seconds (Beam's
+    local runners show none by themselves)."""
 
-    def __init__(self, what: str, interval_s: float = 30.0):
+    def __init__(self, what: str, interval_s: float = 30.0, first_s: float = 10.0):
         self._what = what
         self._interval_s = interval_s
         self._count = 0
-        self._start = self._last = None
+        self._start = self._next = None
+        self._first_s = min(first_s, interval_s)
 
     def add(self, count: int = 1, total: int | None = None) -> None:
         """Counts; with ``total`` (the job's input count, once known), the log says "n of N" and an ETA."""
         now = time.monotonic()
         if self._start is None:
-            self._start = self._last = now
+            self._start, self._next = now, now + self._first_s
         self._count += count
-        if now - self._last >= self._interval_s:
-            self._last = now
+        if now >= self._next:
+            self._next = now + self._interval_s
             rate = self._count / max(now - self._start, 1e-9)
             if total:
                 left = max(total - self._count, 0) / max(rate, 1e-9)

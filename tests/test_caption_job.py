@@ -183,3 +183,10 @@ def test_progress_says_how_many_of_how_many_and_when_it_ends(caplog):
         progress.add(total=4000)
         progress.add(total=4000)
     assert "inputs read: 2 of 4,000 (this worker)" in caplog.text and "ETA" in caplog.text
+    caplog.clear()
+    early = runtime.ProgressLog("images featurized", interval_s=30.0, first_s=0.0)  # a short job still says it
+    with caplog.at_level("INFO"):
+        for _ in range(5):
+            early.add(total=300)
+    messages = [record.getMessage().split(",")[0] for record in caplog.records]
+    assert messages == ["images featurized: 1 of 300 (this worker)"]
