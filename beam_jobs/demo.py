@@ -63,7 +63,11 @@ def main(argv=None) -> int:
     parser.add_argument("--weights", help="feature weights (default: ImageNet if available, else none)")
     parser.add_argument("--epochs", type=runtime.positive_int, default=40)
     args = parser.parse_args(argv)
+    return cli.exit_status(lambda: _demo(args))
 
+
+def _demo(args) -> None:
+    """The five steps, each logged."""
     from trainer import evaluate, task
 
     out = args.output_dir
@@ -112,7 +116,6 @@ def main(argv=None) -> int:
         ", ".join(f"{s} {c[SplitKeys.IMAGES]} images" for s, c in metadata[MetadataKeys.SPLITS].items()),
         metadata[MetadataKeys.WEIGHTS],
         model_dir, scores["bleu_4"], ", ".join(sorted(glob.glob(f"{captions_prefix}-*.parquet"))), gallery_path)
-    return 0
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from beam_jobs import archives, sources
 from schemas import images, tables
+from trainer import cli
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
@@ -145,17 +146,16 @@ def main(argv=None) -> int:
     parser.add_argument("--thumbnail_size", type=int, default=192)
     parser.add_argument("--title", default="imcap captions")
     args = parser.parse_args(argv)
-    try:
-        caption_rows, error_rows = read_outputs(args.captions)
-    except FileNotFoundError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return cli.exit_status(lambda: write_gallery(args))
+
+
+def write_gallery(args: argparse.Namespace) -> None:
+    caption_rows, error_rows = read_outputs(args.captions)
     page = render(caption_rows, error_rows, args.limit, args.thumbnail_size, args.title)
     with FileSystems.create(args.output, mime_type="text/html") as handle:
         handle.write(page.encode("utf-8"))
     print(f"wrote {args.output}: {min(len(caption_rows), args.limit)} of {len(caption_rows)} captions, "
           f"{len(error_rows)} errors")
-    return 0
 
 
 if __name__ == "__main__":

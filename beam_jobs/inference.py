@@ -23,23 +23,40 @@ from schemas import backbones, tables
 
 
 def localize(path: str) -> str:
-    """A local copy of a file on any Beam filesystem (the path itself when it is local). The copy is named after
-    the file's path, size and modification time, so a file replaced under the same name is copied again."""
+    """A local copy of a file on any Beam filesystem (the path itself when it is local).
+
+    The copy is named after the file's path and its version (size and modification time, where the filesystem
+    reports one), so a file replaced under the same name is copied again; the copies of older versions of the same
+    path are removed then."""
     if "://" not in path:
         return path
     from apache_beam.io.filesystems import FileSystems
-    metadata = FileSystems.match([path])[0].metadata_list
-    if not metadata:
-        raise FileNotFoundError(f"{path}: no such file")
-    identity = f"{path}\0{metadata[0].size_in_bytes}\0{metadata[0].last_updated_in_seconds}"
-    name = hashlib.sha256(identity.encode("utf-8")).hexdigest()[:16] + "-" + os.path.basename(path)
-    target = os.path.join(tempfile.gettempdir(), "imcap-" + name)
+    try:
+        metadata = FileSystems.get_filesystem(path).metadata(path)  # the path itself, never a glob
+    except Exception as error:
+        if not FileSystems.exists(path):
+            raise FileNotFoundError(f"{path}: no such file") from None
+        raise ValueError(f"{path}: cannot read its size and modification time ({error})") from None
+    if not metadata.last_updated_in_seconds:
+        logging.info("%s: its filesystem reports no modification time; a replacement of the same size is not "
+                     "noticed by the local copy", path)
+    version = f"{metadata.size_in_bytes}\0{metadata.last_updated_in_seconds}"
+    stem = "imcap-" + hashlib.sha256(path.encode("utf-8")).hexdigest()[:16]
+    suffix = "-" + os.path.basename(path)
+    target = os.path.join(tempfile.gettempdir(),
+                          f"{stem}-{hashlib.sha256(version.encode('utf-8')).hexdigest()[:8]}{suffix}")
     if not os.path.exists(target):
         handle, partial = tempfile.mkstemp(dir=os.path.dirname(target), suffix=".partial")
         with sources.open_raw(path) as source, os.fdopen(handle, "wb") as sink:
             while chunk := source.read(1 << 24):
                 sink.write(chunk)
         os.replace(partial, target)  # atomic: concurrent copies of the same file are harmless
+        for older in os.listdir(os.path.dirname(target)):
+            if older.startswith(stem + "-") and older.endswith(suffix) and older != os.path.basename(target):
+                try:
+                    os.remove(os.path.join(os.path.dirname(target), older))
+                except OSError:  # another process removed it first
+                    pass
     return target
 
 

@@ -60,7 +60,8 @@ class Job:
 
     ``parse_args(argv) -> (args, beam_args)``; ``prepare(args, models=...) -> config`` checks everything on the
     launching machine and raises ValueError/FileNotFoundError with what to fix; ``build_pipeline(pipeline,
-    config)``; ``summarize(counters, config) -> str``. A job module says ``run, main = JOB.run, JOB.main``."""
+    config)``; ``summarize(counters, config) -> str``. A job module says ``run, main = JOB.run, JOB.main``; a test
+    that replaces a part patches the attribute of ``JOB`` (the module's function is not looked up again)."""
     title: str
     parse_args: typing.Callable
     prepare: typing.Callable
@@ -89,10 +90,7 @@ class Job:
         setup_logging()
         if tensorflow:
             cli.quiet_tensorflow()
-
-        def action():
-            self.run(argv, models=models)  # the PipelineResult is not an exit status
-        return cli.exit_status(action)
+        return cli.exit_status(lambda: self.run(argv, models=models))
 
 
 def metric_counters(result, namespace: str = METRICS_NAMESPACE) -> dict[str, int]:

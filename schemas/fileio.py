@@ -32,8 +32,9 @@ def exists(path: str) -> bool:
 def glob(pattern: str) -> list[str]:
     if _remote(pattern):
         return sorted(_gfile().glob(pattern))
-    hidden = {"include_hidden": True} if sys.version_info >= (3, 11) else {}  # as gfile: '*' matches '.name' too
-    return sorted(local_glob.glob(pattern, **hidden))
+    if sys.version_info < (3, 11):  # no include_hidden: gfile's glob, which matches '.name' with '*'
+        return sorted(_gfile().glob(pattern))
+    return sorted(local_glob.glob(pattern, include_hidden=True))
 
 
 def makedirs(path: str) -> None:
@@ -47,7 +48,7 @@ def read_text(path: str) -> str:
     if not exists(path):
         raise FileNotFoundError(f"{path}: no such file")
     if not _remote(path):
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8", newline="") as handle:  # line ends as stored, as gfile reads them
             return handle.read()
     with _gfile().GFile(path, "r") as handle:
         return handle.read()
@@ -58,7 +59,7 @@ def write_text(path: str, text: str) -> None:
     if parent:
         makedirs(parent)
     if not _remote(path):
-        with open(path, "w", encoding="utf-8") as handle:
+        with open(path, "w", encoding="utf-8", newline="") as handle:
             handle.write(text)
         return
     with _gfile().GFile(path, "w") as handle:

@@ -167,6 +167,7 @@ def test_gallery_shows_every_caption_and_error(inputs, captioned, tmp_path):
         assert row[tables.IMAGE_URI] in page
     for row in errors:
         assert row[tables.IMAGE_URI] in page and row[tables.ERROR] in page
+    assert gallery.main(["--captions", str(tmp_path / "none-*.parquet"), "--output", output]) == 2  # one line
 
 
 @pytest.mark.parametrize("output", ["out/c-errors", "out/c-r2", "out/c-checkpoint", "out/*", "out/[ab]", "out/"])

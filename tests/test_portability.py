@@ -67,10 +67,12 @@ def test_extract_pipeline_serializes_for_dataflow(sample_dataset):
     assert b"gs://example-bucket/features" in serialized
 
 
-def test_workers_get_the_remote_weights_not_the_launchers_copy(sample_dataset, other_weights, tmp_path):
+def test_workers_get_the_remote_weights_not_the_launchers_copy(sample_dataset, other_weights, tmp_path,
+                                                               monkeypatch):
     """The launcher copies remote weights to local disk to check them (`inference.localize`); the graph it builds
     must still name the remote file, which every worker can reach."""
     from tests import prefixfs
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the copies go here, and only this test's
     local = other_weights
     remote = "prefixfs://weights-bucket/w.weights.h5"
     prefixfs.put(remote, open(local, "rb").read())
@@ -107,17 +109,25 @@ def test_caption_pipeline_serializes_for_dataflow(resume):
         assert reference.encode() in serialized
 
 
-def test_a_remote_file_replaced_under_its_name_is_copied_again():
+def test_a_remote_file_replaced_under_its_name_is_copied_again(tmp_path, monkeypatch):
     """`inference.localize` keeps local copies of remote weights; a new file at the same URI must not be served
-    from the copy of the old one (the launcher would check, and a local worker use, stale weights)."""
+    from the copy of the old one (the launcher would check, and a local worker use, stale weights), and the old
+    copy goes. A name with glob characters is that file, not a pattern."""
+    import time
+
     from beam_jobs.inference import localize
     from tests import prefixfs
-    remote = f"prefixfs://weights-bucket/replaced-{os.getpid()}.weights.h5"
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    remote = "prefixfs://weights-bucket/replaced[1].weights.h5"
+    prefixfs.put("prefixfs://weights-bucket/replaced1.weights.h5", b"another file that the glob would match")
     prefixfs.put(remote, b"the first weights")
     first = localize(remote)
     assert open(first, "rb").read() == b"the first weights" and localize(remote) == first  # copied once
-    prefixfs.put(remote, b"the second weights, longer")
+    time.sleep(0.01)
+    prefixfs.put(remote, b"the other weights")  # the same size: only the modification time tells
     second = localize(remote)
-    assert second != first and open(second, "rb").read() == b"the second weights, longer"
-    for path in (first, second):
-        os.remove(path)
+    assert second != first and open(second, "rb").read() == b"the other weights"
+    prefixfs.put(remote, b"the third weights, longer")
+    third = localize(remote)
+    assert open(third, "rb").read() == b"the third weights, longer"
+    assert os.listdir(tmp_path) == [os.path.basename(third)]  # older copies removed

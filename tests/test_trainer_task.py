@@ -71,7 +71,7 @@ def test_a_resumed_run_is_the_run_that_was_not_interrupted(tiny_records, tmp_pat
         return ["--data_dir", tiny_records, "--model_dir", model_dir, "--epochs", "4", "--patience", "10",
                 "--seed", "11", "--verbose", "0", *SMALL_MODEL]
     uninterrupted = str(tmp_path / "uninterrupted")
-    task.train(task.parse_args(argv(uninterrupted)))
+    assert task.main(argv(uninterrupted)) == 0  # the command line: a finished run exits 0
 
     model_dir = str(tmp_path / "model")
     original = keras.callbacks.BackupAndRestore.on_epoch_end

@@ -92,14 +92,15 @@ EXPECTED_FAILURES = (ValueError, FileNotFoundError)  # what a user can fix: a ba
 
 
 def exit_status(action) -> int:
-    """Runs a command's ``action()`` and returns its exit status: the int it returns (0 for None), or 2 with the
-    error as one log line (no traceback) when it raises one of `EXPECTED_FAILURES`."""
+    """Runs a command's ``action()`` and returns its exit status: an int it returns is the status, anything else
+    (None, a summary, a result) is 0; 2 with the error as one log line (no traceback) when it raises one of
+    `EXPECTED_FAILURES`."""
     try:
         status = action()
     except EXPECTED_FAILURES as error:
         logging.error("%s", error)
         return 2
-    return status or 0
+    return status if isinstance(status, int) and not isinstance(status, bool) else 0
 
 
 positive_int = _int_at_least(1, "a positive integer")  # argparse types of every command
