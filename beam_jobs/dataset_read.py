@@ -14,11 +14,12 @@ import apache_beam as beam
 from apache_beam.io import fileio
 
 from beam_jobs import dataset
-from beam_jobs.elements import Tally
+from beam_jobs.elements import ERRORS, Tally
 from beam_jobs.runtime import counter
 from schemas import captions, images, tables
+from schemas.records import MetadataKeys
 
-ERRORS, TALLIES = "errors", "tallies"
+TALLIES = "tallies"
 
 
 class WorkItem(typing.NamedTuple):
@@ -87,7 +88,7 @@ class ClassifyImages(beam.DoFn):
         splits, files = sorted(joined["splits"]), sorted(joined["files"])
         if not files:
             if raw_captions:
-                yield self._tally("captions_without_image", len(raw_captions))
+                yield self._tally(MetadataKeys.CAPTIONS_WITHOUT_IMAGE, len(raw_captions))
             for split in splits:
                 counter("images_missing").inc()
                 yield beam.pvalue.TaggedOutput(ERRORS, tables.error_row(
@@ -95,12 +96,12 @@ class ClassifyImages(beam.DoFn):
                     f"{name} is listed in the {split} split but there is no such file in {self._images_dir}"))
             return
         if not splits:
-            yield self._tally("images_without_split", 1)
+            yield self._tally(MetadataKeys.IMAGES_WITHOUT_SPLIT, 1)
             return
         cleaned = [captions.normalize_caption(caption) for _, caption in raw_captions]
         kept = tuple(caption for caption in cleaned if caption)
         if len(kept) < len(cleaned):
-            yield self._tally("captions_empty_after_normalization", len(cleaned) - len(kept))
+            yield self._tally(MetadataKeys.CAPTIONS_EMPTY, len(cleaned) - len(kept))
         if not kept:
             counter("images_without_captions").inc()
             yield beam.pvalue.TaggedOutput(ERRORS, tables.error_row(

@@ -10,6 +10,8 @@ import typing
 import apache_beam as beam
 import numpy as np
 
+ERRORS = "errors"  # the output tag of the error rows of every step that can fail on an input
+
 
 class InputRef(typing.NamedTuple):
     """A file chosen to be read: an image, or an archive whose members are read as a stream.

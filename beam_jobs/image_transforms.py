@@ -22,13 +22,12 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_jobs import archives, runtime, sources
-from beam_jobs.elements import ImageKey, InputRef, PreparedImage
+from beam_jobs.elements import ERRORS, ImageKey, InputRef, PreparedImage
 from beam_jobs.inference import INFERENCE_BACKENDS, KERAS_BACKEND
 from beam_jobs.runtime import counter
 from schemas import images, tables
 from schemas.tables import ErrorRow
 
-ERRORS = "errors"
 DEFAULT_READ_THREADS = 2
 _PENDING_BYTES = 256 * 1024 * 1024  # archive member bytes waiting for a decode thread, at most
 

@@ -22,11 +22,10 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs import runtime, sources
-from beam_jobs.elements import InputRef, MemberReference
+from beam_jobs.elements import ERRORS, InputRef, MemberReference
 from beam_jobs.runtime import counter
 from schemas import images, tables
 
-ERRORS = "errors"
 LISTS, NESTED_LISTS, MEMBERS = "lists", "nested_lists", "members"
 MAX_LIST_LINE_BYTES = 64 * 1024
 LIST_PROBE_LINES = 10_000  # a .txt whose first lines name no image or archive is not a list of inputs
@@ -60,8 +59,6 @@ def _canonical_path(path: str) -> str:
     return os.path.normpath(os.path.abspath(path))
 
 
-@beam.typehints.with_input_types(bytes)
-@beam.typehints.with_output_types(bytes)
 def effective_pattern(pattern: str) -> str:
     """The glob an --input means: a directory (a local one, or a prefix on an object store, given without glob
     characters) means every file under it, recursively (``DIR/**``)."""
@@ -152,7 +149,8 @@ class RouteInputs(beam.DoFn):
         splits = sources.member_splits(path)
         if not splits or _exists(path):
             return None
-        archive, member = next((split for split in splits if _exists(split[0])), splits[0])
+        archive, member = splits[0] if len(splits) == 1 else next(
+            (split for split in splits if _exists(split[0])), splits[0])  # one way to split: no existence check
         return MemberReference(sources.text_path(archive), sources.canonical_member(member), _location(archive))
 
 

@@ -30,9 +30,7 @@ def exists(path: str) -> bool:
 
 
 def glob(pattern: str) -> list[str]:
-    if _remote(pattern):
-        return sorted(_gfile().glob(pattern))
-    if sys.version_info < (3, 11):  # no include_hidden: gfile's glob, which matches '.name' with '*'
+    if _remote(pattern) or sys.version_info < (3, 11):  # 3.10's glob has no include_hidden: gfile's matches '.a'
         return sorted(_gfile().glob(pattern))
     return sorted(local_glob.glob(pattern, include_hidden=True))
 

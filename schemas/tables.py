@@ -136,7 +136,7 @@ def ambiguous_prefix(prefix: str) -> bool:
     """Whether PREFIX's file names could be another prefix's (``out/c-errors`` writes what ``out/c`` calls its error
     shards): such prefixes are refused."""
     stem = posixpath.basename(prefix)
-    return bool(re.search(r"-(errors|checkpoint|r\d+)$", stem))
+    return bool(re.search(rf"-({ERRORS_PART}|{CHECKPOINT_DIR_SUFFIX[1:]}|r\d+)$", stem))
 
 
 def output_glob(prefix: str) -> str:
