@@ -16,6 +16,8 @@ from setuptools import find_packages, setup
 #   nltk               corpus BLEU with the standard definition (the trainer's evaluation)
 #   tensorboard        the trainer's TensorBoard logs (TensorFlow 2.21 no longer installs it)
 #   matplotlib         the trainer's training-curve PNG
+#   pycocoevalcap      CIDEr-D, the caption metric of record next to BLEU (the COCO evaluation's own code; a
+#                      104 MB wheel because it bundles Java tools for SPICE and METEOR that imcap does not run)
 INSTALL_REQUIRES = [
     "tensorflow>=2.20,<2.22",
     "keras>=3.15.1,<4",
@@ -28,6 +30,7 @@ INSTALL_REQUIRES = [
     "nltk>=3.9",
     "tensorboard>=2.18",
     "matplotlib>=3.8",
+    "pycocoevalcap>=1.2",
 ]
 
 setup(
@@ -46,8 +49,6 @@ setup(
         "openvino": ["openvino>=2025.0"],
         # gs:// paths and the Dataflow runner
         "gcp": ["apache-beam[gcp,tfrecord]>=2.77,<2.78"],
-        # CIDEr-D in trainer.evaluate (large: it bundles Java tools that imcap does not use)
-        "metrics": ["pycocoevalcap>=1.2"],
     },
     entry_points={
         "console_scripts": [

@@ -50,8 +50,9 @@ DEFAULT_CHECKPOINT_ROWS = 500
 class CaptionConfig(typing.NamedTuple):
     inputs: tuple
     output: str
-    model_dir: str
+    model_dirs: tuple  # one bundle, or the bundles of an ensemble
     model_id: str
+    grid: int  # the bundle reads the feature map pooled to grid x grid (attention), or 0: the pooled vector
     backbone: str
     weights: str
     weights_sha256: str
@@ -96,7 +97,9 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
         epilog="Any other --flag is a Beam pipeline option (e.g. --runner, --direct_running_mode, --project).")
     parser.add_argument("--input", action="append", required=True, metavar="PATTERN",
                         help="glob of images, archives or list files; repeatable")
-    parser.add_argument("--model_dir", required=True, help="a model bundle written by trainer.task")
+    parser.add_argument("--model_dir", required=True, action="append",
+                        help="a model bundle written by trainer.task; repeat it to caption with the ensemble of "
+                             "several bundles trained on the same records (model_id names the ensemble)")
     parser.add_argument("--output", required=True, metavar="PREFIX", help="output prefix, e.g. out/captions")
     parser.add_argument("--beam_width", type=runtime.positive_int, help="1 = greedy (default: the bundle's)")
     parser.add_argument("--length_penalty", type=float, help="default: the bundle's")
@@ -155,14 +158,19 @@ def prepare(args: argparse.Namespace, models: Models = MODELS) -> CaptionConfig:
     """Checks everything on the launching machine; raises ValueError/FileNotFoundError with what to fix."""
     from trainer.bundle import check_feature_weights, feature_weights_for
 
-    bundle = models.open_bundle(args.model_dir)
+    bundle = models.open_bundle(args.model_dir)  # one --model_dir, or an ensemble's
     config = bundle.config
     weights = feature_weights_for(config, args.weights)
     backbone = backbones.get_backbone(config[BundleKeys.BACKBONE])
     backbones.check_weights_spec(weights)
     check_backend(args.inference_backend)
-    digest, _ = models.feature_weights(backbone, weights, config[BundleKeys.IMAGE_SIZE])
+    extractor = models.feature_weights(backbone, weights, config[BundleKeys.IMAGE_SIZE])
+    digest = extractor.weights_sha256
     check_feature_weights(config, digest, weights)
+    grid = bundle.grid_shape[0] if bundle.grid_shape else 0
+    if grid > extractor.map_size:
+        raise ValueError(f"{args.model_dir[0]} decodes from a {grid}x{grid} grid, but {backbone.name} at "
+                         f"{config[BundleKeys.IMAGE_SIZE]} px has a {extractor.map_size}x{extractor.map_size} map")
 
     _check_filesystem("--output", args.output)
     for pattern in args.input:
@@ -185,7 +193,8 @@ def prepare(args: argparse.Namespace, models: Models = MODELS) -> CaptionConfig:
                      len(existing.committed), len(existing.checkpoint_parts), args.output)
     beam_width, length_penalty = bundle.decoding_for(args.beam_width, args.length_penalty)
     return CaptionConfig(
-        inputs=tuple(args.input), output=args.output, model_dir=args.model_dir, model_id=bundle.model_id,
+        inputs=tuple(args.input), output=args.output, model_dirs=tuple(args.model_dir), model_id=bundle.model_id,
+        grid=grid,
         backbone=backbone.name, weights=weights, weights_sha256=digest, image_size=config[BundleKeys.IMAGE_SIZE],
         beam_width=beam_width, length_penalty=length_penalty,
         min_batch_size=args.min_batch_size, max_batch_size=args.max_batch_size,
@@ -208,9 +217,9 @@ def build_pipeline(pipeline: beam.Pipeline, config: CaptionConfig) -> None:
                 | "Features" >> FeaturesOfImages(config.models.feature_handler(
                     config.backbone, config.weights, config.image_size, min_batch_size=config.min_batch_size,
                     max_batch_size=config.max_batch_size, expected_weights_sha256=config.weights_sha256,
-                    backend=config.inference_backend))
+                    backend=config.inference_backend, grid=config.grid))
                 | "Captions" >> GenerateCaptions(config.models.caption_handler(
-                    config.model_dir, config.beam_width, config.length_penalty,
+                    config.model_dirs, config.beam_width, config.length_penalty,
                     max_batch_size=config.decode_batch_size), config.model_id))
     errors = (selected.errors, prepared.errors) | "AllErrors" >> beam.Flatten()
     _ = (captions, errors) | "Write" >> WriteCaptionOutputs(

@@ -57,6 +57,7 @@ class ExtractConfig(typing.NamedTuple):
     num_shards: int
     max_image_pixels: int
     inference_backend: str
+    grid: int = 0  # records also hold the feature map pooled to grid x grid (0: no grid)
     models: Models = MODELS  # the handlers' factory (tests pass fakes)
 
 
@@ -78,6 +79,10 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--image_size", type=runtime.positive_int, default=None,
                         help="backbone input size in pixels (default 299 for xception; at least 71)")
     add_feature_flags(parser)
+    parser.add_argument("--spatial_grid", type=_grid_flag, default="none", metavar="none|full|N",
+                        help="also store the backbone's last convolutional map per image, as float16, for attention "
+                             "decoders: full (10x10x2048 at 299 px: 400 KB per image), N (average pooled to NxN, "
+                             "e.g. 5: 100 KB) or none (default: the pooled vector only, 8 KB)")
     parser.add_argument("--min_word_count", type=runtime.positive_int, default=DEFAULT_MIN_WORD_COUNT,
                         help="words seen fewer times in the train captions map to <unk>")
     parser.add_argument("--vocab_file", help="use this vocab.txt instead of building one from the train split")
@@ -90,6 +95,21 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
         parser.error("--split_file: a split name is given twice")
     args.split_files = split_files
     return args, beam_args
+
+
+FULL_GRID = "full"
+
+
+def _grid_flag(text: str) -> str | int:
+    if text in ("none", FULL_GRID):
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected none, full or a grid size of at least 1, got {text!r}")
+    return value
 
 
 def _existing_outputs(output_dir: str, splits) -> list[str]:
@@ -128,9 +148,15 @@ def prepare(args: argparse.Namespace, models: Models = MODELS) -> ExtractConfig:
     backbones.check_image_size(backbone, image_size)
     backbones.check_weights_spec(args.weights)
     check_backend(args.inference_backend)
-    digest, feature_dim = models.feature_weights(backbone, args.weights, image_size)
-    logging.info("feature extractor: %s, weights %s (sha256 %s), %dx%d input, %d features", backbone.name,
-                 args.weights, digest[:12], image_size, image_size, feature_dim)
+    digest, feature_dim, map_size = models.feature_weights(backbone, args.weights, image_size)
+    grid = {"none": 0, FULL_GRID: map_size}.get(args.spatial_grid, args.spatial_grid)
+    if grid > map_size:
+        raise ValueError(f"--spatial_grid {grid}: {backbone.name} at {image_size} px has a {map_size}x{map_size} "
+                         f"feature map, so the grid can be at most {map_size} (or full)")
+    logging.info("feature extractor: %s, weights %s (sha256 %s), %dx%d input, %d features%s", backbone.name,
+                 args.weights, digest[:12], image_size, image_size, feature_dim,
+                 f", and a {grid}x{grid} grid of its {map_size}x{map_size} map ({grid * grid * feature_dim * 2:,} bytes "
+                 "per image)" if grid else "")
     for path in existing:  # only now that every check has passed
         FileSystems.delete([path])
     return ExtractConfig(layout=layout, output_dir=args.output_dir, backbone=backbone.name, weights=args.weights,
@@ -138,7 +164,7 @@ def prepare(args: argparse.Namespace, models: Models = MODELS) -> ExtractConfig:
                          min_batch_size=args.min_batch_size, max_batch_size=args.max_batch_size,
                          min_word_count=args.min_word_count, vocab_tokens=vocab_tokens, num_shards=args.num_shards,
                          max_image_pixels=args.max_image_pixels, inference_backend=args.inference_backend,
-                         models=models)
+                         grid=grid, models=models)
 
 
 def build_pipeline(pipeline: beam.Pipeline, config: ExtractConfig) -> None:
@@ -149,7 +175,8 @@ def build_pipeline(pipeline: beam.Pipeline, config: ExtractConfig) -> None:
     featured = data.items | "Features" >> FeaturesOfItems(
         config.models.feature_handler(config.backbone, config.weights, config.image_size,
                                       min_batch_size=config.min_batch_size, max_batch_size=config.max_batch_size,
-                                      expected_weights_sha256=config.weights_sha256, backend=config.inference_backend),
+                                      expected_weights_sha256=config.weights_sha256, backend=config.inference_backend,
+                                      grid=config.grid),
         config.image_size, config.max_image_pixels)
     written = featured.features | "WriteSplits" >> WriteSplits(
         vocabulary, total, config.output_dir, splits, config.num_shards)
@@ -162,7 +189,8 @@ def build_pipeline(pipeline: beam.Pipeline, config: ExtractConfig) -> None:
              output_dir=config.output_dir, splits=tuple(splits), backbone=config.backbone, weights=config.weights,
              weights_sha256=config.weights_sha256, image_size=config.image_size, feature_dim=config.feature_dim,
              min_word_count=config.min_word_count, vocab_from_file=bool(config.vocab_tokens),
-             inference_backend=config.inference_backend)))
+             inference_backend=config.inference_backend,
+             grid_shape=(config.grid, config.grid, config.feature_dim) if config.grid else None)))
 
 
 def summarize(metadata: dict) -> str:
@@ -178,6 +206,12 @@ def summarize(metadata: dict) -> str:
                  f"{metadata[MetadataKeys.MAX_LENGTH]}; features: {metadata[MetadataKeys.BACKBONE]} "
                  f"{metadata[MetadataKeys.FEATURE_DIM]}-d at {metadata[MetadataKeys.IMAGE_SIZE]}px, weights "
                  f"{metadata[MetadataKeys.WEIGHTS]}")
+    grid = records.grid_shape(metadata)
+    if grid:
+        images = sum(counts[SplitKeys.IMAGES] for counts in metadata[MetadataKeys.SPLITS].values())
+        per_image = metadata[MetadataKeys.GRID_BYTES_PER_IMAGE]
+        lines.append(f"  spatial grid: {grid[0]}x{grid[1]}x{grid[2]} float16, {per_image / 1024:,.0f} KiB per image, "
+                     f"{per_image * images / 1024 ** 3:,.2f} GiB in all")
     return "\n".join(lines)
 
 

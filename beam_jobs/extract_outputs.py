@@ -57,9 +57,9 @@ class _Written(typing.NamedTuple):
 
 
 @beam.ptransform_fn
-@beam.typehints.with_input_types(typing.Tuple[WorkItem, np.ndarray])
+@beam.typehints.with_input_types(typing.Tuple[WorkItem, typing.Any])
 def WriteSplits(featured, vocabulary, total, output_dir: str, splits: list, num_shards: int):  # pylint: disable=invalid-name
-    """(WorkItem, features) -> TFRecord shards per split, given the vocabulary (one `VocabularyInfo`) and the number
+    """(WorkItem, features or `records.SpatialFeatures`) -> TFRecord shards per split, given the vocabulary (one `VocabularyInfo`) and the number
     of items (for progress)."""
     encoded = featured | "EncodeRecords" >> beam.ParDo(
         EncodeRecords(), beam.pvalue.AsSingleton(vocabulary), beam.pvalue.AsSingleton(total)).with_outputs(*splits)
@@ -107,6 +107,7 @@ class MetadataSettings(typing.NamedTuple):
     min_word_count: int
     vocab_from_file: bool
     inference_backend: str
+    grid_shape: typing.Optional[tuple] = None  # (g, g, D) when the records hold grids
 
 
 def metadata_from(settings: MetadataSettings, totals: dict, vocabulary: VocabularyInfo, written_files) -> dict:
@@ -129,6 +130,9 @@ def metadata_from(settings: MetadataSettings, totals: dict, vocabulary: Vocabula
         MetadataKeys.VOCAB_SOURCE: "vocab_file" if settings.vocab_from_file else f"{VOCAB_SPLIT} split",
         MetadataKeys.MAX_LENGTH: int(vocabulary.max_length),
         MetadataKeys.FEATURE_DIM: settings.feature_dim,
+        MetadataKeys.GRID_SHAPE: list(settings.grid_shape) if settings.grid_shape else None,
+        MetadataKeys.GRID_BYTES_PER_IMAGE: int(np.prod(settings.grid_shape)) * records.GRID_DTYPE.itemsize
+        if settings.grid_shape else 0,
         MetadataKeys.BACKBONE: settings.backbone,
         MetadataKeys.WEIGHTS: backbones.describe_weights(settings.weights),
         MetadataKeys.WEIGHTS_SHA256: settings.weights_sha256,

@@ -11,7 +11,7 @@ import hashlib
 import logging
 import os
 import tempfile
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -19,7 +19,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunIn
 
 from beam_jobs import sources
 from trainer import cli
-from schemas import backbones, tables
+from schemas import backbones, records, tables
 
 
 def localize(path: str) -> str:
@@ -60,11 +60,11 @@ def localize(path: str) -> str:
     return target
 
 
-def load_feature_model(backbone: backbones.Backbone, weights: str, image_size: int):
+def load_feature_model(backbone: backbones.Backbone, weights: str, image_size: int, spatial: bool = False):
     """(Keras feature extractor, SHA-256 of its weights) for ``weights`` imagenet, none or a weights file on any
-    Beam filesystem (copied to local disk first)."""
+    Beam filesystem (copied to local disk first). ``spatial``: it also outputs the convolutional map."""
     local = weights if weights in (backbones.IMAGENET, backbones.RANDOM_INIT) else localize(weights)
-    model = backbones.build_feature_extractor(backbone, local, image_size)
+    model = backbones.build_feature_extractor(backbone, local, image_size, spatial=spatial)
     return model, backbones.weights_digest(model)
 
 
@@ -76,15 +76,19 @@ def _traced_forward(model, image_size: int):
 
 
 class _CompiledExtractor:
-    """The Keras model behind one traced function over [None, size, size, 3] float32 batches."""
+    """The Keras model behind one traced function over [None, size, size, 3] float32 batches; returns the pooled
+    features, or (pooled features, convolutional maps) for a spatial model."""
 
     def __init__(self, model, image_size: int, weights_sha256: str):
         self.model = model
         self.weights_sha256 = weights_sha256
         self._forward = _traced_forward(model, image_size)
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        return self._forward(images).numpy()
+    def __call__(self, images: np.ndarray):
+        outputs = self._forward(images)
+        if isinstance(outputs, (list, tuple)):
+            return tuple(output.numpy() for output in outputs)
+        return outputs.numpy()
 
 
 class _OpenVinoExtractor:
@@ -104,13 +108,17 @@ class _OpenVinoExtractor:
         self.compiled = openvino.Core().compile_model(openvino.convert_model(_traced_forward(model, image_size)),
                                                       "CPU", hints)
         self.precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        self._outputs = len(self.compiled.outputs)
         self._local = threading.local()
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
+    def __call__(self, images: np.ndarray):
         request = getattr(self._local, "request", None)
         if request is None:
             request = self._local.request = self.compiled.create_infer_request()
-        return request.infer(images)[0].copy()  # the request reuses its output buffer
+        results = request.infer(images)
+        if self._outputs == 1:
+            return results[0].copy()  # the request reuses its output buffers
+        return tuple(results[index].copy() for index in range(self._outputs))
 
 
 KERAS_BACKEND = "keras"
@@ -129,8 +137,9 @@ def check_backend(backend: str) -> None:
             raise ValueError(f"--inference_backend {backend} needs OpenVINO: pip install 'imcap[openvino]'") from None
 
 
-class FeatureExtractorHandler(ModelHandler[np.ndarray, np.ndarray, Any]):
-    """uint8 pixels [H, W, 3] -> float32 features [D], batched.
+class FeatureExtractorHandler(ModelHandler[np.ndarray, Any, Any]):
+    """uint8 pixels [H, W, 3] -> float32 features [D], batched; with ``grid`` g > 0, `records.SpatialFeatures`
+    (the same vector, and the last convolutional map average-pooled to g x g, float16) from the same forward pass.
 
     ``backend``: "keras" (TensorFlow; the reference), "openvino" (OpenVINO in bfloat16 where the CPU has it) or
     "openvino-f32" (see `_OpenVinoExtractor`). The weights are Keras' in every case and their digest is checked.
@@ -138,7 +147,7 @@ class FeatureExtractorHandler(ModelHandler[np.ndarray, np.ndarray, Any]):
 
     def __init__(self, backbone_name: str, weights: str, image_size: int, *, min_batch_size: int = 1,
                  max_batch_size: int = 32, expected_weights_sha256: Optional[str] = None,
-                 backend: str = KERAS_BACKEND):
+                 backend: str = KERAS_BACKEND, grid: int = 0):
         super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
         self._backbone = backbones.get_backbone(backbone_name)
         backbones.check_image_size(self._backbone, image_size)
@@ -147,10 +156,11 @@ class FeatureExtractorHandler(ModelHandler[np.ndarray, np.ndarray, Any]):
         self._image_size = image_size
         self._expected_sha256 = expected_weights_sha256
         self._backend = backend
+        self._grid = grid
 
     def load_model(self) -> _CompiledExtractor:
         cli.quiet_tensorflow()  # a worker process imports TensorFlow here first
-        model, digest = load_feature_model(self._backbone, self._weights, self._image_size)
+        model, digest = load_feature_model(self._backbone, self._weights, self._image_size, spatial=self._grid > 0)
         if self._expected_sha256 and digest != self._expected_sha256:
             raise ValueError(f"the {self._backbone.name} weights loaded on this worker ({self._weights}, sha256 "
                              f"{digest[:12]}) differ from the ones checked at launch ({self._expected_sha256[:12]})")
@@ -167,7 +177,11 @@ class FeatureExtractorHandler(ModelHandler[np.ndarray, np.ndarray, Any]):
                       inference_args: Optional[dict] = None) -> Iterable[np.ndarray]:
         pixels = np.stack(batch)
         features = model(backbones.preprocess(self._backbone, pixels))
-        return list(features)
+        if not self._grid:
+            return list(features)
+        vectors, maps = features
+        grids = backbones.pool_grid(maps, self._grid).astype(records.GRID_DTYPE)
+        return [records.SpatialFeatures(vector, grid) for vector, grid in zip(vectors, grids)]
 
     def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
         return sum(pixels.nbytes for pixels in batch)
@@ -176,34 +190,44 @@ class FeatureExtractorHandler(ModelHandler[np.ndarray, np.ndarray, Any]):
         return "imcap_features"
 
 
-class CaptionModelHandler(ModelHandler[np.ndarray, tuple, Any]):
-    """float32 image features [D] -> (caption, log_prob), decoded in batches with a model bundle.
+class CaptionModelHandler(ModelHandler[Any, tuple, Any]):
+    """Image features -> (caption, log_prob), decoded in batches with a model bundle or an ensemble of bundles.
 
-    The bundle (`trainer.bundle.Bundle`: decoder, vocabulary, config) is loaded once per worker process.
+    Features are pooled vectors [D] for a merge bundle, `records.SpatialFeatures` for one that reads grids. The
+    bundles (`trainer.bundle.load_bundles`: decoders, vocabulary, config) are loaded once per worker process.
     """
 
-    def __init__(self, model_dir: str, beam_width: int, length_penalty: float, *, min_batch_size: int = 1,
+    def __init__(self, model_dirs, beam_width: int, length_penalty: float, *, min_batch_size: int = 1,
                  max_batch_size: int = 128):
         super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
-        self._model_dir = model_dir
+        self._model_dirs = [model_dirs] if isinstance(model_dirs, str) else list(model_dirs)
         self._beam_width = beam_width
         self._length_penalty = length_penalty
 
     def load_model(self):
         cli.quiet_tensorflow()
-        from trainer.bundle import Bundle
-        bundle = Bundle(self._model_dir)
+        from trainer.bundle import load_bundles
+        bundle = load_bundles(self._model_dirs)
         logging.info("loaded caption bundle %s on a worker", bundle.model_id)
         return bundle.decoder
 
-    def run_inference(self, batch: Sequence[np.ndarray], model, inference_args: Optional[dict] = None):
-        return model.caption(np.stack(batch), self._beam_width, self._length_penalty, batch_size=len(batch))
+    def run_inference(self, batch: Sequence[Any], model, inference_args: Optional[dict] = None):
+        return model.caption(stack_features(batch), self._beam_width, self._length_penalty, batch_size=len(batch))
 
-    def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
-        return sum(features.nbytes for features in batch)
+    def get_num_bytes(self, batch: Sequence[Any]) -> int:
+        return sum(sum(part.nbytes for part in features) if isinstance(features, records.SpatialFeatures)
+                   else features.nbytes for features in batch)
 
     def get_metrics_namespace(self) -> str:
         return "imcap_captions"
+
+
+def stack_features(batch: Sequence[Any]):
+    """Per-image features -> one batch: [B, D], or `records.SpatialFeatures` of [B, D] and [B, g, g, D]."""
+    if batch and isinstance(batch[0], records.SpatialFeatures):
+        return records.SpatialFeatures(np.stack([features.vector for features in batch]),
+                                       np.stack([features.grid for features in batch]))
+    return np.stack(batch)
 
 
 @beam.ptransform_fn
@@ -221,6 +245,12 @@ def _caption_row(keyed: tuple, model_id: str) -> tables.CaptionRow:
     return tables.caption_row(key.uri, caption, log_prob, model_id, key.width, key.height)
 
 
+class ExtractorInfo(NamedTuple):
+    weights_sha256: str
+    feature_dim: int
+    map_size: int  # the last convolutional map is map_size x map_size x feature_dim
+
+
 class Models:
     """The jobs' models behind one seam: what is checked on the launching machine, and the RunInference handlers
     that run on the workers.
@@ -231,24 +261,25 @@ class Models:
     models build Xception. A fake's handlers must pickle by an importable name, like any DoFn of the graph.
     """
 
-    def feature_weights(self, backbone: backbones.Backbone, weights: str, image_size: int) -> tuple[str, int]:
-        """(SHA-256 of the weights, feature dimension) of the extractor that ``weights`` builds, on the launcher."""
-        model, digest = load_feature_model(backbone, weights, image_size)
-        return digest, int(model.output_shape[-1])
+    def feature_weights(self, backbone: backbones.Backbone, weights: str, image_size: int) -> "ExtractorInfo":
+        """What the extractor that ``weights`` builds gives, found on the launcher."""
+        model, digest = load_feature_model(backbone, weights, image_size, spatial=True)
+        _, map_shape = model.output_shape
+        return ExtractorInfo(digest, int(map_shape[-1]), int(map_shape[1]))
 
-    def open_bundle(self, model_dir: str):
-        """The bundle of ``model_dir``, its decoder loaded once at launch so that a broken one fails before any
-        worker starts."""
-        from trainer.bundle import Bundle
-        return Bundle(model_dir)
+    def open_bundle(self, model_dirs):
+        """The bundle of a --model_dir (or the ensemble of several), its decoders loaded once at launch so that a
+        broken one fails before any worker starts."""
+        from trainer.bundle import load_bundles
+        return load_bundles(model_dirs)
 
     def feature_handler(self, backbone_name: str, weights: str, image_size: int, **options) -> ModelHandler:
         """uint8 pixels [H, W, 3] -> float32 features; ``options`` as `FeatureExtractorHandler` takes them."""
         return FeatureExtractorHandler(backbone_name, weights, image_size, **options)
 
-    def caption_handler(self, model_dir: str, beam_width: int, length_penalty: float, **options) -> ModelHandler:
-        """float32 features -> (caption, log_prob); ``options`` as `CaptionModelHandler` takes them."""
-        return CaptionModelHandler(model_dir, beam_width, length_penalty, **options)
+    def caption_handler(self, model_dirs, beam_width: int, length_penalty: float, **options) -> ModelHandler:
+        """features -> (caption, log_prob); ``options`` as `CaptionModelHandler` takes them."""
+        return CaptionModelHandler(model_dirs, beam_width, length_penalty, **options)
 
 
 MODELS = Models()

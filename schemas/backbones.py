@@ -77,33 +77,65 @@ def preprocess(backbone: Backbone, pixels: np.ndarray) -> np.ndarray:
     return pixels.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
 
 
-def build_feature_extractor(backbone: Backbone, weights: str, image_size: int):
-    """Builds the pooled backbone as a Keras model. ``weights`` must be 'imagenet', 'none' or a local file."""
+def build_feature_extractor(backbone: Backbone, weights: str, image_size: int, spatial: bool = False):
+    """Builds the pooled backbone as a Keras model. ``weights`` must be 'imagenet', 'none' or a local file.
+
+    ``spatial``: the model has two outputs, the pooled features [D] and the last convolutional map [M, M, D] they
+    are pooled from (one forward pass; the pooled output is the same global average pooling layer, so it equals
+    the non-spatial model's output)."""
     check_image_size(backbone, image_size)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
     constructor = getattr(keras.applications, backbone.keras_application)
     shape = (image_size, image_size, 3)
+    pooling = None if spatial else "avg"
     if weights == RANDOM_INIT:
         keras.utils.set_random_seed(RANDOM_INIT_SEED)
-        return constructor(weights=None, include_top=False, pooling="avg", input_shape=shape)
-    if weights == IMAGENET:
+        model = constructor(weights=None, include_top=False, pooling=pooling, input_shape=shape)
+    elif weights == IMAGENET:
         try:
-            return constructor(weights="imagenet", include_top=False, pooling="avg", input_shape=shape)
+            model = constructor(weights="imagenet", include_top=False, pooling=pooling, input_shape=shape)
         except Exception as error:  # Keras raises several types for a failed download
             raise WeightsUnavailable(
                 f"could not get Keras' ImageNet weights for {backbone.name} ({type(error).__name__}: {error}). "
                 "Without internet access, pass --weights PATH with a local weights file "
                 "(python ../shared/tools/get_xception_weights.py writes one) or --weights none") from error
-    check_weights_spec(weights)
-    model = constructor(weights=None, include_top=False, pooling="avg", input_shape=shape)
-    try:
-        model.load_weights(weights)
-    except Exception as error:
-        raise ValueError(f"--weights {weights}: cannot load it into {backbone.name} ({error}); it must be a "
-                         "Keras weights file of the same architecture without the top") from error
-    return model
+    else:
+        check_weights_spec(weights)
+        model = constructor(weights=None, include_top=False, pooling=pooling, input_shape=shape)
+        try:
+            model.load_weights(weights)
+        except Exception as error:
+            raise ValueError(f"--weights {weights}: cannot load it into {backbone.name} ({error}); it must be a "
+                             "Keras weights file of the same architecture without the top") from error
+    if not spatial:
+        return model
+    pooled = keras.layers.GlobalAveragePooling2D(name="avg_pool")(model.output)  # as Keras' pooling="avg"
+    return keras.Model(model.input, [pooled, model.output], name=f"{backbone.name}_spatial")
+
+
+def grid_pooling_matrix(map_size: int, grid: int) -> np.ndarray:
+    """[grid * grid, map_size * map_size] float32: adaptive average pooling of a square map to a grid x grid one
+    (cell i covers rows floor(i * M / g) .. ceil((i + 1) * M / g) - 1, as PyTorch's AdaptiveAvgPool2d), row-major.
+    With grid == map_size it is the identity."""
+    if not 1 <= grid <= map_size:
+        raise ValueError(f"a {map_size}x{map_size} feature map cannot be pooled to a {grid}x{grid} grid")
+    bins = [(i * map_size // grid, -(-(i + 1) * map_size // grid)) for i in range(grid)]
+    matrix = np.zeros((grid, grid, map_size, map_size), np.float32)
+    for row, (top, bottom) in enumerate(bins):
+        for column, (left, right) in enumerate(bins):
+            matrix[row, column, top:bottom, left:right] = 1.0 / ((bottom - top) * (right - left))
+    return matrix.reshape(grid * grid, map_size * map_size)
+
+
+def pool_grid(feature_maps: np.ndarray, grid: int) -> np.ndarray:
+    """[N, M, M, D] float32 maps -> [N, grid, grid, D] float32 (`grid_pooling_matrix`)."""
+    count, map_size, _, depth = feature_maps.shape
+    if grid == map_size:
+        return np.asarray(feature_maps, np.float32)
+    flat = np.asarray(feature_maps, np.float32).reshape(count, map_size * map_size, depth)
+    return np.einsum("gm,nmd->ngd", grid_pooling_matrix(map_size, grid), flat).reshape(count, grid, grid, depth)
 
 
 def weights_digest(model) -> str:

@@ -4,7 +4,8 @@ A bundle directory holds::
 
     decoder.keras    the trained caption decoder (Keras native format; no pickle, no custom objects)
     vocab.txt        its vocabulary (`schemas.vocabulary`)
-    bundle.json      this config: the feature extractor to run on images and how to decode
+    bundle.json      this config: the feature extractor to run on images, what the decoder reads (``decoder``:
+                     merge reads the pooled vector, attention the spatial grid of ``grid_shape``), how to decode
 
 The feature-extractor keys repeat the extract job's metadata (`schemas.records.MetadataKeys`), so a caption job
 builds exactly the network the decoder was trained on and refuses any other (``weights_sha256``).
@@ -25,6 +26,9 @@ class BundleKeys:
     FEATURE_DIM = "feature_dim"
     MAX_LENGTH = "max_length"  # longest sequence to decode, <start> and <end> included
     VOCAB_SIZE = "vocab_size"
+    DECODER = "decoder"  # merge | attention (absent: merge, as bundles before attention)
+    GRID_SHAPE = "grid_shape"  # attention decoders: the [g, g, D] grid of the records they were trained on
+    MEMBERS = "members"  # an ensemble's config only: the model ids of its bundles
     DECODING = "decoding"  # {DecodingKeys.BEAM_WIDTH: int, DecodingKeys.LENGTH_PENALTY: float}: the defaults
     TRAINING = "training"  # hyper-parameters, data and results of the run that produced it (informational)
 
@@ -33,6 +37,21 @@ class DecodingKeys:
     """Keys of BundleKeys.DECODING: how the caption job, trainer.evaluate and trainer.predict decode by default."""
     BEAM_WIDTH = "beam_width"  # 1: greedy
     LENGTH_PENALTY = "length_penalty"  # hypotheses ranked by log_prob / length ** length_penalty
+
+
+MERGE_DECODER = "merge"
+ATTENTION_DECODER = "attention"
+DECODERS = (MERGE_DECODER, ATTENTION_DECODER)
+
+
+def decoder_kind(config: dict) -> str:
+    return config.get(BundleKeys.DECODER, MERGE_DECODER)
+
+
+def grid_shape(config: dict) -> tuple | None:
+    """The [g, g, D] grid an attention bundle decodes from, or None (a merge bundle: pooled vectors)."""
+    shape = config.get(BundleKeys.GRID_SHAPE)
+    return tuple(int(size) for size in shape) if shape else None
 
 
 REQUIRED_KEYS = (BundleKeys.FORMAT_VERSION, BundleKeys.MODEL_ID, BundleKeys.BACKBONE, BundleKeys.WEIGHTS,
@@ -47,4 +66,8 @@ def check_config(config: dict, source: str) -> dict:
     if config[BundleKeys.FORMAT_VERSION] != FORMAT_VERSION:
         raise ValueError(f"{source}: bundle format {config[BundleKeys.FORMAT_VERSION]} is not the supported "
                          f"{FORMAT_VERSION}; retrain or use the imcap version that wrote it")
+    if decoder_kind(config) not in DECODERS:
+        raise ValueError(f"{source}: unknown decoder {decoder_kind(config)!r}; this imcap knows {', '.join(DECODERS)}")
+    if decoder_kind(config) == ATTENTION_DECODER and not grid_shape(config):
+        raise ValueError(f"{source}: an attention bundle without {BundleKeys.GRID_SHAPE}")
     return config

@@ -15,12 +15,17 @@ Each Example holds one image and all of its captions:
  ``image_id``        bytes           file name of the image, e.g. ``1000268201_693b08cb0e.jpg``
  ``split``           bytes           the split the image belongs to
  ``image_features``  float x D       pooled backbone features (D = ``metadata["feature_dim"]``)
+ ``image_grid``      bytes           only with ``--spatial_grid``: the backbone's last convolutional map, average
+                                     pooled to a g x g grid (or not at all), as float16 bytes (little-endian, row
+                                     major) of shape ``metadata["grid_shape"]`` = [g, g, D]; 2 * g * g * D bytes
  ``captions``        bytes x C       the cleaned captions (`schemas.captions.normalize_caption`)
  ``caption_ids``     int64 x sum(L)  token ids of all captions, concatenated; each starts with <start> and ends
                                      with <end>
  ``caption_lengths`` int64 x C       number of ids of each caption, so ``caption_ids`` splits back into C rows
 ==================  ==============  ===========================================================================
 """
+import typing
+
 import numpy as np
 
 from schemas.fileio import join
@@ -28,6 +33,8 @@ from schemas.fileio import join
 IMAGE_ID = "image_id"
 SPLIT = "split"
 IMAGE_FEATURES = "image_features"
+IMAGE_GRID = "image_grid"
+GRID_DTYPE = np.dtype("<f2")
 CAPTIONS = "captions"
 CAPTION_IDS = "caption_ids"
 CAPTION_LENGTHS = "caption_lengths"
@@ -58,6 +65,8 @@ class MetadataKeys:
     VOCAB_SOURCE = "vocab_source"
     MAX_LENGTH = "max_length"  # ids in the longest caption, <start> and <end> included
     FEATURE_DIM = "feature_dim"
+    GRID_SHAPE = "grid_shape"  # [g, g, D] of IMAGE_GRID, or null: records without a grid
+    GRID_BYTES_PER_IMAGE = "grid_bytes_per_image"  # storage of one image's grid (0: none)
     BACKBONE = "backbone"
     WEIGHTS = "weights"
     WEIGHTS_SHA256 = "weights_sha256"
@@ -68,6 +77,19 @@ class MetadataKeys:
 
 
 FORMAT_VERSION = 1
+
+
+class SpatialFeatures(typing.NamedTuple):
+    """What a spatial feature extractor gives per image: the pooled vector [D] (float32) and the grid it is pooled
+    from, [g, g, D] (float16: half the storage, and ample precision for ReLU-activated features)."""
+    vector: np.ndarray
+    grid: np.ndarray
+
+
+def grid_shape(metadata: dict) -> tuple | None:
+    """(g, g, D) of the records' grids, or None when they have none."""
+    shape = metadata.get(MetadataKeys.GRID_SHAPE)
+    return tuple(int(size) for size in shape) if shape else None
 
 
 def check_metadata(metadata: dict, source: str) -> dict:
@@ -94,10 +116,10 @@ def split_pattern(output_dir: str, split: str) -> str:
     return join(output_dir, f"{split}-*-of-*{RECORD_SUFFIX}")
 
 
-def feature_spec(feature_dim: int) -> dict:
-    """`tf.io.parse_single_example` spec of a record."""
+def feature_spec(feature_dim: int, with_grid: bool = False) -> dict:
+    """`tf.io.parse_single_example` spec of a record (``with_grid``: its grid too, as bytes: `parse_grid`)."""
     import tensorflow as tf
-    return {
+    spec = {
         IMAGE_ID: tf.io.FixedLenFeature([], tf.string),
         SPLIT: tf.io.FixedLenFeature([], tf.string),
         IMAGE_FEATURES: tf.io.FixedLenFeature([feature_dim], tf.float32),
@@ -105,14 +127,26 @@ def feature_spec(feature_dim: int) -> dict:
         CAPTION_IDS: tf.io.VarLenFeature(tf.int64),
         CAPTION_LENGTHS: tf.io.VarLenFeature(tf.int64),
     }
+    if with_grid:
+        spec[IMAGE_GRID] = tf.io.FixedLenFeature([], tf.string)
+    return spec
 
 
-def encode_example(image_id: str, split: str, features: np.ndarray, captions: list[str],
-                   caption_ids: list[list[int]]):
-    """Builds the tf.train.Example of one image."""
+def parse_grid(grid_bytes, shape: tuple):
+    """The parsed ``image_grid`` bytes -> float16 tensor [g * g, D] (regions in row-major order)."""
+    import tensorflow as tf
+    grid = tf.io.decode_raw(grid_bytes, tf.float16, little_endian=True)
+    return tf.reshape(grid, [shape[0] * shape[1], shape[2]])
+
+
+def encode_example(image_id: str, split: str, features, captions: list[str], caption_ids: list[list[int]]):
+    """Builds the tf.train.Example of one image; ``features`` is the pooled vector, or `SpatialFeatures`."""
     import tensorflow as tf
     if len(captions) != len(caption_ids):
         raise ValueError(f"{image_id}: {len(captions)} captions but {len(caption_ids)} id sequences")
+    grid = None
+    if isinstance(features, SpatialFeatures):
+        features, grid = features
     flat_ids = [token_id for ids in caption_ids for token_id in ids]
     feature = {
         IMAGE_ID: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_id.encode("utf-8")])),
@@ -123,11 +157,15 @@ def encode_example(image_id: str, split: str, features: np.ndarray, captions: li
         CAPTION_IDS: tf.train.Feature(int64_list=tf.train.Int64List(value=flat_ids)),
         CAPTION_LENGTHS: tf.train.Feature(int64_list=tf.train.Int64List(value=[len(ids) for ids in caption_ids])),
     }
+    if grid is not None:
+        feature[IMAGE_GRID] = tf.train.Feature(bytes_list=tf.train.BytesList(
+            value=[np.ascontiguousarray(grid, dtype=GRID_DTYPE).tobytes()]))
     return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
-def decode_example(serialized: bytes) -> dict:
-    """Parses a serialized record into plain Python/numpy values (for tools and tests; the trainer uses tf.data)."""
+def decode_example(serialized: bytes, grid: tuple | None = None) -> dict:
+    """Parses a serialized record into plain Python/numpy values (for tools and tests; the trainer uses tf.data).
+    ``grid``: the [g, g, D] shape of its grid (`grid_shape`), returned as float16 under ``image_grid``."""
     import tensorflow as tf
     example = tf.train.Example.FromString(serialized)
     feature = example.features.feature
@@ -139,19 +177,22 @@ def decode_example(serialized: bytes) -> dict:
     for length in lengths:
         rows.append(flat_ids[start:start + length])
         start += length
-    return {
+    decoded = {
         IMAGE_ID: feature[IMAGE_ID].bytes_list.value[0].decode("utf-8"),
         SPLIT: feature[SPLIT].bytes_list.value[0].decode("utf-8"),
         IMAGE_FEATURES: np.asarray(feature[IMAGE_FEATURES].float_list.value, dtype=np.float32),
         CAPTIONS: [c.decode("utf-8") for c in feature[CAPTIONS].bytes_list.value],
         CAPTION_IDS: rows,
     }
+    if grid is not None:
+        decoded[IMAGE_GRID] = np.frombuffer(feature[IMAGE_GRID].bytes_list.value[0], GRID_DTYPE).reshape(grid)
+    return decoded
 
 
-def read_records(output_dir: str, split: str) -> list[dict]:
+def read_records(output_dir: str, split: str, grid: tuple | None = None) -> list[dict]:
     """All records of a split, decoded, sorted by image id (small datasets, tools and tests)."""
     import tensorflow as tf
     from schemas import fileio
     files = fileio.glob(split_pattern(output_dir, split))
-    records = [decode_example(raw.numpy()) for raw in tf.data.TFRecordDataset(files)] if files else []
+    records = [decode_example(raw.numpy(), grid) for raw in tf.data.TFRecordDataset(files)] if files else []
     return sorted(records, key=lambda record: record[IMAGE_ID])

@@ -64,17 +64,20 @@ def requires_flickr8k():
 
 @pytest.fixture(scope="session")
 def sample_features(sample_dataset, tmp_path_factory):
-    """The extract job's output for the sample dataset (random-init Xception at 71 px, min word count 1)."""
+    """The extract job's output for the sample dataset (random-init Xception at 71 px, min word count 1), with the
+    full 3x3 spatial grids."""
     from beam_jobs import extract_features
     return built_once(tmp_path_factory, "sample_features", lambda output_dir: extract_features.run(
         ["--dataset_dir", sample_dataset, "--output_dir", output_dir, "--weights", "none",
-         "--image_size", str(TEST_IMAGE_SIZE), "--min_word_count", "1"], test_pipeline=local_test_pipeline()))
+         "--image_size", str(TEST_IMAGE_SIZE), "--min_word_count", "1", "--spatial_grid", "full"],
+        test_pipeline=local_test_pipeline()))
 
 
-def write_feature_records(output_dir, splits, feature_dim=16, shards=1):
+def write_feature_records(output_dir, splits, feature_dim=16, shards=1, grid_shape=None):
     """Writes extract-job-format records without running the job (for trainer unit tests).
 
     ``splits``: {split: [(image_id, features, [raw captions])]}; the vocabulary comes from the train captions.
+    With ``grid_shape`` (g, g, D) the features are `records.SpatialFeatures`.
     """
     import tensorflow as tf
 
@@ -109,7 +112,8 @@ def write_feature_records(output_dir, splits, feature_dim=16, shards=1):
         MetadataKeys.FEATURE_DIM: feature_dim, MetadataKeys.MAX_LENGTH: max_length,
         MetadataKeys.VOCAB_SIZE: len(vocabulary), MetadataKeys.BACKBONE: "xception", MetadataKeys.WEIGHTS: "none",
         MetadataKeys.WEIGHTS_SHA256: "test-features", MetadataKeys.IMAGE_SIZE: 71,
-        MetadataKeys.PREPROCESSING: "test", MetadataKeys.IMAGES_FAILED: 0})
+        MetadataKeys.PREPROCESSING: "test", MetadataKeys.IMAGES_FAILED: 0,
+        MetadataKeys.GRID_SHAPE: list(grid_shape) if grid_shape else None})
     return vocabulary
 
 
@@ -127,6 +131,16 @@ def sample_bundle(sample_features, tmp_path_factory):
     return built_once(tmp_path_factory, "sample_bundle", lambda model_dir: task.train(task.parse_args(
         ["--data_dir", sample_features, "--model_dir", model_dir, "--epochs", "3", "--embedding_dim", "32",
          "--units", "64", "--batch_size", "16", "--verbose", "0", "--beam_width", "2"])))
+
+
+@pytest.fixture(scope="session")
+def attention_bundle(sample_features, tmp_path_factory):
+    """A small attention decoder trained for a few epochs on the sample features' grids."""
+    from trainer import task
+    return built_once(tmp_path_factory, "attention_bundle", lambda model_dir: task.train(task.parse_args(
+        ["--data_dir", sample_features, "--model_dir", model_dir, "--decoder", "attention", "--epochs", "3",
+         "--embedding_dim", "32", "--units", "64", "--attention_dim", "16", "--batch_size", "16", "--verbose", "0",
+         "--beam_width", "2"])))
 
 
 @pytest.fixture(scope="session")

@@ -88,17 +88,18 @@ class FakeModels(Models):
     """Both jobs' models, faked: launch checks without building anything, handlers without TensorFlow."""
 
     def feature_weights(self, backbone, weights, image_size):
-        return FAKE_WEIGHTS_SHA256, FAKE_FEATURE_DIM
+        from beam_jobs.inference import ExtractorInfo
+        return ExtractorInfo(FAKE_WEIGHTS_SHA256, FAKE_FEATURE_DIM, GRID)
 
-    def open_bundle(self, model_dir):
-        from trainer.bundle import Bundle
-        return Bundle(model_dir, with_decoder=False)
+    def open_bundle(self, model_dirs):
+        from trainer.bundle import load_bundles
+        return load_bundles(model_dirs, with_decoder=False)
 
     def feature_handler(self, backbone_name, weights, image_size, *, min_batch_size=1, max_batch_size=32, **_):
         return FakeFeatureHandler(image_size, min_batch_size=min_batch_size, max_batch_size=max_batch_size)
 
-    def caption_handler(self, model_dir, beam_width, length_penalty, *, max_batch_size=128, **_):
-        return FakeCaptionHandler(model_dir, max_batch_size=max_batch_size)
+    def caption_handler(self, model_dirs, beam_width, length_penalty, *, max_batch_size=128, **_):
+        return FakeCaptionHandler(model_dirs[0], max_batch_size=max_batch_size)
 
 
 FAKE_MODELS = FakeModels()

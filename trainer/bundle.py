@@ -14,7 +14,9 @@ DEFAULT_DECODING = {DecodingKeys.BEAM_WIDTH: 3, DecodingKeys.LENGTH_PENALTY: 0.0
 
 def export_bundle(model_dir: str, decoder, vocabulary: Vocabulary, metadata: dict, training: dict,
                   decoding: dict | None = None) -> dict:
-    """Writes decoder.keras, vocab.txt and bundle.json into model_dir; returns the config."""
+    """Writes decoder.keras, vocab.txt and bundle.json into model_dir; returns the config. The decoder's kind
+    (merge or attention) is read from the model itself."""
+    from trainer import attention
     fileio.makedirs(model_dir)
     with tempfile.TemporaryDirectory() as scratch:
         local = os.path.join(scratch, bundle_schema.DECODER_FILE)
@@ -37,6 +39,9 @@ def export_bundle(model_dir: str, decoder, vocabulary: Vocabulary, metadata: dic
         BundleKeys.FEATURE_DIM: metadata[MetadataKeys.FEATURE_DIM],
         BundleKeys.MAX_LENGTH: metadata[MetadataKeys.MAX_LENGTH],
         BundleKeys.VOCAB_SIZE: len(vocabulary),
+        BundleKeys.DECODER: bundle_schema.ATTENTION_DECODER if attention.is_attention_decoder(decoder)
+        else bundle_schema.MERGE_DECODER,
+        BundleKeys.GRID_SHAPE: metadata[MetadataKeys.GRID_SHAPE] if attention.is_attention_decoder(decoder) else None,
         BundleKeys.DECODING: dict(decoding or DEFAULT_DECODING),
         BundleKeys.TRAINING: training,
     }
@@ -73,14 +78,84 @@ class Bundle:
     def decoding(self) -> dict:
         return self.config[BundleKeys.DECODING]
 
+    @property
+    def grid_shape(self) -> tuple | None:
+        """The [g, g, D] grid the decoder reads (attention), or None (merge: the pooled vector)."""
+        return bundle_schema.grid_shape(self.config)
+
+    @property
+    def members(self) -> list:
+        return [self]
+
     def decoding_for(self, beam_width: int | None = None, length_penalty: float | None = None) -> tuple[int, float]:
         """(beam width, length penalty): the ones given, else the bundle's defaults."""
         return (beam_width or self.decoding[DecodingKeys.BEAM_WIDTH],
                 self.decoding[DecodingKeys.LENGTH_PENALTY] if length_penalty is None else length_penalty)
 
 
+ENSEMBLE_PREFIX = "imcap-ensemble-"
+
+
+class Ensemble(Bundle):
+    """Several bundles trained on the same features and vocabulary, decoding as one: at each step of greedy or
+    beam search the members' next-token log-probabilities are averaged (`trainer.decoding.CaptionDecoder`).
+
+    ``config`` is the first member's, with the ensemble's ``model_id`` ("imcap-ensemble-" + 12 hex digits of a
+    digest of the members' ids in order) and ``members``; an attention member makes the ensemble read grids. The
+    decoding defaults are the first member's."""
+
+    def __init__(self, model_dirs, with_decoder: bool = True):  # pylint: disable=super-init-not-called
+        if not model_dirs:
+            raise ValueError("an ensemble needs at least one --model_dir")
+        self._members = [Bundle(model_dir, with_decoder=False) for model_dir in model_dirs]
+        first = self._members[0]
+        for member in self._members[1:]:
+            for key in (BundleKeys.BACKBONE, BundleKeys.WEIGHTS_SHA256, BundleKeys.IMAGE_SIZE):
+                if member.config[key] != first.config[key]:
+                    raise ValueError(f"{member.model_dir} and {first.model_dir} differ in {key} "
+                                     f"({member.config[key]} vs {first.config[key]}): an ensemble's bundles must be "
+                                     "trained on the same features")
+            if member.vocabulary.tokens != first.vocabulary.tokens:
+                raise ValueError(f"{member.model_dir} and {first.model_dir} have different vocabularies: an "
+                                 "ensemble's bundles must be trained on the same records")
+        grids = {member.grid_shape for member in self._members if member.grid_shape}
+        if len(grids) > 1:
+            raise ValueError(f"the attention bundles of the ensemble read different grids ({sorted(grids)})")
+        ids = [member.model_id for member in self._members]
+        self.model_dir = model_dirs[0]
+        self.vocabulary = first.vocabulary
+        self.config = dict(first.config)
+        self.config[BundleKeys.MODEL_ID] = ENSEMBLE_PREFIX + hashlib.sha256(
+            "\n".join(ids).encode("utf-8")).hexdigest()[:12] if len(ids) > 1 else ids[0]
+        self.config[BundleKeys.MEMBERS] = ids
+        self.config[BundleKeys.MAX_LENGTH] = max(member.config[BundleKeys.MAX_LENGTH] for member in self._members)
+        if grids:
+            self.config[BundleKeys.DECODER] = bundle_schema.ATTENTION_DECODER
+            self.config[BundleKeys.GRID_SHAPE] = list(grids.pop())
+        self.decoder_model = self.decoder = None
+        if with_decoder:
+            from trainer.decoding import CaptionDecoder
+            models = [load_decoder(fileio.join(member.model_dir, bundle_schema.DECODER_FILE))
+                      for member in self._members]
+            self.decoder_model = models[0]
+            self.decoder = CaptionDecoder(models, self.vocabulary, self.config[BundleKeys.MAX_LENGTH])
+
+    @property
+    def members(self) -> list:
+        return list(self._members)
+
+
+def load_bundles(model_dirs, with_decoder: bool = True) -> Bundle:
+    """The bundle of one --model_dir, or the `Ensemble` of several."""
+    model_dirs = [model_dirs] if isinstance(model_dirs, str) else list(model_dirs)
+    if len(model_dirs) == 1:
+        return Bundle(model_dirs[0], with_decoder=with_decoder)
+    return Ensemble(model_dirs, with_decoder=with_decoder)
+
+
 def load_decoder(path: str):
     import keras
+    from trainer import attention  # noqa: F401  (registers the attention decoder's layers with Keras)
     if "://" in path:
         import tensorflow as tf
         with tempfile.TemporaryDirectory() as scratch:

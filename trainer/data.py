@@ -114,20 +114,90 @@ def caption_dataset(data_dir: str, split: str, feature_dim: int, batch_size: int
     return batched.prefetch(AUTOTUNE)
 
 
+def parse_grid_record(serialized, feature_dim: int, grid_shape: tuple) -> dict:
+    """One serialized Example with a grid -> {image_id, image_features [D], image_grid [G, D] float16, captions [C],
+    caption_ids ragged [C, None]}."""
+    parsed = tf.io.parse_single_example(serialized, records.feature_spec(feature_dim, with_grid=True))
+    ids = tf.RaggedTensor.from_row_lengths(tf.sparse.to_dense(parsed[records.CAPTION_IDS]),
+                                           tf.sparse.to_dense(parsed[records.CAPTION_LENGTHS]))
+    return {records.IMAGE_ID: parsed[records.IMAGE_ID], records.IMAGE_FEATURES: parsed[records.IMAGE_FEATURES],
+            records.IMAGE_GRID: records.parse_grid(parsed[records.IMAGE_GRID], grid_shape),
+            records.CAPTIONS: tf.sparse.to_dense(parsed[records.CAPTIONS]), records.CAPTION_IDS: ids}
+
+
+def grid_dataset(data_dir: str, split: str, feature_dim: int, grid_shape: tuple) -> tf.data.Dataset:
+    """One element per image with its grid (`parse_grid_record`), in record order."""
+    files = split_files(data_dir, split)
+    return tf.data.Dataset.from_tensor_slices(files).interleave(
+        tf.data.TFRecordDataset, cycle_length=min(len(files), 8), num_parallel_calls=AUTOTUNE, deterministic=True
+    ).map(lambda raw: parse_grid_record(raw, feature_dim, grid_shape), num_parallel_calls=AUTOTUNE,
+          deterministic=True)
+
+
+def _grid_batch(grids, ids):
+    """(grids [K, G, D], caption ids ragged [K, C, L]) -> ((grids, image_index [N], inputs [N, T]), targets [N, T])
+    over the N = sum(C) captions of the K images."""
+    captions = ids.merge_dims(0, 1)
+    image_index = tf.cast(ids.value_rowids(), tf.int32)
+    return (grids, image_index, captions[:, :-1].to_tensor(0)), captions[:, 1:].to_tensor(0)
+
+
+def grid_caption_dataset(data_dir: str, split: str, feature_dim: int, grid_shape: tuple, images_per_batch: int, *,
+                         training: bool, seed: int | None = None, image_count: int | None = None
+                         ) -> tf.data.Dataset:
+    """Batches of ``images_per_batch`` images with *all* their captions, for the attention decoder
+    (`trainer.attention`): each grid travels once per epoch, not once per caption (on Flickr8k a caption-level
+    pipeline would copy 30,000 grids of 400 KB per epoch). ``training`` shuffles the images every epoch; the parsed
+    records (grids as float16) are cached in memory after the first epoch. ``image_count`` (from metadata.json)
+    declares the cardinality, so that Keras shows a progress bar with a total."""
+    images = grid_dataset(data_dir, split, feature_dim, grid_shape).map(
+        lambda record: (record[records.IMAGE_GRID], record[records.CAPTION_IDS])).cache()
+    if training:
+        images = images.shuffle(8192, seed=seed, reshuffle_each_iteration=True)
+    batched = images.batch(images_per_batch).map(_grid_batch, num_parallel_calls=AUTOTUNE)
+    if image_count is not None:
+        batched = batched.apply(tf.data.experimental.assert_cardinality(math.ceil(image_count / images_per_batch)))
+    return batched.prefetch(AUTOTUNE)
+
+
+def grid_scale(data_dir: str, split: str, feature_dim: int, grid_shape: tuple, images: int = 1000) -> float:
+    """1 / the root mean square of the grids of the split's first ``images`` images (the "scale" feature scaling
+    of `trainer.model`, for grids)."""
+    total, count = 0.0, 0
+    for grid in grid_dataset(data_dir, split, feature_dim, grid_shape).take(images).map(
+            lambda record: record[records.IMAGE_GRID]).batch(256).as_numpy_iterator():
+        grid = grid.astype(np.float64)
+        total += float(np.square(grid).sum())
+        count += grid.size
+    root_mean_square = math.sqrt(total / count) if count else 0.0
+    if root_mean_square == 0.0:
+        raise ValueError(f"the {split} grids of {data_dir} are all zero: nothing to learn from")
+    return 1.0 / root_mean_square
+
+
 def feature_matrix(data_dir: str, split: str, feature_dim: int, batch_size: int = 512) -> tf.data.Dataset:
     """Batches of image features only (to fit the feature normalization)."""
     return image_dataset(data_dir, split, feature_dim).map(
         lambda record: record[records.IMAGE_FEATURES]).batch(batch_size)
 
 
-def references(data_dir: str, split: str, feature_dim: int) -> tuple[list[str], np.ndarray, list[list[str]]]:
-    """(image ids, features [N, D], cleaned reference captions per image) of a split, in record order."""
-    image_ids, features, captions = [], [], []
-    for record in image_dataset(data_dir, split, feature_dim).as_numpy_iterator():
+def references(data_dir: str, split: str, feature_dim: int, grid_shape: tuple | None = None):
+    """(image ids, features, cleaned reference captions per image) of a split, in record order. The features are
+    the pooled vectors [N, D], or with ``grid_shape`` `records.SpatialFeatures` (vectors, grids [N, G, D] float16)."""
+    image_ids, features, grids, captions = [], [], [], []
+    dataset = grid_dataset(data_dir, split, feature_dim, grid_shape) if grid_shape else \
+        image_dataset(data_dir, split, feature_dim)
+    for record in dataset.as_numpy_iterator():
         image_ids.append(record[records.IMAGE_ID].decode("utf-8"))
         features.append(record[records.IMAGE_FEATURES])
+        if grid_shape:
+            grids.append(record[records.IMAGE_GRID])
         captions.append([c.decode("utf-8") for c in record[records.CAPTIONS]])
-    return image_ids, np.stack(features) if features else np.zeros((0, feature_dim), np.float32), captions
+    vectors = np.stack(features) if features else np.zeros((0, feature_dim), np.float32)
+    if not grid_shape:
+        return image_ids, vectors, captions
+    empty = np.zeros((0, grid_shape[0] * grid_shape[1], grid_shape[2]), np.float16)
+    return image_ids, records.SpatialFeatures(vectors, np.stack(grids) if grids else empty), captions
 
 
 def split_sizes(metadata: dict, split: str) -> tuple[int, int]:

@@ -22,6 +22,8 @@ import tensorflow as tf
 
 from schemas.captions import strip_boundaries
 from schemas.vocabulary import END_ID, PAD_ID, START_ID, UNKNOWN_ID, Vocabulary
+from schemas.records import SpatialFeatures
+from trainer import attention as attention_lib
 from trainer import model as model_lib
 
 NEG_INF = -1e30
@@ -33,6 +35,9 @@ class Hypothesis:
     token_ids: tuple  # generated ids, <end> excluded
     log_prob: float
     finished: bool  # ended with <end> (False: cut at max_length)
+    # attention decoders: [length, G], the weights over the grid with which each generated id (<end> included) was
+    # chosen; each row sums to 1. None for merge decoders.
+    attention: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def length(self) -> int:
@@ -42,13 +47,22 @@ class Hypothesis:
         return self.log_prob / (max(self.length, 1) ** length_penalty) if length_penalty else self.log_prob
 
 
-class CaptionDecoder:
-    """Greedy and beam-search decoding with a trained `trainer.model` decoder."""
+def _rows(features, start: int, stop: int):
+    """Rows start:stop of a batch of features (an array, or `SpatialFeatures` of arrays)."""
+    if isinstance(features, SpatialFeatures):
+        return SpatialFeatures(features.vector[start:stop], features.grid[start:stop])
+    return features[start:stop]
 
-    def __init__(self, model, vocabulary: Vocabulary, max_length: int):
-        self.model = model
-        self.vocabulary = vocabulary
-        self.max_steps = max(1, max_length - 1)  # <start> is given, every other id is generated
+
+def _count(features) -> int:
+    return len(features.grid if isinstance(features, SpatialFeatures) else features)
+
+
+class MergeStep:
+    """The merge decoder (`trainer.model`) one step at a time: the image enters after the LSTM."""
+    needs_grid = False
+
+    def __init__(self, model):
         names = {layer.name for layer in model.layers}
         self._normalization = model.get_layer(model_lib.NORMALIZATION) if model_lib.NORMALIZATION in names else None
         self._image_projection = model.get_layer(model_lib.IMAGE_PROJECTION)
@@ -57,57 +71,143 @@ class CaptionDecoder:
         self._merged_projection = model.get_layer(model_lib.MERGED_PROJECTION)
         self._logits = model.get_layer(model_lib.LOGITS)
         self.units = self._image_projection.units
-        suppress = np.zeros(len(vocabulary), np.float32)
-        suppress[list(_NEVER_GENERATED)] = NEG_INF
-        self._suppress = tf.constant(suppress)
-        feature_dim = model.get_layer(model_lib.FEATURES_INPUT).batch_shape[-1] if hasattr(
-            model.get_layer(model_lib.FEATURES_INPUT), "batch_shape") else model.inputs[0].shape[-1]
-        self._encode = tf.function(self._encode_fn, input_signature=[tf.TensorSpec([None, feature_dim], tf.float32)])
-        state = tf.TensorSpec([None, self.units], tf.float32)
-        self._step = tf.function(self._step_fn, input_signature=[
-            tf.TensorSpec([None, self.units], tf.float32), tf.TensorSpec([None], tf.int32), state, state])
-        self._expand = tf.function(self._expand_fn, input_signature=[
-            tf.TensorSpec([None, self.units], tf.float32), tf.TensorSpec([None], tf.int32), state, state,
-            tf.TensorSpec([None, None], tf.float32)])
 
-    # -- one step of the trained graph ------------------------------------------------------------------------
-    def _encode_fn(self, features):
-        image = self._normalization(features) if self._normalization is not None else features
-        return self._image_projection(image)
-
-    def _step_fn(self, image_context, tokens, hidden, memory):
-        embedded = self._embedding(tokens)
-        output, (hidden, memory) = self._cell(embedded, [hidden, memory], training=False)
-        logits = self._logits(self._merged_projection(image_context + output))
-        return tf.nn.log_softmax(logits) + self._suppress, hidden, memory
-
-    def _initial(self, features: np.ndarray, copies: int):
-        context = self._encode(tf.constant(features, tf.float32))
+    def start(self, features, copies: int):
+        """features [B, D] (or `SpatialFeatures`: its vector) -> (static tensors, state), each row ``copies`` times."""
+        vector = features.vector if isinstance(features, SpatialFeatures) else features
+        vector = tf.constant(np.asarray(vector, np.float32))
+        image = self._normalization(vector) if self._normalization is not None else vector
+        context = self._image_projection(image)
         if copies > 1:
             context = tf.repeat(context, copies, axis=0)
         zeros = tf.zeros([tf.shape(context)[0], self.units], tf.float32)
-        return context, zeros, zeros
+        return (context,), (zeros, zeros)
 
-    def _expand_fn(self, image_context, tokens, hidden, memory, scores):
+    def step(self, static, tokens, state):
+        """-> (log-probabilities [N, V], new state, None: no attention)."""
+        (context,), (hidden, memory) = static, state
+        output, (hidden, memory) = self._cell(self._embedding(tokens), [hidden, memory], training=False)
+        logits = self._logits(self._merged_projection(context + output))
+        return tf.nn.log_softmax(logits), (hidden, memory), None
+
+
+class AttentionStep:
+    """The attention decoder (`trainer.attention`) one step at a time; also returns the step's attention weights
+    over the grid."""
+    needs_grid = True
+
+    def __init__(self, model):
+        self._normalization = model.get_layer(attention_lib.NORMALIZATION)
+        self._regions = model.get_layer(attention_lib.REGION_PROJECTION)
+        self._initial_hidden = model.get_layer(attention_lib.INITIAL_HIDDEN)
+        self._initial_memory = model.get_layer(attention_lib.INITIAL_MEMORY)
+        self._embedding = model.get_layer(attention_lib.EMBEDDING)
+        self._cell = model.get_layer(attention_lib.LSTM).cell
+        self._attention = model.get_layer(attention_lib.ATTENTION)
+        self._merged_projection = model.get_layer(attention_lib.MERGED_PROJECTION)
+        self._logits = model.get_layer(attention_lib.LOGITS)
+        self.grid_input_shape = tuple(model.get_layer(attention_lib.GRID_INPUT).batch_shape[1:])
+
+    def start(self, features, copies: int):
+        if not isinstance(features, SpatialFeatures):
+            raise ValueError("an attention decoder needs the image's spatial grid, not only its pooled vector")
+        grid = tf.constant(np.asarray(features.grid, np.float32))
+        grid = tf.reshape(grid, [tf.shape(grid)[0], self.grid_input_shape[0], self.grid_input_shape[1]])
+        regions = self._regions(self._normalization(grid))
+        mean = tf.reduce_mean(regions, axis=1)
+        hidden, memory = self._initial_hidden(mean), self._initial_memory(mean)
+        keys = self._attention.keys(regions)
+        if copies > 1:
+            regions, keys, hidden, memory = (tf.repeat(t, copies, axis=0) for t in (regions, keys, hidden, memory))
+        return (regions, keys), (hidden, memory)
+
+    def step(self, static, tokens, state):
+        (regions, keys), (hidden, memory) = static, state
+        output, (hidden, memory) = self._cell(self._embedding(tokens), [hidden, memory], training=False)
+        context, weights = self._attention.attend(output[:, None], keys, regions)
+        logits = self._logits(self._merged_projection(context[:, 0] + output))
+        return tf.nn.log_softmax(logits), (hidden, memory), weights[:, 0]
+
+
+def step_model(model):
+    """The step-wise view of a trained decoder of either kind."""
+    return AttentionStep(model) if attention_lib.is_attention_decoder(model) else MergeStep(model)
+
+
+class CaptionDecoder:
+    """Greedy and beam-search decoding with one trained decoder, or an ensemble of several trained on the same
+    features and vocabulary (at each step their next-token log-probabilities are averaged).
+
+    Features: [B, D] pooled vectors for merge decoders; `SpatialFeatures` (vector [B, D], grid [B, G, D]) for
+    attention decoders (or a mix: each member takes what it needs). Hypotheses of a decoder with attention carry
+    ``attention`` [length, G]: the weights over the grid with which each generated id (<end> included) was chosen,
+    averaged over the attention members of an ensemble."""
+
+    def __init__(self, models, vocabulary: Vocabulary, max_length: int):
+        self.models = list(models) if isinstance(models, (list, tuple)) else [models]
+        if not self.models:
+            raise ValueError("a caption decoder needs at least one model")
+        self.model = self.models[0]
+        self.members = [step_model(model) for model in self.models]
+        self.vocabulary = vocabulary
+        self.max_steps = max(1, max_length - 1)  # <start> is given, every other id is generated
+        self.needs_grid = any(member.needs_grid for member in self.members)
+        self._with_attention = self.needs_grid
+        suppress = np.zeros(len(vocabulary), np.float32)
+        suppress[list(_NEVER_GENERATED)] = NEG_INF
+        self._suppress = tf.constant(suppress)
+        self._step = tf.function(self._step_fn, reduce_retracing=True)
+        self._expand = tf.function(self._expand_fn, reduce_retracing=True)
+
+    # -- one step of the trained graphs -------------------------------------------------------------------------
+    def _initial(self, features, copies: int):
+        started = [member.start(features, copies) for member in self.members]
+        return tuple(static for static, _ in started), tuple(state for _, state in started)
+
+    def _step_fn(self, statics, tokens, states):
+        """-> (log-probabilities [N, V] averaged over the members, new states, attention [N, G] or zeros [N, 0])."""
+        log_probs, new_states, weights = [], [], []
+        for member, static, state in zip(self.members, statics, states):
+            member_log_probs, state, member_weights = member.step(static, tokens, state)
+            log_probs.append(member_log_probs)
+            new_states.append(state)
+            if member_weights is not None:
+                weights.append(member_weights)
+        mean = log_probs[0] if len(log_probs) == 1 else tf.add_n(log_probs) / float(len(log_probs))
+        attention = (weights[0] if len(weights) == 1 else tf.add_n(weights) / float(len(weights))) if weights \
+            else tf.zeros([tf.shape(tokens)[0], 0], tf.float32)
+        return mean + self._suppress, tuple(new_states), attention
+
+    def _expand_fn(self, statics, tokens, states, scores):
         """One beam step: the 2K best (score, parent * V + token) extensions per image, best first."""
-        log_probs, hidden, memory = self._step_fn(image_context, tokens, hidden, memory)
+        log_probs, states, attention = self._step_fn(statics, tokens, states)
         width = tf.shape(scores)[1]
         totals = tf.reshape(tf.reshape(scores, [-1, 1]) + log_probs, [tf.shape(scores)[0], -1])
         values, indices = tf.math.top_k(totals, k=2 * width)
-        return values, indices, hidden, memory
+        return values, indices, states, attention
+
+    @staticmethod
+    def _gather_states(states, rows):
+        return tuple(tuple(tf.gather(tensor, rows) for tensor in state) for state in states)
 
     # -- decoders ------------------------------------------------------------------------------------------------
-    def greedy(self, features: np.ndarray) -> list[Hypothesis]:
-        features = np.asarray(features, np.float32)
-        batch = features.shape[0]
-        context, hidden, memory = self._initial(features, 1)
+    @staticmethod
+    def _prepared(features):
+        if isinstance(features, SpatialFeatures):
+            return features
+        return np.asarray(features, np.float32)
+
+    def greedy(self, features) -> list[Hypothesis]:
+        features = self._prepared(features)
+        batch = _count(features)
+        statics, states = self._initial(features, 1)
         tokens = np.full(batch, START_ID, np.int32)
         log_probs = np.zeros(batch, np.float32)  # float32 sums, as beam search accumulates them
         lengths = np.full(batch, self.max_steps, np.int64)  # generated ids before <end>
         finished = np.zeros(batch, bool)
-        steps = []
+        steps, attention = [], []
         for step in range(self.max_steps):
-            step_log_probs, hidden, memory = self._step(context, tf.constant(tokens), hidden, memory)
+            step_log_probs, states, weights = self._step(statics, tf.constant(tokens), states)
             step_log_probs = step_log_probs.numpy()
             tokens = step_log_probs.argmax(axis=-1).astype(np.int32)
             log_probs += np.where(finished, np.float32(0.0), step_log_probs[np.arange(batch), tokens])
@@ -115,39 +215,49 @@ class CaptionDecoder:
             lengths[ending] = step
             finished |= ending
             steps.append(tokens)
+            attention.append(weights.numpy())
             if finished.all():
                 break
         generated = np.stack(steps, axis=1)
-        return [Hypothesis(tuple(int(t) for t in generated[i, :lengths[i]]), float(log_probs[i]), bool(finished[i]))
+        attention = np.stack(attention, axis=1)  # [B, steps, G]
+        return [Hypothesis(tuple(int(t) for t in generated[i, :lengths[i]]), float(log_probs[i]), bool(finished[i]),
+                           attention[i, :lengths[i] + finished[i]] if self._with_attention else None)
                 for i in range(batch)]
 
-    def beam_search(self, features: np.ndarray, beam_width: int, length_penalty: float = 0.0) -> list[Hypothesis]:
+    def beam_search(self, features, beam_width: int, length_penalty: float = 0.0) -> list[Hypothesis]:
         if beam_width < 1:
             raise ValueError(f"beam width must be at least 1, got {beam_width}")
-        features = np.asarray(features, np.float32)
+        features = self._prepared(features)
         greedy = self.greedy(features)
-        batch, width, vocab_size = features.shape[0], beam_width, len(self.vocabulary)
-        context, hidden, memory = self._initial(features, width)
+        batch, width, vocab_size = _count(features), beam_width, len(self.vocabulary)
+        statics, states = self._initial(features, width)
         tokens = np.full(batch * width, START_ID, np.int32)
         scores = np.full((batch, width), NEG_INF, np.float32)
         scores[:, 0] = 0.0  # all copies start identical: expand only the first
         history = np.zeros((batch, width, 0), np.int32)
+        looks = None  # [B, K, t, G]: the attention weights of each live hypothesis' ids
         finished = [[] for _ in range(batch)]
         kept = np.full((batch, width), -np.inf)  # the best `width` finished scores per image, best first
         done = np.zeros(batch, bool)
         ranks = np.arange(2 * width)[None, :]
         for step in range(self.max_steps):
             length = step + 1
-            values, indices, hidden, memory = self._expand(context, tf.constant(tokens), hidden, memory,
-                                                           tf.constant(scores))
+            values, indices, states, weights = self._expand(statics, tf.constant(tokens), states,
+                                                            tf.constant(scores))
             values, indices = values.numpy(), indices.numpy()
+            weights = weights.numpy().reshape(batch, width, -1)  # per parent: the weights of this step
+            if looks is None:
+                looks = np.zeros((batch, width, 0, weights.shape[-1]), np.float32)
             parents, next_ids = indices // vocab_size, (indices % vocab_size).astype(np.int32)
             valid = (values > NEG_INF / 2) & ~done[:, None]
             ends = next_ids == END_ID
             # An ending only counts if it is among this step's best `width` extensions.
             for image, position in zip(*np.nonzero(valid & ends & (ranks < width))):
-                hypothesis = Hypothesis(tuple(int(t) for t in history[image, parents[image, position]]),
-                                        float(values[image, position]), True)
+                parent = parents[image, position]
+                hypothesis = Hypothesis(
+                    tuple(int(t) for t in history[image, parent]), float(values[image, position]), True,
+                    np.concatenate([looks[image, parent], weights[image, parent][None]])
+                    if self._with_attention else None)
                 finished[image].append(hypothesis)
                 kept[image] = np.sort(np.append(kept[image], hypothesis.score(length_penalty)))[::-1][:width]
             alive = valid & ~ends
@@ -158,6 +268,9 @@ class CaptionDecoder:
             scores = np.where(chosen, np.take_along_axis(values, order, axis=1), NEG_INF).astype(np.float32)
             history = np.concatenate([np.take_along_axis(history, parents[:, :, None], axis=1),
                                       next_ids[:, :, None]], axis=2)
+            if self._with_attention:
+                looks = np.concatenate([np.take_along_axis(looks, parents[:, :, None, None], axis=1),
+                                        np.take_along_axis(weights, parents[:, :, None], axis=1)[:, :, None]], axis=2)
             best_live = scores.max(axis=1).astype(np.float64)
             # A live hypothesis only loses log-probability as it grows. Without a length penalty that settles it;
             # with one, its score is estimated at the shortest length it can finish with (the usual heuristic).
@@ -166,13 +279,14 @@ class CaptionDecoder:
             if done.all():
                 break
             scores[done] = NEG_INF
-            gather = (np.arange(batch)[:, None] * width + parents).reshape(-1)
-            hidden, memory = tf.gather(hidden, gather), tf.gather(memory, gather)
+            states = self._gather_states(states, (np.arange(batch)[:, None] * width + parents).reshape(-1))
             tokens = next_ids.reshape(-1)
         results = []
         for image in range(batch):
-            pool = finished[image] or [Hypothesis(tuple(int(t) for t in history[image, s]), float(scores[image, s]),
-                                                  False) for s in range(width) if scores[image, s] > NEG_INF / 2]
+            pool = finished[image] or [
+                Hypothesis(tuple(int(t) for t in history[image, s]), float(scores[image, s]), False,
+                           looks[image, s] if self._with_attention else None)
+                for s in range(width) if scores[image, s] > NEG_INF / 2]
             pool = pool + [greedy[image]]
             results.append(max(pool, key=lambda hypothesis: hypothesis.score(length_penalty)))
         return results
@@ -181,21 +295,27 @@ class CaptionDecoder:
     def to_text(self, hypothesis: Hypothesis) -> str:
         return " ".join(strip_boundaries(self.vocabulary.decode(hypothesis.token_ids)))
 
-    def decode(self, features: np.ndarray, beam_width: int = 1, length_penalty: float = 0.0) -> list[Hypothesis]:
+    def decode(self, features, beam_width: int = 1, length_penalty: float = 0.0) -> list[Hypothesis]:
         if beam_width == 1 and length_penalty == 0:
             return self.greedy(features)
         return self.beam_search(features, beam_width, length_penalty)
 
-    def caption(self, features: np.ndarray, beam_width: int = 1, length_penalty: float = 0.0,
-                batch_size: int = 256, progress: str | None = None) -> list[tuple[str, float]]:
-        """(caption text, log-probability) per feature row, decoding ``batch_size`` images at a time.
+    def hypotheses(self, features, beam_width: int = 1, length_penalty: float = 0.0, batch_size: int = 256,
+                   progress: str | None = None) -> list[Hypothesis]:
+        """The best hypothesis per image, decoding ``batch_size`` images at a time.
 
         ``progress``: the label of a tqdm bar over the images (shown on a terminal only, not in a log file)."""
         from tqdm import tqdm
-        out = []
-        with tqdm(total=len(features), desc=progress, unit="img", disable=None if progress else True) as bar:
-            for start in range(0, len(features), batch_size):
-                for hypothesis in self.decode(features[start:start + batch_size], beam_width, length_penalty):
-                    out.append((self.to_text(hypothesis), hypothesis.log_prob))
-                bar.update(len(features[start:start + batch_size]))
+        out, total = [], _count(features)
+        with tqdm(total=total, desc=progress, unit="img", disable=None if progress else True) as bar:
+            for start in range(0, total, batch_size):
+                rows = _rows(features, start, start + batch_size)
+                out.extend(self.decode(rows, beam_width, length_penalty))
+                bar.update(_count(rows))
         return out
+
+    def caption(self, features, beam_width: int = 1, length_penalty: float = 0.0,
+                batch_size: int = 256, progress: str | None = None) -> list[tuple[str, float]]:
+        """(caption text, log-probability) per image (see `hypotheses`)."""
+        return [(self.to_text(hypothesis), hypothesis.log_prob) for hypothesis in
+                self.hypotheses(features, beam_width, length_penalty, batch_size, progress)]

@@ -5,7 +5,7 @@
 (also installed as ``imcap-evaluate``). Captions are decoded in batches from the records' features and compared
 with all reference captions of each image, both normalized the same way (`schemas.captions`), start/end tokens
 removed. BLEU is NLTK's ``corpus_bleu`` with uniform weights over 1..n-grams and no smoothing (the standard corpus
-BLEU); CIDEr-D comes from pycocoevalcap when it is installed (``pip install imcap[metrics]``).
+BLEU); CIDEr-D is pycocoevalcap's (`cider_score`). Repeat ``--model_dir`` to evaluate an ensemble.
 
 Prints a JSON object and saves it as ``MODEL/eval_<split>_beam<K>.json``.
 """
@@ -41,12 +41,12 @@ def bleu_scores(references: list[list[str]], hypotheses: list[str]) -> dict:
                 for name, weights in BLEU_WEIGHTS.items()}
 
 
-def cider_score(references: list[list[str]], hypotheses: list[str]) -> float | None:
-    """CIDEr-D from pycocoevalcap, or None where it is not installed."""
-    try:
-        from pycocoevalcap.cider.cider import Cider
-    except ImportError:
-        return None
+def cider_score(references: list[list[str]], hypotheses: list[str]) -> float:
+    """CIDEr-D (Vedantam et al. 2015) as the COCO caption evaluation computes it: pycocoevalcap's ``Cider``, which
+    is the CIDEr-D variant (Gaussian length penalty, sigma 6; clipped n-gram counts; x10), with document
+    frequencies from the references of the evaluated split. The captions are already tokenized and lower-cased
+    by `schemas.captions` (the PTB tokenizer step of the COCO scripts, which needs Java, is not run)."""
+    from pycocoevalcap.cider.cider import Cider
     gts = {index: list(image) for index, image in enumerate(references)}
     res = {index: [hypothesis] for index, hypothesis in enumerate(hypotheses)}
     score, _ = Cider().compute_score(gts, res)
@@ -54,26 +54,32 @@ def cider_score(references: list[list[str]], hypotheses: list[str]) -> float | N
 
 
 def caption_metrics(references: list[list[str]], hypotheses: list[str]) -> dict:
-    metrics = bleu_scores(references, hypotheses)
-    cider = cider_score(references, hypotheses)
-    if cider is not None:
-        metrics["cider"] = cider
-    return metrics
+    """BLEU-1..4 and CIDEr-D (key ``cider_d``)."""
+    return bleu_scores(references, hypotheses) | {"cider_d": cider_score(references, hypotheses)}
 
 
-def evaluate(data_dir: str, model_dir: str, split: str, beam_width: int | None = None,
-             length_penalty: float | None = None, batch_size: int = 256) -> dict:
+def evaluate(data_dir: str, model_dir, split: str, beam_width: int | None = None,
+             length_penalty: float | None = None, batch_size: int = 256, output: str | None = None) -> dict:
+    """Metrics of one bundle (``model_dir`` a path) or an ensemble (a list of paths) on a split. The result is
+    saved as ``output``, by default ``eval_<split>_beam<K>.json`` in the (first) bundle's directory, or
+    ``eval_<split>_beam<K>_<ensemble id>.json`` for an ensemble."""
+    from schemas import records
     from trainer import data
-    from trainer.bundle import Bundle
+    from trainer.bundle import load_bundles
 
-    bundle = Bundle(model_dir)
+    bundle = load_bundles(model_dir)
     metadata = data.read_metadata(data_dir)
     if metadata[MetadataKeys.WEIGHTS_SHA256] != bundle.config[BundleKeys.WEIGHTS_SHA256]:
         raise ValueError(f"{data_dir} holds features of other backbone weights (sha256 "
-                         f"{metadata[MetadataKeys.WEIGHTS_SHA256][:12]}) than {model_dir} was trained on "
+                         f"{metadata[MetadataKeys.WEIGHTS_SHA256][:12]}) than {bundle.model_dir} was trained on "
                          f"({bundle.config[BundleKeys.WEIGHTS_SHA256][:12]})")
+    grid = bundle.grid_shape
+    if grid and records.grid_shape(metadata) != grid:
+        raise ValueError(f"{bundle.model_dir} decodes from {grid[0]}x{grid[1]}x{grid[2]} spatial grids, and "
+                         f"{data_dir} holds {'none' if not records.grid_shape(metadata) else records.grid_shape(metadata)}"
+                         "; evaluate it on records of the extract job with the same --spatial_grid")
     beam_width, length_penalty = bundle.decoding_for(beam_width, length_penalty)
-    image_ids, features, references = data.references(data_dir, split, metadata[MetadataKeys.FEATURE_DIM])
+    image_ids, features, references = data.references(data_dir, split, metadata[MetadataKeys.FEATURE_DIM], grid)
     if not image_ids:
         raise ValueError(f"no records in the {split} split of {data_dir}")
     start = time.perf_counter()
@@ -83,14 +89,17 @@ def evaluate(data_dir: str, model_dir: str, split: str, beam_width: int | None =
     hypotheses = [text for text, _ in decoded]
     result = {
         "split": split, "images": len(image_ids), "beam_width": beam_width, "length_penalty": length_penalty,
-        "model_id": bundle.model_id, **caption_metrics(references, hypotheses),
+        "model_id": bundle.model_id, "members": [member.model_id for member in bundle.members],
+        **caption_metrics(references, hypotheses),
         "mean_caption_length": sum(len(h.split()) for h in hypotheses) / len(hypotheses),
         "distinct_captions": len(set(hypotheses)),
         "decode_images_per_second": round(len(image_ids) / seconds, 1),
         "examples": [{"image_id": image_ids[i], "caption": hypotheses[i], "references": references[i][:2]}
                      for i in range(min(5, len(image_ids)))],
     }
-    fileio.write_json(fileio.join(model_dir, f"eval_{split}_beam{beam_width}.json"), result)
+    ensemble = len(bundle.members) > 1
+    fileio.write_json(output or fileio.join(bundle.model_dir, f"eval_{split}_beam{beam_width}"
+                                            + (f"_{bundle.model_id}" if ensemble else "") + ".json"), result)
     return result
 
 
@@ -99,8 +108,11 @@ def main(argv=None) -> int:
     cli.quiet_tensorflow()
     parser = argparse.ArgumentParser(prog="imcap-evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data_dir", required=True, help="--output_dir of the extract job")
-    parser.add_argument("--model_dir", required=True, help="a model bundle (trainer.task's --model_dir)")
+    parser.add_argument("--model_dir", required=True, action="append",
+                        help="a model bundle (trainer.task's --model_dir); repeat it to evaluate the ensemble of "
+                             "several bundles trained on the same records")
     parser.add_argument("--split", default="dev")
+    parser.add_argument("--output", help="where to save the result (default: in the first bundle's directory)")
     parser.add_argument("--beam_width", type=int, help="1 = greedy (default: the bundle's)")
     parser.add_argument("--length_penalty", type=float, help="default: the bundle's")
     parser.add_argument("--batch_size", type=int, default=256)
@@ -108,7 +120,8 @@ def main(argv=None) -> int:
     if args.beam_width is not None and args.beam_width < 1:
         parser.error("--beam_width must be at least 1")
     return cli.exit_status(lambda: print(json.dumps(evaluate(
-        args.data_dir, args.model_dir, args.split, args.beam_width, args.length_penalty, args.batch_size), indent=2)))
+        args.data_dir, args.model_dir, args.split, args.beam_width, args.length_penalty, args.batch_size,
+        args.output), indent=2)))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
     python -m trainer.task --data_dir FEATURES --model_dir MODEL [--epochs 30] [--batch_size 64] [--seed 0] ...
 
 (also installed as ``imcap-train``). Reads ``FEATURES/{train,dev}-*.tfrecord``, ``vocab.txt`` and
-``metadata.json``; fits the merge decoder (`trainer.model`) with teacher forcing; keeps the weights with the
+``metadata.json``; fits the merge decoder (`trainer.model`) or, with ``--decoder attention``, the attention decoder
+over the records' spatial grids (`trainer.attention`) with teacher forcing; keeps the weights with the
 lowest dev loss and stops when it has not improved for ``--patience`` epochs.
 
 MODEL receives the bundle (``decoder.keras``, ``vocab.txt``, ``bundle.json``: see `schemas.bundle`) and the
@@ -42,9 +43,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--train_split", default="train")
     parser.add_argument("--eval_split", default="dev", help="split for the dev loss (early stopping, best model)")
     parser.add_argument("--epochs", type=cli.positive_int, default=30)
-    parser.add_argument("--batch_size", type=cli.positive_int, default=64)
+    parser.add_argument("--batch_size", type=cli.positive_int, default=64,
+                        help="captions per batch (attention: whole images with all their captions, about this many)")
     parser.add_argument("--embedding_dim", type=cli.positive_int, default=256)
-    parser.add_argument("--units", type=cli.positive_int, default=256, help="LSTM and projection width")
+    parser.add_argument("--decoder", default="merge", choices=("merge", "attention"),
+                        help="merge (default): the pooled vector joins the LSTM's output; attention: every word "
+                             "attends over the spatial grid (needs records from the extract job's --spatial_grid)")
+    parser.add_argument("--units", type=cli.positive_int, default=None,
+                        help="LSTM and projection width (default 256 for merge, 512 for attention)")
+    parser.add_argument("--attention_dim", type=cli.positive_int, default=256,
+                        help="attention decoder: width of the query/key projections")
     parser.add_argument("--dropout", type=_fraction, default=0.5)
     parser.add_argument("--recurrent_dropout", type=_fraction, default=0.0)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
@@ -157,9 +165,20 @@ def train(args: argparse.Namespace) -> dict:
     from trainer import bundle as bundle_lib
     from trainer import data, model as model_lib
 
+    from schemas import records
     metadata = data.read_metadata(args.data_dir)
     vocabulary = Vocabulary.load(fileio.join(args.data_dir, VOCAB_FILE))
     feature_dim = metadata[MetadataKeys.FEATURE_DIM]
+    grid = records.grid_shape(metadata)
+    attention = args.decoder == "attention"
+    if args.units is None:
+        args.units = 512 if attention else 256
+    if attention and not grid:
+        raise ValueError(f"{args.data_dir} holds no spatial grids, which --decoder attention reads: run the extract "
+                         "job with --spatial_grid full (or N) first")
+    if attention and args.feature_scaling == "standardize":
+        raise ValueError("--decoder attention scales grids by their RMS (scale) or not at all (none); "
+                         "standardize is for the merge decoder's vectors")
     _, train_pairs = data.split_sizes(metadata, args.train_split)
     if train_pairs == 0:
         raise ValueError(f"the {args.train_split} split of {args.data_dir} has no captions")
@@ -183,22 +202,41 @@ def train(args: argparse.Namespace) -> dict:
     keras.utils.set_random_seed(args.seed)
     tf.config.experimental.enable_op_determinism()
 
-    buckets = data.DEFAULT_BUCKETS if args.length_buckets else None
-    train_batches = data.caption_dataset(
-        args.data_dir, args.train_split, feature_dim, args.batch_size, training=True, seed=args.seed,
-        bucket_boundaries=buckets,
-        batches=data.count_batches(args.data_dir, args.train_split, feature_dim, args.batch_size, buckets))
-    eval_batches = data.caption_dataset(
-        args.data_dir, args.eval_split, feature_dim, args.batch_size, training=False, bucket_boundaries=buckets,
-        batches=data.count_batches(args.data_dir, args.eval_split, feature_dim, args.batch_size, buckets)
-    ) if has_eval else None
-    normalization = model_lib.fitted_feature_scaling(
-        data.feature_matrix(args.data_dir, args.train_split, feature_dim).as_numpy_iterator(), args.feature_scaling)
-    config = model_lib.DecoderConfig(vocab_size=len(vocabulary), feature_dim=feature_dim,
-                                     embedding_dim=args.embedding_dim, units=args.units, dropout=args.dropout,
-                                     recurrent_dropout=args.recurrent_dropout)
-    decoder = model_lib.compile_decoder(model_lib.build_decoder(config, normalization), args.learning_rate,
-                                        args.clipnorm or None)
+    if attention:
+        train_images, _ = data.split_sizes(metadata, args.train_split)
+        images_per_batch = max(1, round(args.batch_size * train_images / train_pairs))
+        train_batches = data.grid_caption_dataset(args.data_dir, args.train_split, feature_dim, grid,
+                                                  images_per_batch, training=True, seed=args.seed,
+                                                  image_count=train_images)
+        eval_batches = data.grid_caption_dataset(
+            args.data_dir, args.eval_split, feature_dim, grid, images_per_batch, training=False,
+            image_count=data.split_sizes(metadata, args.eval_split)[0]) if has_eval else None
+        scale = data.grid_scale(args.data_dir, args.train_split, feature_dim, grid) \
+            if args.feature_scaling == "scale" else 1.0
+        from trainer import attention as attention_lib
+        config = attention_lib.AttentionConfig(
+            vocab_size=len(vocabulary), grid_shape=grid, embedding_dim=args.embedding_dim, units=args.units,
+            attention_dim=args.attention_dim, dropout=args.dropout, recurrent_dropout=args.recurrent_dropout)
+        decoder = model_lib.compile_decoder(attention_lib.build_attention_decoder(config, scale),
+                                            args.learning_rate, args.clipnorm or None)
+    else:
+        buckets = data.DEFAULT_BUCKETS if args.length_buckets else None
+        train_batches = data.caption_dataset(
+            args.data_dir, args.train_split, feature_dim, args.batch_size, training=True, seed=args.seed,
+            bucket_boundaries=buckets,
+            batches=data.count_batches(args.data_dir, args.train_split, feature_dim, args.batch_size, buckets))
+        eval_batches = data.caption_dataset(
+            args.data_dir, args.eval_split, feature_dim, args.batch_size, training=False, bucket_boundaries=buckets,
+            batches=data.count_batches(args.data_dir, args.eval_split, feature_dim, args.batch_size, buckets)
+        ) if has_eval else None
+        normalization = model_lib.fitted_feature_scaling(
+            data.feature_matrix(args.data_dir, args.train_split, feature_dim).as_numpy_iterator(),
+            args.feature_scaling)
+        config = model_lib.DecoderConfig(vocab_size=len(vocabulary), feature_dim=feature_dim,
+                                         embedding_dim=args.embedding_dim, units=args.units, dropout=args.dropout,
+                                         recurrent_dropout=args.recurrent_dropout)
+        decoder = model_lib.compile_decoder(model_lib.build_decoder(config, normalization), args.learning_rate,
+                                            args.clipnorm or None)
     logging.info("decoder: %s parameters, vocabulary %d, %d train captions per epoch%s",
                  f"{decoder.count_params():,}", len(vocabulary), train_pairs,
                  " (resuming an interrupted run)" if resume else "")
@@ -231,7 +269,8 @@ def train(args: argparse.Namespace) -> dict:
         "median_captions_per_second": sorted(r["captions_per_second"] for r in history)[len(history) // 2],
         "hyperparameters": {key: getattr(args, key) for key in (
             "batch_size", "embedding_dim", "units", "dropout", "recurrent_dropout", "learning_rate", "clipnorm",
-            "patience", "seed", "epochs", "feature_scaling")} | {"length_buckets": args.length_buckets},
+            "patience", "seed", "epochs", "feature_scaling", "decoder")} | {"length_buckets": args.length_buckets}
+        | ({"attention_dim": args.attention_dim} if attention else {}),
     }
     config_written = bundle_lib.export_bundle(
         args.model_dir, decoder, vocabulary, metadata, training,

@@ -1,0 +1,238 @@
+"""Spatial features and the attention decoder: grids in the records, training, decoding with attention weights,
+ensembles, and the caption job serving attention bundles and ensembles."""
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from schemas import backbones, records
+from schemas.records import MetadataKeys
+from schemas.vocabulary import END_ID, RESERVED_TOKENS, START_ID, Vocabulary
+from tests.conftest import TEST_IMAGE_SIZE, local_test_pipeline, write_feature_records
+from trainer import attention, evaluate, task
+from trainer.bundle import Bundle, Ensemble, export_bundle, load_bundles
+from trainer.decoding import CaptionDecoder
+
+GRID = (2, 2, 8)
+TINY = {
+    "one.jpg": "A red circle above a blue square .",
+    "two.jpg": "A small green triangle .",
+    "three.jpg": "Two dogs run on the grass .",
+    "four.jpg": "A man rides a red bike .",
+    "five.jpg": "A blue square left of a red circle .",
+    "six.jpg": "A black cat sleeps .",
+}
+
+
+# -- grids in the records ---------------------------------------------------------------------------------------
+def test_grid_pooling_matrix_is_adaptive_average_pooling():
+    rng = np.random.default_rng(0)
+    maps = rng.normal(size=(2, 10, 10, 3)).astype(np.float32)
+    pooled = backbones.pool_grid(maps, 5)
+    expected = maps.reshape(2, 5, 2, 5, 2, 3).mean(axis=(2, 4))
+    np.testing.assert_allclose(pooled, expected, rtol=1e-5, atol=1e-6)
+    assert np.array_equal(backbones.pool_grid(maps, 10), maps)
+    odd = backbones.pool_grid(maps, 3)  # bins 0-3, 3-7, 6-10 (overlapping, as AdaptiveAvgPool2d)
+    np.testing.assert_allclose(odd[:, 1, 2], maps[:, 3:7, 6:10].mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(backbones.pool_grid(maps, 1)[:, 0, 0], maps.mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="cannot be pooled"):
+        backbones.grid_pooling_matrix(3, 4)
+
+
+def test_spatial_extractor_gives_the_pooled_model_s_vector_and_its_map():
+    model = backbones.build_feature_extractor(backbones.XCEPTION, backbones.RANDOM_INIT, TEST_IMAGE_SIZE)
+    spatial = backbones.build_feature_extractor(backbones.XCEPTION, backbones.RANDOM_INIT, TEST_IMAGE_SIZE,
+                                                spatial=True)
+    assert backbones.weights_digest(model) == backbones.weights_digest(spatial)
+    pixels = np.random.default_rng(1).uniform(-1, 1, size=(2, TEST_IMAGE_SIZE, TEST_IMAGE_SIZE, 3)).astype(np.float32)
+    vector, feature_map = spatial.predict_on_batch(pixels)
+    np.testing.assert_array_equal(vector, model.predict_on_batch(pixels))
+    assert feature_map.shape == (2, 3, 3, 2048)
+    np.testing.assert_allclose(feature_map.mean(axis=(1, 2)), vector, rtol=1e-5, atol=1e-9)
+
+
+def test_extract_job_writes_grids_that_round_trip_through_the_spec(sample_features):
+    import tensorflow as tf
+
+    from trainer import data
+    metadata = data.read_metadata(sample_features)
+    grid = records.grid_shape(metadata)
+    assert grid == (3, 3, 2048) and metadata[MetadataKeys.GRID_BYTES_PER_IMAGE] == 3 * 3 * 2048 * 2
+    decoded = records.read_records(sample_features, "train", grid)
+    assert len(decoded) == 8
+    by_id = {record[records.IMAGE_ID]: record for record in decoded}
+    for record in data.grid_dataset(sample_features, "train", 2048, grid).as_numpy_iterator():
+        expected = by_id[record[records.IMAGE_ID].decode()]
+        assert record[records.IMAGE_GRID].dtype == np.float16 and record[records.IMAGE_GRID].shape == (9, 2048)
+        np.testing.assert_array_equal(record[records.IMAGE_GRID], expected[records.IMAGE_GRID].reshape(9, 2048))
+        np.testing.assert_array_equal(record[records.IMAGE_FEATURES], expected[records.IMAGE_FEATURES])
+    for record in decoded:  # the vector is the mean of the full map; the grid keeps it to float16 precision
+        vector = record[records.IMAGE_FEATURES]
+        mean = record[records.IMAGE_GRID].astype(np.float32).mean(axis=(0, 1))
+        assert np.abs(mean - vector).max() <= 2e-3 * np.abs(vector).max()
+    # A record without the grid is rejected by the grid spec (not silently zero-filled).
+    plain = records.encode_example("x.jpg", "train", np.zeros(2048, np.float32), ["a"], [[START_ID, END_ID]])
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        data.parse_grid_record(plain.SerializeToString(), 2048, grid)
+
+
+def test_extract_job_pools_the_grid_and_checks_its_size(sample_dataset, tmp_path):
+    from beam_jobs import extract_features
+    out = str(tmp_path / "pooled")
+    extract_features.run(["--dataset_dir", sample_dataset, "--output_dir", out, "--weights", "none",
+                          "--image_size", str(TEST_IMAGE_SIZE), "--spatial_grid", "2"],
+                         test_pipeline=local_test_pipeline())
+    from trainer import data
+    metadata = data.read_metadata(out)
+    assert records.grid_shape(metadata) == (2, 2, 2048)
+    full = {r[records.IMAGE_ID]: r for r in records.read_records(out, "dev", (2, 2, 2048))}
+    assert len(full) == 2
+    with pytest.raises(ValueError, match="the grid can be at most 3"):
+        extract_features.run(["--dataset_dir", sample_dataset, "--output_dir", str(tmp_path / "big"),
+                              "--weights", "none", "--image_size", str(TEST_IMAGE_SIZE), "--spatial_grid", "4"])
+    with pytest.raises(SystemExit):
+        extract_features.parse_args(["--output_dir", "x", "--spatial_grid", "0"])
+
+
+# -- the decoder --------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_grid_records(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    items = []
+    for name, caption in TINY.items():
+        grid = rng.normal(size=GRID).astype(np.float16)
+        items.append((name, records.SpatialFeatures(grid.astype(np.float32).mean(axis=(0, 1)), grid), [caption]))
+    directory = str(tmp_path_factory.mktemp("tiny_grid_records"))
+    write_feature_records(directory, {"train": items, "dev": items}, feature_dim=GRID[2], grid_shape=GRID)
+    return directory
+
+
+def test_attention_decoder_overfits_a_tiny_set_and_decodes_its_captions(tiny_grid_records, tmp_path):
+    model_dir = str(tmp_path / "model")
+    task.train(task.parse_args([
+        "--data_dir", tiny_grid_records, "--model_dir", model_dir, "--decoder", "attention", "--epochs", "40",
+        "--learning_rate", "0.02", "--patience", "40", "--verbose", "0", "--embedding_dim", "32", "--units", "64",
+        "--attention_dim", "16", "--dropout", "0", "--batch_size", "3"]))
+    import json
+    with open(os.path.join(model_dir, task.HISTORY_FILE), encoding="utf-8") as handle:
+        history = json.load(handle)
+    assert history[-1]["loss"] < history[0]["loss"] / 10
+    bundle = Bundle(model_dir)
+    assert bundle.config["decoder"] == "attention" and bundle.grid_shape == GRID
+    from trainer import data
+    _, features, references = data.references(tiny_grid_records, "train", GRID[2], GRID)
+    assert [text for text, _ in bundle.decoder.caption(features, beam_width=1)] == [r[0] for r in references]
+    result = evaluate.evaluate(tiny_grid_records, model_dir, "dev", beam_width=3)
+    assert result["bleu_4"] == pytest.approx(1.0) and result["cider_d"] > 5.0
+    with pytest.raises(ValueError, match="pooled vector"):
+        bundle.decoder.caption(features.vector)
+
+
+def test_attention_needs_grids_in_the_records(tmp_path):
+    items = [(name, np.zeros(16, np.float32), [caption]) for name, caption in TINY.items()]
+    write_feature_records(str(tmp_path / "plain"), {"train": items})
+    with pytest.raises(ValueError, match="--spatial_grid"):
+        task.train(task.parse_args(["--data_dir", str(tmp_path / "plain"), "--model_dir", str(tmp_path / "m"),
+                                    "--decoder", "attention"]))
+
+
+def _random_attention_model(seed, words=("a", "dog", "cat", "runs")):
+    keras.utils.set_random_seed(seed)
+    vocabulary = Vocabulary(RESERVED_TOKENS + tuple(words))
+    config = attention.AttentionConfig(vocab_size=len(vocabulary), grid_shape=GRID, embedding_dim=8, units=16,
+                                       attention_dim=8, dropout=0.0)
+    model = attention.build_attention_decoder(config)
+    kernel, bias = model.get_layer(attention.LOGITS).get_weights()
+    model.get_layer(attention.LOGITS).set_weights([kernel * 6.0, bias])
+    return model, vocabulary
+
+
+def _grids(count, seed=1):
+    grid = np.random.default_rng(seed).normal(size=(count, GRID[0], GRID[1], GRID[2])).astype(np.float16)
+    return records.SpatialFeatures(grid.astype(np.float32).mean(axis=(1, 2)), grid)
+
+
+def test_beam_search_with_attention_matches_the_training_graph_and_weights_sum_to_one():
+    model, vocabulary = _random_attention_model(0)
+    decoder = CaptionDecoder(model, vocabulary, max_length=7)
+    features = _grids(5)
+    for width in (1, 3):
+        for row, hypothesis in enumerate(decoder.beam_search(features, beam_width=width)):
+            ids = list(hypothesis.token_ids)
+            targets = ids + ([END_ID] if hypothesis.finished else [])
+            inputs = np.array([[START_ID] + ids[:len(targets) - 1]], np.int32)
+            logits = model.predict_on_batch([features.grid[row:row + 1].reshape(1, 4, GRID[2]),
+                                             np.zeros(1, np.int32), inputs])[0]
+            log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - \
+                logits.max(-1, keepdims=True)
+            assert hypothesis.log_prob == pytest.approx(sum(log_probs[t, k] for t, k in enumerate(targets)), abs=1e-4)
+            assert hypothesis.attention.shape == (len(targets), 4)
+            np.testing.assert_allclose(hypothesis.attention.sum(axis=1), 1.0, atol=1e-5)
+            assert (hypothesis.attention >= 0).all()
+    # The weights are the model's: the training graph's attention layer gives the same ones.
+    hypothesis = decoder.greedy(_grids(1, seed=4))[0]
+    assert hypothesis.attention.shape[0] == hypothesis.length
+
+
+def _export(model, vocabulary, directory, sha="abc"):
+    metadata = {"backbone": "xception", "weights": "none", "weights_sha256": sha, "image_size": 71,
+                "preprocessing": "xception", "feature_dim": GRID[2], "max_length": 7, "grid_shape": list(GRID)}
+    export_bundle(directory, model, vocabulary, metadata, training={})
+    return directory
+
+
+def test_ensembles_of_one_and_of_two(tmp_path):
+    first = _export(*_random_attention_model(0), str(tmp_path / "first"))
+    second = _export(*_random_attention_model(1), str(tmp_path / "second"))
+    features = _grids(12, seed=2)
+    single = Bundle(first).decoder.caption(features, 3)
+    assert Ensemble([first]).decoder.caption(features, 3) == single
+    assert Ensemble([first]).model_id == Bundle(first).model_id
+    pair = load_bundles([first, second])
+    assert isinstance(pair, Ensemble) and pair.model_id.startswith("imcap-ensemble-")
+    assert pair.config["members"] == [Bundle(first).model_id, Bundle(second).model_id]
+    both = pair.decoder.caption(features, 3)
+    assert both != single and both != Bundle(second).decoder.caption(features, 3)
+    assert load_bundles([first, second]).decoder.caption(features, 3) == both  # deterministic
+    # The averaged log-probabilities: the ensemble's greedy first word maximizes the mean of the members'.
+    hypotheses = pair.decoder.greedy(features)
+    np.testing.assert_allclose([h.attention.sum(axis=1) for h in hypotheses[:1]][0], 1.0, atol=1e-5)
+    # A merge bundle and an attention bundle on the same features ensemble too (each reads what it needs).
+    from trainer import model as model_lib
+    keras.utils.set_random_seed(3)
+    merge = model_lib.build_decoder(model_lib.DecoderConfig(vocab_size=8, feature_dim=GRID[2], embedding_dim=8,
+                                                            units=16, dropout=0.0))
+    mixed = _export(merge, Bundle(first).vocabulary, str(tmp_path / "merge"))
+    assert len(load_bundles([first, mixed]).decoder.caption(features, 2)) == 12
+    other = _export(*_random_attention_model(2), str(tmp_path / "other"), sha="def")
+    with pytest.raises(ValueError, match="same features"):
+        load_bundles([first, other])
+
+
+# -- the caption job ------------------------------------------------------------------------------------------------
+def test_caption_job_serves_an_attention_bundle_and_an_ensemble(sample_dataset, sample_features, sample_bundle,
+                                                                attention_bundle, tmp_path):
+    """Real Xception and decoders on the workers: each photo gets the caption the bundle (or the ensemble of the
+    attention and the merge bundle) gives to the extract job's features of that photo."""
+    from beam_jobs import caption_images
+    from schemas import tables
+    from tests.caption_helpers import argv, read_outputs
+    dev = records.read_records(sample_features, "dev", (3, 3, 2048))
+    paths = [os.path.join(sample_dataset, "Flicker8k_Dataset", record[records.IMAGE_ID]) for record in dev]
+    features = records.SpatialFeatures(np.stack([r[records.IMAGE_FEATURES] for r in dev]),
+                                       np.stack([r[records.IMAGE_GRID] for r in dev]))
+    for model_dirs in ([attention_bundle], [attention_bundle, sample_bundle]):
+        prefix = str(tmp_path / f"captions{len(model_dirs)}")
+        extra = [item for model_dir in model_dirs[1:] for item in ("--model_dir", model_dir)]
+        caption_images.run(argv(paths, model_dirs[0], prefix, "--weights", "none", "--beam_width", "2", *extra),
+                           test_pipeline=local_test_pipeline())
+        captions, errors = read_outputs(prefix)
+        assert not errors and len(captions) == len(paths)
+        bundle = load_bundles(model_dirs)
+        expected = bundle.decoder.caption(features, 2)
+        got = {row[tables.IMAGE_URI]: row for row in captions}
+        for path, (text, log_prob) in zip(paths, expected):
+            assert got[path][tables.CAPTION] == text
+            assert got[path][tables.LOG_PROB] == pytest.approx(log_prob, abs=1e-3)
+            assert got[path][tables.MODEL_ID] == bundle.model_id
