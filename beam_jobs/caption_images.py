@@ -53,6 +53,7 @@ class CaptionConfig(typing.NamedTuple):
     model_dirs: tuple  # one bundle, or the bundles of an ensemble
     model_id: str
     grid: int  # the bundle reads the feature map pooled to grid x grid (attention), or 0: the pooled vector
+    attention_maps: bool  # rows carry the attention weights per word
     backbone: str
     weights: str
     weights_sha256: str
@@ -120,6 +121,9 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--read_threads", type=runtime.positive_int, default=DEFAULT_READ_THREADS,
                         help="threads per worker that read and decode images while the model runs")
     add_feature_flags(parser)
+    parser.add_argument("--attention_maps", action="store_true",
+                        help="attention bundles: store each caption's attention weights per word over the grid in the "
+                             "rows' attention column (about 2 KB per image at 10x10), for imcap-gallery's pictures")
     parser.add_argument("--decode_batch_size", type=runtime.positive_int, default=128, help="caption batch bound")
     parser.add_argument("--num_shards", type=runtime.non_negative_int, default=0,
                         help="Parquet shards of caption rows (0: the runner decides)")
@@ -168,6 +172,9 @@ def prepare(args: argparse.Namespace, models: Models = MODELS) -> CaptionConfig:
     digest = extractor.weights_sha256
     check_feature_weights(config, digest, weights)
     grid = bundle.grid_shape[0] if bundle.grid_shape else 0
+    if args.attention_maps and not grid:
+        raise ValueError("--attention_maps needs an attention bundle (trainer.task --decoder attention); "
+                         f"{', '.join(args.model_dir)} decodes from pooled vectors")
     if grid > extractor.map_size:
         raise ValueError(f"{args.model_dir[0]} decodes from a {grid}x{grid} grid, but {backbone.name} at "
                          f"{config[BundleKeys.IMAGE_SIZE]} px has a {extractor.map_size}x{extractor.map_size} map")
@@ -194,7 +201,7 @@ def prepare(args: argparse.Namespace, models: Models = MODELS) -> CaptionConfig:
     beam_width, length_penalty = bundle.decoding_for(args.beam_width, args.length_penalty)
     return CaptionConfig(
         inputs=tuple(args.input), output=args.output, model_dirs=tuple(args.model_dir), model_id=bundle.model_id,
-        grid=grid,
+        grid=grid, attention_maps=args.attention_maps,
         backbone=backbone.name, weights=weights, weights_sha256=digest, image_size=config[BundleKeys.IMAGE_SIZE],
         beam_width=beam_width, length_penalty=length_penalty,
         min_batch_size=args.min_batch_size, max_batch_size=args.max_batch_size,
@@ -220,7 +227,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: CaptionConfig) -> None:
                     backend=config.inference_backend, grid=config.grid))
                 | "Captions" >> GenerateCaptions(config.models.caption_handler(
                     config.model_dirs, config.beam_width, config.length_penalty,
-                    max_batch_size=config.decode_batch_size), config.model_id))
+                    max_batch_size=config.decode_batch_size, attention_maps=config.attention_maps), config.model_id))
     errors = (selected.errors, prepared.errors) | "AllErrors" >> beam.Flatten()
     _ = (captions, errors) | "Write" >> WriteCaptionOutputs(
         config.output, config.run_number, config.num_shards, config.checkpoint_rows, config.existing)

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from beam_jobs import archives, sources
 from schemas import images, tables
-from trainer import cli
+from trainer import cli, pictures
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
@@ -32,6 +32,9 @@ figure {{ margin: 0; border: 1px solid #ddd; border-radius: 6px; padding: .5rem;
 figure img {{ width: 100%; height: auto; border-radius: 4px; }}
 figcaption .caption {{ font-weight: 600; margin: .3rem 0; }}
 figcaption .meta {{ font-size: .75rem; color: #777; word-break: break-all; }}
+figure:has(details[open]) {{ grid-column: 1 / -1; }}
+figure img.looks {{ width: auto; max-width: 100%; }}
+details summary {{ font-size: .8rem; color: #357; cursor: pointer; }}
 .missing {{ height: {size}px; display: flex; align-items: center; justify-content: center; color: #999; }}
 table {{ border-collapse: collapse; margin-top: .5rem; font-size: .85rem; }}
 td, th {{ border: 1px solid #ddd; padding: .25rem .5rem; text-align: left; vertical-align: top; }}
@@ -60,12 +63,19 @@ def read_outputs(pattern: str) -> tuple[list[dict], list[dict]]:
     return (sorted(captions, key=lambda r: r[tables.IMAGE_URI]), sorted(errors, key=lambda r: r[tables.IMAGE_URI]))
 
 
-def _thumbnail(data: bytes, size: int) -> str:
-    image = images.decode_image(data, draft_size=size)
+def _thumbnail(data: bytes, size: int, looks=None):
+    """A JPEG data URI of the image; with ``looks`` (words, attention rows) also the PNG data URI of its attention
+    panels (`trainer.pictures`): (thumbnail, panels or None)."""
+    image = images.decode_image(data, draft_size=max(size, pictures.PANEL))
+    panels = None
+    if looks is not None:
+        words, attention = looks
+        grid = round(len(attention[0]) ** 0.5)
+        panels = pictures.png_data_uri(pictures.attention_panels(image, words, attention, (grid, grid)))
     image.thumbnail((size, size))
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    image.convert("RGB").save(buffer, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"), panels
 
 
 def _where(uri: str) -> tuple[str | None, str]:
@@ -80,8 +90,10 @@ def _where(uri: str) -> tuple[str | None, str]:
     return None, path
 
 
-def thumbnails(uris: list[str], size: int) -> dict:
-    """uri -> data URI (None where the image cannot be read any more); each archive is streamed once."""
+def thumbnails(uris: list[str], size: int, looks: dict | None = None) -> dict:
+    """uri -> (thumbnail data URI, attention panels data URI or None), or None where the image cannot be read any
+    more; each archive is streamed once. ``looks``: uri -> (words, attention rows) of the rows that have them."""
+    looks = looks or {}
     by_archive = collections.defaultdict(set)
     paths = {}
     for uri in uris:
@@ -92,7 +104,7 @@ def thumbnails(uris: list[str], size: int) -> dict:
     with tqdm(total=len(uris), desc="thumbnails", unit="img", disable=None) as progress:  # no bar in a log file
         for uri in sorted(by_archive.pop(None, ())):
             try:
-                out[uri] = _thumbnail(sources.read_bytes(paths[uri]), size)
+                out[uri] = _thumbnail(sources.read_bytes(paths[uri]), size, looks.get(uri))
             except Exception:  # moved, deleted or unreadable since the job ran: shown as unavailable
                 out[uri] = None
             progress.update()
@@ -101,7 +113,7 @@ def thumbnails(uris: list[str], size: int) -> dict:
                 for event in archives.read_archive(archive, paths[archive]):
                     if isinstance(event, archives.MemberData) and event.uri in wanted:
                         try:
-                            out[event.uri] = _thumbnail(event.data, size)
+                            out[event.uri] = _thumbnail(event.data, size, looks.get(event.uri))
                         except images.ImageError:
                             out[event.uri] = None
                         progress.update()
@@ -112,16 +124,20 @@ def thumbnails(uris: list[str], size: int) -> dict:
 
 def render(caption_rows: list[dict], error_rows: list[dict], limit: int, size: int, title: str) -> str:
     shown = caption_rows[:limit]
-    pictures = thumbnails([row[tables.IMAGE_URI] for row in shown], size)
+    looks = {row[tables.IMAGE_URI]: (row[tables.CAPTION].split(), row[tables.ATTENTION]) for row in shown
+             if row.get(tables.ATTENTION)}
+    made = thumbnails([row[tables.IMAGE_URI] for row in shown], size, looks)
     cards = []
     for row in shown:
-        picture = pictures.get(row[tables.IMAGE_URI])
-        image_html = (f'<img src="{picture}" alt="{html.escape(row[tables.CAPTION])}">' if picture
+        thumbnail, panels = made.get(row[tables.IMAGE_URI]) or (None, None)
+        image_html = (f'<img src="{thumbnail}" alt="{html.escape(row[tables.CAPTION])}">' if thumbnail
                       else '<div class="missing">image unavailable</div>')
+        looks_html = (f'<details><summary>where each word looked</summary><img class="looks" src="{panels}" '
+                      f'alt="attention maps"></details>' if panels else "")
         cards.append(
             f"<figure>{image_html}<figcaption><div class=\"caption\">{html.escape(row[tables.CAPTION])}</div>"
             f"<div class=\"meta\">log p {row[tables.LOG_PROB]:.2f} · {row[tables.WIDTH]}×{row[tables.HEIGHT]} · "
-            f"{html.escape(row[tables.IMAGE_URI])}</div></figcaption></figure>")
+            f"{html.escape(row[tables.IMAGE_URI])}</div>{looks_html}</figcaption></figure>")
     by_class = collections.Counter(row[tables.ERROR] for row in error_rows)
     models = sorted({row[tables.MODEL_ID] for row in caption_rows})
     summary = (f"{len(caption_rows):,} captioned images (showing {len(shown):,}); {len(error_rows):,} errors"

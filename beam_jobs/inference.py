@@ -191,18 +191,20 @@ class FeatureExtractorHandler(ModelHandler[np.ndarray, Any, Any]):
 
 
 class CaptionModelHandler(ModelHandler[Any, tuple, Any]):
-    """Image features -> (caption, log_prob), decoded in batches with a model bundle or an ensemble of bundles.
+    """Image features -> (caption, log_prob, attention), decoded in batches with a model bundle or an ensemble of
+    bundles; ``attention`` is the hypothesis' weights over the grid per word when ``attention_maps``, else None.
 
     Features are pooled vectors [D] for a merge bundle, `records.SpatialFeatures` for one that reads grids. The
     bundles (`trainer.bundle.load_bundles`: decoders, vocabulary, config) are loaded once per worker process.
     """
 
     def __init__(self, model_dirs, beam_width: int, length_penalty: float, *, min_batch_size: int = 1,
-                 max_batch_size: int = 128):
+                 max_batch_size: int = 128, attention_maps: bool = False):
         super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
         self._model_dirs = [model_dirs] if isinstance(model_dirs, str) else list(model_dirs)
         self._beam_width = beam_width
         self._length_penalty = length_penalty
+        self._attention_maps = attention_maps
 
     def load_model(self):
         cli.quiet_tensorflow()
@@ -212,7 +214,10 @@ class CaptionModelHandler(ModelHandler[Any, tuple, Any]):
         return bundle.decoder
 
     def run_inference(self, batch: Sequence[Any], model, inference_args: Optional[dict] = None):
-        return model.caption(stack_features(batch), self._beam_width, self._length_penalty, batch_size=len(batch))
+        hypotheses = model.hypotheses(stack_features(batch), self._beam_width, self._length_penalty,
+                                      batch_size=len(batch))
+        return [(model.to_text(hypothesis), hypothesis.log_prob,
+                 hypothesis.attention if self._attention_maps else None) for hypothesis in hypotheses]
 
     def get_num_bytes(self, batch: Sequence[Any]) -> int:
         return sum(sum(part.nbytes for part in features) if isinstance(features, records.SpatialFeatures)
@@ -240,9 +245,10 @@ def GenerateCaptions(features, handler: ModelHandler, model_id: str):  # pylint:
 
 
 def _caption_row(keyed: tuple, model_id: str) -> tables.CaptionRow:
-    """(`ImageKey`, (caption, log_prob)) -> the image's caption row."""
-    key, (caption, log_prob) = keyed
-    return tables.caption_row(key.uri, caption, log_prob, model_id, key.width, key.height)
+    """(`ImageKey`, (caption, log_prob[, attention])) -> the image's caption row."""
+    key, (caption, log_prob, *attention) = keyed
+    return tables.caption_row(key.uri, caption, log_prob, model_id, key.width, key.height,
+                              attention[0] if attention else None)
 
 
 class ExtractorInfo(NamedTuple):

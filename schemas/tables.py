@@ -25,6 +25,7 @@ LOG_PROB = "log_prob"
 MODEL_ID = "model_id"
 WIDTH = "width"
 HEIGHT = "height"
+ATTENTION = "attention"
 ERROR = "error"
 MESSAGE = "message"
 
@@ -37,6 +38,9 @@ CAPTION_SCHEMA = pa.schema([
     pa.field(MODEL_ID, pa.string(), nullable=False),
     pa.field(WIDTH, pa.int32(), nullable=False),
     pa.field(HEIGHT, pa.int32(), nullable=False),
+    # --attention_maps with an attention bundle: per generated word (<end> included), its weights over the g x g
+    # grid (row-major, each row sums to 1); null otherwise
+    pa.field(ATTENTION, pa.list_(pa.list_(pa.float32())), nullable=True),
 ])
 
 ERROR_SCHEMA = pa.schema([
@@ -59,6 +63,7 @@ class CaptionRow(typing.NamedTuple):
     model_id: str
     width: int
     height: int
+    attention: typing.Optional[list] = None  # [words + 1][g * g] floats, or None
 
 
 class ErrorRow(typing.NamedTuple):
@@ -83,9 +88,11 @@ def error_row(image_uri: str, error_class: str, message: str) -> ErrorRow:
     return ErrorRow(image_uri=valid_text(image_uri), error=error_class, message=valid_text(message))
 
 
-def caption_row(image_uri: str, caption: str, log_prob: float, model_id: str, width: int, height: int) -> CaptionRow:
+def caption_row(image_uri: str, caption: str, log_prob: float, model_id: str, width: int, height: int,
+                attention=None) -> CaptionRow:
     return CaptionRow(image_uri=image_uri, caption=caption, log_prob=float(log_prob), model_id=model_id,
-                      width=int(width), height=int(height))
+                      width=int(width), height=int(height),
+                      attention=None if attention is None else [[float(w) for w in row] for row in attention])
 
 
 def as_record(row: typing.Union[CaptionRow, ErrorRow]) -> dict:
@@ -97,7 +104,7 @@ def row_from_record(record: dict) -> typing.Union[CaptionRow, ErrorRow]:
     """A row read back from Parquet (a dict) as its named type."""
     if ERROR in record and CAPTION not in record:
         return ErrorRow(**{name: record[name] for name in ErrorRow._fields})
-    return CaptionRow(**{name: record[name] for name in CaptionRow._fields})
+    return CaptionRow(**{name: record.get(name) for name in CaptionRow._fields})  # shards before ATTENTION: None
 
 
 def run_tag(run_number: int) -> str:

@@ -236,3 +236,45 @@ def test_caption_job_serves_an_attention_bundle_and_an_ensemble(sample_dataset, 
             assert got[path][tables.CAPTION] == text
             assert got[path][tables.LOG_PROB] == pytest.approx(log_prob, abs=1e-3)
             assert got[path][tables.MODEL_ID] == bundle.model_id
+
+
+def test_attention_pictures_from_predict_and_the_gallery(sample_dataset, attention_bundle, sample_bundle, tmp_path):
+    from PIL import Image
+
+    from beam_jobs import caption_images, gallery
+    from schemas import tables
+    from tests.caption_helpers import argv, read_outputs
+    from trainer import pictures, predict
+    photos = os.path.join(sample_dataset, "Flicker8k_Dataset")
+    paths = [os.path.join(photos, name) for name in sorted(os.listdir(photos))[:2]]
+    pictures_dir = str(tmp_path / "looks")
+    os.makedirs(tmp_path / "elsewhere")
+    namesake = str(tmp_path / "elsewhere" / os.path.basename(paths[0]))
+    with open(paths[0], "rb") as source, open(namesake, "wb") as target:
+        target.write(source.read())
+    results = predict.caption_files(paths + [namesake, paths[1]], attention_bundle, weights="none",
+                                    attention_png=pictures_dir)
+    assert [error for *_, error in results] == [None] * 4 and results[3][1:] == results[1][1:]
+    names = sorted(os.listdir(pictures_dir))
+    stem = os.path.splitext(os.path.basename(paths[0]))[0]
+    assert len(names) == 3 and f"{stem}.png" in names and f"{stem}-2.png" in names  # same name twice: numbered
+    words = results[0][1].split()
+    with Image.open(os.path.join(pictures_dir, f"{stem}.png")) as picture:
+        rows = -(-(len(words) + 1) // pictures.COLUMNS)
+        assert picture.size == (pictures.COLUMNS * pictures.PANEL, rows * (pictures.PANEL + pictures.LABEL_HEIGHT))
+
+    prefix = str(tmp_path / "captions")
+    caption_images.run(argv(paths, attention_bundle, prefix, "--weights", "none", "--attention_maps"),
+                       test_pipeline=local_test_pipeline())
+    captions, errors = read_outputs(prefix)
+    assert not errors and len(captions) == 2
+    for row in captions:
+        attention_rows = np.asarray(row[tables.ATTENTION])
+        assert attention_rows.shape == (len(row[tables.CAPTION].split()) + 1, 9)  # each word, then <end>
+        np.testing.assert_allclose(attention_rows.sum(axis=1), 1.0, atol=1e-5)
+    page = gallery.render(captions, errors, limit=10, size=96, title="t")
+    assert page.count("where each word looked") == 2 and page.count("data:image/png;base64,") == 2
+    with pytest.raises(ValueError, match="--attention_maps needs an attention bundle"):
+        caption_images.run(argv(paths, sample_bundle, str(tmp_path / "m"), "--weights", "none", "--attention_maps"))
+    with pytest.raises(ValueError, match="--attention_png needs an attention bundle"):
+        predict.caption_files(paths, sample_bundle, weights="none", attention_png=pictures_dir)

@@ -95,7 +95,7 @@ def test_caption_pipeline_serializes_for_dataflow(resume):
     config = caption_images.CaptionConfig(
         inputs=("gs://example-bucket/photos/*.jpg", "gs://example-bucket/batches/*.tar.gz"),
         output="gs://example-bucket/captions/run", model_dirs=("gs://example-bucket/model",), model_id="imcap-0",
-        grid=10,
+        grid=10, attention_maps=True,
         backbone="xception", weights=REMOTE_WEIGHTS, weights_sha256="0" * 64, image_size=299, beam_width=3,
         length_penalty=0.0, min_batch_size=8, max_batch_size=32, decode_batch_size=128, max_image_pixels=10 ** 8,
         limits=archives.Limits(), read_threads=2, num_shards=0, checkpoint_rows=500, inference_backend="keras",

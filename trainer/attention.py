@@ -6,7 +6,7 @@ Tell (Xu et al. 2015). Lu et al. found it the better of the two, and it has a pr
 attention sits *after* the recurrence, so training runs the LSTM over whole sequences and computes every step's
 attention at once with batched matrix products, instead of a Python-level cell per step.
 
-    grid [G, D] (float16) -> scaling -> dropout -> dense(units, relu) = regions V [G, U]
+    grid [G, D] -> scaling -> dropout -> dense(units, relu) = regions V [G, U]
     mean over G -> dense(units, tanh) x2 = the LSTM's initial state (h_0, c_0)   (Show, Attend and Tell's init)
     caption tokens [T] -> embedding -> dropout -> LSTM(units) = h [T, U]
     attention: a_t = softmax_g(q(h_t) . k(V_g) / sqrt(A)),  c_t = sum_g a_tg V_g     (scaled dot product, one head)
@@ -113,14 +113,14 @@ class GridAttention(layers.Layer):
 
 
 def build_attention_decoder(config: AttentionConfig, scale: float = 1.0) -> keras.Model:
-    """The training graph: (grid [B, G, D] float16, image_index [N], tokens [N, T]) -> logits [N, T, V].
+    """The training graph: (grid [B, G, D], image_index [N], tokens [N, T]) -> logits [N, T, V].
 
     ``scale`` multiplies the features (1 / their RMS over the train grids: `trainer.model`'s "scale" scaling)."""
-    grid = keras.Input((config.regions, config.feature_dim), dtype="float16", name=GRID_INPUT)
+    grid = keras.Input((config.regions, config.feature_dim), name=GRID_INPUT)
     image_index = keras.Input((), dtype="int32", name=IMAGE_INDEX_INPUT)
     tokens = keras.Input((None,), dtype="int32", name=TOKENS_INPUT)
 
-    scaled = layers.Rescaling(scale, dtype="float32", name=NORMALIZATION)(grid)
+    scaled = layers.Rescaling(scale, name=NORMALIZATION)(grid)
     scaled = layers.Dropout(config.dropout, name="grid_dropout")(scaled)
     regions = layers.Dense(config.units, activation="relu", name=REGION_PROJECTION)(scaled)
     mean = layers.GlobalAveragePooling1D(name="mean_region")(regions)

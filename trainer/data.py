@@ -135,11 +135,11 @@ def grid_dataset(data_dir: str, split: str, feature_dim: int, grid_shape: tuple)
 
 
 def _grid_batch(grids, ids):
-    """(grids [K, G, D], caption ids ragged [K, C, L]) -> ((grids, image_index [N], inputs [N, T]), targets [N, T])
-    over the N = sum(C) captions of the K images."""
+    """(float16 grids [K, G, D], caption ids ragged [K, C, L]) -> ((float32 grids, image_index [N], inputs [N, T]),
+    targets [N, T]) over the N = sum(C) captions of the K images (float16 in the cache, float32 in the model)."""
     captions = ids.merge_dims(0, 1)
     image_index = tf.cast(ids.value_rowids(), tf.int32)
-    return (grids, image_index, captions[:, :-1].to_tensor(0)), captions[:, 1:].to_tensor(0)
+    return (tf.cast(grids, tf.float32), image_index, captions[:, :-1].to_tensor(0)), captions[:, 1:].to_tensor(0)
 
 
 def grid_caption_dataset(data_dir: str, split: str, feature_dim: int, grid_shape: tuple, images_per_batch: int, *,

@@ -1,19 +1,22 @@
 """Captions image files with a model bundle: the single-machine path, no Beam.
 
-    python -m trainer.predict --model_dir MODEL [--beam_width K] [--weights PATH] IMAGE [IMAGE ...]
+    python -m trainer.predict --model_dir MODEL [--beam_width K] [--weights PATH] [--attention_png DIR] IMAGE ...
 
 (also installed as ``imcap-predict``). Runs the bundle's feature extractor itself (the backbone, weights and
-image size recorded in ``bundle.json``, with the same preprocessing as the jobs: `schemas.images.prepare_image`),
-then decodes in batches. Prints ``IMAGE<TAB>caption<TAB>log_prob`` per image; an image that cannot be read is
-reported on stderr with its error class and the exit status is 1.
+image size recorded in ``bundle.json``, with the same preprocessing as the jobs: `schemas.images.prepare_image`;
+the spatial grid too for an attention bundle, from the same forward pass), then decodes in batches. Repeat
+``--model_dir`` for an ensemble. Prints ``IMAGE<TAB>caption<TAB>log_prob`` per image; an image that cannot be read
+is reported on stderr with its error class and the exit status is 1. ``--attention_png DIR`` (attention bundles)
+writes ``DIR/<image name>.png``: the photo and where each word of its caption looked (`trainer.pictures`).
 """
 import argparse
 import logging
+import os
 import sys
 
 import numpy as np
 
-from schemas import backbones, images
+from schemas import backbones, images, records
 from schemas.bundle import BundleKeys
 from trainer import cli
 
@@ -22,23 +25,35 @@ class FeatureExtractor:
     """The bundle's backbone, checked against the weights the decoder was trained on."""
 
     def __init__(self, config: dict, weights_override: str | None = None):
+        from schemas.bundle import grid_shape
         from trainer.bundle import check_feature_weights, feature_weights_for
         self.backbone = backbones.get_backbone(config[BundleKeys.BACKBONE])
         self.image_size = config[BundleKeys.IMAGE_SIZE]
+        self.grid = grid_shape(config)
         weights = feature_weights_for(config, weights_override)
-        self.model = backbones.build_feature_extractor(self.backbone, weights, self.image_size)
+        self.model = backbones.build_feature_extractor(self.backbone, weights, self.image_size,
+                                                       spatial=self.grid is not None)
         check_feature_weights(config, backbones.weights_digest(self.model), weights)
 
-    def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        return self.model.predict_on_batch(backbones.preprocess(self.backbone, pixels))
+    def __call__(self, pixels: np.ndarray):
+        """Pooled vectors [B, D], or `records.SpatialFeatures` for a bundle that reads grids."""
+        outputs = self.model.predict_on_batch(backbones.preprocess(self.backbone, pixels))
+        if self.grid is None:
+            return outputs
+        vectors, maps = outputs
+        return records.SpatialFeatures(vectors, backbones.pool_grid(maps, self.grid[0]).astype(records.GRID_DTYPE))
 
 
-def caption_files(paths: list[str], model_dir: str, beam_width: int | None = None, weights: str | None = None,
-                  batch_size: int = 16) -> list[tuple[str, str | None, float | None, str | None]]:
-    """(path, caption, log_prob, error) per path, in order."""
-    from trainer.bundle import Bundle
-    bundle = Bundle(model_dir)
+def caption_files(paths: list[str], model_dir, beam_width: int | None = None, weights: str | None = None,
+                  batch_size: int = 16, attention_png: str | None = None
+                  ) -> list[tuple[str, str | None, float | None, str | None]]:
+    """(path, caption, log_prob, error) per path, in order. ``model_dir``: a bundle, or a list (an ensemble)."""
+    from trainer.bundle import load_bundles
+    bundle = load_bundles(model_dir)
+    if attention_png and not bundle.grid_shape:
+        raise ValueError("--attention_png needs an attention bundle (trainer.task --decoder attention)")
     extractor = FeatureExtractor(bundle.config, weights)
+    names = _picture_names(paths) if attention_png else {}
     beam_width, length_penalty = bundle.decoding_for(beam_width)
     from tqdm import tqdm
     results = {}
@@ -48,26 +63,58 @@ def caption_files(paths: list[str], model_dir: str, beam_width: int | None = Non
             for path in paths[start:start + batch_size]:
                 try:
                     with open(path, "rb") as handle:
-                        pixels, _ = images.prepare_image(handle.read(), extractor.image_size)
-                    ready.append((path, pixels))
+                        data = handle.read()
+                    pixels, _ = images.prepare_image(data, extractor.image_size)
+                    ready.append((path, pixels, data if attention_png else None))
                 except images.ImageError as error:
                     results[path] = (path, None, None, f"{error.error_class}: {error.message}")
                 except OSError as error:
                     results[path] = (path, None, None, f"{images.READ_ERROR}: {error}")
             if ready:
-                features = extractor(np.stack([pixels for _, pixels in ready]))
-                decoded = bundle.decoder.caption(features, beam_width, length_penalty)
-                for (path, _), (text, log_prob) in zip(ready, decoded):
-                    results[path] = (path, text, log_prob, None)
+                features = extractor(np.stack([pixels for _, pixels, _ in ready]))
+                for (path, _, data), hypothesis in zip(ready, bundle.decoder.hypotheses(features, beam_width,
+                                                                                       length_penalty)):
+                    text = bundle.decoder.to_text(hypothesis)
+                    results[path] = (path, text, hypothesis.log_prob, None)
+                    if attention_png:
+                        _write_picture(os.path.join(attention_png, names[path]), data, text, hypothesis.attention,
+                                       extractor.grid)
             bar.update(len(paths[start:start + batch_size]))
     return [results[path] for path in paths]
+
+
+def _picture_names(paths: list[str]) -> dict:
+    """path -> a PNG name from its file name, made unique with a number where two images share a name."""
+    names, taken = {}, set()
+    for path in paths:
+        if path in names:
+            continue
+        stem = os.path.splitext(os.path.basename(path))[0] or "image"
+        name, number = f"{stem}.png", 1
+        while name in taken:
+            number += 1
+            name = f"{stem}-{number}.png"
+        taken.add(name)
+        names[path] = name
+    return names
+
+
+def _write_picture(path: str, data: bytes, text: str, attention, grid) -> None:
+    from trainer import pictures
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    picture = pictures.attention_panels(images.decode_image(data, draft_size=pictures.PANEL), text.split(),
+                                        attention, grid)
+    picture.save(path, format="PNG", optimize=True)
 
 
 def main(argv=None) -> int:
     cli.setup_logging(logging.WARNING, "%(levelname)s %(message)s")
     cli.quiet_tensorflow()
     parser = argparse.ArgumentParser(prog="imcap-predict", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model_dir", required=True, help="a model bundle (trainer.task's --model_dir)")
+    parser.add_argument("--model_dir", required=True, action="append",
+                        help="a model bundle (trainer.task's --model_dir); repeat it for an ensemble")
+    parser.add_argument("--attention_png", metavar="DIR",
+                        help="attention bundles: write DIR/<image>.png showing where each word looked")
     parser.add_argument("--beam_width", type=int, help="1 = greedy (default: the bundle's)")
     parser.add_argument("--weights", help="feature weights, when the bundle's were a local file")
     parser.add_argument("images", nargs="+", metavar="IMAGE")
@@ -75,7 +122,7 @@ def main(argv=None) -> int:
     if args.beam_width is not None and args.beam_width < 1:
         parser.error("--beam_width must be at least 1")
     return cli.exit_status(lambda: _print_captions(caption_files(args.images, args.model_dir, args.beam_width,
-                                                                 args.weights)))
+                                                                 args.weights, attention_png=args.attention_png)))
 
 
 def _print_captions(results) -> int:
