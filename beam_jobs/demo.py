@@ -3,10 +3,12 @@
     python -m beam_jobs.demo [--output_dir demo_out] [--images 300]      (what `make demo` runs)
 
 1. writes the synthetic Flickr8k-layout dataset (`beam_jobs.sample_dataset`);
-2. runs the extract job on it (features + tokenized captions in TFRecords);
-3. trains the caption decoder (`trainer.task`) and evaluates it on the dev split (BLEU);
-4. runs the caption job on the dev images as loose files and on the test images packed in a .tar.gz;
-5. renders the captions as an HTML gallery.
+2. runs the extract job on it (features, their 10x10 spatial grids and tokenized captions in TFRecords);
+3. trains the attention decoder (`trainer.task --decoder attention`, a small one) and evaluates it on the dev
+   split (BLEU, CIDEr-D);
+4. runs the caption job on the dev images as loose files and on the test images packed in a .tar.gz, keeping
+   each caption's attention maps (``--attention_maps``);
+5. renders the captions as an HTML gallery, with where each word looked.
 
 Feature weights: Keras' ImageNet Xception when it can be had (downloaded, or the local file that
 ``../shared/tools/get_xception_weights.py`` writes, or ``--weights PATH``); otherwise the demo says so and goes on
@@ -81,13 +83,15 @@ def _demo(args) -> None:
     weights = choose_weights(args.weights)
     logging.info("[2/5] extract job -> %s", features_dir)
     extract_features.run(["--dataset_dir", dataset_dir, "--output_dir", features_dir, "--weights", weights,
-                          "--min_word_count", "1", "--overwrite"])
+                          "--min_word_count", "1", "--spatial_grid", "full", "--overwrite"])
 
-    logging.info("[3/5] training the decoder -> %s", model_dir)
+    logging.info("[3/5] training the attention decoder -> %s", model_dir)
     task.train(task.parse_args(["--data_dir", features_dir, "--model_dir", model_dir, "--epochs", str(args.epochs),
+                                "--decoder", "attention", "--units", "256", "--attention_dim", "128",
                                 "--patience", "5", "--restart", "--verbose", "2"]))
     scores = evaluate.evaluate(features_dir, model_dir, "dev", beam_width=3)
-    logging.info("dev BLEU-1..4 (beam 3): %s", " ".join(f"{scores[f'bleu_{n}']:.3f}" for n in range(1, 5)))
+    logging.info("dev BLEU-1..4 (beam 3): %s; CIDEr-D %.3f",
+                 " ".join(f"{scores[f'bleu_{n}']:.3f}" for n in range(1, 5)), scores["cider_d"])
 
     images_dir = os.path.join(dataset_dir, "Flicker8k_Dataset")
     archive = _pack([os.path.join(images_dir, name) for name in splits["test"]],
@@ -98,7 +102,7 @@ def _demo(args) -> None:
     logging.info("[4/5] caption job on the dev images (a list file) and the test images (a .tar.gz) -> %s-*.parquet",
                  captions_prefix)
     caption_images.run(["--input", dev_list, "--input", archive, "--model_dir", model_dir, "--output",
-                        captions_prefix, "--weights", weights, "--overwrite"])
+                        captions_prefix, "--weights", weights, "--attention_maps", "--overwrite"])
 
     logging.info("[5/5] gallery -> %s", gallery_path)
     gallery.main(["--captions", f"{captions_prefix}-*.parquet", "--output", gallery_path,
@@ -111,7 +115,7 @@ def _demo(args) -> None:
         "  features  %s (%s; weights %s)\n"
         "  model     %s (decoder.keras, vocab.txt, bundle.json, training_curve.png); dev BLEU-4 %.3f\n"
         "  captions  %s\n"
-        "  gallery   %s  <- open this in a browser",
+        "  gallery   %s  <- open this in a browser (click 'where each word looked' under a photo)",
         out, dataset_dir, features_dir,
         ", ".join(f"{s} {c[SplitKeys.IMAGES]} images" for s, c in metadata[MetadataKeys.SPLITS].items()),
         metadata[MetadataKeys.WEIGHTS],

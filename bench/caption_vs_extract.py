@@ -4,7 +4,8 @@
 
 On the first N dev images of Flickr8k, in one process:
 
-- throughput: the extract job, the caption job with greedy decoding and with beam 3 (loose files), each run on
+- throughput: the extract job (without and with ``--spatial_grid full``), the caption job with greedy decoding
+  and with beam 3 (loose files; an attention bundle makes the feature step emit grids), each run on
   N/4 and N images; steady-state images/s = (N - N/4) / (t(N) - t(N/4)); wall-clock images/s of the N runs too;
 - correctness (issue 4): the caption job on the N images packed in one .tar.gz and as loose files (2N rows,
   0 errors expected); corpus BLEU of each set of captions against the dev references, next to
@@ -24,13 +25,13 @@ from common import (DEFAULT_DATASET, DEFAULT_WEIGHTS, image_paths, machine, medi
                     timed, write_split_file)
 
 
-def run_extract(dataset_dir, names, weights, scratch):
+def run_extract(dataset_dir, names, weights, scratch, grid="none"):
     from beam_jobs import extract_features
     split_file = write_split_file(os.path.join(scratch, "splits"), "dev", names)
     out = os.path.join(scratch, f"extract-{len(names)}")
     extract_features.run(["--dataset_dir", dataset_dir, "--split_file", f"dev={split_file}", "--output_dir", out,
                           "--weights", weights, "--overwrite", "--vocab_file",
-                          os.path.join(scratch, "vocab.txt")])
+                          os.path.join(scratch, "vocab.txt"), "--spatial_grid", grid])
     return out
 
 
@@ -69,7 +70,7 @@ def main() -> None:
 
     names = split_names(args.dataset_dir, "dev")[:args.images]
     small = names[:max(1, len(names) // 4)]
-    ids, _, references = data.references(args.features_dir, "dev", 2048)
+    ids, _, references = data.references(args.features_dir, "dev", 2048)  # (grids not needed for references)
     reference_by_name = dict(zip(ids, references))
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -84,15 +85,15 @@ def main() -> None:
             for path in image_paths(args.dataset_dir, names):
                 handle.add(path, arcname=f"dev/{os.path.basename(path)}")
 
-        timings = {"extract": [], "greedy": [], f"beam{args.beam_width}": []}
+        timings = {"extract": [], "extract, --spatial_grid full": [], "greedy": [], f"beam{args.beam_width}": []}
         walls = {key: [] for key in timings}
         for repeat in range(args.repeats):
             for key in timings:
                 durations = {}
                 for subset in (small, names):
-                    if key == "extract":
+                    if key.startswith("extract"):
                         durations[len(subset)], _ = timed(run_extract, args.dataset_dir, subset, args.weights,
-                                                          scratch)
+                                                          scratch, "full" if "grid" in key else "none")
                     else:
                         width = 1 if key == "greedy" else args.beam_width
                         durations[len(subset)], _ = timed(run_caption, [lists[len(subset)]], args.model_dir,
@@ -113,7 +114,7 @@ def main() -> None:
     extract = median(timings["extract"])
     table = [("job on the same dev images", "steady images/s", "vs extract", "wall images/s")]
     for key in timings:
-        table.append((key if key == "extract" else f"caption, {key}", f"{median(timings[key]):.2f}",
+        table.append((key if key.startswith("extract") else f"caption, {key}", f"{median(timings[key]):.2f}",
                       f"{median(timings[key]) / extract:.2f}", f"{median(walls[key]):.2f}"))
     print_table(f"Caption job vs extract job, {len(names)} dev images (steady state from {len(small)} vs "
                 f"{len(names)}), medians of {args.repeats} ({machine()})", table)

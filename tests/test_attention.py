@@ -1,5 +1,6 @@
 """Spatial features and the attention decoder: grids in the records, training, decoding with attention weights,
 ensembles, and the caption job serving attention bundles and ensembles."""
+import json
 import os
 
 import keras
@@ -114,7 +115,6 @@ def test_attention_decoder_overfits_a_tiny_set_and_decodes_its_captions(tiny_gri
         "--data_dir", tiny_grid_records, "--model_dir", model_dir, "--decoder", "attention", "--epochs", "40",
         "--learning_rate", "0.02", "--patience", "40", "--verbose", "0", "--embedding_dim", "32", "--units", "64",
         "--attention_dim", "16", "--dropout", "0", "--batch_size", "3"]))
-    import json
     with open(os.path.join(model_dir, task.HISTORY_FILE), encoding="utf-8") as handle:
         history = json.load(handle)
     assert history[-1]["loss"] < history[0]["loss"] / 10
@@ -125,6 +125,14 @@ def test_attention_decoder_overfits_a_tiny_set_and_decodes_its_captions(tiny_gri
     assert [text for text, _ in bundle.decoder.caption(features, beam_width=1)] == [r[0] for r in references]
     result = evaluate.evaluate(tiny_grid_records, model_dir, "dev", beam_width=3)
     assert result["bleu_4"] == pytest.approx(1.0) and result["cider_d"] > 5.0
+    # The command line: an ensemble of the bundle with itself decodes the same captions, saved under its own name.
+    assert evaluate.main(["--data_dir", tiny_grid_records, "--model_dir", model_dir, "--model_dir", model_dir,
+                          "--beam_width", "2"]) == 0
+    saved = [name for name in os.listdir(model_dir) if name.startswith("eval_dev_beam2_imcap-ensemble-")]
+    assert len(saved) == 1
+    with open(os.path.join(model_dir, saved[0]), encoding="utf-8") as handle:
+        ensemble = json.load(handle)
+    assert ensemble["members"] == [bundle.model_id] * 2 and ensemble["bleu_4"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="pooled vector"):
         bundle.decoder.caption(features.vector)
 

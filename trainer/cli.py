@@ -2,7 +2,7 @@
 
 TensorFlow's C++ layers print start-up lines straight to the process's stderr before any logging is set up
 (``oneDNN custom operations are on``, ``Could not find cuda drivers``, ``E0000 ... failed call to cuInit`` on a
-machine without a GPU): alarming, and noise in every log. `quiet_tensorflow` imports TensorFlow and Keras and
+machine without a GPU, and ``oneDNN supports DT_HALF only ...`` at the first float16 op): alarming, and noise in every log. `quiet_tensorflow` imports TensorFlow and Keras and
 initializes the devices with that stderr redirected (its lines are shown if the import fails); set
 ``IMCAP_VERBOSE=1`` to see them. Beam's import logs ``apitools not found`` when the GCP extras are absent, which
 only matters to gs:// users (who install ``imcap[gcp]``); `KnownNoise` drops it.
@@ -55,6 +55,9 @@ def quiet_tensorflow() -> None:
             importlib.import_module("keras")
             tf = importlib.import_module("tensorflow")
             tf.config.list_physical_devices()
+            # The first float16 op of a process prints "oneDNN supports DT_HALF only on platforms with AVX-512"
+            # (even on CPUs that have it); the spatial grids are float16, so that line is said here, once.
+            tf.cast(tf.constant([0.0], tf.float16), tf.float32)
         except BaseException:
             os.dup2(saved, 2)
             captured.seek(0)
