@@ -123,7 +123,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     add_feature_flags(parser)
     parser.add_argument("--attention_maps", action="store_true",
                         help="attention bundles: store each caption's attention weights per word over the grid in the "
-                             "rows' attention column (about 2 KB per image at 10x10), for imcap-gallery's pictures")
+                             "rows' attention column (about 5 KB per image at 10x10), for imcap-gallery's pictures")
     parser.add_argument("--decode_batch_size", type=runtime.positive_int, default=128, help="caption batch bound")
     parser.add_argument("--num_shards", type=runtime.non_negative_int, default=0,
                         help="Parquet shards of caption rows (0: the runner decides)")
@@ -176,7 +176,7 @@ def prepare(args: argparse.Namespace, models: Models = MODELS) -> CaptionConfig:
         raise ValueError("--attention_maps needs an attention bundle (trainer.task --decoder attention); "
                          f"{', '.join(args.model_dir)} decodes from pooled vectors")
     if grid > extractor.map_size:
-        raise ValueError(f"{args.model_dir[0]} decodes from a {grid}x{grid} grid, but {backbone.name} at "
+        raise ValueError(f"{', '.join(args.model_dir)} decode from a {grid}x{grid} grid, but {backbone.name} at "
                          f"{config[BundleKeys.IMAGE_SIZE]} px has a {extractor.map_size}x{extractor.map_size} map")
 
     _check_filesystem("--output", args.output)

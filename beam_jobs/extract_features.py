@@ -155,8 +155,8 @@ def prepare(args: argparse.Namespace, models: Models = MODELS) -> ExtractConfig:
                          f"feature map, so the grid can be at most {map_size} (or full)")
     logging.info("feature extractor: %s, weights %s (sha256 %s), %dx%d input, %d features%s", backbone.name,
                  args.weights, digest[:12], image_size, image_size, feature_dim,
-                 f", and a {grid}x{grid} grid of its {map_size}x{map_size} map ({grid * grid * feature_dim * 2:,} bytes "
-                 "per image)" if grid else "")
+                 f", and a {grid}x{grid} grid of its {map_size}x{map_size} map "
+                 f"({grid * grid * feature_dim * 2:,} bytes per image)" if grid else "")
     for path in existing:  # only now that every check has passed
         FileSystems.delete([path])
     return ExtractConfig(layout=layout, output_dir=args.output_dir, backbone=backbone.name, weights=args.weights,

@@ -70,8 +70,11 @@ def _thumbnail(data: bytes, size: int, looks=None):
     panels = None
     if looks is not None:
         words, attention = looks
-        grid = round(len(attention[0]) ** 0.5)
-        panels = pictures.png_data_uri(pictures.attention_panels(image, words, attention, (grid, grid)))
+        try:
+            grid = round(len(attention[0]) ** 0.5)
+            panels = pictures.png_data_uri(pictures.attention_panels(image, words, attention, (grid, grid)))
+        except (ValueError, TypeError, IndexError):  # a malformed attention column: the photo is still shown
+            panels = None
     image.thumbnail((size, size))
     buffer = io.BytesIO()
     image.convert("RGB").save(buffer, format="JPEG", quality=80)

@@ -358,9 +358,9 @@ class ReadImages(beam.PTransform):
 
 @beam.ptransform_fn
 @beam.typehints.with_input_types(PreparedImage)
-@beam.typehints.with_output_types(typing.Tuple[ImageKey, np.ndarray])
+@beam.typehints.with_output_types(typing.Tuple[ImageKey, typing.Any])
 def FeaturesOfImages(prepared, handler: ModelHandler):  # pylint: disable=invalid-name
-    """`PreparedImage` -> (`ImageKey`, float32 features)."""
+    """`PreparedImage` -> (`ImageKey`, float32 features, or `records.SpatialFeatures` from a handler with a grid)."""
     return (prepared
             | "KeyPixels" >> beam.Map(lambda image: (image.key, image.pixels))
             | "Features" >> ExtractFeatures(handler))

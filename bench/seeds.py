@@ -35,7 +35,7 @@ def _evaluate(data_dir: str, model_dirs: list[str], split: str, beam_width: int,
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--data_dir", required=True)
     parser.add_argument("--work_dir", required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

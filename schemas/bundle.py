@@ -2,7 +2,8 @@
 
 A bundle directory holds::
 
-    decoder.keras    the trained caption decoder (Keras native format; no pickle, no custom objects)
+    decoder.keras    the trained caption decoder (Keras native format, no pickle; an attention decoder holds two
+                     layers registered by `trainer.attention`, so it needs an imcap that has them: format 2)
     vocab.txt        its vocabulary (`schemas.vocabulary`)
     bundle.json      this config: the feature extractor to run on images, what the decoder reads (``decoder``:
                      merge reads the pooled vector, attention the spatial grid of ``grid_shape``), how to decode
@@ -12,7 +13,9 @@ builds exactly the network the decoder was trained on and refuses any other (``w
 """
 DECODER_FILE = "decoder.keras"
 CONFIG_FILE = "bundle.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # merge bundles: readable by every imcap
+ATTENTION_FORMAT_VERSION = 2  # attention bundles: their decoder.keras holds imcap's registered attention layers
+SUPPORTED_FORMATS = (FORMAT_VERSION, ATTENTION_FORMAT_VERSION)
 
 
 class BundleKeys:
@@ -63,9 +66,9 @@ def check_config(config: dict, source: str) -> dict:
     missing = [key for key in REQUIRED_KEYS if key not in config]
     if missing:
         raise ValueError(f"{source}: not a model bundle config, missing {', '.join(missing)}")
-    if config[BundleKeys.FORMAT_VERSION] != FORMAT_VERSION:
-        raise ValueError(f"{source}: bundle format {config[BundleKeys.FORMAT_VERSION]} is not the supported "
-                         f"{FORMAT_VERSION}; retrain or use the imcap version that wrote it")
+    if config[BundleKeys.FORMAT_VERSION] not in SUPPORTED_FORMATS:
+        raise ValueError(f"{source}: bundle format {config[BundleKeys.FORMAT_VERSION]} is not one this imcap reads "
+                         f"({', '.join(map(str, SUPPORTED_FORMATS))}); retrain or use the imcap version that wrote it")
     if decoder_kind(config) not in DECODERS:
         raise ValueError(f"{source}: unknown decoder {decoder_kind(config)!r}; this imcap knows {', '.join(DECODERS)}")
     if decoder_kind(config) == ATTENTION_DECODER and not grid_shape(config):

@@ -185,6 +185,9 @@ def decode_example(serialized: bytes, grid: tuple | None = None) -> dict:
         CAPTION_IDS: rows,
     }
     if grid is not None:
+        if not feature[IMAGE_GRID].bytes_list.value:
+            raise ValueError(f"{decoded[IMAGE_ID]}: the record has no {IMAGE_GRID} (records of an extract job run "
+                             "without --spatial_grid)")
         decoded[IMAGE_GRID] = np.frombuffer(feature[IMAGE_GRID].bytes_list.value[0], GRID_DTYPE).reshape(grid)
     return decoded
 

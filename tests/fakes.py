@@ -99,7 +99,8 @@ class FakeModels(Models):
         return FakeFeatureHandler(image_size, min_batch_size=min_batch_size, max_batch_size=max_batch_size)
 
     def caption_handler(self, model_dirs, beam_width, length_penalty, *, max_batch_size=128, **_):
-        return FakeCaptionHandler(model_dirs[0], max_batch_size=max_batch_size)
+        first = model_dirs if isinstance(model_dirs, str) else model_dirs[0]
+        return FakeCaptionHandler(first, max_batch_size=max_batch_size)
 
 
 FAKE_MODELS = FakeModels()

@@ -78,7 +78,7 @@ def test_extract_job_writes_grids_that_round_trip_through_the_spec(sample_featur
         data.parse_grid_record(plain.SerializeToString(), 2048, grid)
 
 
-def test_extract_job_pools_the_grid_and_checks_its_size(sample_dataset, tmp_path):
+def test_extract_job_pools_the_grid_and_checks_its_size(sample_dataset, sample_features, tmp_path):
     from beam_jobs import extract_features
     out = str(tmp_path / "pooled")
     extract_features.run(["--dataset_dir", sample_dataset, "--output_dir", out, "--weights", "none",
@@ -87,8 +87,15 @@ def test_extract_job_pools_the_grid_and_checks_its_size(sample_dataset, tmp_path
     from trainer import data
     metadata = data.read_metadata(out)
     assert records.grid_shape(metadata) == (2, 2, 2048)
-    full = {r[records.IMAGE_ID]: r for r in records.read_records(out, "dev", (2, 2, 2048))}
-    assert len(full) == 2
+    pooled = records.read_records(out, "dev", (2, 2, 2048))
+    full = {r[records.IMAGE_ID]: r for r in records.read_records(sample_features, "dev", (3, 3, 2048))}
+    assert len(pooled) == 2
+    for record in pooled:  # the 3x3 map pooled to 2x2 (overlapping 2x2 bins), from the same forward pass
+        expected = backbones.pool_grid(full[record[records.IMAGE_ID]][records.IMAGE_GRID][None].astype(np.float32), 2)
+        scale = np.abs(expected).max()
+        np.testing.assert_allclose(record[records.IMAGE_GRID].astype(np.float32), expected[0], atol=2e-3 * scale)
+        np.testing.assert_array_equal(record[records.IMAGE_FEATURES], full[record[records.IMAGE_ID]][
+            records.IMAGE_FEATURES])
     with pytest.raises(ValueError, match="the grid can be at most 3"):
         extract_features.run(["--dataset_dir", sample_dataset, "--output_dir", str(tmp_path / "big"),
                               "--weights", "none", "--image_size", str(TEST_IMAGE_SIZE), "--spatial_grid", "4"])
@@ -145,13 +152,17 @@ def test_attention_needs_grids_in_the_records(tmp_path):
                                     "--decoder", "attention"]))
 
 
-def _random_attention_model(seed, words=("a", "dog", "cat", "runs")):
+def _random_attention_model(seed, words=("a", "dog", "cat", "runs"), end_bias=0.0):
+    """A random decoder made decisive: sharper output distributions and attention than at initialization."""
     keras.utils.set_random_seed(seed)
     vocabulary = Vocabulary(RESERVED_TOKENS + tuple(words))
     config = attention.AttentionConfig(vocab_size=len(vocabulary), grid_shape=GRID, embedding_dim=8, units=16,
                                        attention_dim=8, dropout=0.0)
     model = attention.build_attention_decoder(config)
+    grid_attention = model.get_layer(attention.ATTENTION)
+    grid_attention.query.set_weights([kernel * 8.0 for kernel in grid_attention.query.get_weights()])
     kernel, bias = model.get_layer(attention.LOGITS).get_weights()
+    bias[END_ID] += end_bias
     model.get_layer(attention.LOGITS).set_weights([kernel * 6.0, bias])
     return model, vocabulary
 
@@ -161,10 +172,15 @@ def _grids(count, seed=1):
     return records.SpatialFeatures(grid.astype(np.float32).mean(axis=(1, 2)), grid)
 
 
-def test_beam_search_with_attention_matches_the_training_graph_and_weights_sum_to_one():
-    model, vocabulary = _random_attention_model(0)
-    decoder = CaptionDecoder(model, vocabulary, max_length=7)
-    features = _grids(5)
+@pytest.mark.parametrize("ending", ["free", "late"])
+def test_beam_search_with_attention_matches_the_training_graph_and_weights_sum_to_one(ending):
+    # "late": <end> made unlikely, so hypotheses run long and beams reorder many times on the way
+    model, vocabulary = _random_attention_model(0, words=("a", "dog", "cat", "runs", "on", "the", "grass", "red"),
+                                                end_bias=-3.0 if ending == "late" else 0.0)
+    decoder = CaptionDecoder(model, vocabulary, max_length=9)
+    looks = keras.Model(model.inputs, model.get_layer(attention.ATTENTION).output[1])
+    features = _grids(6)
+    lengths = []
     for width in (1, 3):
         for row, hypothesis in enumerate(decoder.beam_search(features, beam_width=width)):
             ids = list(hypothesis.token_ids)
@@ -177,10 +193,14 @@ def test_beam_search_with_attention_matches_the_training_graph_and_weights_sum_t
             assert hypothesis.log_prob == pytest.approx(sum(log_probs[t, k] for t, k in enumerate(targets)), abs=1e-4)
             assert hypothesis.attention.shape == (len(targets), 4)
             np.testing.assert_allclose(hypothesis.attention.sum(axis=1), 1.0, atol=1e-5)
-            assert (hypothesis.attention >= 0).all()
-    # The weights are the model's: the training graph's attention layer gives the same ones.
-    hypothesis = decoder.greedy(_grids(1, seed=4))[0]
-    assert hypothesis.attention.shape[0] == hypothesis.length
+            # The weights are those of the training graph's attention layer on the same sequence, word by word.
+            weights = looks.predict_on_batch([features.grid[row:row + 1].reshape(1, 4, GRID[2]),
+                                              np.zeros(1, np.int32), inputs])[0]
+            np.testing.assert_allclose(hypothesis.attention, weights[:len(targets)], atol=1e-5)
+            lengths.append(len(targets))
+    assert max(lengths) >= (8 if ending == "late" else 2)
+    # Beam search found other captions than greedy decoding for some images (its own bookkeeping was exercised).
+    assert any(b.token_ids != g.token_ids for b, g in zip(decoder.beam_search(features, 3), decoder.greedy(features)))
 
 
 def _export(model, vocabulary, directory, sha="abc"):
@@ -203,9 +223,22 @@ def test_ensembles_of_one_and_of_two(tmp_path):
     both = pair.decoder.caption(features, 3)
     assert both != single and both != Bundle(second).decoder.caption(features, 3)
     assert load_bundles([first, second]).decoder.caption(features, 3) == both  # deterministic
-    # The averaged log-probabilities: the ensemble's greedy first word maximizes the mean of the members'.
+    # The averaged log-probabilities: the ensemble's greedy first word maximizes the mean of the members' (over the
+    # words a decoder may generate), and its attention is the mean of the members'.
     hypotheses = pair.decoder.greedy(features)
-    np.testing.assert_allclose([h.attention.sum(axis=1) for h in hypotheses[:1]][0], 1.0, atol=1e-5)
+    start = np.full((12, 1), START_ID, np.int32)
+    members = [Bundle(first).decoder_model, Bundle(second).decoder_model]
+    grids = features.grid.reshape(12, 4, GRID[2])
+    logits = [m.predict_on_batch([grids, np.arange(12, dtype=np.int32), start])[:, 0] for m in members]
+    first_ids = [h.token_ids[0] if h.token_ids else END_ID for h in hypotheses]
+    never = [Vocabulary(RESERVED_TOKENS).id_of(token) for token in ("<pad>", "<start>", "<unk>")]
+    scores = np.mean([z - np.log(np.exp(z).sum(-1, keepdims=True)) for z in logits], axis=0)
+    scores[:, never] = -np.inf
+    assert first_ids == list(scores.argmax(axis=1))
+    looks = [keras.Model(m.inputs, m.get_layer(attention.ATTENTION).output[1]) for m in members]
+    first_looks = np.mean([model.predict_on_batch([grids, np.arange(12, dtype=np.int32), start])[:, 0]
+                           for model in looks], axis=0)
+    np.testing.assert_allclose([h.attention[0] for h in hypotheses], first_looks, atol=1e-5)
     # A merge bundle and an attention bundle on the same features ensemble too (each reads what it needs).
     from trainer import model as model_lib
     keras.utils.set_random_seed(3)
@@ -250,7 +283,7 @@ def test_attention_pictures_from_predict_and_the_gallery(sample_dataset, attenti
     from PIL import Image
 
     from beam_jobs import caption_images, gallery
-    from schemas import tables
+    from schemas import images, tables
     from tests.caption_helpers import argv, read_outputs
     from trainer import pictures, predict
     photos = os.path.join(sample_dataset, "Flicker8k_Dataset")
@@ -276,10 +309,21 @@ def test_attention_pictures_from_predict_and_the_gallery(sample_dataset, attenti
                        test_pipeline=local_test_pipeline())
     captions, errors = read_outputs(prefix)
     assert not errors and len(captions) == 2
+    decoder = Bundle(attention_bundle).decoder
+    extractor = predict.FeatureExtractor(Bundle(attention_bundle).config, "none")
+    dev = {}
+    for path in paths:
+        with open(path, "rb") as handle:
+            pixels, _ = images.prepare_image(handle.read(), TEST_IMAGE_SIZE)
+        dev[os.path.basename(path)] = extractor(pixels[None])
     for row in captions:
         attention_rows = np.asarray(row[tables.ATTENTION])
         assert attention_rows.shape == (len(row[tables.CAPTION].split()) + 1, 9)  # each word, then <end>
         np.testing.assert_allclose(attention_rows.sum(axis=1), 1.0, atol=1e-5)
+        expected = decoder.hypotheses(dev[os.path.basename(row[tables.IMAGE_URI])],
+                                      *Bundle(attention_bundle).decoding_for())[0]  # the bundle's defaults
+        assert decoder.to_text(expected) == row[tables.CAPTION]
+        np.testing.assert_allclose(attention_rows, expected.attention, atol=1e-4)
     page = gallery.render(captions, errors, limit=10, size=96, title="t")
     assert page.count("where each word looked") == 2 and page.count("data:image/png;base64,") == 2
     with pytest.raises(ValueError, match="--attention_maps needs an attention bundle"):

@@ -78,8 +78,10 @@ class TakeRows(layers.Layer):
 class GridAttention(layers.Layer):
     """Scaled dot-product attention of every step's hidden state over the image regions.
 
-    call(hidden [N, T, U], regions [N, G, U]) -> (context [N, T, U], weights [N, T, G]); the weights of a step
-    sum to 1 over the G regions. `keys` and `attend` are the two halves, for decoding one step at a time.
+    call(hidden [N, T, U], regions [B, G, U], image_index [N]) -> (context [N, T, U], weights [N, T, G]): caption n
+    attends over the regions of image ``image_index[n]`` (without an index, B = N: one image per caption). The keys
+    are projected once per image, before the captions take their image's. The weights of a step sum to 1 over the
+    G regions. `keys` and `attend` are the two halves, for decoding one step at a time.
     """
 
     def __init__(self, attention_dim: int, **kwargs):
@@ -88,7 +90,7 @@ class GridAttention(layers.Layer):
         self.query = layers.Dense(attention_dim, use_bias=False, name="query")
         self.key = layers.Dense(attention_dim, use_bias=False, name="key")
 
-    def build(self, hidden_shape, regions_shape=None):
+    def build(self, hidden_shape, regions_shape=None, image_index_shape=None):
         self.query.build(hidden_shape)
         self.key.build(regions_shape if regions_shape is not None else hidden_shape)
 
@@ -102,10 +104,14 @@ class GridAttention(layers.Layer):
         weights = ops.softmax(scores, axis=-1)
         return ops.einsum("ntg,ngu->ntu", weights, regions), weights
 
-    def call(self, hidden, regions):
-        return self.attend(hidden, self.keys(regions), regions)
+    def call(self, hidden, regions, image_index=None):
+        keys = self.keys(regions)
+        if image_index is not None:
+            index = ops.cast(image_index, "int32")
+            keys, regions = ops.take(keys, index, axis=0), ops.take(regions, index, axis=0)
+        return self.attend(hidden, keys, regions)
 
-    def compute_output_shape(self, hidden_shape, regions_shape):
+    def compute_output_shape(self, hidden_shape, regions_shape, image_index_shape=None):
         return tuple(hidden_shape[:-1]) + (regions_shape[-1],), tuple(hidden_shape[:-1]) + (regions_shape[1],)
 
     def get_config(self):
@@ -133,7 +139,7 @@ def build_attention_decoder(config: AttentionConfig, scale: float = 1.0) -> kera
     hidden = layers.LSTM(config.units, return_sequences=True, recurrent_dropout=config.recurrent_dropout,
                          name=LSTM)(text, initial_state=[take(initial_hidden, image_index),
                                                          take(initial_memory, image_index)])
-    context, _ = GridAttention(config.attention_dim, name=ATTENTION)(hidden, take(regions, image_index))
+    context, _ = GridAttention(config.attention_dim, name=ATTENTION)(hidden, regions, image_index)
 
     merged = layers.Add(name=MERGE)([context, hidden])
     merged = layers.Dense(config.units, activation="relu", name=MERGED_PROJECTION)(merged)

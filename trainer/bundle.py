@@ -29,7 +29,8 @@ def export_bundle(model_dir: str, decoder, vocabulary: Vocabulary, metadata: dic
     identity = hashlib.sha256((weights_digest + vocabulary.to_text() + metadata[MetadataKeys.WEIGHTS_SHA256]
                                ).encode("utf-8")).hexdigest()
     config = {
-        BundleKeys.FORMAT_VERSION: bundle_schema.FORMAT_VERSION,
+        BundleKeys.FORMAT_VERSION: bundle_schema.ATTENTION_FORMAT_VERSION if attention.is_attention_decoder(decoder)
+        else bundle_schema.FORMAT_VERSION,
         BundleKeys.MODEL_ID: "imcap-" + identity[:12],
         BundleKeys.BACKBONE: metadata[MetadataKeys.BACKBONE],
         BundleKeys.WEIGHTS: metadata[MetadataKeys.WEIGHTS],

@@ -1,8 +1,10 @@
-"""Batched caption decoding with the trained merge decoder: greedy and beam search.
+"""Batched caption decoding with the trained decoders (merge and attention, alone or as an ensemble): greedy and
+beam search.
 
 The training graph runs whole sequences; decoding runs its trained layers one step at a time (the LSTM's cell
-with explicit state), so a caption of length T costs T steps rather than T^2/2. Both decoders work on a batch of
-images at once; beam search keeps ``beam_width`` live hypotheses per image in one [B * K] batch.
+with explicit state: `MergeStep`, `AttentionStep`), so a caption of length T costs T steps rather than T^2/2. Both
+decoders work on a batch of images at once; beam search keeps ``beam_width`` live hypotheses per image in one
+[B * K] batch. An ensemble averages its members' next-token log-probabilities at every step (and renormalizes).
 
 Beam search: at each step every live hypothesis is extended by its best tokens; an extension by ``<end>`` that
 ranks among the step's best ``beam_width`` moves to the image's finished list, the best ``beam_width`` other
@@ -13,7 +15,7 @@ hypotheses are ranked by ``log_prob / length ** length_penalty`` (length counts 
 returns a worse-scoring caption than greedy decoding; with ``length_penalty`` 0, width 1 *is* greedy decoding.
 
 ``<pad>``, ``<start>`` and ``<unk>`` are never generated. ``log_prob`` is the sum of the model's log-probabilities
-of the generated tokens, ``<end>`` included.
+of the generated tokens, ``<end>`` included (for an ensemble, of its averaged and renormalized distribution).
 """
 import dataclasses
 
@@ -173,7 +175,10 @@ class CaptionDecoder:
             new_states.append(state)
             if member_weights is not None:
                 weights.append(member_weights)
-        mean = log_probs[0] if len(log_probs) == 1 else tf.add_n(log_probs) / float(len(log_probs))
+        # An ensemble: the mean of the members' log-probabilities, renormalized (the normalized geometric mean of
+        # their distributions), so that a caption's log_prob stays a log-probability.
+        mean = log_probs[0] if len(log_probs) == 1 else \
+            tf.nn.log_softmax(tf.add_n(log_probs) / float(len(log_probs)))
         attention = (weights[0] if len(weights) == 1 else tf.add_n(weights) / float(len(weights))) if weights \
             else tf.zeros([tf.shape(tokens)[0], 0], tf.float32)
         return mean + self._suppress, tuple(new_states), attention

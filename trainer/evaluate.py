@@ -73,13 +73,14 @@ def evaluate(data_dir: str, model_dir, split: str, beam_width: int | None = None
         raise ValueError(f"{data_dir} holds features of other backbone weights (sha256 "
                          f"{metadata[MetadataKeys.WEIGHTS_SHA256][:12]}) than {bundle.model_dir} was trained on "
                          f"({bundle.config[BundleKeys.WEIGHTS_SHA256][:12]})")
-    grid = bundle.grid_shape
-    if grid and records.grid_shape(metadata) != grid:
+    grid, held = bundle.grid_shape, records.grid_shape(metadata)
+    if grid and held != grid:
         raise ValueError(f"{bundle.model_dir} decodes from {grid[0]}x{grid[1]}x{grid[2]} spatial grids, and "
-                         f"{data_dir} holds {'none' if not records.grid_shape(metadata) else records.grid_shape(metadata)}"
-                         "; evaluate it on records of the extract job with the same --spatial_grid")
+                         f"{data_dir} holds {'x'.join(map(str, held)) + ' grids' if held else 'no grids'}; evaluate "
+                         "it on records of the extract job with the same --spatial_grid")
     beam_width, length_penalty = bundle.decoding_for(beam_width, length_penalty)
-    image_ids, features, references = data.references(data_dir, split, metadata[MetadataKeys.FEATURE_DIM], grid)
+    image_ids, features, references = data.references(data_dir, split, metadata[MetadataKeys.FEATURE_DIM], grid,
+                                                      count=data.split_sizes(metadata, split)[0])
     if not image_ids:
         raise ValueError(f"no records in the {split} split of {data_dir}")
     start = time.perf_counter()

@@ -53,6 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="LSTM and projection width (default 256 for merge, 512 for attention)")
     parser.add_argument("--attention_dim", type=cli.positive_int, default=256,
                         help="attention decoder: width of the query/key projections")
+    parser.add_argument("--cache_dir", default=None,
+                        help="attention decoder: cache the parsed grids in files here instead of in memory (for "
+                             "train splits larger than RAM: Flickr8k's takes 2.4 GB at 10x10, COCO's 45 GB)")
     parser.add_argument("--dropout", type=_fraction, default=0.5)
     parser.add_argument("--recurrent_dropout", type=_fraction, default=0.0)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
@@ -176,6 +179,9 @@ def train(args: argparse.Namespace) -> dict:
     if attention and not grid:
         raise ValueError(f"{args.data_dir} holds no spatial grids, which --decoder attention reads: run the extract "
                          "job with --spatial_grid full (or N) first")
+    if attention and args.length_buckets:
+        raise ValueError("--length_buckets is for the merge decoder; --decoder attention batches whole images with "
+                         "all their captions")
     if attention and args.feature_scaling == "standardize":
         raise ValueError("--decoder attention scales grids by their RMS (scale) or not at all (none); "
                          "standardize is for the merge decoder's vectors")
@@ -205,12 +211,19 @@ def train(args: argparse.Namespace) -> dict:
     if attention:
         train_images, _ = data.split_sizes(metadata, args.train_split)
         images_per_batch = max(1, round(args.batch_size * train_images / train_pairs))
+        cache = (lambda split: os.path.join(args.cache_dir, f"grids-{split}")) if args.cache_dir else (lambda _: "")
+        if args.cache_dir:
+            os.makedirs(args.cache_dir, exist_ok=True)
+            for stale in os.listdir(args.cache_dir):  # a cache of other records would be read as these
+                if stale.startswith("grids-"):
+                    os.remove(os.path.join(args.cache_dir, stale))
         train_batches = data.grid_caption_dataset(args.data_dir, args.train_split, feature_dim, grid,
                                                   images_per_batch, training=True, seed=args.seed,
-                                                  image_count=train_images)
+                                                  image_count=train_images, cache_file=cache(args.train_split))
         eval_batches = data.grid_caption_dataset(
             args.data_dir, args.eval_split, feature_dim, grid, images_per_batch, training=False,
-            image_count=data.split_sizes(metadata, args.eval_split)[0]) if has_eval else None
+            image_count=data.split_sizes(metadata, args.eval_split)[0], cache_file=cache(args.eval_split)
+        ) if has_eval else None
         scale = data.grid_scale(args.data_dir, args.train_split, feature_dim, grid) \
             if args.feature_scaling == "scale" else 1.0
         from trainer import attention as attention_lib
