@@ -152,12 +152,12 @@ def test_attention_needs_grids_in_the_records(tmp_path):
                                     "--decoder", "attention"]))
 
 
-def _random_attention_model(seed, words=("a", "dog", "cat", "runs"), end_bias=0.0):
+def _random_attention_model(seed, words=("a", "dog", "cat", "runs"), end_bias=0.0, global_input=True):
     """A random decoder made decisive: sharper output distributions and attention than at initialization."""
     keras.utils.set_random_seed(seed)
     vocabulary = Vocabulary(RESERVED_TOKENS + tuple(words))
     config = attention.AttentionConfig(vocab_size=len(vocabulary), grid_shape=GRID, embedding_dim=8, units=16,
-                                       attention_dim=8, dropout=0.0)
+                                       attention_dim=8, dropout=0.0, global_input=global_input)
     model = attention.build_attention_decoder(config)
     grid_attention = model.get_layer(attention.ATTENTION)
     grid_attention.query.set_weights([kernel * 8.0 for kernel in grid_attention.query.get_weights()])
@@ -172,11 +172,12 @@ def _grids(count, seed=1):
     return records.SpatialFeatures(grid.astype(np.float32).mean(axis=(1, 2)), grid)
 
 
-@pytest.mark.parametrize("ending", ["free", "late"])
-def test_beam_search_with_attention_matches_the_training_graph_and_weights_sum_to_one(ending):
-    # "late": <end> made unlikely, so hypotheses run long and beams reorder many times on the way
+@pytest.mark.parametrize("ending, global_input", [("free", True), ("late", True), ("free", False)])
+def test_beam_search_with_attention_matches_the_training_graph_and_weights_sum_to_one(ending, global_input):
+    # "late": <end> made unlikely, so hypotheses run long and beams reorder many times on the way. Without the
+    # global input: the decoders of bundles trained before it.
     model, vocabulary = _random_attention_model(0, words=("a", "dog", "cat", "runs", "on", "the", "grass", "red"),
-                                                end_bias=-3.0 if ending == "late" else 0.0)
+                                                end_bias=-3.0 if ending == "late" else 0.0, global_input=global_input)
     decoder = CaptionDecoder(model, vocabulary, max_length=9)
     looks = keras.Model(model.inputs, model.get_layer(attention.ATTENTION).output[1])
     features = _grids(6)

@@ -8,7 +8,8 @@ attention at once with batched matrix products, instead of a Python-level cell p
 
     grid [G, D] -> scaling -> dropout -> dense(units, relu) = regions V [G, U]
     mean over G -> dense(units, tanh) x2 = the LSTM's initial state (h_0, c_0)   (Show, Attend and Tell's init)
-    caption tokens [T] -> embedding -> dropout -> LSTM(units) = h [T, U]
+    mean of the scaled grid -> dense(E, relu) = the global feature v_g [E]          (Lu et al.'s v^g)
+    caption tokens [T] -> embedding, each step joined by v_g -> dropout -> LSTM(units) = h [T, U]
     attention: a_t = softmax_g(q(h_t) . k(V_g) / sqrt(A)),  c_t = sum_g a_tg V_g     (scaled dot product, one head)
     c_t + h_t -> dense(units, relu) -> dropout -> dense(vocab) = next-token logits [T, V]
 
@@ -36,6 +37,7 @@ NORMALIZATION = "grid_normalization"
 REGION_PROJECTION = "region_projection"
 INITIAL_HIDDEN = "initial_hidden"
 INITIAL_MEMORY = "initial_memory"
+GLOBAL_PROJECTION = "global_projection"
 EMBEDDING = "token_embedding"
 LSTM = "caption_lstm"
 ATTENTION = "grid_attention"
@@ -53,6 +55,7 @@ class AttentionConfig:
     attention_dim: int = 256
     dropout: float = 0.5
     recurrent_dropout: float = 0.0
+    global_input: bool = True  # the LSTM reads the image's global feature with every word (Lu et al.'s x_t)
 
     @property
     def regions(self) -> int:
@@ -72,6 +75,18 @@ class TakeRows(layers.Layer):
 
     def compute_output_shape(self, rows_shape, index_shape):
         return (index_shape[0],) + tuple(rows_shape[1:])
+
+
+@keras.saving.register_keras_serializable(package="imcap")
+class WithEveryStep(layers.Layer):
+    """sequence [N, T, E], vector [N, F] -> [N, T, E + F]: the vector joins every step of the sequence."""
+
+    def call(self, sequence, vector):
+        steps = ops.shape(sequence)[1]
+        return ops.concatenate([sequence, ops.repeat(ops.expand_dims(vector, 1), steps, axis=1)], axis=-1)
+
+    def compute_output_shape(self, sequence_shape, vector_shape):
+        return tuple(sequence_shape[:-1]) + (sequence_shape[-1] + vector_shape[-1],)
 
 
 @keras.saving.register_keras_serializable(package="imcap")
@@ -135,6 +150,10 @@ def build_attention_decoder(config: AttentionConfig, scale: float = 1.0) -> kera
 
     take = TakeRows(name="caption_images")
     text = layers.Embedding(config.vocab_size, config.embedding_dim, name=EMBEDDING)(tokens)
+    if config.global_input:
+        image = layers.Dense(config.embedding_dim, activation="relu", name=GLOBAL_PROJECTION)(
+            layers.GlobalAveragePooling1D(name="mean_feature")(scaled))
+        text = WithEveryStep(name="word_and_image")(text, take(image, image_index))
     text = layers.Dropout(config.dropout, name="token_dropout")(text)
     hidden = layers.LSTM(config.units, return_sequences=True, recurrent_dropout=config.recurrent_dropout,
                          name=LSTM)(text, initial_state=[take(initial_hidden, image_index),

@@ -104,6 +104,9 @@ class AttentionStep:
         self._initial_hidden = model.get_layer(attention_lib.INITIAL_HIDDEN)
         self._initial_memory = model.get_layer(attention_lib.INITIAL_MEMORY)
         self._embedding = model.get_layer(attention_lib.EMBEDDING)
+        names = {layer.name for layer in model.layers}
+        self._global = model.get_layer(attention_lib.GLOBAL_PROJECTION) \
+            if attention_lib.GLOBAL_PROJECTION in names else None  # bundles before the global input have none
         self._cell = model.get_layer(attention_lib.LSTM).cell
         self._attention = model.get_layer(attention_lib.ATTENTION)
         self._merged_projection = model.get_layer(attention_lib.MERGED_PROJECTION)
@@ -115,17 +118,22 @@ class AttentionStep:
             raise ValueError("an attention decoder needs the image's spatial grid, not only its pooled vector")
         grid = tf.constant(np.asarray(features.grid, np.float32))
         grid = tf.reshape(grid, [tf.shape(grid)[0], self.grid_input_shape[0], self.grid_input_shape[1]])
-        regions = self._regions(self._normalization(grid))
+        scaled = self._normalization(grid)
+        regions = self._regions(scaled)
         mean = tf.reduce_mean(regions, axis=1)
         hidden, memory = self._initial_hidden(mean), self._initial_memory(mean)
         keys = self._attention.keys(regions)
+        image = self._global(tf.reduce_mean(scaled, axis=1)) if self._global is not None else \
+            tf.zeros([tf.shape(grid)[0], 0], tf.float32)
         if copies > 1:
-            regions, keys, hidden, memory = (tf.repeat(t, copies, axis=0) for t in (regions, keys, hidden, memory))
-        return (regions, keys), (hidden, memory)
+            regions, keys, image, hidden, memory = (tf.repeat(t, copies, axis=0)
+                                                    for t in (regions, keys, image, hidden, memory))
+        return (regions, keys, image), (hidden, memory)
 
     def step(self, static, tokens, state):
-        (regions, keys), (hidden, memory) = static, state
-        output, (hidden, memory) = self._cell(self._embedding(tokens), [hidden, memory], training=False)
+        (regions, keys, image), (hidden, memory) = static, state
+        words = tf.concat([self._embedding(tokens), image], axis=-1)
+        output, (hidden, memory) = self._cell(words, [hidden, memory], training=False)
         context, weights = self._attention.attend(output[:, None], keys, regions)
         logits = self._logits(self._merged_projection(context[:, 0] + output))
         return tf.nn.log_softmax(logits), (hidden, memory), weights[:, 0]

@@ -59,6 +59,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dropout", type=_fraction, default=0.5)
     parser.add_argument("--recurrent_dropout", type=_fraction, default=0.0)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--lr_decay", type=_fraction, default=0.0,
+                        help="multiply the learning rate by this after an epoch without a lower dev loss (Keras' "
+                             "ReduceLROnPlateau, patience 1, floor learning_rate / 16); 0: constant (default)")
     parser.add_argument("--clipnorm", type=float, default=5.0, help="gradient norm clipping (0: none)")
     parser.add_argument("--patience", type=cli.positive_int, default=3,
                         help="stop after this many epochs without a lower dev loss")
@@ -256,6 +259,9 @@ def train(args: argparse.Namespace) -> dict:
 
     best_model = _callbacks_module()(checkpoint_dir, args.model_dir, args.patience, monitor, train_pairs, resume)
     callbacks = [best_model,
+                 *([keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=args.lr_decay, patience=1,
+                                                      min_lr=args.learning_rate / 16, verbose=0)]
+                   if args.lr_decay else []),
                  keras.callbacks.BackupAndRestore(backup_dir),
                  keras.callbacks.TensorBoard(os.path.join(args.model_dir, LOGS), write_graph=False)]
     if best_model.state["stopped_early"]:
@@ -282,7 +288,7 @@ def train(args: argparse.Namespace) -> dict:
         "median_captions_per_second": sorted(r["captions_per_second"] for r in history)[len(history) // 2],
         "hyperparameters": {key: getattr(args, key) for key in (
             "batch_size", "embedding_dim", "units", "dropout", "recurrent_dropout", "learning_rate", "clipnorm",
-            "patience", "seed", "epochs", "feature_scaling", "decoder")} | {"length_buckets": args.length_buckets}
+            "patience", "seed", "epochs", "feature_scaling", "decoder", "lr_decay")} | {"length_buckets": args.length_buckets}
         | ({"attention_dim": args.attention_dim} if attention else {}),
     }
     config_written = bundle_lib.export_bundle(
