@@ -331,3 +331,24 @@ def test_attention_pictures_from_predict_and_the_gallery(sample_dataset, attenti
         caption_images.run(argv(paths, sample_bundle, str(tmp_path / "m"), "--weights", "none", "--attention_maps"))
     with pytest.raises(ValueError, match="--attention_png needs an attention bundle"):
         predict.caption_files(paths, sample_bundle, weights="none", attention_png=pictures_dir)
+
+
+def test_select_by_dev_cider_keeps_the_epoch_with_the_best_captions(tiny_grid_records, tmp_path):
+    model_dir = str(tmp_path / "model")
+    summary = task.train(task.parse_args([
+        "--data_dir", tiny_grid_records, "--model_dir", model_dir, "--decoder", "attention", "--epochs", "12",
+        "--learning_rate", "0.02", "--patience", "12", "--verbose", "0", "--embedding_dim", "16", "--units", "32",
+        "--attention_dim", "8", "--dropout", "0", "--batch_size", "3", "--select_by", "cider_d",
+        "--lr_decay", "0.5"]))
+    with open(os.path.join(model_dir, task.HISTORY_FILE), encoding="utf-8") as handle:
+        history = json.load(handle)
+    scores = [row[task.CIDER_MONITOR] for row in history]
+    assert len(scores) == 12 and max(scores) > scores[0]
+    assert summary["best_epoch"] == 1 + scores.index(max(scores))
+    # The bundle holds that epoch's weights: its greedy dev captions score what was logged for it.
+    result = evaluate.evaluate(tiny_grid_records, model_dir, "dev", beam_width=1)
+    assert result["cider_d"] == pytest.approx(max(scores), abs=1e-6)
+    assert [row["learning_rate"] for row in history][-1] < 0.02 or scores.index(max(scores)) >= 10
+    with pytest.raises(ValueError, match="--select_by cider_d scores captions of the nothere split"):
+        task.train(task.parse_args(["--data_dir", tiny_grid_records, "--model_dir", str(tmp_path / "m2"),
+                                    "--select_by", "cider_d", "--decoder", "attention", "--eval_split", "nothere"]))

@@ -3,8 +3,10 @@ attention weights over the grid are high (the classic Show, Attend and Tell figu
 
 The backbone sees the upright photo squashed to a square (`schemas.images.resize_pixels`), so grid cell (i, j)
 covers the same fraction of the photo whatever its aspect: the g x g weights are stretched over the photo as shown.
-Each panel is scaled by its own largest weight, so a diffuse map looks dim and a sharp one bright; the panel's
-label gives the word and the share of attention on its brightest cell. Pillow only (no plotting library).
+Brightness is on one absolute scale for every word: sqrt(weight x cells / `FULL_SHARE`), clipped to 1, so a cell
+with `FULL_SHARE` times its uniform share of attention (or more) is fully lit, uniform attention lights the whole
+photo at half brightness, and a cell the word ignored is dark. The panel's label gives the word and the share of
+attention on its brightest cell. Pillow only (no plotting library).
 """
 import base64
 import io
@@ -15,7 +17,8 @@ from PIL import Image, ImageDraw
 PANEL = 128
 COLUMNS = 6
 LABEL_HEIGHT = 16
-FLOOR = 0.22  # brightness of the cells the word did not look at
+FLOOR = 0.15  # brightness of the cells the word did not look at
+FULL_SHARE = 4.0  # a cell with this many times its uniform share of attention is fully lit
 
 
 def attention_panels(image: Image.Image, words: list[str], attention: np.ndarray, grid: tuple,
@@ -35,7 +38,8 @@ def attention_panels(image: Image.Image, words: list[str], attention: np.ndarray
     for index, word in enumerate(words):
         weights = attention[index].reshape(grid[0], grid[1])
         peak = float(weights.max())
-        heat = Image.fromarray((weights / peak * 255.0 if peak > 0 else weights * 0).astype(np.uint8), "L")
+        brightness = np.sqrt(np.clip(weights * weights.size / FULL_SHARE, 0.0, 1.0))
+        heat = Image.fromarray((brightness * 255.0).astype(np.uint8), "L")
         heat = np.asarray(heat.resize(photo.size, Image.Resampling.BILINEAR), np.float32)[..., None] / 255.0
         lit = pixels * (FLOOR + (1.0 - FLOOR) * heat)
         panels.append((Image.fromarray(lit.clip(0, 255).astype(np.uint8)), f"{word} {peak:.0%}"))

@@ -34,6 +34,7 @@ STATE_FILE = "state.json"
 HISTORY_FILE = "history.json"
 CURVE_FILE = "training_curve.png"
 LOGS = "logs"
+CIDER_MONITOR = "val_cider_d"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -64,7 +65,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "ReduceLROnPlateau, patience 1, floor learning_rate / 16); 0: constant (default)")
     parser.add_argument("--clipnorm", type=float, default=5.0, help="gradient norm clipping (0: none)")
     parser.add_argument("--patience", type=cli.positive_int, default=3,
-                        help="stop after this many epochs without a lower dev loss")
+                        help="stop after this many epochs without a better dev score (--select_by)")
+    parser.add_argument("--select_by", default="loss", choices=("loss", "cider_d"),
+                        help="the dev score that picks the best epoch and stops training: loss (default), or the "
+                             "CIDEr-D of greedy captions of the dev images after each epoch (a few seconds each)")
     parser.add_argument("--feature_scaling", default="scale", choices=("scale", "standardize", "none"),
                         help="scale: divide features by their train RMS (default); standardize: per dimension")
     parser.add_argument("--length_buckets", action="store_true",
@@ -90,9 +94,29 @@ def _fraction(text: str) -> float:
 def _callbacks_module():
     import keras
 
+    class DevCaptionScore(keras.callbacks.Callback):
+        """After each epoch: greedy captions of the dev images by the model as it stands, and their CIDEr-D, logged
+        as ``val_cider_d`` (for `--select_by cider_d`)."""
+
+        def __init__(self, features, references: list, vocabulary, max_length: int, batch_size: int = 250):
+            super().__init__()
+            self.features, self.references = features, references
+            self.vocabulary, self.max_length, self.batch_size = vocabulary, max_length, batch_size
+            self._decoder = None
+
+        def on_epoch_end(self, epoch, logs=None):
+            from trainer.decoding import CaptionDecoder
+            from trainer.evaluate import cider_score
+            if self._decoder is None:  # the decoder runs the model's own layers: it follows the training
+                self._decoder = CaptionDecoder(self.model, self.vocabulary, self.max_length)
+            captions = [text for text, _ in self._decoder.caption(self.features, 1, 0.0, self.batch_size)]
+            if logs is not None:
+                logs[CIDER_MONITOR] = cider_score(self.references, captions)
+
     class ResumableBestModel(keras.callbacks.Callback):
-        """Keeps the weights with the lowest dev loss, stops after `patience` epochs without one, records the
-        history -- and reloads all of that when a run resumes (Keras' EarlyStopping would start over)."""
+        """Keeps the weights with the best dev score (lowest loss, or highest CIDEr-D), stops after `patience`
+        epochs without a better one, records the history -- and reloads all of that when a run resumes (Keras'
+        EarlyStopping would start over)."""
 
         def __init__(self, checkpoint_dir: str, model_dir: str, patience: int, monitor: str, pairs_per_epoch: int,
                      resume: bool):
@@ -121,7 +145,9 @@ def _callbacks_module():
             row.update({key: float(value) for key, value in (logs or {}).items()})
             self.history = [r for r in self.history if r["epoch"] < epoch + 1] + [row]
             value = row.get(self.monitor)
-            if value is not None and (self.state["best"] is None or value < self.state["best"]):
+            higher_is_better = self.monitor == CIDER_MONITOR
+            if value is not None and (self.state["best"] is None or (
+                    value > self.state["best"] if higher_is_better else value < self.state["best"])):
                 self.state.update(best=value, best_epoch=epoch + 1, wait=0)
                 self.model.save_weights(self.best_path)
             else:
@@ -134,7 +160,7 @@ def _callbacks_module():
             with open(self.history_path, "w", encoding="utf-8") as handle:
                 json.dump(self.history, handle, indent=2)
 
-    return ResumableBestModel
+    return ResumableBestModel, DevCaptionScore
 
 
 def plot_history(history: list[dict], path: str) -> None:
@@ -197,6 +223,11 @@ def train(args: argparse.Namespace) -> dict:
         logging.warning("no %s split in %s: the best model and early stopping follow the train loss",
                         args.eval_split, args.data_dir)
     monitor = "val_loss" if has_eval else "loss"
+    if args.select_by == "cider_d":
+        if not has_eval:
+            raise ValueError(f"--select_by cider_d scores captions of the {args.eval_split} split, and "
+                             f"{args.data_dir} has none")
+        monitor = CIDER_MONITOR
 
     os.makedirs(args.model_dir, exist_ok=True)
     checkpoint_dir = os.path.join(args.model_dir, CHECKPOINTS)
@@ -257,11 +288,20 @@ def train(args: argparse.Namespace) -> dict:
                  f"{decoder.count_params():,}", len(vocabulary), train_pairs,
                  " (resuming an interrupted run)" if resume else "")
 
-    best_model = _callbacks_module()(checkpoint_dir, args.model_dir, args.patience, monitor, train_pairs, resume)
-    callbacks = [best_model,
+    best_model_class, dev_score_class = _callbacks_module()
+    best_model = best_model_class(checkpoint_dir, args.model_dir, args.patience, monitor, train_pairs, resume)
+    scoring = []
+    if monitor == CIDER_MONITOR:
+        count = data.split_sizes(metadata, args.eval_split)[0]
+        _, dev_features, dev_references = data.references(args.data_dir, args.eval_split, feature_dim,
+                                                          grid if attention else None, count=count)
+        scoring = [dev_score_class(dev_features, dev_references, vocabulary, metadata[MetadataKeys.MAX_LENGTH])]
+    callbacks = [*scoring,  # before the callbacks that read its score, and the learning rate's before the history
                  *([keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=args.lr_decay, patience=1,
+                                                      mode="max" if monitor == CIDER_MONITOR else "min",
                                                       min_lr=args.learning_rate / 16, verbose=0)]
                    if args.lr_decay else []),
+                 best_model,
                  keras.callbacks.BackupAndRestore(backup_dir),
                  keras.callbacks.TensorBoard(os.path.join(args.model_dir, LOGS), write_graph=False)]
     if best_model.state["stopped_early"]:
@@ -288,7 +328,7 @@ def train(args: argparse.Namespace) -> dict:
         "median_captions_per_second": sorted(r["captions_per_second"] for r in history)[len(history) // 2],
         "hyperparameters": {key: getattr(args, key) for key in (
             "batch_size", "embedding_dim", "units", "dropout", "recurrent_dropout", "learning_rate", "clipnorm",
-            "patience", "seed", "epochs", "feature_scaling", "decoder", "lr_decay")} | {"length_buckets": args.length_buckets}
+            "patience", "seed", "epochs", "feature_scaling", "decoder", "lr_decay", "select_by")} | {"length_buckets": args.length_buckets}
         | ({"attention_dim": args.attention_dim} if attention else {}),
     }
     config_written = bundle_lib.export_bundle(
