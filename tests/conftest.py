@@ -73,6 +73,17 @@ def sample_features(sample_dataset, tmp_path_factory):
         test_pipeline=local_test_pipeline()))
 
 
+# Six images with one caption each, for trainer tests that overfit them (one caption per image: decodable exactly).
+TINY_CAPTIONS = {
+    "one.jpg": "A red circle above a blue square .",
+    "two.jpg": "A small green triangle .",
+    "three.jpg": "Two dogs run on the grass .",
+    "four.jpg": "A man rides a red bike .",
+    "five.jpg": "A blue square left of a red circle .",
+    "six.jpg": "A black cat sleeps .",
+}
+
+
 def write_feature_records(output_dir, splits, feature_dim=16, shards=1, grid_shape=None):
     """Writes extract-job-format records without running the job (for trainer unit tests).
 

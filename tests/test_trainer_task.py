@@ -8,18 +8,10 @@ import numpy as np
 import pytest
 
 from schemas import fileio
-from tests.conftest import write_feature_records
+from tests.conftest import TINY_CAPTIONS as TINY, write_feature_records
 from trainer import evaluate, predict, task
 from trainer.bundle import Bundle
 
-TINY = {
-    "one.jpg": "A red circle above a blue square .",
-    "two.jpg": "A small green triangle .",
-    "three.jpg": "Two dogs run on the grass .",
-    "four.jpg": "A man rides a red bike .",
-    "five.jpg": "A blue square left of a red circle .",
-    "six.jpg": "A black cat sleeps .",
-}
 SMALL_MODEL = ["--embedding_dim", "32", "--units", "64", "--dropout", "0", "--batch_size", "8"]
 
 
