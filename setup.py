@@ -58,6 +58,7 @@ setup(
             "imcap-caption=beam_jobs.caption_images:main",
             "imcap-gallery=beam_jobs.gallery:main",
             "imcap-train=trainer.task:main",
+            "imcap-scst=trainer.scst:main",
             "imcap-evaluate=trainer.evaluate:main",
             "imcap-predict=trainer.predict:main",
         ],

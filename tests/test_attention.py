@@ -346,3 +346,92 @@ def test_select_by_dev_cider_keeps_the_epoch_with_the_best_captions(tiny_grid_re
     with pytest.raises(ValueError, match="--select_by cider_d scores captions of the nothere split"):
         task.train(task.parse_args(["--data_dir", tiny_grid_records, "--model_dir", str(tmp_path / "m2"),
                                     "--select_by", "cider_d", "--decoder", "attention", "--eval_split", "nothere"]))
+
+
+# -- self-critical training -----------------------------------------------------------------------------------
+def test_corpus_cider_is_pycocoevalcap_cider_with_the_corpus_statistics():
+    from trainer.scst import CorpusCider
+    references = [["a dog runs on the grass", "a brown dog running", "the dog plays outside"],
+                  ["a man rides a red bike", "a cyclist on a road", "a man on a bicycle"],
+                  ["two children play in the water", "kids splash in a pool", "children swimming"]]
+    captions = ["a dog runs in the grass", "a man rides a bike", "a dog in the water"]
+    scores = CorpusCider(references).scores(captions, references)
+    assert scores.mean() == pytest.approx(evaluate.cider_score(references, captions), rel=1e-9)
+    assert scores[0] > scores[2] > 0 and scores.shape == (3,)
+    # Other statistics (a larger corpus) give other scores for the same captions: the corpus is what is fixed.
+    larger = CorpusCider(references + [["a dog"], ["a dog on the grass"], ["a man"]])
+    assert not np.allclose(larger.scores(captions, references), scores)
+
+
+def test_sampling_is_repeatable_and_scored_as_the_training_graph_would():
+    import tensorflow as tf
+
+    from trainer.scst import sequence_batch
+    model, vocabulary = _random_attention_model(5, words=("a", "dog", "cat", "runs", "on", "the"))
+    decoder = CaptionDecoder(model, vocabulary, max_length=7)
+    features = _grids(8, seed=3)
+    first = decoder.sample(features, tf.random.Generator.from_seed(1))
+    assert first == decoder.sample(features, tf.random.Generator.from_seed(1))
+    assert first != decoder.sample(features, tf.random.Generator.from_seed(2))
+    inputs, targets, mask = sequence_batch([h.token_ids for h in first], [h.finished for h in first])
+    logits = model.predict_on_batch([features.grid.reshape(8, 4, GRID[2]), np.arange(8, dtype=np.int32), inputs])
+    log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - \
+        logits.max(-1, keepdims=True)
+    chosen = np.take_along_axis(log_probs, targets[..., None], axis=2)[..., 0]
+    np.testing.assert_allclose((chosen * mask).sum(axis=1), [h.log_prob for h in first], atol=1e-4)
+    assert mask.sum(axis=1).tolist() == [h.length for h in first]
+
+
+@pytest.mark.parametrize("advantage", [1.0, -1.0])
+def test_a_self_critical_update_moves_a_caption_s_probability_with_its_advantage(advantage):
+    import tensorflow as tf
+
+    from trainer.scst import CorpusCider, SelfCriticalTrainer, sequence_batch
+    model, vocabulary = _random_attention_model(6, words=("a", "dog", "cat", "runs", "on", "the"))
+    trainer = SelfCriticalTrainer(model, vocabulary, 7, CorpusCider([["a dog"]]), learning_rate=0.01, samples=1)
+    features = _grids(2, seed=4)
+    captions = trainer.decoder.sample(features, tf.random.Generator.from_seed(3))
+    inputs, targets, mask = sequence_batch([h.token_ids for h in captions], [h.finished for h in captions])
+    grids = tf.constant(features.grid.reshape(2, 4, GRID[2]).astype(np.float32))
+    index = tf.constant(np.arange(2, dtype=np.int32))
+
+    def log_prob():
+        logits = model.predict_on_batch([grids, index, inputs])
+        log_probs = tf.nn.log_softmax(logits).numpy()
+        return (np.take_along_axis(log_probs, targets[..., None], axis=2)[..., 0] * mask).sum(axis=1)
+
+    start = log_prob()
+    trainer._update(grids, index, tf.constant(inputs), tf.constant(targets), tf.constant(mask),
+                    tf.constant(np.array([advantage, 0.0], np.float32)))
+    moved = log_prob() - start
+    assert moved[0] * advantage > 1e-3  # the sampled caption's log-probability went the advantage's way
+
+
+def test_scst_fine_tunes_an_attention_bundle_on_dev_cider(tiny_grid_records, tmp_path):
+    from trainer import scst
+    initial = str(tmp_path / "initial")
+    task.train(task.parse_args([
+        "--data_dir", tiny_grid_records, "--model_dir", initial, "--decoder", "attention", "--epochs", "6",
+        "--learning_rate", "0.02", "--patience", "6", "--verbose", "0", "--embedding_dim", "16", "--units", "32",
+        "--attention_dim", "8", "--dropout", "0", "--batch_size", "3"]))
+    tuned = str(tmp_path / "tuned")
+    summary = scst.train(scst.parse_args([
+        "--data_dir", tiny_grid_records, "--init_model_dir", initial, "--model_dir", tuned, "--epochs", "4",
+        "--patience", "4", "--learning_rate", "0.01", "--samples", "4", "--images_per_batch", "3"]))
+    history = summary["history"]
+    assert [row["epoch"] for row in history] == [0, 1, 2, 3, 4]
+    best = max(row["dev_cider_d_greedy"] for row in history)
+    assert summary["best_dev_cider_d_greedy"] == best
+    bundle = Bundle(tuned)
+    assert bundle.config["training"]["scst"]["init_model_id"] == Bundle(initial).model_id
+    assert bundle.grid_shape == GRID
+    # The id names the weights: the initial ones again when no SCST epoch beat them on dev.
+    assert (bundle.model_id == Bundle(initial).model_id) == (summary["best_epoch"] == 0)
+    result = evaluate.evaluate(tiny_grid_records, tuned, "dev", beam_width=1)
+    assert result["cider_d"] == pytest.approx(best, abs=1e-6)  # the bundle is the best epoch's
+    with pytest.raises(ValueError, match="merge bundle"):
+        merge = str(tmp_path / "merge")
+        task.train(task.parse_args(["--data_dir", tiny_grid_records, "--model_dir", merge, "--epochs", "1",
+                                    "--verbose", "0", "--units", "8", "--embedding_dim", "8"]))
+        scst.train(scst.parse_args(["--data_dir", tiny_grid_records, "--init_model_dir", merge,
+                                    "--model_dir", str(tmp_path / "x")]))

@@ -237,6 +237,32 @@ class CaptionDecoder:
                            attention[i, :lengths[i] + finished[i]] if self._with_attention else None)
                 for i in range(batch)]
 
+    def sample(self, features, generator) -> list[Hypothesis]:
+        """One caption per image drawn from the model's distribution, word by word (``generator``: a
+        ``tf.random.Generator``, so draws are repeatable); for self-critical training (`trainer.scst`)."""
+        features = self._prepared(features)
+        batch = _count(features)
+        statics, states = self._initial(features, 1)
+        tokens = np.full(batch, START_ID, np.int32)
+        log_probs = np.zeros(batch, np.float32)
+        lengths = np.full(batch, self.max_steps, np.int64)
+        finished = np.zeros(batch, bool)
+        steps = []
+        for step in range(self.max_steps):
+            step_log_probs, states, _ = self._step(statics, tf.constant(tokens), states)
+            seed = generator.make_seeds(1)[:, 0]
+            tokens = tf.random.stateless_categorical(step_log_probs, 1, seed, dtype=tf.int32)[:, 0].numpy()
+            log_probs += np.where(finished, np.float32(0.0), step_log_probs.numpy()[np.arange(batch), tokens])
+            ending = ~finished & (tokens == END_ID)
+            lengths[ending] = step
+            finished |= ending
+            steps.append(tokens)
+            if finished.all():
+                break
+        generated = np.stack(steps, axis=1)
+        return [Hypothesis(tuple(int(t) for t in generated[i, :lengths[i]]), float(log_probs[i]), bool(finished[i]))
+                for i in range(batch)]
+
     def beam_search(self, features, beam_width: int, length_penalty: float = 0.0) -> list[Hypothesis]:
         if beam_width < 1:
             raise ValueError(f"beam width must be at least 1, got {beam_width}")
