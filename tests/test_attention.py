@@ -388,7 +388,8 @@ def test_a_self_critical_update_moves_a_caption_s_probability_with_its_advantage
 
     from trainer.scst import CorpusCider, SelfCriticalTrainer, sequence_batch
     model, vocabulary = _random_attention_model(6, words=("a", "dog", "cat", "runs", "on", "the"))
-    trainer = SelfCriticalTrainer(model, vocabulary, 7, CorpusCider([["a dog"]]), learning_rate=0.01, samples=1)
+    trainer = SelfCriticalTrainer(model, vocabulary, 7, CorpusCider([["a dog"]]), learning_rate=0.01, samples=1,
+                                  baseline="greedy")
     features = _grids(2, seed=4)
     captions = trainer.decoder.sample(features, tf.random.Generator.from_seed(3))
     inputs, targets, mask = sequence_batch([h.token_ids for h in captions], [h.finished for h in captions])
