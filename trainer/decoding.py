@@ -166,6 +166,7 @@ class CaptionDecoder:
         suppress = np.zeros(len(vocabulary), np.float32)
         suppress[list(_NEVER_GENERATED)] = NEG_INF
         self._suppress = tf.constant(suppress)
+        self.suppressed = self._suppress  # [V]: added to next-token logits, -1e30 for ids never generated
         self._step = tf.function(self._step_fn, reduce_retracing=True)
         self._expand = tf.function(self._expand_fn, reduce_retracing=True)
 

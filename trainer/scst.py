@@ -108,7 +108,9 @@ class SelfCriticalTrainer:
         import tensorflow as tf
         with tf.GradientTape() as tape:
             logits = self.model([grids, image_index, inputs], training=False)
-            log_probs = tf.nn.log_softmax(logits)
+            # The policy is the distribution samples are drawn from: <pad>, <start> and <unk> suppressed. Without
+            # this, pushing sampled captions down moves mass onto those never-sampled tokens.
+            log_probs = tf.nn.log_softmax(logits + self.decoder.suppressed)
             chosen = tf.gather(log_probs, targets, batch_dims=2)  # [N, T]
             sequence_log_prob = tf.reduce_sum(chosen * mask, axis=1)
             loss = -tf.reduce_mean(advantage * sequence_log_prob)
