@@ -162,11 +162,9 @@ class CaptionDecoder:
         self.vocabulary = vocabulary
         self.max_steps = max(1, max_length - 1)  # <start> is given, every other id is generated
         self.needs_grid = any(member.needs_grid for member in self.members)
-        self._with_attention = self.needs_grid
         suppress = np.zeros(len(vocabulary), np.float32)
         suppress[list(_NEVER_GENERATED)] = NEG_INF
-        self._suppress = tf.constant(suppress)
-        self.suppressed = self._suppress  # [V]: added to next-token logits, -1e30 for ids never generated
+        self.suppressed = tf.constant(suppress)  # [V]: added to next-token logits, -1e30 for ids never generated
         self._step = tf.function(self._step_fn, reduce_retracing=True)
         self._expand = tf.function(self._expand_fn, reduce_retracing=True)
 
@@ -190,7 +188,7 @@ class CaptionDecoder:
             tf.nn.log_softmax(tf.add_n(log_probs) / float(len(log_probs)))
         attention = (weights[0] if len(weights) == 1 else tf.add_n(weights) / float(len(weights))) if weights \
             else tf.zeros([tf.shape(tokens)[0], 0], tf.float32)
-        return mean + self._suppress, tuple(new_states), attention
+        return mean + self.suppressed, tuple(new_states), attention
 
     def _expand_fn(self, statics, tokens, states, scores):
         """One beam step: the 2K best (score, parent * V + token) extensions per image, best first."""
@@ -235,7 +233,7 @@ class CaptionDecoder:
         generated = np.stack(steps, axis=1)
         attention = np.stack(attention, axis=1)  # [B, steps, G]
         return [Hypothesis(tuple(int(t) for t in generated[i, :lengths[i]]), float(log_probs[i]), bool(finished[i]),
-                           attention[i, :lengths[i] + finished[i]] if self._with_attention else None)
+                           attention[i, :lengths[i] + finished[i]] if self.needs_grid else None)
                 for i in range(batch)]
 
     def sample(self, features, generator) -> list[Hypothesis]:
@@ -297,7 +295,7 @@ class CaptionDecoder:
                 hypothesis = Hypothesis(
                     tuple(int(t) for t in history[image, parent]), float(values[image, position]), True,
                     np.concatenate([looks[image, parent], weights[image, parent][None]])
-                    if self._with_attention else None)
+                    if self.needs_grid else None)
                 finished[image].append(hypothesis)
                 kept[image] = np.sort(np.append(kept[image], hypothesis.score(length_penalty)))[::-1][:width]
             alive = valid & ~ends
@@ -308,7 +306,7 @@ class CaptionDecoder:
             scores = np.where(chosen, np.take_along_axis(values, order, axis=1), NEG_INF).astype(np.float32)
             history = np.concatenate([np.take_along_axis(history, parents[:, :, None], axis=1),
                                       next_ids[:, :, None]], axis=2)
-            if self._with_attention:
+            if self.needs_grid:
                 looks = np.concatenate([np.take_along_axis(looks, parents[:, :, None, None], axis=1),
                                         np.take_along_axis(weights, parents[:, :, None], axis=1)[:, :, None]], axis=2)
             best_live = scores.max(axis=1).astype(np.float64)
@@ -325,7 +323,7 @@ class CaptionDecoder:
         for image in range(batch):
             pool = finished[image] or [
                 Hypothesis(tuple(int(t) for t in history[image, s]), float(scores[image, s]), False,
-                           looks[image, s] if self._with_attention else None)
+                           looks[image, s] if self.needs_grid else None)
                 for s in range(width) if scores[image, s] > NEG_INF / 2]
             pool = pool + [greedy[image]]
             results.append(max(pool, key=lambda hypothesis: hypothesis.score(length_penalty)))

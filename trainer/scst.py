@@ -52,9 +52,13 @@ class CorpusCider:
         for references in corpus_references:
             corpus.cook_append(None, references)
         corpus.compute_doc_freq()
+        log_corpus_size = float(np.log(float(len(corpus_references))))
+
+        class FixedCorpusScorer(CiderScorer):  # compute_cider sets ref_len from the scored captions: keep the corpus's
+            ref_len = property(lambda self: log_corpus_size, lambda self, value: None)
+
         self._document_frequency = corpus.document_frequency
-        self._log_corpus_size = float(np.log(float(len(corpus_references))))
-        self._scorer_class = CiderScorer
+        self._scorer_class = FixedCorpusScorer
 
     def scores(self, captions: list[str], references: list[list[str]]) -> np.ndarray:
         """CIDEr-D of each caption against its references, [N]."""
@@ -62,11 +66,6 @@ class CorpusCider:
         for caption, refs in zip(captions, references):
             scorer.cook_append(caption, refs)
         scorer.document_frequency = self._document_frequency
-        log_corpus_size = self._log_corpus_size
-
-        class _Fixed(type(scorer)):  # compute_cider sets ref_len from the scored captions; keep the corpus's
-            ref_len = property(lambda self: log_corpus_size, lambda self, value: None)
-        scorer.__class__ = _Fixed
         return np.asarray(scorer.compute_cider(), np.float64)
 
 
@@ -220,7 +219,8 @@ def train(args: argparse.Namespace) -> dict:
                             "learning_rate", "samples", "images_per_batch", "clipnorm", "seed", "patience",
                             "baseline")}}
     config = export_bundle(args.model_dir, model, initial.vocabulary, {
-        MetadataKeys.WEIGHTS_SHA256: initial.config["weights_sha256"], MetadataKeys.BACKBONE: initial.config["backbone"],
+        MetadataKeys.WEIGHTS_SHA256: initial.config["weights_sha256"],
+        MetadataKeys.BACKBONE: initial.config["backbone"],
         MetadataKeys.WEIGHTS: initial.config["weights"], MetadataKeys.IMAGE_SIZE: initial.config["image_size"],
         MetadataKeys.PREPROCESSING: initial.config["preprocessing"],
         MetadataKeys.FEATURE_DIM: initial.config["feature_dim"], MetadataKeys.MAX_LENGTH: initial.config["max_length"],
