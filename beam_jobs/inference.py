@@ -180,7 +180,7 @@ class FeatureExtractorHandler(ModelHandler[np.ndarray, Any, Any]):
         if not self._grid:
             return list(features)
         vectors, maps = features
-        grids = backbones.pool_grid(maps, self._grid).astype(records.GRID_DTYPE)
+        grids = records.stored_grid(backbones.pool_grid(maps, self._grid))
         return [records.SpatialFeatures(vector, grid) for vector, grid in zip(vectors, grids)]
 
     def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:

@@ -54,7 +54,10 @@ def decoder_kind(config: dict) -> str:
 def grid_shape(config: dict) -> tuple | None:
     """The [g, g, D] grid an attention bundle decodes from, or None (a merge bundle: pooled vectors)."""
     shape = config.get(BundleKeys.GRID_SHAPE)
-    return tuple(int(size) for size in shape) if shape else None
+    if not shape:
+        return None
+    from schemas.records import checked_grid_shape
+    return checked_grid_shape(shape, config.get(BundleKeys.FEATURE_DIM), "bundle.json")
 
 
 REQUIRED_KEYS = (BundleKeys.FORMAT_VERSION, BundleKeys.MODEL_ID, BundleKeys.BACKBONE, BundleKeys.WEIGHTS,
@@ -73,4 +76,9 @@ def check_config(config: dict, source: str) -> dict:
         raise ValueError(f"{source}: unknown decoder {decoder_kind(config)!r}; this imcap knows {', '.join(DECODERS)}")
     if decoder_kind(config) == ATTENTION_DECODER and not grid_shape(config):
         raise ValueError(f"{source}: an attention bundle without {BundleKeys.GRID_SHAPE}")
+    if decoder_kind(config) == MERGE_DECODER and config.get(BundleKeys.GRID_SHAPE):
+        raise ValueError(f"{source}: a merge bundle with a {BundleKeys.GRID_SHAPE} (merge decoders read pooled "
+                         "vectors only): a damaged or hand-edited bundle.json")
+    if decoder_kind(config) == ATTENTION_DECODER and config[BundleKeys.FORMAT_VERSION] < 2:
+        raise ValueError(f"{source}: bundle format {config[BundleKeys.FORMAT_VERSION]} predates attention decoders")
     return config

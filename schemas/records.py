@@ -86,10 +86,28 @@ class SpatialFeatures(typing.NamedTuple):
     grid: np.ndarray
 
 
+def checked_grid_shape(shape, feature_dim, source: str) -> tuple:
+    """A [rows, columns, D] grid shape as a tuple of ints, or a ValueError naming ``source`` (its metadata or bundle
+    config) when it is not three positive sizes whose depth is the pooled vector's ``feature_dim``."""
+    try:
+        sizes = tuple(int(size) for size in shape)
+        valid = len(sizes) == 3 and all(size > 0 and size == float(given) for size, given in zip(sizes, shape))
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise ValueError(f"{source}: grid_shape {shape!r} is not [rows, columns, depth] in positive integers")
+    if feature_dim is not None and sizes[2] != int(feature_dim):
+        raise ValueError(f"{source}: grid_shape {list(sizes)} has depth {sizes[2]}, but the pooled vectors have "
+                         f"{feature_dim} dimensions: the grid and the vector come from the same map")
+    return sizes
+
+
 def grid_shape(metadata: dict) -> tuple | None:
     """(g, g, D) of the records' grids, or None when they have none."""
     shape = metadata.get(MetadataKeys.GRID_SHAPE)
-    return tuple(int(size) for size in shape) if shape else None
+    if not shape:
+        return None
+    return checked_grid_shape(shape, metadata.get(MetadataKeys.FEATURE_DIM), "metadata.json")
 
 
 def check_metadata(metadata: dict, source: str) -> dict:
@@ -103,6 +121,8 @@ def check_metadata(metadata: dict, source: str) -> dict:
                if key not in metadata]
     if missing:
         raise ValueError(f"{source}: not the extract job's metadata, missing {', '.join(missing)}")
+    if metadata.get(MetadataKeys.GRID_SHAPE):
+        checked_grid_shape(metadata[MetadataKeys.GRID_SHAPE], metadata[MetadataKeys.FEATURE_DIM], source)
     return metadata
 
 
@@ -132,10 +152,34 @@ def feature_spec(feature_dim: int, with_grid: bool = False) -> dict:
     return spec
 
 
-def parse_grid(grid_bytes, shape: tuple):
-    """The parsed ``image_grid`` bytes -> float16 tensor [g * g, D] (regions in row-major order)."""
+def stored_grid(grids: np.ndarray) -> np.ndarray:
+    """Grids as stored (float16). A value beyond float16's range (65504) would be stored as inf and poison every
+    caption of the image, so it is refused (it means a backbone or backend with unusual activations)."""
+    stored = np.asarray(grids).astype(GRID_DTYPE)
+    if not np.isfinite(stored).all():
+        raise ValueError(f"spatial features beyond float16's range (largest magnitude "
+                         f"{float(np.nanmax(np.abs(np.asarray(grids, np.float32)))):.4g}, float16 holds up to 65504): "
+                         "this backbone's maps cannot be stored as image_grid; extract without --spatial_grid")
+    return stored
+
+
+def grid_nbytes(shape: tuple) -> int:
+    """Bytes of one record's ``image_grid`` of this [g, g, D] shape."""
+    return int(np.prod(shape)) * np.dtype(GRID_DTYPE).itemsize
+
+
+def parse_grid(grid_bytes, shape: tuple, image_id=None):
+    """The parsed ``image_grid`` bytes -> float16 tensor [g * g, D] (regions in row-major order). Bytes of another
+    size (a record of other grids, or damaged) fail with an InvalidArgumentError that names ``image_id``."""
     import tensorflow as tf
-    grid = tf.io.decode_raw(grid_bytes, tf.float16, little_endian=True)
+    expected = grid_nbytes(shape)
+    length = tf.strings.length(grid_bytes)
+    check = tf.debugging.Assert(tf.equal(length, expected), [
+        f"{IMAGE_GRID} of the record below is not {expected} bytes (a {shape[0]}x{shape[1]}x{shape[2]} float16 grid, "
+        "the records' metadata.json grid_shape): damaged records, or records of another extract run. Record, bytes:",
+        image_id if image_id is not None else "(unnamed)", length])
+    with tf.control_dependencies([check]):
+        grid = tf.io.decode_raw(grid_bytes, tf.float16, little_endian=True)
     return tf.reshape(grid, [shape[0] * shape[1], shape[2]])
 
 
@@ -188,7 +232,12 @@ def decode_example(serialized: bytes, grid: tuple | None = None) -> dict:
         if not feature[IMAGE_GRID].bytes_list.value:
             raise ValueError(f"{decoded[IMAGE_ID]}: the record has no {IMAGE_GRID} (records of an extract job run "
                              "without --spatial_grid)")
-        decoded[IMAGE_GRID] = np.frombuffer(feature[IMAGE_GRID].bytes_list.value[0], GRID_DTYPE).reshape(grid)
+        raw = feature[IMAGE_GRID].bytes_list.value[0]
+        if len(raw) != grid_nbytes(grid):
+            raise ValueError(f"{decoded[IMAGE_ID]}: {IMAGE_GRID} holds {len(raw)} bytes, not the {grid_nbytes(grid)} "
+                             f"of a {'x'.join(map(str, grid))} float16 grid (damaged records, or records of another "
+                             "extract run)")
+        decoded[IMAGE_GRID] = np.frombuffer(raw, GRID_DTYPE).reshape(grid)
     return decoded
 
 

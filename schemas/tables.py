@@ -38,8 +38,9 @@ CAPTION_SCHEMA = pa.schema([
     pa.field(MODEL_ID, pa.string(), nullable=False),
     pa.field(WIDTH, pa.int32(), nullable=False),
     pa.field(HEIGHT, pa.int32(), nullable=False),
-    # --attention_maps with an attention bundle: per generated word (<end> included), its weights over the g x g
-    # grid (row-major, each row sums to 1); null otherwise
+    # --attention_maps with an attention bundle: per generated word, and for <end> where the caption ended with it
+    # (not one cut at the bundle's max_length), its weights over the g x g grid (row-major, each row sums to 1);
+    # null otherwise
     pa.field(ATTENTION, pa.list_(pa.list_(pa.float32())), nullable=True),
 ])
 
@@ -63,7 +64,7 @@ class CaptionRow(typing.NamedTuple):
     model_id: str
     width: int
     height: int
-    attention: typing.Optional[list] = None  # [words + 1][g * g] floats, or None
+    attention: typing.Optional[list] = None  # [words (+ 1 for <end>)][g * g] floats, or None
 
 
 class ErrorRow(typing.NamedTuple):

@@ -70,7 +70,7 @@ def test_extract_job_writes_grids_that_round_trip_through_the_spec(sample_featur
         data.parse_grid_record(plain.SerializeToString(), 2048, grid)
 
 
-def test_extract_job_pools_the_grid_and_checks_its_size(sample_dataset, sample_features, tmp_path):
+def test_extract_job_pools_the_grid_and_checks_its_size(sample_dataset, sample_features, tmp_path, capsys):
     from beam_jobs import extract_features
     out = str(tmp_path / "pooled")
     extract_features.run(["--dataset_dir", sample_dataset, "--output_dir", out, "--weights", "none",
@@ -93,6 +93,36 @@ def test_extract_job_pools_the_grid_and_checks_its_size(sample_dataset, sample_f
                               "--weights", "none", "--image_size", str(TEST_IMAGE_SIZE), "--spatial_grid", "4"])
     with pytest.raises(SystemExit):
         extract_features.parse_args(["--output_dir", "x", "--spatial_grid", "0"])
+    assert "--spatial_grid" in capsys.readouterr().err
+
+
+def test_damaged_grids_and_grid_shapes_are_named_not_reshaped(tmp_path):
+    import tensorflow as tf
+
+    from trainer import data
+    grid = np.ones((2, 2, 8), np.float16)
+    good = records.encode_example("ok.jpg", "train", records.SpatialFeatures(np.ones(8, np.float32), grid), ["a"],
+                                  [[START_ID, END_ID]]).SerializeToString()
+    short = records.encode_example("short.jpg", "train",
+                                   records.SpatialFeatures(np.ones(8, np.float32), grid[:1]), ["a"],
+                                   [[START_ID, END_ID]]).SerializeToString()
+    assert data.parse_grid_record(good, 8, GRID)[records.IMAGE_GRID].shape == (4, 8)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"(?s)image_grid of the record below is not 64 bytes.*"
+                                                              r"short\.jpg"):
+        data.parse_grid_record(short, 8, GRID)
+    with pytest.raises(ValueError, match="short.jpg: image_grid holds 32 bytes, not the 64 of a 2x2x8"):
+        records.decode_example(short, GRID)
+    # metadata.json (and a bundle's config) must give [rows, columns, depth] with the vectors' depth.
+    for shape, message in (([2, 2, 7], "has depth 7, but the pooled vectors have 8"), ([2, 2], "is not \\[rows"),
+                           (["a", 2, 8], "is not \\[rows"), ([2, 0, 8], "is not \\[rows"),
+                           ([2.5, 2, 8], "is not \\[rows")):
+        with pytest.raises(ValueError, match=message):
+            records.grid_shape({MetadataKeys.GRID_SHAPE: shape, MetadataKeys.FEATURE_DIM: 8})
+    assert records.grid_shape({MetadataKeys.GRID_SHAPE: [2, 2, 8], MetadataKeys.FEATURE_DIM: 8}) == GRID
+    # Values float16 cannot hold are refused when grids are stored, not written as inf.
+    assert records.stored_grid(np.full(GRID, 6e4, np.float32)).dtype == np.float16
+    with pytest.raises(ValueError, match="beyond float16's range \\(largest magnitude 7e\\+04"):
+        records.stored_grid(np.full(GRID, 7e4, np.float32))
 
 
 # -- the decoder --------------------------------------------------------------------------------------------------
@@ -142,6 +172,42 @@ def test_attention_needs_grids_in_the_records(tmp_path):
     with pytest.raises(ValueError, match="--spatial_grid"):
         task.train(task.parse_args(["--data_dir", str(tmp_path / "plain"), "--model_dir", str(tmp_path / "m"),
                                     "--decoder", "attention"]))
+    for flag, value in (("--attention_dim", "64"), ("--cache_dir", str(tmp_path / "cache"))):
+        with pytest.raises(ValueError, match=f"{flag} is for --decoder attention"):
+            task.train(task.parse_args(["--data_dir", str(tmp_path / "plain"), "--model_dir", str(tmp_path / "m"),
+                                        flag, value]))
+
+
+def test_an_interrupted_run_resumes_only_with_its_own_settings(tmp_path):
+    run_file = str(tmp_path / task.RUN_FILE)
+    first = task.parse_args(["--data_dir", "d", "--model_dir", "m", "--decoder", "attention"])
+    task._check_resumed_run(run_file, first, resume=False)
+    # Bounds of the run may change; what defines the model or its best score may not.
+    task._check_resumed_run(run_file, task.parse_args(["--data_dir", "d", "--model_dir", "m", "--decoder",
+                                                       "attention", "--epochs", "13", "--patience", "5"]), True)
+    changed = task.parse_args(["--data_dir", "d", "--model_dir", "m", "--decoder", "attention",
+                               "--select_by", "cider_d", "--seed", "3"])
+    with pytest.raises(ValueError, match="--select_by loss -> cider_d; --seed 0 -> 3.*--restart"):
+        task._check_resumed_run(run_file, changed, resume=True)
+    task._check_resumed_run(run_file, changed, resume=False)  # a fresh run records its own settings
+    task._check_resumed_run(run_file, changed, resume=True)
+
+
+def test_a_bundle_whose_decoder_is_not_its_config_is_refused(attention_bundle, tmp_path):
+    import shutil
+    for edit, message in (
+            (lambda c: c.update(decoder="merge", grid_shape=None), "holds the attention decoder, bundle.json says merge"),
+            (lambda c: c.update(grid_shape=[1, 1, c["feature_dim"]]), "reads grids of shape \\(None, 9, 2048\\)"),
+            (lambda c: c.update(grid_shape=[3, 3, 16]), "has depth 16, but the pooled vectors have 2048")):
+        copy = str(tmp_path / f"copy{len(os.listdir(tmp_path))}")
+        shutil.copytree(attention_bundle, copy)
+        with open(os.path.join(copy, "bundle.json"), encoding="utf-8") as handle:
+            config = json.load(handle)
+        edit(config)
+        with open(os.path.join(copy, "bundle.json"), "w", encoding="utf-8") as handle:
+            json.dump(config, handle)
+        with pytest.raises(ValueError, match=message):
+            Bundle(copy)
 
 
 def _random_attention_model(seed, words=("a", "dog", "cat", "runs"), end_bias=0.0, global_input=True):
@@ -237,8 +303,21 @@ def test_ensembles_of_one_and_of_two(tmp_path):
     keras.utils.set_random_seed(3)
     merge = model_lib.build_decoder(model_lib.DecoderConfig(vocab_size=8, feature_dim=GRID[2], embedding_dim=8,
                                                             units=16, dropout=0.0))
+    kernel, bias = merge.get_layer(model_lib.LOGITS).get_weights()
+    merge.get_layer(model_lib.LOGITS).set_weights([kernel * 30.0, bias])  # decisive, so it sways the ensemble
     mixed = _export(merge, Bundle(first).vocabulary, str(tmp_path / "merge"))
-    assert len(load_bundles([first, mixed]).decoder.caption(features, 2)) == 12
+    mixed_pair = load_bundles([first, mixed])
+    assert len(mixed_pair.decoder.caption(features, 2)) == 12
+    # The merge member reads the pooled vectors, the attention member the grids: the ensemble's first words are the
+    # argmax of the mean of their log-probabilities computed that way.
+    merge_logits = Bundle(mixed).decoder_model.predict_on_batch([features.vector, start])[:, 0]
+    mixed_scores = np.mean([z - np.log(np.exp(z).sum(-1, keepdims=True)) for z in (logits[0], merge_logits)], axis=0)
+    mixed_scores[:, never] = -np.inf
+    assert [h.token_ids[0] if h.token_ids else END_ID for h in mixed_pair.decoder.greedy(features)] == \
+        list(mixed_scores.argmax(axis=1))
+    alone = logits[0].copy()
+    alone[:, never] = -np.inf
+    assert list(mixed_scores.argmax(axis=1)) != list(alone.argmax(axis=1))  # not the attention member's alone
     other = _export(*_random_attention_model(2), str(tmp_path / "other"), sha="def")
     with pytest.raises(ValueError, match="same features"):
         load_bundles([first, other])
@@ -342,7 +421,17 @@ def test_select_by_dev_cider_keeps_the_epoch_with_the_best_captions(tiny_grid_re
     # The bundle holds that epoch's weights: its greedy dev captions score what was logged for it.
     result = evaluate.evaluate(tiny_grid_records, model_dir, "dev", beam_width=1)
     assert result["cider_d"] == pytest.approx(max(scores), abs=1e-6)
-    assert [row["learning_rate"] for row in history][-1] < 0.02 or scores.index(max(scores)) >= 10
+    # --lr_decay 0.5: the rate halves after every epoch without a better dev CIDEr-D (Keras' ReduceLROnPlateau,
+    # min_delta 1e-4), down to learning_rate / 16.
+    expected, rate, best = [], 0.02, -np.inf
+    for score in scores:
+        expected.append(rate)
+        if score - 1e-4 > best:
+            best = score
+        else:
+            rate = max(rate * 0.5, 0.02 / 16)
+    assert [row["learning_rate"] for row in history] == pytest.approx(expected, rel=1e-5)
+    assert min(expected) < 0.02  # the tiny set plateaus: the rule above was exercised
     with pytest.raises(ValueError, match="--select_by cider_d scores captions of the nothere split"):
         task.train(task.parse_args(["--data_dir", tiny_grid_records, "--model_dir", str(tmp_path / "m2"),
                                     "--select_by", "cider_d", "--decoder", "attention", "--eval_split", "nothere"]))
@@ -361,6 +450,14 @@ def test_corpus_cider_is_pycocoevalcap_cider_with_the_corpus_statistics():
     # Other statistics (a larger corpus) give other scores for the same captions: the corpus is what is fixed.
     larger = CorpusCider(references + [["a dog"], ["a dog on the grass"], ["a man"]])
     assert not np.allclose(larger.scores(captions, references), scores)
+    # A caption's score does not depend on the batch it is scored in (pycocoevalcap would take the corpus size,
+    # ref_len, from the batch), and scoring leaves the corpus's n-gram table as it was.
+    cider = CorpusCider(references)
+    table = dict(cider._document_frequency)
+    assert [cider.scores([caption], [refs])[0] for caption, refs in zip(captions, references)] == \
+        pytest.approx(scores.tolist(), rel=1e-12)
+    cider.scores(["an unseen zebra gallops", "purple elephants dance"], references[:2])
+    assert cider._document_frequency == table
 
 
 def test_sampling_is_repeatable_and_scored_as_the_training_graph_would():

@@ -50,6 +50,35 @@ def export_bundle(model_dir: str, decoder, vocabulary: Vocabulary, metadata: dic
     return config
 
 
+def _check_decoder_matches(model, config: dict, model_dir: str) -> None:
+    """decoder.keras must be the model bundle.json describes (a hand-edited or mixed-up bundle would otherwise fail
+    deep inside decoding, or decode nonsense)."""
+    from trainer import attention
+    found = bundle_schema.ATTENTION_DECODER if attention.is_attention_decoder(model) else bundle_schema.MERGE_DECODER
+    problems = []
+    if found != bundle_schema.decoder_kind(config):
+        problems.append(f"decoder.keras holds the {found} decoder, bundle.json says "
+                        f"{bundle_schema.decoder_kind(config)}")
+    inputs = {tensor.name.split(":")[0]: tuple(tensor.shape) for tensor in model.inputs}
+    if found == bundle_schema.ATTENTION_DECODER and problems == []:
+        grid = bundle_schema.grid_shape(config)
+        expected = (None, grid[0] * grid[1], grid[2])
+        if inputs.get(attention.GRID_INPUT) != expected:
+            problems.append(f"decoder.keras reads grids of shape {inputs.get(attention.GRID_INPUT)}, bundle.json's "
+                            f"grid_shape {list(grid)} means {expected}")
+    elif found == bundle_schema.MERGE_DECODER and problems == []:
+        from trainer.model import FEATURES_INPUT
+        if inputs.get(FEATURES_INPUT) != (None, config[BundleKeys.FEATURE_DIM]):
+            problems.append(f"decoder.keras reads vectors of shape {inputs.get(FEATURES_INPUT)}, bundle.json's "
+                            f"feature_dim is {config[BundleKeys.FEATURE_DIM]}")
+    if model.outputs[0].shape[-1] != config[BundleKeys.VOCAB_SIZE]:
+        problems.append(f"decoder.keras predicts {model.outputs[0].shape[-1]} tokens, bundle.json's vocab_size is "
+                        f"{config[BundleKeys.VOCAB_SIZE]}")
+    if problems:
+        raise ValueError(f"{model_dir}: decoder.keras does not match bundle.json ({'; '.join(problems)}): a "
+                         "damaged or hand-assembled bundle; export it again with trainer.task")
+
+
 class Bundle:
     """A loaded bundle: ``config``, ``vocabulary``, the Keras ``decoder_model`` and a ready `CaptionDecoder`
     (``decoder``). ``with_decoder=False`` reads the config and vocabulary only (no TensorFlow)."""
@@ -68,6 +97,7 @@ class Bundle:
         self.decoder_model = self.decoder = None
         if with_decoder:
             self.decoder_model = load_decoder(fileio.join(model_dir, bundle_schema.DECODER_FILE))
+            _check_decoder_matches(self.decoder_model, self.config, model_dir)
             from trainer.decoding import CaptionDecoder
             self.decoder = CaptionDecoder(self.decoder_model, self.vocabulary, self.config[BundleKeys.MAX_LENGTH])
 

@@ -121,7 +121,8 @@ def parse_grid_record(serialized, feature_dim: int, grid_shape: tuple) -> dict:
     ids = tf.RaggedTensor.from_row_lengths(tf.sparse.to_dense(parsed[records.CAPTION_IDS]),
                                            tf.sparse.to_dense(parsed[records.CAPTION_LENGTHS]))
     return {records.IMAGE_ID: parsed[records.IMAGE_ID], records.IMAGE_FEATURES: parsed[records.IMAGE_FEATURES],
-            records.IMAGE_GRID: records.parse_grid(parsed[records.IMAGE_GRID], grid_shape),
+            records.IMAGE_GRID: records.parse_grid(parsed[records.IMAGE_GRID], grid_shape,
+                                                                parsed[records.IMAGE_ID]),
             records.CAPTIONS: tf.sparse.to_dense(parsed[records.CAPTIONS]), records.CAPTION_IDS: ids}
 
 

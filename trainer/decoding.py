@@ -9,7 +9,9 @@ decoders work on a batch of images at once; beam search keeps ``beam_width`` liv
 Beam search: at each step every live hypothesis is extended by its best tokens; an extension by ``<end>`` that
 ranks among the step's best ``beam_width`` moves to the image's finished list, the best ``beam_width`` other
 extensions stay live. An image is done when it has
-``beam_width`` finished hypotheses that no live one can beat any more (or at ``max_length``). Finished
+``beam_width`` finished hypotheses that no live one can beat any more (or at ``max_length``); with a length
+penalty "can beat" is estimated at the shortest length a live hypothesis can finish with (the usual heuristic:
+a longer one divides by a larger length, so it may in rare cases have won). Finished
 hypotheses are ranked by ``log_prob / length ** length_penalty`` (length counts the ``<end>`` token;
 ``length_penalty`` 0 ranks by log-probability). The greedy caption is always a candidate, so beam search never
 returns a worse-scoring caption than greedy decoding; with ``length_penalty`` 0, width 1 *is* greedy decoding.

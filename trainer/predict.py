@@ -41,7 +41,7 @@ class FeatureExtractor:
         if self.grid is None:
             return outputs
         vectors, maps = outputs
-        return records.SpatialFeatures(vectors, backbones.pool_grid(maps, self.grid[0]).astype(records.GRID_DTYPE))
+        return records.SpatialFeatures(vectors, records.stored_grid(backbones.pool_grid(maps, self.grid[0])))
 
 
 def caption_files(paths: list[str], model_dir, beam_width: int | None = None, weights: str | None = None,

@@ -42,6 +42,11 @@ from trainer import cli
 BASELINES = ("mean", "greedy")
 
 
+class _FrequencyTable(dict):
+    def __missing__(self, key):
+        return 0.0
+
+
 class CorpusCider:
     """CIDEr-D of captions with n-gram document frequencies fixed from a reference corpus (pycocoevalcap's
     scorer; its own `compute_score` takes them from the captions being scored)."""
@@ -57,7 +62,9 @@ class CorpusCider:
         class FixedCorpusScorer(CiderScorer):  # compute_cider sets ref_len from the scored captions: keep the corpus's
             ref_len = property(lambda self: log_corpus_size, lambda self, value: None)
 
-        self._document_frequency = corpus.document_frequency
+        # pycocoevalcap looks n-grams up in a defaultdict, which would insert every new n-gram of every sampled
+        # caption into the corpus's table for good: a dict whose misses are 0 without being stored.
+        self._document_frequency = _FrequencyTable(corpus.document_frequency)
         self._scorer_class = FixedCorpusScorer
 
     def scores(self, captions: list[str], references: list[list[str]]) -> np.ndarray:

@@ -31,6 +31,11 @@ CHECKPOINTS = "checkpoints"
 BACKUP = "backup"  # Keras BackupAndRestore state (weights, optimizer, epoch) of the last completed epoch
 BEST_WEIGHTS = "best.weights.h5"
 STATE_FILE = "state.json"
+ATTENTION_DIM = 256
+RUN_FILE = "run.json"  # the flags that define an interrupted run, checked when it resumes
+RUN_FLAGS = ("decoder", "train_split", "eval_split", "batch_size", "embedding_dim", "units", "attention_dim",
+             "dropout", "recurrent_dropout", "learning_rate", "lr_decay", "clipnorm", "select_by", "feature_scaling",
+             "length_buckets", "seed")
 HISTORY_FILE = "history.json"
 CURVE_FILE = "training_curve.png"
 LOGS = "logs"
@@ -52,7 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "attends over the spatial grid (needs records from the extract job's --spatial_grid)")
     parser.add_argument("--units", type=cli.positive_int, default=None,
                         help="LSTM and projection width (default 256 for merge, 512 for attention)")
-    parser.add_argument("--attention_dim", type=cli.positive_int, default=256,
+    parser.add_argument("--attention_dim", type=cli.positive_int, default=ATTENTION_DIM,
                         help="attention decoder: width of the query/key projections")
     parser.add_argument("--cache_dir", default=None,
                         help="attention decoder: cache the parsed grids in files here instead of in memory (for "
@@ -61,8 +66,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--recurrent_dropout", type=_fraction, default=0.0)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--lr_decay", type=_fraction, default=0.0,
-                        help="multiply the learning rate by this after an epoch without a lower dev loss (Keras' "
-                             "ReduceLROnPlateau, patience 1, floor learning_rate / 16); 0: constant (default)")
+                        help="multiply the learning rate by this after an epoch without a better dev score (--select_by; "
+                             "the train loss without a dev split) (Keras' ReduceLROnPlateau, patience 1, floor "
+                             "learning_rate / 16); 0: constant (default)")
     parser.add_argument("--clipnorm", type=float, default=5.0, help="gradient norm clipping (0: none)")
     parser.add_argument("--patience", type=cli.positive_int, default=3,
                         help="stop after this many epochs without a better dev score (--select_by)")
@@ -89,6 +95,24 @@ def _fraction(text: str) -> float:
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"expected a value in [0, 1), got {value}")
     return value
+
+
+def _check_resumed_run(path: str, args: argparse.Namespace, resume: bool) -> None:
+    """A resumed run must be the same run: its checkpoint holds that model, and its best score is in that metric
+    (a CIDEr-D compared with a loss would never improve). Flags that only bound the run (--epochs, --patience) or
+    set the bundle's decoding defaults may change; any other difference is refused."""
+    flags = {key: getattr(args, key) for key in RUN_FLAGS}
+    if resume and os.path.exists(path):
+        with open(path, encoding="utf-8") as handle:
+            before = json.load(handle)
+        changed = [f"--{key} {before[key]} -> {flags[key]}" for key in RUN_FLAGS
+                   if key in before and before[key] != flags[key]]
+        if changed:
+            raise ValueError(f"{args.model_dir} holds an interrupted run with other settings ({'; '.join(changed)}): "
+                             "run again with its settings to resume it, or add --restart to discard it")
+        return
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(flags, handle, indent=2)
 
 
 def _callbacks_module():
@@ -214,6 +238,11 @@ def train(args: argparse.Namespace) -> dict:
     if attention and args.feature_scaling == "standardize":
         raise ValueError("--decoder attention scales grids by their RMS (scale) or not at all (none); "
                          "standardize is for the merge decoder's vectors")
+    if not attention:
+        for flag, value, default in (("--attention_dim", args.attention_dim, ATTENTION_DIM),
+                                     ("--cache_dir", args.cache_dir, None)):
+            if value != default:
+                raise ValueError(f"{flag} is for --decoder attention; the merge decoder has no use for it")
     _, train_pairs = data.split_sizes(metadata, args.train_split)
     if train_pairs == 0:
         raise ValueError(f"the {args.train_split} split of {args.data_dir} has no captions")
@@ -238,6 +267,7 @@ def train(args: argparse.Namespace) -> dict:
     if not resume and os.path.exists(checkpoint_dir):
         shutil.rmtree(checkpoint_dir)  # the state of a finished run; this one starts fresh
     os.makedirs(checkpoint_dir, exist_ok=True)
+    _check_resumed_run(os.path.join(checkpoint_dir, RUN_FILE), args, resume)
 
     keras.utils.set_random_seed(args.seed)
     tf.config.experimental.enable_op_determinism()
