@@ -60,17 +60,23 @@ def test_openvino_default_precision_is_within_tolerance(pixels, keras_features, 
 
 
 def test_extract_job_with_openvino_records_match(sample_dataset, sample_features, tmp_path):
+    """With --spatial_grid the compiled network has two outputs (vector, map): both must land where Keras' do."""
     output_dir = str(tmp_path / "ov")
     extract_features.run(["--dataset_dir", sample_dataset, "--output_dir", output_dir, "--weights", "none",
                           "--image_size", str(TEST_IMAGE_SIZE), "--min_word_count", "1", "--inference_backend",
-                          "openvino-f32"], test_pipeline=local_test_pipeline())
+                          "openvino-f32", "--spatial_grid", "full"], test_pipeline=local_test_pipeline())
     assert records.read_records(output_dir, "dev")
+    grid = (3, 3, 2048)
     for split in ("train", "dev", "test"):
-        mine, theirs = records.read_records(output_dir, split), records.read_records(sample_features, split)
+        mine, theirs = records.read_records(output_dir, split, grid), records.read_records(sample_features, split, grid)
         assert [r[records.CAPTION_IDS] for r in mine] == [r[records.CAPTION_IDS] for r in theirs]
         cosines = _cosines(np.stack([r[records.IMAGE_FEATURES] for r in mine]),
                            np.stack([r[records.IMAGE_FEATURES] for r in theirs]))
         assert cosines.min() >= 0.99999
+        mine_grids, their_grids = (np.stack([r[records.IMAGE_GRID] for r in rows]).astype(np.float32)
+                                   for rows in (mine, theirs))
+        assert mine_grids.shape == their_grids.shape == (len(theirs), *grid)
+        np.testing.assert_allclose(mine_grids, their_grids, atol=2e-3 * np.abs(their_grids).max())  # float16 storage
 
 
 def test_unknown_backend_fails_fast():
