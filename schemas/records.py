@@ -155,7 +155,8 @@ def feature_spec(feature_dim: int, with_grid: bool = False) -> dict:
 def stored_grid(grids: np.ndarray) -> np.ndarray:
     """Grids as stored (float16). A value beyond float16's range (65504) would be stored as inf and poison every
     caption of the image, so it is refused (it means a backbone or backend with unusual activations)."""
-    stored = np.asarray(grids).astype(GRID_DTYPE)
+    with np.errstate(over="ignore"):  # checked just below, with a message that says what to do
+        stored = np.asarray(grids).astype(GRID_DTYPE)
     if not np.isfinite(stored).all():
         raise ValueError(f"spatial features beyond float16's range (largest magnitude "
                          f"{float(np.nanmax(np.abs(np.asarray(grids, np.float32)))):.4g}, float16 holds up to 65504): "

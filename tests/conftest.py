@@ -140,7 +140,8 @@ def sample_bundle(sample_features, tmp_path_factory):
     """A small decoder trained for a few epochs on the sample features (a real bundle, quality beside the point)."""
     from trainer import task
     return built_once(tmp_path_factory, "sample_bundle", lambda model_dir: task.train(task.parse_args(
-        ["--data_dir", sample_features, "--model_dir", model_dir, "--epochs", "3", "--embedding_dim", "32",
+        ["--data_dir", sample_features, "--model_dir", model_dir, "--decoder", "merge", "--epochs", "3",
+         "--embedding_dim", "32",
          "--units", "64", "--batch_size", "16", "--verbose", "0", "--beam_width", "2"])))
 
 

@@ -140,8 +140,8 @@ def tiny_grid_records(tmp_path_factory):
 
 def test_attention_decoder_overfits_a_tiny_set_and_decodes_its_captions(tiny_grid_records, tmp_path):
     model_dir = str(tmp_path / "model")
-    task.train(task.parse_args([
-        "--data_dir", tiny_grid_records, "--model_dir", model_dir, "--decoder", "attention", "--epochs", "40",
+    task.train(task.parse_args([  # --decoder auto (the default) on records with grids: the attention decoder
+        "--data_dir", tiny_grid_records, "--model_dir", model_dir, "--epochs", "40",
         "--learning_rate", "0.02", "--patience", "40", "--verbose", "0", "--embedding_dim", "32", "--units", "64",
         "--attention_dim", "16", "--dropout", "0", "--batch_size", "3"]))
     with open(os.path.join(model_dir, task.HISTORY_FILE), encoding="utf-8") as handle:
@@ -167,7 +167,8 @@ def test_attention_decoder_overfits_a_tiny_set_and_decodes_its_captions(tiny_gri
 
 
 def test_attention_needs_grids_in_the_records(tmp_path):
-    items = [(name, np.zeros(16, np.float32), [caption]) for name, caption in TINY.items()]
+    rng = np.random.default_rng(0)
+    items = [(name, rng.normal(size=16).astype(np.float32), [caption]) for name, caption in TINY.items()]
     write_feature_records(str(tmp_path / "plain"), {"train": items})
     with pytest.raises(ValueError, match="--spatial_grid"):
         task.train(task.parse_args(["--data_dir", str(tmp_path / "plain"), "--model_dir", str(tmp_path / "m"),
@@ -176,6 +177,16 @@ def test_attention_needs_grids_in_the_records(tmp_path):
         with pytest.raises(ValueError, match=f"{flag} is for --decoder attention"):
             task.train(task.parse_args(["--data_dir", str(tmp_path / "plain"), "--model_dir", str(tmp_path / "m"),
                                         flag, value]))
+    # --decoder auto (the default) on records without grids: the merge decoder, recorded as such.
+    task.train(task.parse_args(["--data_dir", str(tmp_path / "plain"), "--model_dir", str(tmp_path / "merge"),
+                                "--epochs", "1", "--verbose", "0", "--units", "8", "--embedding_dim", "8"]))
+    assert Bundle(str(tmp_path / "merge")).config["decoder"] == "merge"
+
+
+def test_auto_decoder_says_why_a_merge_only_flag_is_refused_on_records_with_grids(tiny_grid_records, tmp_path):
+    with pytest.raises(ValueError, match="--decoder auto chose attention.*pass --decoder merge"):
+        task.train(task.parse_args(["--data_dir", tiny_grid_records, "--model_dir", str(tmp_path / "m"),
+                                    "--length_buckets"]))
 
 
 def test_an_interrupted_run_resumes_only_with_its_own_settings(tmp_path):
@@ -530,6 +541,6 @@ def test_scst_fine_tunes_an_attention_bundle_on_dev_cider(tiny_grid_records, tmp
     with pytest.raises(ValueError, match="merge bundle"):
         merge = str(tmp_path / "merge")
         task.train(task.parse_args(["--data_dir", tiny_grid_records, "--model_dir", merge, "--epochs", "1",
-                                    "--verbose", "0", "--units", "8", "--embedding_dim", "8"]))
+                                    "--verbose", "0", "--units", "8", "--embedding_dim", "8", "--decoder", "merge"]))
         scst.train(scst.parse_args(["--data_dir", tiny_grid_records, "--init_model_dir", merge,
                                     "--model_dir", str(tmp_path / "x")]))

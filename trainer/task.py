@@ -3,8 +3,9 @@
     python -m trainer.task --data_dir FEATURES --model_dir MODEL [--epochs 30] [--batch_size 64] [--seed 0] ...
 
 (also installed as ``imcap-train``). Reads ``FEATURES/{train,dev}-*.tfrecord``, ``vocab.txt`` and
-``metadata.json``; fits the merge decoder (`trainer.model`) or, with ``--decoder attention``, the attention decoder
-over the records' spatial grids (`trainer.attention`) with teacher forcing; keeps the weights with the
+``metadata.json``; fits the attention decoder over the records' spatial grids (`trainer.attention`) where they
+hold grids (the extract job's ``--spatial_grid``), else the merge decoder (`trainer.model`) (``--decoder auto``;
+``--decoder merge|attention`` chooses), with teacher forcing; keeps the weights with the
 lowest dev loss and stops when it has not improved for ``--patience`` epochs.
 
 MODEL receives the bundle (``decoder.keras``, ``vocab.txt``, ``bundle.json``: see `schemas.bundle`) and the
@@ -40,6 +41,7 @@ HISTORY_FILE = "history.json"
 CURVE_FILE = "training_curve.png"
 LOGS = "logs"
 CIDER_MONITOR = "val_cider_d"
+AUTO_DECODER = "auto"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,9 +54,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=cli.positive_int, default=64,
                         help="captions per batch (attention: whole images with all their captions, about this many)")
     parser.add_argument("--embedding_dim", type=cli.positive_int, default=256)
-    parser.add_argument("--decoder", default="merge", choices=("merge", "attention"),
-                        help="merge (default): the pooled vector joins the LSTM's output; attention: every word "
-                             "attends over the spatial grid (needs records from the extract job's --spatial_grid)")
+    parser.add_argument("--decoder", default=AUTO_DECODER, choices=(AUTO_DECODER, "merge", "attention"),
+                        help="auto (default): attention where the records hold spatial grids (the extract job's "
+                             "--spatial_grid), else merge; merge: the pooled vector joins the LSTM's output; "
+                             "attention: every word attends over the spatial grid (better on dev: BENCHMARKS.md)")
     parser.add_argument("--units", type=cli.positive_int, default=None,
                         help="LSTM and projection width (default 256 for merge, 512 for attention)")
     parser.add_argument("--attention_dim", type=cli.positive_int, default=ATTENTION_DIM,
@@ -226,6 +229,13 @@ def train(args: argparse.Namespace) -> dict:
     vocabulary = Vocabulary.load(fileio.join(args.data_dir, VOCAB_FILE))
     feature_dim = metadata[MetadataKeys.FEATURE_DIM]
     grid = records.grid_shape(metadata)
+    chosen = ""
+    if args.decoder == AUTO_DECODER:  # resolved once, so run.json and the bundle record the decoder itself
+        args.decoder = "attention" if grid else "merge"
+        chosen = (f" (--decoder auto chose attention: {args.data_dir} holds spatial grids; pass --decoder merge "
+                  "for the merge decoder)") if grid else ""
+        logging.info("--decoder auto: %s (%s)", args.decoder,
+                     "the records hold spatial grids" if grid else "the records hold no spatial grids")
     attention = args.decoder == "attention"
     if args.units is None:
         args.units = 512 if attention else 256
@@ -234,10 +244,10 @@ def train(args: argparse.Namespace) -> dict:
                          "job with --spatial_grid full (or N) first")
     if attention and args.length_buckets:
         raise ValueError("--length_buckets is for the merge decoder; --decoder attention batches whole images with "
-                         "all their captions")
+                         "all their captions" + chosen)
     if attention and args.feature_scaling == "standardize":
         raise ValueError("--decoder attention scales grids by their RMS (scale) or not at all (none); "
-                         "standardize is for the merge decoder's vectors")
+                         "standardize is for the merge decoder's vectors" + chosen)
     if not attention:
         for flag, value, default in (("--attention_dim", args.attention_dim, ATTENTION_DIM),
                                      ("--cache_dir", args.cache_dir, None)):
