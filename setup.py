@@ -16,6 +16,9 @@ from setuptools import find_packages, setup
 #   nltk               corpus BLEU with the standard definition (the trainer's evaluation)
 #   tensorboard        the trainer's TensorBoard logs (TensorFlow 2.21 no longer installs it)
 #   matplotlib         the trainer's training-curve PNG
+#   openvino, nncf     the default feature backend on CPU workers: Xception quantized to int8 (NNCF post-training
+#                      quantization, calibrated at launch) and run by OpenVINO, 3.5x Keras float32 at the same
+#                      caption quality (BENCHMARKS.md §12); also the bfloat16/f32 OpenVINO backends
 #   pycocoevalcap      CIDEr-D, the caption metric of record next to BLEU (the COCO evaluation's own code; a
 #                      104 MB wheel because it bundles Java tools for SPICE and METEOR that imcap does not run)
 INSTALL_REQUIRES = [
@@ -31,6 +34,8 @@ INSTALL_REQUIRES = [
     "tensorboard>=2.18",
     "matplotlib>=3.8",
     "pycocoevalcap>=1.2",
+    "openvino>=2025.0",
+    "nncf>=3.0",
 ]
 
 setup(
@@ -44,9 +49,7 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         # pytest-xdist: the suite on every core (2 here: about 2.3x less wall time than one process)
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "openvino>=2025.0"],
-        # --inference_backend openvino: Xception through OpenVINO (~2x faster on CPUs with bfloat16)
-        "openvino": ["openvino>=2025.0"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5"],
         # gs:// paths and the Dataflow runner
         "gcp": ["apache-beam[gcp,tfrecord]>=2.77,<2.78"],
     },
@@ -57,6 +60,7 @@ setup(
             "imcap-demo=beam_jobs.demo:main",
             "imcap-caption=beam_jobs.caption_images:main",
             "imcap-gallery=beam_jobs.gallery:main",
+            "imcap-quantize=beam_jobs.quantize:main",
             "imcap-train=trainer.task:main",
             "imcap-scst=trainer.scst:main",
             "imcap-evaluate=trainer.evaluate:main",

@@ -38,7 +38,8 @@ from apache_beam.io.filesystems import FileSystems
 from beam_jobs import archives, outputs, runtime, sources
 from beam_jobs.image_transforms import (DEFAULT_READ_THREADS, FeaturesOfImages, ReadImages, add_feature_flags,
                                         check_feature_flags)
-from beam_jobs.inference import MODELS, GenerateCaptions, Models, check_backend
+from beam_jobs.inference import (AUTO_BACKEND, INT8_BACKEND, MODELS, GenerateCaptions, Models, check_backend,
+                                 check_int8_model)
 from beam_jobs.inputs import ResolveInputs, SelectInputs, effective_pattern
 from beam_jobs.outputs import ReadDoneUris, WriteCaptionOutputs
 from schemas import backbones, tables
@@ -69,6 +70,7 @@ class CaptionConfig(typing.NamedTuple):
     num_shards: int
     checkpoint_rows: int
     inference_backend: str
+    int8_model: typing.Optional[str]  # --inference_backend openvino-int8: the quantized extractor's directory
     existing: outputs.ExistingOutputs  # what earlier runs left under --output (--skip_existing resumes from it)
     models: Models = MODELS  # the handlers' factory (tests pass fakes)
 
@@ -120,7 +122,10 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
                              "(default 200; photos are about 1)")
     parser.add_argument("--read_threads", type=runtime.positive_int, default=DEFAULT_READ_THREADS,
                         help="threads per worker that read and decode images while the model runs")
-    add_feature_flags(parser)
+    add_feature_flags(parser, "auto (default): the backend of the features the bundle was trained on: openvino-int8 "
+                      "with the bundle's own int8 model (extractor_int8/) for bundles trained on int8 records, "
+                      "keras for bundles trained on keras records",
+                      "; default: the bundle's extractor_int8/")
     parser.add_argument("--attention_maps", action="store_true",
                         help="attention bundles: store each caption's attention weights per word over the grid in the "
                              "rows' attention column (about 5 KB per image at 10x10), for imcap-gallery's pictures")
@@ -158,6 +163,26 @@ def _matches_something(pattern: str) -> bool:
     return bool(sources.match_paths(effective_pattern(pattern)))
 
 
+def _backend_for(args: argparse.Namespace, bundle) -> tuple[str, str | None]:
+    """(feature backend, int8 model directory or None): --inference_backend auto follows the bundle's training
+    features, so that the decoder sees the features it was trained on."""
+    trained_on = bundle.inference_backend
+    backend = trained_on if args.inference_backend == AUTO_BACKEND else args.inference_backend
+    check_backend(backend, args.int8_model)
+    int8_model = args.int8_model
+    if backend == INT8_BACKEND and not int8_model:
+        int8_model = bundle.int8_model
+        if not int8_model:
+            raise ValueError(f"--inference_backend {INT8_BACKEND} needs --int8_model DIR: {bundle.model_dir} was "
+                             f"trained on {trained_on} features and has no int8 model of its own (python -m "
+                             "beam_jobs.quantize writes one)")
+    if backend != trained_on:
+        logging.info("features from %s, while %s was trained on %s features (BENCHMARKS.md §12 measures what that "
+                     "costs in caption quality)", backend, bundle.model_id, trained_on)
+    logging.info("feature backend: %s%s", backend, f" ({int8_model})" if int8_model else "")
+    return backend, int8_model
+
+
 def prepare(args: argparse.Namespace, models: Models = MODELS) -> CaptionConfig:
     """Checks everything on the launching machine; raises ValueError/FileNotFoundError with what to fix."""
     from trainer.bundle import check_feature_weights, feature_weights_for
@@ -167,10 +192,12 @@ def prepare(args: argparse.Namespace, models: Models = MODELS) -> CaptionConfig:
     weights = feature_weights_for(config, args.weights)
     backbone = backbones.get_backbone(config[BundleKeys.BACKBONE])
     backbones.check_weights_spec(weights)
-    check_backend(args.inference_backend)
+    backend, int8_model = _backend_for(args, bundle)
     extractor = models.feature_weights(backbone, weights, config[BundleKeys.IMAGE_SIZE])
     digest = extractor.weights_sha256
     check_feature_weights(config, digest, weights)
+    if int8_model:
+        check_int8_model(int8_model, backbone.name, config[BundleKeys.IMAGE_SIZE], digest)
     grid = bundle.grid_shape[0] if bundle.grid_shape else 0
     if args.attention_maps and not grid:
         raise ValueError("--attention_maps needs an attention bundle (trainer.task --decoder attention); "
@@ -209,7 +236,7 @@ def prepare(args: argparse.Namespace, models: Models = MODELS) -> CaptionConfig:
         limits=archives.Limits(max_member_bytes=args.max_image_bytes, max_archive_bytes=args.max_archive_bytes,
                                max_ratio=args.max_compression_ratio),
         read_threads=args.read_threads, num_shards=args.num_shards, checkpoint_rows=args.checkpoint_rows,
-        inference_backend=args.inference_backend, existing=existing, models=models)
+        inference_backend=backend, int8_model=int8_model, existing=existing, models=models)
 
 
 def build_pipeline(pipeline: beam.Pipeline, config: CaptionConfig) -> None:
@@ -224,7 +251,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: CaptionConfig) -> None:
                 | "Features" >> FeaturesOfImages(config.models.feature_handler(
                     config.backbone, config.weights, config.image_size, min_batch_size=config.min_batch_size,
                     max_batch_size=config.max_batch_size, expected_weights_sha256=config.weights_sha256,
-                    backend=config.inference_backend, grid=config.grid))
+                    backend=config.inference_backend, grid=config.grid, int8_model=config.int8_model))
                 | "Captions" >> GenerateCaptions(config.models.caption_handler(
                     config.model_dirs, config.beam_width, config.length_penalty,
                     max_batch_size=config.decode_batch_size, attention_maps=config.attention_maps), config.model_id))

@@ -29,13 +29,14 @@ import typing
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from beam_jobs import dataset, runtime
+from beam_jobs import dataset, quantize, runtime
 from beam_jobs.dataset_read import ReadDataset
 from beam_jobs.extract_outputs import MetadataSettings, WriteErrorTable, WriteMetadata, WriteSplits
 from beam_jobs.image_transforms import FeaturesOfItems, add_feature_flags, check_feature_flags
-from beam_jobs.inference import MODELS, Models, check_backend
+from beam_jobs.inference import AUTO_BACKEND, INT8_BACKEND, MODELS, Models, check_backend, check_int8_model
 from beam_jobs.vocab import VOCAB_SPLIT, BuildVocabulary
-from schemas import backbones, fileio as schema_fileio, records
+from schemas import backbones, fileio as schema_fileio, int8_model as int8_schema, records
+from schemas.bundle import INT8_DIR
 from schemas.records import MetadataKeys, SplitKeys
 from schemas.vocabulary import VOCAB_FILE, Vocabulary
 
@@ -58,6 +59,8 @@ class ExtractConfig(typing.NamedTuple):
     max_image_pixels: int
     inference_backend: str
     grid: int = 0  # records also hold the feature map pooled to grid x grid (0: no grid)
+    int8_model: typing.Optional[str] = None  # --int8_model
+    int8_info: typing.Optional[dict] = None  # its quantization.json
     models: Models = MODELS  # the handlers' factory (tests pass fakes)
 
 
@@ -78,7 +81,14 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--backbone", default=backbones.DEFAULT_BACKBONE, choices=sorted(backbones.BACKBONES))
     parser.add_argument("--image_size", type=runtime.positive_int, default=None,
                         help="backbone input size in pixels (default 299 for xception; at least 71)")
-    add_feature_flags(parser)
+    add_feature_flags(parser, "auto (default): openvino-int8 where NNCF and OpenVINO are installed, the int8 model "
+                      "calibrated at launch on --int8_calibration_images photos of the train split and written to "
+                      "OUTPUT_DIR/extractor_int8 (bundles trained on these records carry it), else keras",
+                      "; without it the int8 model is made at launch (see auto)")
+    parser.add_argument("--int8_calibration_images", type=runtime.positive_int,
+                        default=quantize.DEFAULT_CALIBRATION_IMAGES,
+                        help="train photos the int8 model is calibrated on when this job makes it (default "
+                             f"{quantize.DEFAULT_CALIBRATION_IMAGES})")
     parser.add_argument("--spatial_grid", type=_grid_flag, default="none", metavar="none|full|N",
                         help="also store the backbone's last convolutional map per image, as float16, for attention "
                              "decoders: full (10x10x2048 at 299 px: 400 KB per image), N (average pooled to NxN, "
@@ -114,13 +124,15 @@ def _grid_flag(text: str) -> str | int:
 
 def _existing_outputs(output_dir: str, splits) -> list[str]:
     """The files an earlier run of this job wrote in ``output_dir``: record shards of these splits (by their exact
-    name pattern), metadata.json, vocab.txt and errors.parquet. Nothing else there is touched."""
+    name pattern), metadata.json, vocab.txt, errors.parquet and extractor_int8/. Nothing else there is touched."""
     shard = re.compile(r"(?:" + "|".join(re.escape(split) for split in splits) + r")-\d{5}-of-\d{5}"
                        + re.escape(records.RECORD_SUFFIX))
     found = [path for path in schema_fileio.glob(schema_fileio.join(output_dir, f"*{records.RECORD_SUFFIX}"))
              if shard.fullmatch(posixpath.basename(path))]
     for name in (records.METADATA_FILE, VOCAB_FILE, records.ERRORS_FILE):
         found.extend(schema_fileio.glob(schema_fileio.join(output_dir, name)))
+    for name in (int8_schema.MODEL_XML, int8_schema.MODEL_BIN, int8_schema.INFO_FILE):
+        found.extend(schema_fileio.glob(schema_fileio.join(output_dir, INT8_DIR, name)))
     return found
 
 
@@ -147,8 +159,15 @@ def prepare(args: argparse.Namespace, models: Models = MODELS) -> ExtractConfig:
     image_size = args.image_size or backbone.default_image_size
     backbones.check_image_size(backbone, image_size)
     backbones.check_weights_spec(args.weights)
-    check_backend(args.inference_backend)
+    backend = args.inference_backend
+    if backend == AUTO_BACKEND:
+        backend = models.auto_backend()
+        logging.info("--inference_backend auto: %s", backend if backend != INT8_BACKEND else
+                     f"{backend} (int8 model {'from --int8_model' if args.int8_model else 'calibrated now'})")
+    check_backend(backend, args.int8_model)
     digest, feature_dim, map_size = models.feature_weights(backbone, args.weights, image_size)
+    if args.int8_model:
+        check_int8_model(args.int8_model, backbone.name, image_size, digest)
     grid = {"none": 0, FULL_GRID: map_size}.get(args.spatial_grid, args.spatial_grid)
     if grid > map_size:
         raise ValueError(f"--spatial_grid {grid}: {backbone.name} at {image_size} px has a {map_size}x{map_size} "
@@ -159,12 +178,25 @@ def prepare(args: argparse.Namespace, models: Models = MODELS) -> ExtractConfig:
                  f"({grid * grid * feature_dim * 2:,} bytes per image)" if grid else "")
     for path in existing:  # only now that every check has passed
         FileSystems.delete([path])
+    int8_model = int8_info = None
+    if backend == INT8_BACKEND:  # the records directory carries the int8 model its features came from
+        int8_model = schema_fileio.join(args.output_dir, INT8_DIR)
+        if args.int8_model:
+            from trainer.bundle import copy_int8_model
+            copy_int8_model(args.int8_model, int8_model)
+        else:
+            split = VOCAB_SPLIT if VOCAB_SPLIT in layout.split_files else next(iter(layout.split_files))
+            models.quantize(int8_model, backbone, args.weights, image_size,
+                            [schema_fileio.join(layout.images_dir, name)
+                             for name in dataset.read_split_list(layout.split_files[split])],
+                            f"{split} split of the dataset", args.int8_calibration_images)
+        int8_info = check_int8_model(int8_model, backbone.name, image_size, digest)
     return ExtractConfig(layout=layout, output_dir=args.output_dir, backbone=backbone.name, weights=args.weights,
                          weights_sha256=digest, image_size=image_size, feature_dim=feature_dim,
                          min_batch_size=args.min_batch_size, max_batch_size=args.max_batch_size,
                          min_word_count=args.min_word_count, vocab_tokens=vocab_tokens, num_shards=args.num_shards,
-                         max_image_pixels=args.max_image_pixels, inference_backend=args.inference_backend,
-                         grid=grid, models=models)
+                         max_image_pixels=args.max_image_pixels, inference_backend=backend,
+                         grid=grid, int8_model=int8_model, int8_info=int8_info, models=models)
 
 
 def build_pipeline(pipeline: beam.Pipeline, config: ExtractConfig) -> None:
@@ -176,7 +208,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: ExtractConfig) -> None:
         config.models.feature_handler(config.backbone, config.weights, config.image_size,
                                       min_batch_size=config.min_batch_size, max_batch_size=config.max_batch_size,
                                       expected_weights_sha256=config.weights_sha256, backend=config.inference_backend,
-                                      grid=config.grid),
+                                      grid=config.grid, int8_model=config.int8_model),
         config.image_size, config.max_image_pixels)
     written = featured.features | "WriteSplits" >> WriteSplits(
         vocabulary, total, config.output_dir, splits, config.num_shards)
@@ -189,7 +221,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: ExtractConfig) -> None:
              output_dir=config.output_dir, splits=tuple(splits), backbone=config.backbone, weights=config.weights,
              weights_sha256=config.weights_sha256, image_size=config.image_size, feature_dim=config.feature_dim,
              min_word_count=config.min_word_count, vocab_from_file=bool(config.vocab_tokens),
-             inference_backend=config.inference_backend,
+             inference_backend=config.inference_backend, int8_model=config.int8_info,
              grid_shape=(config.grid, config.grid, config.feature_dim) if config.grid else None)))
 
 

@@ -108,6 +108,16 @@ class MetadataSettings(typing.NamedTuple):
     vocab_from_file: bool
     inference_backend: str
     grid_shape: typing.Optional[tuple] = None  # (g, g, D) when the records hold grids
+    int8_model: typing.Optional[dict] = None  # openvino-int8: the model's quantization.json
+
+
+def _int8_summary(info: dict) -> dict:
+    """What metadata.json keeps of an int8 model's quantization.json: the model's digest and how it was calibrated
+    (not the names of the calibration photos)."""
+    calibration = {key: value for key, value in info.get("calibration", {}).items() if key not in ("names", "skipped")}
+    return {"bin_sha256": info.get("bin_sha256"), "weights_sha256": info.get("weights_sha256"),
+            "calibration": calibration, "nncf_version": info.get("nncf_version"),
+            "openvino_version": info.get("openvino_version")}
 
 
 def metadata_from(settings: MetadataSettings, totals: dict, vocabulary: VocabularyInfo, written_files) -> dict:
@@ -139,6 +149,7 @@ def metadata_from(settings: MetadataSettings, totals: dict, vocabulary: Vocabula
         MetadataKeys.IMAGE_SIZE: settings.image_size,
         MetadataKeys.PREPROCESSING: backbones.get_backbone(settings.backbone).preprocessing,
         MetadataKeys.INFERENCE_BACKEND: settings.inference_backend,
+        **({MetadataKeys.INT8_MODEL: _int8_summary(settings.int8_model)} if settings.int8_model else {}),
         MetadataKeys.RECORD_FILES: sorted(posixpath.basename(path) for path in written_files),
     }
 

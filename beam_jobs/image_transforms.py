@@ -23,7 +23,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_jobs import archives, runtime, sources
 from beam_jobs.elements import ERRORS, ImageKey, InputRef, PreparedImage
-from beam_jobs.inference import INFERENCE_BACKENDS, KERAS_BACKEND
+from beam_jobs.inference import AUTO_BACKEND, INFERENCE_BACKENDS
 from beam_jobs.runtime import counter
 from schemas import images, tables
 from schemas.tables import ErrorRow
@@ -32,11 +32,15 @@ DEFAULT_READ_THREADS = 2
 _PENDING_BYTES = 256 * 1024 * 1024  # archive member bytes waiting for a decode thread, at most
 
 
-def add_feature_flags(parser: argparse.ArgumentParser) -> None:
-    """The image decoding and feature extraction flags of both jobs."""
-    parser.add_argument("--inference_backend", default=KERAS_BACKEND, choices=sorted(INFERENCE_BACKENDS),
-                        help="keras (default), openvino (bfloat16 where the CPU has it, ~2x faster, features within "
-                             "cosine 0.999) or openvino-f32; needs imcap[openvino]")
+def add_feature_flags(parser: argparse.ArgumentParser, auto_help: str, int8_help: str = "") -> None:
+    """The image decoding and feature extraction flags of both jobs (each says what its auto backend is)."""
+    parser.add_argument("--inference_backend", default=AUTO_BACKEND, choices=[AUTO_BACKEND, *INFERENCE_BACKENDS],
+                        help=auto_help + "; keras: TensorFlow float32 (the reference; the one for GPU workers); "
+                             "openvino: bfloat16 where the CPU has it (~2.2x keras); openvino-f32; openvino-int8 "
+                             "(~3.5x keras; BENCHMARKS.md §12)")
+    parser.add_argument("--int8_model", default=None,
+                        help="openvino-int8: an int8 extractor directory (python -m beam_jobs.quantize; any "
+                             "filesystem), quantized from the same weights" + int8_help)
     parser.add_argument("--min_batch_size", type=runtime.positive_int, default=8)
     parser.add_argument("--max_batch_size", type=runtime.positive_int, default=32, help="feature batch bound")
     parser.add_argument("--max_image_pixels", type=runtime.positive_int, default=images.DEFAULT_MAX_PIXELS,

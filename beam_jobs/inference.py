@@ -19,7 +19,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunIn
 
 from beam_jobs import sources
 from trainer import cli
-from schemas import backbones, records, tables
+from schemas import backbones, fileio, records, tables
 
 
 def localize(path: str) -> str:
@@ -92,23 +92,26 @@ class _CompiledExtractor:
 
 
 class _OpenVinoExtractor:
-    """The same network compiled by OpenVINO for the CPU (converted in memory from the traced Keras model).
+    """The same network compiled by OpenVINO for the CPU: converted in memory from the traced Keras model, or the
+    int8 model `beam_jobs.quantize` wrote (read from its IR).
 
     ``precision`` None lets OpenVINO choose: bfloat16 on CPUs that support it (about 2x faster than Keras on
-    AVX-512 BF16 CPUs; features within cosine 0.999 of Keras'), else f32; "f32" matches Keras to ~1e-5. One infer
-    request per thread: RunInference shares the model between the threads of a worker.
+    AVX-512 BF16 CPUs; features within cosine 0.999 of Keras'), else f32; "f32" matches Keras to ~1e-5. For the int8
+    model it is the precision of the layers NNCF left unquantized. ``outputs``: how many of the network's outputs to
+    return (the int8 model always has both, pooled and map). One infer request per thread: RunInference shares the
+    model between the threads of a worker.
     """
 
-    def __init__(self, model, image_size: int, weights_sha256: str, precision: Optional[str]):
+    def __init__(self, network, weights_sha256: str, precision: Optional[str], outputs: Optional[int] = None,
+                 label: str = ""):
         import threading
 
         import openvino
         self.weights_sha256 = weights_sha256
         hints = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
-        self.compiled = openvino.Core().compile_model(openvino.convert_model(_traced_forward(model, image_size)),
-                                                      "CPU", hints)
-        self.precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-        self._outputs = len(self.compiled.outputs)
+        self.compiled = openvino.Core().compile_model(network, "CPU", hints)
+        self.precision = label + self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        self._outputs = outputs or len(self.compiled.outputs)
         self._local = threading.local()
 
     def __call__(self, images: np.ndarray):
@@ -122,19 +125,43 @@ class _OpenVinoExtractor:
 
 
 KERAS_BACKEND = "keras"
+INT8_BACKEND = "openvino-int8"
+AUTO_BACKEND = "auto"  # the jobs' default: see `Models.auto_backend` and each job's prepare
 # name -> OpenVINO precision hint (None: OpenVINO's choice for the CPU, bfloat16 where it has it, else f32)
-INFERENCE_BACKENDS = {KERAS_BACKEND: None, "openvino": None, "openvino-f32": "f32"}
+INFERENCE_BACKENDS = {KERAS_BACKEND: None, "openvino": None, "openvino-f32": "f32", INT8_BACKEND: None}
 
 
-def check_backend(backend: str) -> None:
-    """Fails fast on an unknown backend or a missing OpenVINO installation."""
+def check_backend(backend: str, int8_model: Optional[str] = None) -> None:
+    """Fails fast on an unknown backend, a missing OpenVINO installation, or an int8 model given to another
+    backend. (Where an int8 backend gets its model is each job's business.)"""
     if backend not in INFERENCE_BACKENDS:
-        raise ValueError(f"--inference_backend {backend}: one of {', '.join(INFERENCE_BACKENDS)}")
+        raise ValueError(f"--inference_backend {backend}: one of {', '.join([AUTO_BACKEND, *INFERENCE_BACKENDS])}")
     if backend != KERAS_BACKEND:
         try:
             import openvino  # noqa: F401
         except ImportError:
-            raise ValueError(f"--inference_backend {backend} needs OpenVINO: pip install 'imcap[openvino]'") from None
+            raise ValueError(f"--inference_backend {backend} needs OpenVINO: pip install openvino") from None
+    if int8_model and backend != INT8_BACKEND:
+        raise ValueError(f"--int8_model is the model of --inference_backend {INT8_BACKEND}, not of {backend}")
+
+
+def check_int8_model(int8_model: str, backbone: str, image_size: int, weights_sha256: str) -> dict:
+    """quantization.json of ``int8_model``, checked against the extractor the job runs (on the launcher)."""
+    from schemas import int8_model as int8_schema
+    info = int8_schema.read_info(int8_model)
+    int8_schema.check_matches(info, int8_model, backbone, image_size, weights_sha256)
+    return info
+
+
+def load_int8_model(int8_model: str, backbone: str, image_size: int, weights_sha256: Optional[str]):
+    """The int8 OpenVINO network of ``int8_model`` (any Beam filesystem; copied to local disk first), checked."""
+    import openvino
+
+    from schemas import int8_model as int8_schema
+    info = check_int8_model(int8_model, backbone, image_size, weights_sha256)
+    network = openvino.Core().read_model(localize(fileio.join(int8_model, int8_schema.MODEL_XML)),
+                                         localize(fileio.join(int8_model, int8_schema.MODEL_BIN)))
+    return network, info["weights_sha256"]
 
 
 class FeatureExtractorHandler(ModelHandler[np.ndarray, Any, Any]):
@@ -147,25 +174,38 @@ class FeatureExtractorHandler(ModelHandler[np.ndarray, Any, Any]):
 
     def __init__(self, backbone_name: str, weights: str, image_size: int, *, min_batch_size: int = 1,
                  max_batch_size: int = 32, expected_weights_sha256: Optional[str] = None,
-                 backend: str = KERAS_BACKEND, grid: int = 0):
+                 backend: str = KERAS_BACKEND, grid: int = 0, int8_model: Optional[str] = None):
         super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
         self._backbone = backbones.get_backbone(backbone_name)
         backbones.check_image_size(self._backbone, image_size)
-        check_backend(backend)
+        check_backend(backend, int8_model)
+        if backend == INT8_BACKEND and not int8_model:
+            raise ValueError(f"the {INT8_BACKEND} backend needs its int8 model")
         self._weights = weights
         self._image_size = image_size
         self._expected_sha256 = expected_weights_sha256
         self._backend = backend
         self._grid = grid
+        self._int8_model = int8_model
 
     def load_model(self) -> _CompiledExtractor:
         cli.quiet_tensorflow()  # a worker process imports TensorFlow here first
+        if self._backend == INT8_BACKEND:  # the quantized IR stands alone: no Keras model is built
+            network, digest = load_int8_model(self._int8_model, self._backbone.name, self._image_size,
+                                              self._expected_sha256)
+            extractor = _OpenVinoExtractor(network, digest, None, outputs=2 if self._grid else 1, label="int8+")
+            logging.info("loaded the int8 %s of %s (%dx%d, weights sha256 %s) on a worker, backend openvino (%s)",
+                         self._backbone.name, self._int8_model, self._image_size, self._image_size, digest[:12],
+                         extractor.precision)
+            return extractor
         model, digest = load_feature_model(self._backbone, self._weights, self._image_size, spatial=self._grid > 0)
         if self._expected_sha256 and digest != self._expected_sha256:
             raise ValueError(f"the {self._backbone.name} weights loaded on this worker ({self._weights}, sha256 "
                              f"{digest[:12]}) differ from the ones checked at launch ({self._expected_sha256[:12]})")
         if self._backend != KERAS_BACKEND:
-            extractor = _OpenVinoExtractor(model, self._image_size, digest, INFERENCE_BACKENDS[self._backend])
+            import openvino
+            network = openvino.convert_model(_traced_forward(model, self._image_size))
+            extractor = _OpenVinoExtractor(network, digest, INFERENCE_BACKENDS[self._backend])
             backend = f"openvino ({extractor.precision})"
         else:
             extractor, backend = _CompiledExtractor(model, self._image_size, digest), "keras"
@@ -272,6 +312,18 @@ class Models:
         model, digest = load_feature_model(backbone, weights, image_size, spatial=True)
         _, map_shape = model.output_shape
         return ExtractorInfo(digest, int(map_shape[-1]), int(map_shape[1]))
+
+    def auto_backend(self) -> str:
+        """The extract job's backend for --inference_backend auto: int8 where NNCF and OpenVINO are installed (3.5x
+        Keras on CPUs at the same caption quality, BENCHMARKS.md §12), else Keras."""
+        from beam_jobs import quantize
+        return INT8_BACKEND if quantize.available() else KERAS_BACKEND
+
+    def quantize(self, output_dir: str, backbone: backbones.Backbone, weights: str, image_size: int,
+                 candidates: list[str], source: str, count: int) -> dict:
+        """Writes the int8 extractor calibrated on ``count`` of ``candidates`` into ``output_dir``."""
+        from beam_jobs import quantize
+        return quantize.quantize_to(output_dir, backbone, weights, image_size, candidates, source, count)
 
     def open_bundle(self, model_dirs):
         """The bundle of a --model_dir (or the ensemble of several), its decoders loaded once at launch so that a

@@ -1,7 +1,8 @@
-"""Xception on this CPU through Keras/TensorFlow, OpenVINO (its default precision: bfloat16 on CPUs that have it)
-and OpenVINO forced to f32: images/s side by side in one run, and how close the features are to Keras'.
+"""Xception on this CPU through Keras/TensorFlow, OpenVINO (its default precision: bfloat16 on CPUs that have it),
+OpenVINO forced to f32 and the int8 model of `beam_jobs.quantize`: images/s side by side in one run, and how close
+the features are to Keras'.
 
-    python bench/backends.py [--images 128] [--batch_size 32] [--repeats 3] [--weights PATH]
+    python bench/backends.py [--images 128] [--batch_size 32] [--repeats 3] [--weights PATH] [--int8_model DIR]
 
 Each backend is the jobs' own (`beam_jobs.inference.FeatureExtractorHandler` with ``backend=...``), fed the same
 preprocessed Flickr8k photos in batches; the order of the backends rotates between repeats.
@@ -19,10 +20,11 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=128)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--int8_model", help="also openvino-int8, with this model (python -m beam_jobs.quantize)")
     args = parser.parse_args()
 
-    from beam_jobs.inference import INFERENCE_BACKENDS, FeatureExtractorHandler
-    backends = tuple(INFERENCE_BACKENDS)
+    from beam_jobs.inference import INFERENCE_BACKENDS, INT8_BACKEND, FeatureExtractorHandler
+    backends = tuple(b for b in INFERENCE_BACKENDS if b != INT8_BACKEND or args.int8_model)
     from schemas.images import prepare_image
 
     from tqdm import tqdm
@@ -33,7 +35,8 @@ def main() -> None:
             pixels.append(prepare_image(handle.read(), 299)[0])
     handlers, models, load_seconds = {}, {}, {}
     for backend in backends:
-        handlers[backend] = FeatureExtractorHandler("xception", args.weights, 299, backend=backend)
+        handlers[backend] = FeatureExtractorHandler("xception", args.weights, 299, backend=backend,
+                                                    int8_model=args.int8_model if backend == INT8_BACKEND else None)
         load_seconds[backend], models[backend] = timed(handlers[backend].load_model)
         handlers[backend].run_inference(pixels[:args.batch_size], models[backend])  # warm up
 

@@ -12,6 +12,7 @@ The feature-extractor keys repeat the extract job's metadata (`schemas.records.M
 builds exactly the network the decoder was trained on and refuses any other (``weights_sha256``).
 """
 DECODER_FILE = "decoder.keras"
+INT8_DIR = "extractor_int8"  # the int8 extractor the training features came from (openvino-int8 bundles)
 CONFIG_FILE = "bundle.json"
 FORMAT_VERSION = 1  # merge bundles: readable by every imcap
 ATTENTION_FORMAT_VERSION = 2  # attention bundles: their decoder.keras holds imcap's registered attention layers
@@ -33,6 +34,8 @@ class BundleKeys:
     GRID_SHAPE = "grid_shape"  # attention decoders: the [g, g, D] grid of the records they were trained on
     MEMBERS = "members"  # an ensemble's config only: the model ids of its bundles
     DECODING = "decoding"  # {DecodingKeys.BEAM_WIDTH: int, DecodingKeys.LENGTH_PENALTY: float}: the defaults
+    INFERENCE_BACKEND = "inference_backend"  # the extractor backend of its training features (absent: keras)
+    INT8_MODEL = "int8_model"  # openvino-int8 bundles: the int8 extractor's digest and calibration (in INT8_DIR)
     TRAINING = "training"  # hyper-parameters, data and results of the run that produced it (informational)
 
 
@@ -63,6 +66,11 @@ def grid_shape(config: dict) -> tuple | None:
 REQUIRED_KEYS = (BundleKeys.FORMAT_VERSION, BundleKeys.MODEL_ID, BundleKeys.BACKBONE, BundleKeys.WEIGHTS,
                  BundleKeys.WEIGHTS_SHA256, BundleKeys.IMAGE_SIZE, BundleKeys.FEATURE_DIM, BundleKeys.MAX_LENGTH,
                  BundleKeys.VOCAB_SIZE, BundleKeys.DECODING)
+
+
+def inference_backend(config: dict) -> str:
+    """The backend of the features the bundle was trained on; the caption job's default for it."""
+    return config.get(BundleKeys.INFERENCE_BACKEND) or "keras"
 
 
 def check_config(config: dict, source: str) -> dict:

@@ -72,7 +72,8 @@ class MetadataKeys:
     WEIGHTS_SHA256 = "weights_sha256"
     IMAGE_SIZE = "image_size"
     PREPROCESSING = "preprocessing"
-    INFERENCE_BACKEND = "inference_backend"  # keras | openvino | openvino-f32 (same weights, other arithmetic)
+    INFERENCE_BACKEND = "inference_backend"  # keras | openvino | openvino-f32 | openvino-int8 (same weights)
+    INT8_MODEL = "int8_model"  # openvino-int8: its quantization.json (calibration set, bin_sha256); else absent
     FORMAT_VERSION = "format_version"
 
 

@@ -65,11 +65,12 @@ def requires_flickr8k():
 @pytest.fixture(scope="session")
 def sample_features(sample_dataset, tmp_path_factory):
     """The extract job's output for the sample dataset (random-init Xception at 71 px, min word count 1), with the
-    full 3x3 spatial grids."""
+    full 3x3 spatial grids; Keras features (the reference the other backends are compared with)."""
     from beam_jobs import extract_features
     return built_once(tmp_path_factory, "sample_features", lambda output_dir: extract_features.run(
         ["--dataset_dir", sample_dataset, "--output_dir", output_dir, "--weights", "none",
-         "--image_size", str(TEST_IMAGE_SIZE), "--min_word_count", "1", "--spatial_grid", "full"],
+         "--image_size", str(TEST_IMAGE_SIZE), "--min_word_count", "1", "--spatial_grid", "full",
+         "--inference_backend", "keras"],
         test_pipeline=local_test_pipeline()))
 
 

@@ -87,6 +87,9 @@ class FakeCaptionHandler(ModelHandler[np.ndarray, tuple, _Loaded]):
 class FakeModels(Models):
     """Both jobs' models, faked: launch checks without building anything, handlers without TensorFlow."""
 
+    def auto_backend(self):
+        return "keras"  # the fakes compute no real features
+
     def feature_weights(self, backbone, weights, image_size):
         from beam_jobs.inference import ExtractorInfo
         return ExtractorInfo(FAKE_WEIGHTS_SHA256, FAKE_FEATURE_DIM, GRID)

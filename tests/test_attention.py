@@ -74,7 +74,7 @@ def test_extract_job_pools_the_grid_and_checks_its_size(sample_dataset, sample_f
     from beam_jobs import extract_features
     out = str(tmp_path / "pooled")
     extract_features.run(["--dataset_dir", sample_dataset, "--output_dir", out, "--weights", "none",
-                          "--image_size", str(TEST_IMAGE_SIZE), "--spatial_grid", "2"],
+                          "--image_size", str(TEST_IMAGE_SIZE), "--spatial_grid", "2", "--inference_backend", "keras"],
                          test_pipeline=local_test_pipeline())
     from trainer import data
     metadata = data.read_metadata(out)

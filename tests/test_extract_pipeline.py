@@ -23,8 +23,9 @@ from tests.conftest import REPO_ROOT, TEST_IMAGE_SIZE, local_test_pipeline
 
 
 def _argv(dataset_dir, output_dir, *extra):
+    """The flags of `sample_features` (Keras features: the default int8 path has its own tests)."""
     return ["--dataset_dir", dataset_dir, "--output_dir", output_dir, "--weights", "none",
-            "--image_size", str(TEST_IMAGE_SIZE), "--min_word_count", "1", *extra]
+            "--image_size", str(TEST_IMAGE_SIZE), "--min_word_count", "1", "--inference_backend", "keras", *extra]
 
 
 def _token_captions(dataset_dir):

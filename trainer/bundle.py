@@ -4,7 +4,7 @@ import os
 import tempfile
 
 from schemas import backbones, bundle as bundle_schema
-from schemas import fileio
+from schemas import fileio, int8_model as int8_schema
 from schemas.bundle import BundleKeys, DecodingKeys
 from schemas.records import MetadataKeys
 from schemas.vocabulary import VOCAB_FILE, Vocabulary
@@ -13,9 +13,11 @@ DEFAULT_DECODING = {DecodingKeys.BEAM_WIDTH: 3, DecodingKeys.LENGTH_PENALTY: 0.0
 
 
 def export_bundle(model_dir: str, decoder, vocabulary: Vocabulary, metadata: dict, training: dict,
-                  decoding: dict | None = None) -> dict:
+                  decoding: dict | None = None, int8_source: str | None = None) -> dict:
     """Writes decoder.keras, vocab.txt and bundle.json into model_dir; returns the config. The decoder's kind
-    (merge or attention) is read from the model itself."""
+    (merge or attention) is read from the model itself. Features from the int8 backend (``metadata``'s
+    inference_backend): the int8 extractor in ``int8_source`` is copied into the bundle (``extractor_int8/``), so
+    that the caption job computes the features the decoder was trained on."""
     from trainer import attention
     fileio.makedirs(model_dir)
     with tempfile.TemporaryDirectory() as scratch:
@@ -44,8 +46,18 @@ def export_bundle(model_dir: str, decoder, vocabulary: Vocabulary, metadata: dic
         else bundle_schema.MERGE_DECODER,
         BundleKeys.GRID_SHAPE: metadata[MetadataKeys.GRID_SHAPE] if attention.is_attention_decoder(decoder) else None,
         BundleKeys.DECODING: dict(decoding or DEFAULT_DECODING),
+        BundleKeys.INFERENCE_BACKEND: metadata.get(MetadataKeys.INFERENCE_BACKEND) or "keras",
         BundleKeys.TRAINING: training,
     }
+    if config[BundleKeys.INFERENCE_BACKEND] == INT8_BACKEND:
+        if not int8_source:
+            raise ValueError("features from the int8 backend, and no int8 extractor to put in the bundle")
+        config[BundleKeys.INT8_MODEL] = metadata.get(MetadataKeys.INT8_MODEL)
+        copy_int8_model(int8_source, fileio.join(model_dir, bundle_schema.INT8_DIR))
+        info = int8_schema.read_info(fileio.join(model_dir, bundle_schema.INT8_DIR))
+        if info["weights_sha256"] != config[BundleKeys.WEIGHTS_SHA256]:
+            raise ValueError(f"{int8_source} was quantized from other weights than the features' "
+                             f"({info['weights_sha256'][:12]} vs {config[BundleKeys.WEIGHTS_SHA256][:12]})")
     fileio.write_json(fileio.join(model_dir, bundle_schema.CONFIG_FILE), config)
     return config
 
@@ -77,6 +89,20 @@ def _check_decoder_matches(model, config: dict, model_dir: str) -> None:
     if problems:
         raise ValueError(f"{model_dir}: decoder.keras does not match bundle.json ({'; '.join(problems)}): a "
                          "damaged or hand-assembled bundle; export it again with trainer.task")
+
+
+INT8_BACKEND = "openvino-int8"
+
+
+def copy_int8_model(source: str, target: str) -> None:
+    """Copies an int8 extractor directory (extractor.xml/.bin, quantization.json) between any filesystems."""
+    import tensorflow as tf
+    int8_schema.read_info(source)  # a complete one, or a clear error
+    if source.rstrip("/") == target.rstrip("/"):
+        return
+    fileio.makedirs(target)
+    for name in (int8_schema.MODEL_XML, int8_schema.MODEL_BIN, int8_schema.INFO_FILE):
+        tf.io.gfile.copy(fileio.join(source, name), fileio.join(target, name), overwrite=True)
 
 
 class Bundle:
@@ -118,6 +144,22 @@ class Bundle:
     def members(self) -> list:
         return [self]
 
+    @property
+    def inference_backend(self) -> str:
+        """The extractor backend of the features it was trained on (keras, or openvino-int8 with `int8_model`)."""
+        return bundle_schema.inference_backend(self.config)
+
+    @property
+    def int8_model(self) -> str | None:
+        """The int8 extractor inside the bundle (openvino-int8 bundles), else None."""
+        if self.inference_backend != INT8_BACKEND:
+            return None
+        path = fileio.join(self.model_dir, bundle_schema.INT8_DIR)
+        if not fileio.exists(fileio.join(path, int8_schema.INFO_FILE)):
+            raise ValueError(f"{self.model_dir}: bundle.json says its features came from the int8 backend, and "
+                             f"{bundle_schema.INT8_DIR}/ is missing or incomplete: copy the whole bundle directory")
+        return path
+
     def decoding_for(self, beam_width: int | None = None, length_penalty: float | None = None) -> tuple[int, float]:
         """(beam width, length penalty): the ones given, else the bundle's defaults."""
         return (beam_width or self.decoding[DecodingKeys.BEAM_WIDTH],
@@ -146,6 +188,12 @@ class Ensemble(Bundle):
                     raise ValueError(f"{member.model_dir} and {first.model_dir} differ in {key} "
                                      f"({member.config[key]} vs {first.config[key]}): an ensemble's bundles must be "
                                      "trained on the same features")
+            mine, theirs = ((bundle.inference_backend, (bundle.config.get(BundleKeys.INT8_MODEL) or {}).get(
+                "bin_sha256")) for bundle in (member, first))
+            if mine != theirs:
+                raise ValueError(f"{member.model_dir} and {first.model_dir} were trained on features of different "
+                                 f"extractors ({mine[0]} vs {theirs[0]}{', other int8 models' if mine[0] == theirs[0] else ''}"
+                                 "): an ensemble's bundles must be trained on the same features")
             if member.vocabulary.tokens != first.vocabulary.tokens:
                 raise ValueError(f"{member.model_dir} and {first.model_dir} have different vocabularies: an "
                                  "ensemble's bundles must be trained on the same records")

@@ -22,9 +22,10 @@ from trainer import cli
 
 
 class FeatureExtractor:
-    """The bundle's backbone, checked against the weights the decoder was trained on."""
+    """The bundle's backbone, checked against the weights the decoder was trained on; for a bundle trained on int8
+    features (``int8_model``: its extractor_int8/), that int8 model through OpenVINO, as the caption job runs it."""
 
-    def __init__(self, config: dict, weights_override: str | None = None):
+    def __init__(self, config: dict, weights_override: str | None = None, int8_model: str | None = None):
         from schemas.bundle import grid_shape
         from trainer.bundle import check_feature_weights, feature_weights_for
         self.backbone = backbones.get_backbone(config[BundleKeys.BACKBONE])
@@ -34,10 +35,16 @@ class FeatureExtractor:
         self.model = backbones.build_feature_extractor(self.backbone, weights, self.image_size,
                                                        spatial=self.grid is not None)
         check_feature_weights(config, backbones.weights_digest(self.model), weights)
+        self._run = self.model.predict_on_batch
+        if int8_model:
+            from beam_jobs.inference import _OpenVinoExtractor, load_int8_model
+            network, digest = load_int8_model(int8_model, self.backbone.name, self.image_size,
+                                              config[BundleKeys.WEIGHTS_SHA256])
+            self._run = _OpenVinoExtractor(network, digest, None, outputs=2 if self.grid else 1)
 
     def __call__(self, pixels: np.ndarray):
         """Pooled vectors [B, D], or `records.SpatialFeatures` for a bundle that reads grids."""
-        outputs = self.model.predict_on_batch(backbones.preprocess(self.backbone, pixels))
+        outputs = self._run(backbones.preprocess(self.backbone, pixels))
         if self.grid is None:
             return outputs
         vectors, maps = outputs
@@ -52,7 +59,7 @@ def caption_files(paths: list[str], model_dir, beam_width: int | None = None, we
     bundle = load_bundles(model_dir)
     if attention_png and not bundle.grid_shape:
         raise ValueError("--attention_png needs an attention bundle (trainer.task --decoder attention)")
-    extractor = FeatureExtractor(bundle.config, weights)
+    extractor = FeatureExtractor(bundle.config, weights, bundle.int8_model)
     names = _picture_names(paths) if attention_png else {}
     beam_width, length_penalty = bundle.decoding_for(beam_width)
     from tqdm import tqdm

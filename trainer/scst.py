@@ -231,7 +231,9 @@ def train(args: argparse.Namespace) -> dict:
         MetadataKeys.WEIGHTS: initial.config["weights"], MetadataKeys.IMAGE_SIZE: initial.config["image_size"],
         MetadataKeys.PREPROCESSING: initial.config["preprocessing"],
         MetadataKeys.FEATURE_DIM: initial.config["feature_dim"], MetadataKeys.MAX_LENGTH: initial.config["max_length"],
-        MetadataKeys.GRID_SHAPE: list(initial.grid_shape)}, training, decoding=initial.decoding)
+        MetadataKeys.GRID_SHAPE: list(initial.grid_shape), MetadataKeys.INFERENCE_BACKEND: initial.inference_backend,
+        MetadataKeys.INT8_MODEL: initial.config.get("int8_model")}, training, decoding=initial.decoding,
+        int8_source=initial.int8_model)
     os.remove(best_path)
     logging.info("best dev CIDEr-D (greedy) %.4f at SCST epoch %d; bundle %s written to %s", best, best_epoch,
                  config["model_id"], args.model_dir)

@@ -22,7 +22,7 @@ import sys
 import time
 import warnings
 
-from schemas import fileio
+from schemas import bundle as bundle_schema, fileio
 from schemas.bundle import DecodingKeys
 from schemas.records import MetadataKeys
 from schemas.vocabulary import VOCAB_FILE, Vocabulary
@@ -373,7 +373,8 @@ def train(args: argparse.Namespace) -> dict:
     }
     config_written = bundle_lib.export_bundle(
         args.model_dir, decoder, vocabulary, metadata, training,
-        decoding={DecodingKeys.BEAM_WIDTH: args.beam_width, DecodingKeys.LENGTH_PENALTY: args.length_penalty})
+        decoding={DecodingKeys.BEAM_WIDTH: args.beam_width, DecodingKeys.LENGTH_PENALTY: args.length_penalty},
+        int8_source=fileio.join(args.data_dir, bundle_schema.INT8_DIR))
     logging.info("best %s %.4f at epoch %s of %d; median %.1f s/epoch, %.0f captions/s\nbundle %s written to %s",
                  monitor, best_model.state["best"], best_epoch, len(history), training["median_epoch_seconds"],
                  training["median_captions_per_second"], config_written["model_id"], args.model_dir)
