@@ -129,7 +129,9 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--attention_maps", action="store_true",
                         help="attention bundles: store each caption's attention weights per word over the grid in the "
                              "rows' attention column (about 5 KB per image at 10x10), for imcap-gallery's pictures")
-    parser.add_argument("--decode_batch_size", type=runtime.positive_int, default=128, help="caption batch bound")
+    parser.add_argument("--decode_batch_size", type=runtime.positive_int, default=128,
+                        help="images per decoding batch (the last of a bundle may be smaller); larger batches decode "
+                             "faster per image (BENCHMARKS.md §12)")
     parser.add_argument("--num_shards", type=runtime.non_negative_int, default=0,
                         help="Parquet shards of caption rows (0: the runner decides)")
     parser.add_argument("--checkpoint_rows", type=runtime.positive_int, default=DEFAULT_CHECKPOINT_ROWS,
@@ -254,7 +256,8 @@ def build_pipeline(pipeline: beam.Pipeline, config: CaptionConfig) -> None:
                     backend=config.inference_backend, grid=config.grid, int8_model=config.int8_model))
                 | "Captions" >> GenerateCaptions(config.models.caption_handler(
                     config.model_dirs, config.beam_width, config.length_penalty,
-                    max_batch_size=config.decode_batch_size, attention_maps=config.attention_maps), config.model_id))
+                    min_batch_size=config.decode_batch_size, max_batch_size=config.decode_batch_size,
+                    attention_maps=config.attention_maps), config.model_id))
     errors = (selected.errors, prepared.errors) | "AllErrors" >> beam.Flatten()
     _ = (captions, errors) | "Write" >> WriteCaptionOutputs(
         config.output, config.run_number, config.num_shards, config.checkpoint_rows, config.existing)
