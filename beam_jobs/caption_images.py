@@ -169,9 +169,17 @@ def _backend_for(args: argparse.Namespace, bundle) -> tuple[str, str | None]:
     """(feature backend, int8 model directory or None): --inference_backend auto follows the bundle's training
     features, so that the decoder sees the features it was trained on."""
     trained_on = bundle.inference_backend
-    backend = trained_on if args.inference_backend == AUTO_BACKEND else args.inference_backend
+    backend = args.inference_backend
+    if backend == AUTO_BACKEND:
+        backend = INT8_BACKEND if args.int8_model else trained_on
     check_backend(backend, args.int8_model)
     int8_model = args.int8_model
+    if int8_model and trained_on == INT8_BACKEND:
+        from schemas import int8_model as int8_schema
+        given = int8_schema.read_info(int8_model).get("bin_sha256")
+        if given != (bundle.config.get("int8_model") or {}).get("bin_sha256"):
+            logging.warning("--int8_model %s is not the int8 model %s was trained with (bin sha256 %s): its features "
+                            "differ from the training ones", int8_model, bundle.model_id, str(given)[:12])
     if backend == INT8_BACKEND and not int8_model:
         int8_model = bundle.int8_model
         if not int8_model:

@@ -21,6 +21,7 @@ Runner: `beam_jobs.runtime.LocalRunner` unless ``--runner`` says otherwise; ever
 """
 import argparse
 import logging
+import os
 import posixpath
 import re
 import sys
@@ -122,7 +123,13 @@ def _grid_flag(text: str) -> str | int:
     return value
 
 
-def _existing_outputs(output_dir: str, splits) -> list[str]:
+def _same_path(first: str, second: str) -> bool:
+    if "://" in first or "://" in second:
+        return first.rstrip("/") == second.rstrip("/")
+    return os.path.realpath(first) == os.path.realpath(second)
+
+
+def _existing_outputs(output_dir: str, splits, keep: str | None = None) -> list[str]:
     """The files an earlier run of this job wrote in ``output_dir``: record shards of these splits (by their exact
     name pattern), metadata.json, vocab.txt, errors.parquet and extractor_int8/. Nothing else there is touched."""
     shard = re.compile(r"(?:" + "|".join(re.escape(split) for split in splits) + r")-\d{5}-of-\d{5}"
@@ -131,8 +138,9 @@ def _existing_outputs(output_dir: str, splits) -> list[str]:
              if shard.fullmatch(posixpath.basename(path))]
     for name in (records.METADATA_FILE, VOCAB_FILE, records.ERRORS_FILE):
         found.extend(schema_fileio.glob(schema_fileio.join(output_dir, name)))
-    for name in (int8_schema.MODEL_XML, int8_schema.MODEL_BIN, int8_schema.INFO_FILE):
-        found.extend(schema_fileio.glob(schema_fileio.join(output_dir, INT8_DIR, name)))
+    if not (keep and _same_path(keep, schema_fileio.join(output_dir, INT8_DIR))):  # --int8_model there: an input
+        for name in (int8_schema.MODEL_XML, int8_schema.MODEL_BIN, int8_schema.INFO_FILE):
+            found.extend(schema_fileio.glob(schema_fileio.join(output_dir, INT8_DIR, name)))
     return found
 
 
@@ -150,7 +158,7 @@ def prepare(args: argparse.Namespace, models: Models = MODELS) -> ExtractConfig:
         raise ValueError(f"the vocabulary is built from the '{VOCAB_SPLIT}' split, and there is none (splits: "
                          f"{', '.join(layout.split_files)}); add --split_file {VOCAB_SPLIT}=PATH or pass --vocab_file")
 
-    existing = _existing_outputs(args.output_dir, layout.split_files)
+    existing = _existing_outputs(args.output_dir, layout.split_files, keep=args.int8_model)
     if existing and not args.overwrite:
         raise ValueError(f"--output_dir {args.output_dir} already holds the output of a run ({len(existing)} files, "
                          f"e.g. {posixpath.basename(existing[0])}); pass --overwrite to replace it or pick another")
@@ -160,6 +168,8 @@ def prepare(args: argparse.Namespace, models: Models = MODELS) -> ExtractConfig:
     backbones.check_image_size(backbone, image_size)
     backbones.check_weights_spec(args.weights)
     backend = args.inference_backend
+    if backend == AUTO_BACKEND and args.int8_model:
+        backend = INT8_BACKEND  # a given int8 model needs OpenVINO only
     if backend == AUTO_BACKEND:
         backend = models.auto_backend()
         logging.info("--inference_backend auto: %s", backend if backend != INT8_BACKEND else
@@ -176,20 +186,30 @@ def prepare(args: argparse.Namespace, models: Models = MODELS) -> ExtractConfig:
                  args.weights, digest[:12], image_size, image_size, feature_dim,
                  f", and a {grid}x{grid} grid of its {map_size}x{map_size} map "
                  f"({grid * grid * feature_dim * 2:,} bytes per image)" if grid else "")
-    for path in existing:  # only now that every check has passed
-        FileSystems.delete([path])
     int8_model = int8_info = None
+    calibrate = backend == INT8_BACKEND and not args.int8_model
+    if calibrate:
+        if VOCAB_SPLIT not in layout.split_files:  # never calibrate on photos a model is evaluated on
+            raise ValueError(f"there is no {VOCAB_SPLIT} split to calibrate the int8 model on: pass --int8_model "
+                             "(the extractor_int8/ of the records the model was trained on) or --inference_backend "
+                             "keras")
+        if not quantize.available():
+            raise ValueError("--inference_backend openvino-int8 without --int8_model calibrates an int8 model, which "
+                             "needs NNCF: pip install nncf (or pass --int8_model)")
+    int8_target = schema_fileio.join(args.output_dir, INT8_DIR)
+    reusing = bool(args.int8_model) and _same_path(args.int8_model, int8_target)
+    for path in existing:  # only now that every check has passed (an --int8_model in OUTPUT_DIR is not among them)
+        FileSystems.delete([path])
     if backend == INT8_BACKEND:  # the records directory carries the int8 model its features came from
-        int8_model = schema_fileio.join(args.output_dir, INT8_DIR)
-        if args.int8_model:
+        int8_model = int8_target
+        if args.int8_model and not reusing:
             from trainer.bundle import copy_int8_model
             copy_int8_model(args.int8_model, int8_model)
-        else:
-            split = VOCAB_SPLIT if VOCAB_SPLIT in layout.split_files else next(iter(layout.split_files))
+        elif calibrate:
             models.quantize(int8_model, backbone, args.weights, image_size,
                             [schema_fileio.join(layout.images_dir, name)
-                             for name in dataset.read_split_list(layout.split_files[split])],
-                            f"{split} split of the dataset", args.int8_calibration_images)
+                             for name in dataset.read_split_list(layout.split_files[VOCAB_SPLIT])],
+                            f"{VOCAB_SPLIT} split of the dataset", args.int8_calibration_images)
         int8_info = check_int8_model(int8_model, backbone.name, image_size, digest)
     return ExtractConfig(layout=layout, output_dir=args.output_dir, backbone=backbone.name, weights=args.weights,
                          weights_sha256=digest, image_size=image_size, feature_dim=feature_dim,

@@ -159,8 +159,10 @@ def load_int8_model(int8_model: str, backbone: str, image_size: int, weights_sha
 
     from schemas import int8_model as int8_schema
     info = check_int8_model(int8_model, backbone, image_size, weights_sha256)
-    network = openvino.Core().read_model(localize(fileio.join(int8_model, int8_schema.MODEL_XML)),
-                                         localize(fileio.join(int8_model, int8_schema.MODEL_BIN)))
+    weights_file = localize(fileio.join(int8_model, int8_schema.MODEL_BIN))
+    with open(weights_file, "rb") as handle:
+        int8_schema.check_bin(handle.read(), info, int8_model)
+    network = openvino.Core().read_model(localize(fileio.join(int8_model, int8_schema.MODEL_XML)), weights_file)
     return network, info["weights_sha256"]
 
 

@@ -12,7 +12,7 @@ refuse it for other weights), the calibration set (its size, where it came from,
 them), the photos that could not be used and why, and the NNCF/OpenVINO versions.
 
 The calibration photos are a seeded sample of the dataset's ``--split`` (default train: never the photos a model
-is evaluated on) or of the files ``--images`` matches (globs or directories on any Beam filesystem). Quantization
+is evaluated on) or of the files ``--images`` matches (globs on any Beam filesystem, or local directories). Quantization
 reads each photo once; 300 photos take about 45 s on 2 cores (BENCHMARKS.md §12).
 """
 import argparse
@@ -128,7 +128,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset_dir", help="calibrate on a sample of this dataset's --split (Flickr8k layout)")
     source.add_argument("--images", action="append",
-                        help="calibrate on a sample of these image files (glob or directory; repeat it)")
+                        help="calibrate on a sample of these image files (a glob on any filesystem, or a local "
+                             "directory; repeat it)")
     parser.add_argument("--split", default="train", help="with --dataset_dir: the split to sample (default train)")
     parser.add_argument("--output_dir", required=True, help="where extractor.xml/.bin and quantization.json go")
     parser.add_argument("--weights", default=backbones.IMAGENET,

@@ -12,7 +12,7 @@ def read_info(model_dir: str) -> dict:
     """quantization.json of an int8 model directory, checked; raises ValueError saying what is wrong."""
     path = fileio.join(model_dir, INFO_FILE)
     if not fileio.exists(path):
-        raise ValueError(f"--int8_model {model_dir}: no {INFO_FILE} there; write the int8 model with "
+        raise ValueError(f"{model_dir}: no {INFO_FILE} there, so no int8 model; write one with "
                          "python -m beam_jobs.quantize")
     try:
         info = fileio.read_json(path)
@@ -27,8 +27,17 @@ def read_info(model_dir: str) -> dict:
                          f"reads format {FORMAT_VERSION} with outputs {list(OUTPUTS)}: quantize again")
     for name in (MODEL_XML, MODEL_BIN):
         if not fileio.exists(fileio.join(model_dir, name)):
-            raise ValueError(f"--int8_model {model_dir}: {name} is missing")
+            raise ValueError(f"{model_dir}: {name} is missing (an incomplete int8 model directory)")
     return info
+
+
+def check_bin(data: bytes, info: dict, model_dir: str) -> None:
+    """extractor.bin must be the one quantization.json describes (not a file from another quantization)."""
+    import hashlib
+    digest = hashlib.sha256(data).hexdigest()
+    if info.get("bin_sha256") and digest != info["bin_sha256"]:
+        raise ValueError(f"{model_dir}: {MODEL_BIN} (sha256 {digest[:12]}) is not the one its {INFO_FILE} describes "
+                         f"({info['bin_sha256'][:12]}): files of two int8 models were mixed; copy the directory whole")
 
 
 def check_matches(info: dict, model_dir: str, backbone: str, image_size: int, weights_sha256: str) -> None:

@@ -177,7 +177,7 @@ def test_int8_flags_fail_fast_with_what_to_do(int8_model, other_weights, sample_
     with pytest.raises(ValueError, match="quantized from another extractor.*image size 71, not 80"):
         extract_features.run(base[:-5] + ["80", "--min_word_count", "1", "--inference_backend", "openvino-int8",
                                           "--weights", "none", "--int8_model", int8_model[0]])
-    with pytest.raises(ValueError, match="no quantization.json there; write the int8 model with"):
+    with pytest.raises(ValueError, match="no quantization.json there, so no int8 model; write one with"):
         extract_features.run(base + ["--weights", "none", "--int8_model", str(tmp_path)])
     assert not os.path.exists(tmp_path / "out")  # refused before anything was written
     with pytest.raises(quantize.QuantizationError, match="matches no image file"):
@@ -265,3 +265,48 @@ def test_the_default_path_is_int8_from_extract_to_caption(sample_dataset, sample
     with pytest.raises(ValueError, match="already holds the output of a run"):
         extract_features.run(["--dataset_dir", sample_dataset, "--output_dir", features, "--weights", "none",
                               "--image_size", str(TEST_IMAGE_SIZE)])
+
+
+def test_an_int8_model_kept_in_the_output_directory_is_an_input_not_an_output(int8_model, sample_dataset,
+                                                                                sample_features, tmp_path):
+    """imcap-quantize --output_dir OUT/extractor_int8, then the extract job into OUT with that model: nothing of
+    it is deleted, with or without --overwrite; an extractor_int8/ left there by a run is an output (refused)."""
+    import shutil
+    from schemas import bundle as bundle_schema, fileio, int8_model as int8_schema
+    from trainer import task
+    out = tmp_path / "out"
+    shutil.copytree(int8_model[0], out / bundle_schema.INT8_DIR)
+    argv = ["--dataset_dir", sample_dataset, "--output_dir", str(out), "--weights", "none", "--image_size",
+            str(TEST_IMAGE_SIZE), "--min_word_count", "1", "--int8_model", str(out / bundle_schema.INT8_DIR)]
+    for extra in ([], ["--overwrite"]):  # auto with --int8_model: int8
+        extract_features.run(argv + extra, test_pipeline=local_test_pipeline())
+        metadata = fileio.read_json(str(out / records.METADATA_FILE))
+        assert metadata[records.MetadataKeys.INT8_MODEL]["bin_sha256"] == int8_model[1]["bin_sha256"]
+        if not extra:
+            for name in os.listdir(out):  # the outputs of the run, except the model, for the next round
+                if name != bundle_schema.INT8_DIR:
+                    os.remove(out / name)
+    with pytest.raises(ValueError, match="already holds the output of a run"):
+        extract_features.run(argv[:-2] + ["--output_dir", str(out)])  # extractor_int8/ not given: an output
+    # A damaged copy: the bin of another model is named, at training (before any epoch) and on a worker.
+    damaged = tmp_path / "damaged"
+    shutil.copytree(int8_model[0], damaged)
+    (damaged / int8_schema.MODEL_BIN).write_bytes((damaged / int8_schema.MODEL_BIN).read_bytes()[:-4] + b"\0\0\0\0")
+    from beam_jobs.inference import FeatureExtractorHandler
+    with pytest.raises(ValueError, match="is not the one its quantization.json describes"):
+        FeatureExtractorHandler("xception", "none", TEST_IMAGE_SIZE, backend="openvino-int8",
+                                int8_model=str(damaged)).load_model()
+    shutil.rmtree(out / bundle_schema.INT8_DIR)
+    with pytest.raises(ValueError, match="no quantization.json there"):
+        task.train(task.parse_args(["--data_dir", str(out), "--model_dir", str(tmp_path / "m"), "--epochs", "1"]))
+    assert not os.path.exists(tmp_path / "m" / "bundle.json")
+
+
+def test_the_int8_model_is_never_calibrated_on_an_evaluation_split(sample_dataset, sample_features, tmp_path):
+    from beam_jobs.dataset import resolve_layout
+    layout = resolve_layout(sample_dataset)
+    with pytest.raises(ValueError, match="no train split to calibrate the int8 model on: pass --int8_model"):
+        extract_features.run(["--dataset_dir", sample_dataset, "--output_dir", str(tmp_path / "o"), "--weights",
+                              "none", "--image_size", str(TEST_IMAGE_SIZE), "--split_file",
+                              f"test={layout.split_files['test']}", "--vocab_file",
+                              os.path.join(sample_features, "vocab.txt")])

@@ -12,6 +12,19 @@ from schemas.vocabulary import VOCAB_FILE, Vocabulary
 DEFAULT_DECODING = {DecodingKeys.BEAM_WIDTH: 3, DecodingKeys.LENGTH_PENALTY: 0.0}
 
 
+def check_int8_source(int8_source: str, metadata: dict) -> None:
+    """Before training on int8 records: their int8 model must be there, complete, of the records' weights and the
+    one metadata.json names (the bundle will carry it)."""
+    info = int8_schema.read_info(int8_source)
+    recorded = (metadata.get(MetadataKeys.INT8_MODEL) or {}).get("bin_sha256")
+    if info["weights_sha256"] != metadata[MetadataKeys.WEIGHTS_SHA256]:
+        raise ValueError(f"{int8_source} was quantized from other weights than the features' "
+                         f"({info['weights_sha256'][:12]} vs {metadata[MetadataKeys.WEIGHTS_SHA256][:12]})")
+    if recorded and info.get("bin_sha256") != recorded:
+        raise ValueError(f"{int8_source} is not the int8 model the features came from (bin sha256 "
+                         f"{str(info.get('bin_sha256'))[:12]}, metadata says {recorded[:12]})")
+
+
 def export_bundle(model_dir: str, decoder, vocabulary: Vocabulary, metadata: dict, training: dict,
                   decoding: dict | None = None, int8_source: str | None = None) -> dict:
     """Writes decoder.keras, vocab.txt and bundle.json into model_dir; returns the config. The decoder's kind
@@ -19,6 +32,11 @@ def export_bundle(model_dir: str, decoder, vocabulary: Vocabulary, metadata: dic
     inference_backend): the int8 extractor in ``int8_source`` is copied into the bundle (``extractor_int8/``), so
     that the caption job computes the features the decoder was trained on."""
     from trainer import attention
+    int8 = (metadata.get(MetadataKeys.INFERENCE_BACKEND) or "keras") == INT8_BACKEND
+    if int8:  # checked before any file of the bundle is written
+        if not int8_source:
+            raise ValueError("features from the int8 backend, and no int8 extractor to put in the bundle")
+        check_int8_source(int8_source, metadata)
     fileio.makedirs(model_dir)
     with tempfile.TemporaryDirectory() as scratch:
         local = os.path.join(scratch, bundle_schema.DECODER_FILE)
@@ -49,15 +67,9 @@ def export_bundle(model_dir: str, decoder, vocabulary: Vocabulary, metadata: dic
         BundleKeys.INFERENCE_BACKEND: metadata.get(MetadataKeys.INFERENCE_BACKEND) or "keras",
         BundleKeys.TRAINING: training,
     }
-    if config[BundleKeys.INFERENCE_BACKEND] == INT8_BACKEND:
-        if not int8_source:
-            raise ValueError("features from the int8 backend, and no int8 extractor to put in the bundle")
+    if int8:
         config[BundleKeys.INT8_MODEL] = metadata.get(MetadataKeys.INT8_MODEL)
         copy_int8_model(int8_source, fileio.join(model_dir, bundle_schema.INT8_DIR))
-        info = int8_schema.read_info(fileio.join(model_dir, bundle_schema.INT8_DIR))
-        if info["weights_sha256"] != config[BundleKeys.WEIGHTS_SHA256]:
-            raise ValueError(f"{int8_source} was quantized from other weights than the features' "
-                             f"({info['weights_sha256'][:12]} vs {config[BundleKeys.WEIGHTS_SHA256][:12]})")
     fileio.write_json(fileio.join(model_dir, bundle_schema.CONFIG_FILE), config)
     return config
 
@@ -103,6 +115,13 @@ def copy_int8_model(source: str, target: str) -> None:
     fileio.makedirs(target)
     for name in (int8_schema.MODEL_XML, int8_schema.MODEL_BIN, int8_schema.INFO_FILE):
         tf.io.gfile.copy(fileio.join(source, name), fileio.join(target, name), overwrite=True)
+
+
+def int8_identity(bundle) -> str | None:
+    """"int8 <bin sha256>" for a bundle trained on int8 features, None for float ones."""
+    if bundle.inference_backend != INT8_BACKEND:
+        return None
+    return "int8 " + str((bundle.config.get(BundleKeys.INT8_MODEL) or {}).get("bin_sha256"))[:12]
 
 
 class Bundle:
@@ -188,12 +207,11 @@ class Ensemble(Bundle):
                     raise ValueError(f"{member.model_dir} and {first.model_dir} differ in {key} "
                                      f"({member.config[key]} vs {first.config[key]}): an ensemble's bundles must be "
                                      "trained on the same features")
-            mine, theirs = ((bundle.inference_backend, (bundle.config.get(BundleKeys.INT8_MODEL) or {}).get(
-                "bin_sha256")) for bundle in (member, first))
-            if mine != theirs:
+            mine, theirs = (int8_identity(bundle) for bundle in (member, first))
+            if mine != theirs:  # Keras and OpenVINO float features are interchangeable (cosine >= 0.999); int8 not
                 raise ValueError(f"{member.model_dir} and {first.model_dir} were trained on features of different "
-                                 f"extractors ({mine[0]} vs {theirs[0]}{', other int8 models' if mine[0] == theirs[0] else ''}"
-                                 "): an ensemble's bundles must be trained on the same features")
+                                 f"extractors ({mine or 'float'} vs {theirs or 'float'}): an ensemble's bundles "
+                                 "must be trained on the same features")
             if member.vocabulary.tokens != first.vocabulary.tokens:
                 raise ValueError(f"{member.model_dir} and {first.model_dir} have different vocabularies: an "
                                  "ensemble's bundles must be trained on the same records")

@@ -253,6 +253,8 @@ def train(args: argparse.Namespace) -> dict:
                                      ("--cache_dir", args.cache_dir, None)):
             if value != default:
                 raise ValueError(f"{flag} is for --decoder attention; the merge decoder has no use for it")
+    if metadata.get(MetadataKeys.INFERENCE_BACKEND) == bundle_lib.INT8_BACKEND:  # before hours of training
+        bundle_lib.check_int8_source(fileio.join(args.data_dir, bundle_schema.INT8_DIR), metadata)
     _, train_pairs = data.split_sizes(metadata, args.train_split)
     if train_pairs == 0:
         raise ValueError(f"the {args.train_split} split of {args.data_dir} has no captions")
