@@ -544,3 +544,16 @@ def test_scst_fine_tunes_an_attention_bundle_on_dev_cider(tiny_grid_records, tmp
                                     "--verbose", "0", "--units", "8", "--embedding_dim", "8", "--decoder", "merge"]))
         scst.train(scst.parse_args(["--data_dir", tiny_grid_records, "--init_model_dir", merge,
                                     "--model_dir", str(tmp_path / "x")]))
+    # Records of another extractor (here: claiming int8 features) would give a bundle labelled with an extractor
+    # it was not fine-tuned on.
+    import shutil
+    from schemas import fileio
+    int8_records = str(tmp_path / "int8_records")
+    shutil.copytree(tiny_grid_records, int8_records)
+    metadata = fileio.read_json(os.path.join(int8_records, records.METADATA_FILE))
+    metadata.update({records.MetadataKeys.INFERENCE_BACKEND: "openvino-int8",
+                     records.MetadataKeys.INT8_MODEL: {"bin_sha256": "0" * 64}})
+    fileio.write_json(os.path.join(int8_records, records.METADATA_FILE), metadata)
+    with pytest.raises(ValueError, match="holds int8 features and .* was trained on float features"):
+        scst.train(scst.parse_args(["--data_dir", int8_records, "--init_model_dir", initial,
+                                    "--model_dir", str(tmp_path / "y")]))
