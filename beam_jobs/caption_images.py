@@ -177,7 +177,7 @@ def _backend_for(args: argparse.Namespace, bundle) -> tuple[str, str | None]:
     if int8_model and trained_on == INT8_BACKEND:
         from schemas import int8_model as int8_schema
         given = int8_schema.read_info(int8_model).get("bin_sha256")
-        if given != (bundle.config.get("int8_model") or {}).get("bin_sha256"):
+        if given != int8_schema.identity(bundle.config):
             logging.warning("--int8_model %s is not the int8 model %s was trained with (bin sha256 %s): its features "
                             "differ from the training ones", int8_model, bundle.model_id, str(given)[:12])
     if backend == INT8_BACKEND and not int8_model:

@@ -19,7 +19,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunIn
 
 from beam_jobs import sources
 from trainer import cli
-from schemas import backbones, fileio, records, tables
+from schemas import backbones, fileio, int8_model as int8_schema, records, tables
 
 
 def localize(path: str) -> str:
@@ -125,7 +125,7 @@ class _OpenVinoExtractor:
 
 
 KERAS_BACKEND = "keras"
-INT8_BACKEND = "openvino-int8"
+INT8_BACKEND = int8_schema.BACKEND
 AUTO_BACKEND = "auto"  # the jobs' default: see `Models.auto_backend` and each job's prepare
 # name -> OpenVINO precision hint (None: OpenVINO's choice for the CPU, bfloat16 where it has it, else f32)
 INFERENCE_BACKENDS = {KERAS_BACKEND: None, "openvino": None, "openvino-f32": "f32", INT8_BACKEND: None}
@@ -147,7 +147,6 @@ def check_backend(backend: str, int8_model: Optional[str] = None) -> None:
 
 def check_int8_model(int8_model: str, backbone: str, image_size: int, weights_sha256: str) -> dict:
     """quantization.json of ``int8_model``, checked against the extractor the job runs (on the launcher)."""
-    from schemas import int8_model as int8_schema
     info = int8_schema.read_info(int8_model)
     int8_schema.check_matches(info, int8_model, backbone, image_size, weights_sha256)
     return info
@@ -157,7 +156,6 @@ def load_int8_model(int8_model: str, backbone: str, image_size: int, weights_sha
     """The int8 OpenVINO network of ``int8_model`` (any Beam filesystem; copied to local disk first), checked."""
     import openvino
 
-    from schemas import int8_model as int8_schema
     info = check_int8_model(int8_model, backbone, image_size, weights_sha256)
     weights_file = localize(fileio.join(int8_model, int8_schema.MODEL_BIN))
     with open(weights_file, "rb") as handle:

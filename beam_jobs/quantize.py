@@ -12,7 +12,7 @@ refuse it for other weights), the calibration set (its size, where it came from,
 them), the photos that could not be used and why, and the NNCF/OpenVINO versions.
 
 The calibration photos are a seeded sample of the dataset's ``--split`` (default train: never the photos a model
-is evaluated on) or of the files ``--images`` matches (globs on any Beam filesystem, or local directories). Quantization
+is evaluated on) or of the files ``--images`` matches (globs or directories, on any Beam filesystem, read as the caption job reads ``--input``). Quantization
 reads each photo once; 300 photos take about 45 s on 2 cores (BENCHMARKS.md §12).
 """
 import argparse
@@ -26,8 +26,7 @@ import numpy as np
 
 from beam_jobs import dataset, runtime, sources
 from schemas import backbones, fileio, images
-from schemas.int8_model import (FORMAT_VERSION, INFO_FILE, MODEL_BIN, MODEL_XML, OUTPUTS, check_matches,  # noqa: F401
-                                read_info)
+from schemas.int8_model import FORMAT_VERSION, INFO_FILE, MODEL_BIN, MODEL_XML, OUTPUTS
 
 DEFAULT_CALIBRATION_IMAGES = 300
 
@@ -46,18 +45,13 @@ def calibration_candidates(args: argparse.Namespace) -> tuple[list[str], str]:
         names = dataset.read_split_list(layout.split_files[args.split])
         return [fileio.join(layout.images_dir, name) for name in names], f"{args.split} split of {args.dataset_dir}"
     paths = []
-    for pattern in args.images:
-        pattern = pattern.rstrip("/") + "/**" if not sources.has_glob_characters(pattern) and \
-            _is_directory(pattern) else pattern
+    from beam_jobs.inputs import effective_pattern
+    for pattern in map(effective_pattern, args.images):  # a directory means every file under it, as for --input
         matched = [path for path in sources.match_paths(pattern) if sources.kind_of(path) == sources.IMAGE]
         if not matched:
             raise QuantizationError(f"--images {pattern}: matches no image file")
         paths.extend(matched)
     return sorted(set(paths)), "--images " + " ".join(args.images)
-
-
-def _is_directory(path: str) -> bool:
-    return "://" not in path and os.path.isdir(path)
 
 
 def sample(paths: list[str], count: int, seed: int) -> list[str]:
@@ -128,8 +122,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset_dir", help="calibrate on a sample of this dataset's --split (Flickr8k layout)")
     source.add_argument("--images", action="append",
-                        help="calibrate on a sample of these image files (a glob on any filesystem, or a local "
-                             "directory; repeat it)")
+                        help="calibrate on a sample of these image files (a glob or a directory, on any "
+                             "filesystem; repeat it)")
     parser.add_argument("--split", default="train", help="with --dataset_dir: the split to sample (default train)")
     parser.add_argument("--output_dir", required=True, help="where extractor.xml/.bin and quantization.json go")
     parser.add_argument("--weights", default=backbones.IMAGENET,

@@ -6,6 +6,16 @@ from schemas import fileio
 FORMAT_VERSION = 1
 MODEL_XML, MODEL_BIN, INFO_FILE = "extractor.xml", "extractor.bin", "quantization.json"
 OUTPUTS = ("pooled", "map")  # the IR's outputs, in order
+BACKEND = "openvino-int8"  # the --inference_backend that runs such a model
+
+
+def identity(described: dict) -> str | None:
+    """The int8 model whose features a metadata.json or a bundle.json describes (both say ``inference_backend`` and
+    ``int8_model``): its extractor.bin's SHA-256, or None for float features (Keras or OpenVINO float, which are
+    interchangeable)."""
+    if described.get("inference_backend") != BACKEND:
+        return None
+    return str((described.get("int8_model") or {}).get("bin_sha256"))
 
 
 def read_info(model_dir: str) -> dict:

@@ -106,7 +106,8 @@ def test_quantize_records_its_calibration_and_weights(int8_model, keras_model, s
     from beam_jobs.dataset import read_split_list, resolve_layout
     output_dir, info = int8_model
     assert sorted(os.listdir(output_dir)) == sorted([quantize.MODEL_XML, quantize.MODEL_BIN, quantize.INFO_FILE])
-    saved = quantize.read_info(output_dir)
+    from schemas import int8_model as int8_schema
+    saved = int8_schema.read_info(output_dir)
     assert saved == info and saved["weights_sha256"] == keras_model[1] and saved["image_size"] == TEST_IMAGE_SIZE
     train = read_split_list(resolve_layout(sample_dataset).split_files["train"])
     calibration = saved["calibration"]
@@ -119,7 +120,6 @@ def test_quantize_records_its_calibration_and_weights(int8_model, keras_model, s
 
 def test_int8_features_are_within_tolerance_of_keras(int8_model, pixels, keras_features):
     from beam_jobs.inference import FeatureExtractorHandler
-    from schemas import backbones
     handler = FeatureExtractorHandler("xception", "none", TEST_IMAGE_SIZE, backend="openvino-int8",
                                       int8_model=int8_model[0], expected_weights_sha256=int8_model[1]["weights_sha256"])
     model = handler.load_model()

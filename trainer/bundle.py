@@ -103,7 +103,7 @@ def _check_decoder_matches(model, config: dict, model_dir: str) -> None:
                          "damaged or hand-assembled bundle; export it again with trainer.task")
 
 
-INT8_BACKEND = "openvino-int8"
+INT8_BACKEND = int8_schema.BACKEND
 
 
 def copy_int8_model(source: str, target: str) -> None:
@@ -115,13 +115,6 @@ def copy_int8_model(source: str, target: str) -> None:
     fileio.makedirs(target)
     for name in (int8_schema.MODEL_XML, int8_schema.MODEL_BIN, int8_schema.INFO_FILE):
         tf.io.gfile.copy(fileio.join(source, name), fileio.join(target, name), overwrite=True)
-
-
-def int8_identity(bundle) -> str | None:
-    """"int8 <bin sha256>" for a bundle trained on int8 features, None for float ones."""
-    if bundle.inference_backend != INT8_BACKEND:
-        return None
-    return "int8 " + str((bundle.config.get(BundleKeys.INT8_MODEL) or {}).get("bin_sha256"))[:12]
 
 
 class Bundle:
@@ -207,11 +200,12 @@ class Ensemble(Bundle):
                     raise ValueError(f"{member.model_dir} and {first.model_dir} differ in {key} "
                                      f"({member.config[key]} vs {first.config[key]}): an ensemble's bundles must be "
                                      "trained on the same features")
-            mine, theirs = (int8_identity(bundle) for bundle in (member, first))
+            mine, theirs = (int8_schema.identity(bundle.config) for bundle in (member, first))
             if mine != theirs:  # Keras and OpenVINO float features are interchangeable (cosine >= 0.999); int8 not
                 raise ValueError(f"{member.model_dir} and {first.model_dir} were trained on features of different "
-                                 f"extractors ({mine or 'float'} vs {theirs or 'float'}): an ensemble's bundles "
-                                 "must be trained on the same features")
+                                 f"extractors ({f'int8 {mine[:12]}' if mine else 'float'} vs "
+                                 f"{f'int8 {theirs[:12]}' if theirs else 'float'}): an ensemble's bundles must be "
+                                 "trained on the same features")
             if member.vocabulary.tokens != first.vocabulary.tokens:
                 raise ValueError(f"{member.model_dir} and {first.model_dir} have different vocabularies: an "
                                  "ensemble's bundles must be trained on the same records")

@@ -33,7 +33,7 @@ import time
 
 import numpy as np
 
-from schemas import fileio, records
+from schemas import fileio, int8_model as int8_schema, records
 from schemas.records import MetadataKeys
 from schemas.vocabulary import END_ID, START_ID
 from trainer import cli
@@ -164,7 +164,7 @@ def train(args: argparse.Namespace) -> dict:
 
     from trainer import attention as attention_lib
     from trainer import data
-    from trainer.bundle import Bundle, export_bundle
+    from trainer.bundle import Bundle, check_int8_source, export_bundle
     from trainer.evaluate import cider_score
 
     initial = Bundle(args.init_model_dir)
@@ -175,17 +175,14 @@ def train(args: argparse.Namespace) -> dict:
             records.grid_shape(metadata) != initial.grid_shape:
         raise ValueError(f"{args.data_dir} does not hold the features {args.init_model_dir} was trained on (other "
                          "weights or another grid)")
-    records_int8 = (metadata.get(MetadataKeys.INT8_MODEL) or {}).get("bin_sha256") \
-        if metadata.get(MetadataKeys.INFERENCE_BACKEND) == "openvino-int8" else None
-    bundle_int8 = (initial.config.get("int8_model") or {}).get("bin_sha256") \
-        if initial.inference_backend == "openvino-int8" else None
+    records_int8, bundle_int8 = int8_schema.identity(metadata), int8_schema.identity(initial.config)
     if records_int8 != bundle_int8:  # the bundle would be labelled with an extractor it was not fine-tuned on
         raise ValueError(f"{args.data_dir} holds {'int8' if records_int8 else 'float'} features and "
                          f"{args.init_model_dir} was trained on {'int8' if bundle_int8 else 'float'} features"
                          f"{' of another int8 model' if records_int8 and bundle_int8 else ''}: fine-tune on the "
                          "records it was trained on")
-    if bundle_int8:
-        initial.int8_model  # noqa: B018  (its extractor_int8/ must be there before hours of training)
+    if bundle_int8:  # the bundle's extractor_int8/ is exported with the result: checked before hours of training
+        check_int8_source(initial.int8_model, metadata)
     keras.utils.set_random_seed(args.seed)
     feature_dim = metadata[MetadataKeys.FEATURE_DIM]
     count = data.split_sizes(metadata, args.train_split)[0]
