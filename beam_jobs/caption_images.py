@@ -61,6 +61,7 @@ class CaptionConfig(typing.NamedTuple):
     image_size: int
     beam_width: int
     length_penalty: float
+    no_repeat_ngram_size: int
     min_batch_size: int
     max_batch_size: int
     decode_batch_size: int
@@ -106,6 +107,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--output", required=True, metavar="PREFIX", help="output prefix, e.g. out/captions")
     parser.add_argument("--beam_width", type=runtime.positive_int, help="1 = greedy (default: the bundle's)")
     parser.add_argument("--length_penalty", type=float, help="default: the bundle's")
+    parser.add_argument("--no_repeat_ngram_size", type=runtime.non_negative_int, metavar="N",
+                        help="never repeat an n-gram of N words in a caption; 0: no blocking (default: the bundle's)")
     parser.add_argument("--weights", help="feature weights (default: the bundle's; a path when it was a file)")
     parser.add_argument("--skip_existing", action="store_true",
                         help="caption only images not yet in PREFIX's outputs (resume or add to a run)")
@@ -235,12 +238,13 @@ def prepare(args: argparse.Namespace, models: Models = MODELS) -> CaptionConfig:
     if existing:
         logging.info("skipping inputs already in %d output shards and %d checkpoint files of %s",
                      len(existing.committed), len(existing.checkpoint_parts), args.output)
-    beam_width, length_penalty = bundle.decoding_for(args.beam_width, args.length_penalty)
+    decoding = bundle.decoding_for(args.beam_width, args.length_penalty, args.no_repeat_ngram_size)
     return CaptionConfig(
         inputs=tuple(args.input), output=args.output, model_dirs=tuple(args.model_dir), model_id=bundle.model_id,
         grid=grid, attention_maps=args.attention_maps,
         backbone=backbone.name, weights=weights, weights_sha256=digest, image_size=config[BundleKeys.IMAGE_SIZE],
-        beam_width=beam_width, length_penalty=length_penalty,
+        beam_width=decoding.beam_width, length_penalty=decoding.length_penalty,
+        no_repeat_ngram_size=decoding.no_repeat_ngram_size,
         min_batch_size=args.min_batch_size, max_batch_size=args.max_batch_size,
         decode_batch_size=args.decode_batch_size, max_image_pixels=args.max_image_pixels,
         limits=archives.Limits(max_member_bytes=args.max_image_bytes, max_archive_bytes=args.max_archive_bytes,
@@ -265,7 +269,8 @@ def build_pipeline(pipeline: beam.Pipeline, config: CaptionConfig) -> None:
                 | "Captions" >> GenerateCaptions(config.models.caption_handler(
                     config.model_dirs, config.beam_width, config.length_penalty,
                     min_batch_size=config.decode_batch_size, max_batch_size=config.decode_batch_size,
-                    attention_maps=config.attention_maps), config.model_id))
+                    attention_maps=config.attention_maps, no_repeat_ngram_size=config.no_repeat_ngram_size),
+                    config.model_id))
     errors = (selected.errors, prepared.errors) | "AllErrors" >> beam.Flatten()
     _ = (captions, errors) | "Write" >> WriteCaptionOutputs(
         config.output, config.run_number, config.num_shards, config.checkpoint_rows, config.existing)

@@ -1,56 +1,65 @@
-"""Reading a captioned image dataset in the Flickr8k layout (and custom layouts with the same files).
+"""Finding and checking a captioned image dataset in any of the layouts the extract job reads.
 
-As distributed, Flickr8k has::
+    Flickr8k      Flicker8k_Dataset/ (or Images/), Flickr8k.token.txt (Flickr30k: results_20130124.token) or
+                  Kaggle's captions.txt, split lists Flickr_8k.{train,dev,test}Images.txt (also under Flickr8k_text/)
+    COCO          annotations/captions_<split><year>.json, images under <split><year>/ (or images/<split><year>/);
+                  the split is the file's name without the year: captions_val2017.json -> val
+    Karpathy      dataset_coco.json, dataset_flickr8k.json or dataset_flickr30k.json; images under the dataset
+                  directory (its ``filepath``s, e.g. val2014/) or under Images/, Flicker8k_Dataset/, ...;
+                  restval goes to train unless --karpathy_restval says otherwise
+    table         captions.csv, captions.txt (CSV) or captions.jsonl: an image path and a caption per row, and a
+                  split column or split lists as for Flickr8k; paths relative to the images directory
 
-    Flicker8k_Dataset/ (or Images/)      the photos
-    Flickr8k.token.txt                   ``<image>#<n><TAB><caption>``, 5 captions per image
-      or captions.txt (Kaggle)           CSV with the header ``image,caption``
-    Flickr_8k.trainImages.txt            one image file name per line, per split
-    Flickr_8k.devImages.txt
-    Flickr_8k.testImages.txt
-
-The text files may sit in the dataset directory or in ``Flickr8k_text/``. Any subset of the split lists may be
-present; each one present is a split. `resolve_layout` finds the files (or takes them from flags) and
-`validate_layout` reads the captions and split files once on the launching machine, so that a malformed file fails
-before any worker starts, with the file, the line and what is wrong. Inside the pipeline the same
-`parse_caption_line` reads the captions file in parallel.
+Which layout a directory holds is detected from its files in the order above (``--captions_file`` is detected from
+its content). Each file's format is parsed by `beam_jobs.dataset_formats`. `resolve_layout` finds the files (or
+takes them from flags) and `validate_layout` parses all of them once on the launching machine, so that a malformed
+file fails before any worker starts, with the file, the position and what is wrong; the pipeline parses them again
+on a worker (`beam_jobs.dataset_read`).
 """
-import csv
 import dataclasses
 import posixpath
+import re
 from typing import Optional
 
 from apache_beam.io.filesystems import FileSystems
 
-IMAGE_DIR_CANDIDATES = ("Flicker8k_Dataset", "Flickr8k_Dataset", "Images", "images")
+from beam_jobs import dataset_formats as formats
+from beam_jobs.dataset_formats import (COCO_FORMAT, CSV_FORMAT, JSONL_FORMAT, KARPATHY_FORMAT, SPLIT_LIST,
+                                       TOKEN_FORMAT, CaptionEntry, DatasetError, SourceFile, SplitEntry)
+
+IMAGE_DIR_CANDIDATES = ("Flicker8k_Dataset", "Flickr8k_Dataset", "flickr30k_images", "Images", "images")
 TEXT_DIR_CANDIDATES = ("", "Flickr8k_text")
-TOKEN_CAPTIONS = "Flickr8k.token.txt"
-CSV_CAPTIONS = "captions.txt"
+TOKEN_CAPTIONS = ("Flickr8k.token.txt", "results_20130124.token")
+TABLE_CAPTIONS = ("captions.txt", "captions.csv", "captions.jsonl")
+KARPATHY_FILES = ("dataset_coco.json", "dataset_flickr8k.json", "dataset_flickr30k.json")
+COCO_ANNOTATIONS = "annotations/captions_*.json"
 SPLIT_FILES = {"train": "Flickr_8k.trainImages.txt", "dev": "Flickr_8k.devImages.txt",
                "test": "Flickr_8k.testImages.txt"}
+PROBE_IMAGES = 20  # images of a file that are looked for to find its images directory
+RESTVAL_TO_TRAIN = "train"
 
-TOKEN_FORMAT = "token"
-CSV_FORMAT = "csv"
-CSV_HEADER = ("image", "caption")
-
-
-class DatasetError(ValueError):
-    """A dataset file that is missing or malformed; the message names the file and line and what to fix."""
-
-
-@dataclasses.dataclass(frozen=True)
-class CaptionLine:
-    image: str
-    index: Optional[int]  # the #n of the token format; None for the CSV format
-    caption: str
+__all__ = ["DatasetError", "DatasetLayout", "DatasetSummary", "resolve_layout", "validate_layout", "read_text"]
 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetLayout:
-    images_dir: str
-    captions_file: str
-    caption_format: str
-    split_files: dict  # split name -> path, in a stable order
+    images_dir: str  # image keys are paths relative to it ("" until validate_layout finds it, for some layouts)
+    captions_file: str  # token, table and Karpathy layouts; COCO: the first annotation file
+    caption_format: str  # `dataset_formats`: token, table-csv, table-jsonl, coco or karpathy
+    split_files: dict  # split -> split list (token, tables without a split column) or COCO annotation file
+    name: str = ""  # the dataset's name where several are combined (`beam_jobs.datasets`)
+    restval: str = RESTVAL_TO_TRAIN  # Karpathy: the split restval images go to
+    coco_image_dirs: tuple = ()  # COCO: (split, directory of its images) pairs, in split_files' order
+    image_dir_candidates: tuple = ()  # where validate_layout looks for the images when images_dir is ""
+
+    def sources(self) -> list[SourceFile]:
+        """Every file to parse, in a stable order."""
+        if self.caption_format == COCO_FORMAT:
+            directories = dict(self.coco_image_dirs)
+            return [SourceFile(COCO_FORMAT, path, split, directories[split])
+                    for split, path in self.split_files.items()]
+        lists = [SourceFile(SPLIT_LIST, path, split) for split, path in self.split_files.items()]
+        return [SourceFile(self.caption_format, self.captions_file)] + lists
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +68,8 @@ class DatasetSummary:
     caption_lines: int
     captioned_images: int
     split_sizes: dict
+    images_dir: str = ""  # where the images are (found by looking for the first images named)
+    directories: tuple = ()  # directories of the images, relative to images_dir (or absolute), to list
 
 
 def _join(directory: str, *names: str) -> str:
@@ -69,9 +80,13 @@ def _exists(path: str) -> bool:
     return FileSystems.exists(path)
 
 
-def _read_text(path: str) -> str:
-    with FileSystems.open(path) as handle:
-        raw = handle.read()
+def read_text(path: str) -> str:
+    try:
+        with FileSystems.open(path) as handle:
+            raw = handle.read()
+    except (OSError, IOError) as error:
+        raise DatasetError(f"{path}: cannot read it ({error.__class__.__name__}: {error}); expected a text "
+                           "file") from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:
@@ -81,46 +96,37 @@ def _read_text(path: str) -> str:
     return text
 
 
-def detect_caption_format(path: str, first_line: str) -> str:
-    line = first_line.lstrip("\ufeff").strip()
-    if tuple(field.strip().lower() for field in line.split(",")) == CSV_HEADER:
+def detect_caption_format(path: str, text: str) -> str:
+    """The format of a captions file, from its content."""
+    stripped = text.lstrip("\ufeff \t\r\n")
+    first_line = text.lstrip("\ufeff").split("\n", 1)[0].strip()
+    if not stripped:
+        raise DatasetError(f"{path}:1: the captions file is empty")
+    if path.endswith(".json") or (stripped.startswith("{") and not first_line.endswith("}")):
+        data = formats._load_json(path, text)  # pylint: disable=protected-access
+        if isinstance(data, dict) and "annotations" in data:
+            return COCO_FORMAT
+        if isinstance(data, dict) and isinstance(data.get("images"), list) and \
+                all(isinstance(image, dict) and "sentences" in image for image in data["images"][:1]):
+            return KARPATHY_FORMAT
+        raise DatasetError(f"{path}: JSON that is neither COCO captions ('images' and 'annotations') nor "
+                           "Karpathy's split file ('images' with 'sentences')")
+    if first_line.startswith("{") or path.endswith(".jsonl"):
+        return JSONL_FORMAT
+    if path.endswith(".csv"):
         return CSV_FORMAT
-    if "\t" in line:
+    if not first_line:
+        raise DatasetError(f"{path}:1: the captions file starts with a blank line")
+    if "\t" in first_line:
         return TOKEN_FORMAT
+    header = [field.strip().lower() for field in first_line.split(",")]
+    if any(name in header for name in formats.IMAGE_COLUMNS) and \
+            any(name in header for name in formats.CAPTION_COLUMNS):
+        return CSV_FORMAT
     raise DatasetError(
-        f"{path}:1: cannot tell the captions format from the first line {line[:80]!r}. Expected either the "
-        f"Flickr8k token format '<image>#<n><TAB><caption>' or a CSV with the header 'image,caption'")
-
-
-def parse_caption_line(line: str, caption_format: str) -> Optional[CaptionLine]:
-    """Parses one line of a captions file; None for a blank line. Raises ValueError saying what is wrong."""
-    line = line.lstrip("\ufeff").rstrip("\r\n")
-    if not line.strip():
-        return None
-    if caption_format == TOKEN_FORMAT:
-        if "\t" not in line:
-            raise ValueError(f"no TAB between the caption id and the caption in {line[:80]!r}; "
-                             "expected '<image>#<n><TAB><caption>'")
-        caption_id, caption = line.split("\t", 1)
-        image, separator, index = caption_id.strip().rpartition("#")
-        if not separator or not image:
-            raise ValueError(f"caption id {caption_id!r} is not '<image>#<n>'")
-        if not index.isdigit():
-            raise ValueError(f"caption id {caption_id!r} does not end in '#<number>'")
-        parsed = CaptionLine(image=image, index=int(index), caption=caption.strip())
-    elif caption_format == CSV_FORMAT:
-        fields = next(csv.reader([line]))
-        if len(fields) < 2:
-            raise ValueError(f"expected 'image,caption', got {line[:80]!r}")
-        # Kaggle's file leaves commas inside captions unquoted: everything after the first field is the caption.
-        parsed = CaptionLine(image=fields[0].strip(), index=None, caption=",".join(fields[1:]).strip())
-        if not parsed.image:
-            raise ValueError(f"empty image name in {line[:80]!r}")
-    else:
-        raise ValueError(f"unknown caption format {caption_format!r}")
-    if not parsed.caption:
-        raise ValueError(f"image {parsed.image!r} has an empty caption")
-    return parsed
+        f"{path}:1: cannot tell the captions format from the first line {first_line[:80]!r}. Expected the Flickr8k "
+        "token format '<image>#<n><TAB><caption>', a CSV with a header such as 'image,caption' (and optionally "
+        "split), JSON Lines, COCO captions JSON or Karpathy's dataset_*.json")
 
 
 def _find_first(paths: list[str]) -> Optional[str]:
@@ -139,86 +145,152 @@ def _given_or_found(flag: str, given: str | None, kind: str, candidates, not_fou
     return found
 
 
-def resolve_layout(dataset_dir: Optional[str] = None, images_dir: Optional[str] = None,
-                   captions_file: Optional[str] = None, split_files: Optional[dict] = None) -> DatasetLayout:
-    """Finds the images directory, captions file and split lists; flags override what is found."""
-    if not dataset_dir and not (images_dir and captions_file and split_files):
-        raise DatasetError("give --dataset_dir, or all of --images_dir, --captions_file and --split_file")
-    if dataset_dir and not _exists(dataset_dir):
-        raise DatasetError(f"--dataset_dir {dataset_dir}: no such directory")
+def coco_split(path: str) -> tuple[str, str]:
+    """(split, image directory) of a COCO annotation file: captions_train2017.json -> (train, train2017)."""
+    stem = posixpath.basename(path)
+    match = re.fullmatch(r"captions_(.+)\.json", stem)
+    directory = match.group(1) if match else posixpath.splitext(stem)[0]
+    split = re.sub(r"(?<=[A-Za-z])(19|20)\d\d$", "", directory)
+    return formats.check_split_name(split, path), directory
 
-    images_dir = _given_or_found(
-        "--images_dir", images_dir, "directory", lambda: [_join(dataset_dir, name) for name in IMAGE_DIR_CANDIDATES],
-        f"no images directory in {dataset_dir} (looked for {', '.join(IMAGE_DIR_CANDIDATES)})")
-    captions_file = _given_or_found(
-        "--captions_file", captions_file, "file",
-        lambda: [_join(dataset_dir, sub, name)
-                 for name in (TOKEN_CAPTIONS, CSV_CAPTIONS) for sub in TEXT_DIR_CANDIDATES],
-        f"no captions file in {dataset_dir} (looked for {TOKEN_CAPTIONS} and {CSV_CAPTIONS}, also under "
-        "Flickr8k_text/)")
 
-    if not split_files:
-        split_files = {}
-        for split, name in SPLIT_FILES.items():
-            found = _find_first([_join(dataset_dir, sub, name) for sub in TEXT_DIR_CANDIDATES])
-            if found:
-                split_files[split] = found
-        if not split_files:
-            raise DatasetError(f"no split lists in {dataset_dir} (looked for {', '.join(SPLIT_FILES.values())}, "
-                               "also under Flickr8k_text/); pass --split_file NAME=PATH")
-    else:
-        for split, path in split_files.items():
+def _coco_layout(dataset_dir: str, annotation_files: list[str], images_dir: Optional[str]) -> DatasetLayout:
+    split_files, directories = {}, []
+    for path in sorted(annotation_files):
+        split, directory = coco_split(path)
+        if split in split_files:
+            raise DatasetError(f"{path} and {split_files[split]} are both the {split} split (COCO 2017's train "
+                               "holds 2014's train and most of its val): keep one of them")
+        split_files[split] = path
+        directories.append((split, directory))
+    roots = (images_dir,) if images_dir else (dataset_dir, _join(dataset_dir, "images"))
+    return DatasetLayout(images_dir="", captions_file=next(iter(split_files.values())), caption_format=COCO_FORMAT,
+                         split_files=split_files, coco_image_dirs=tuple(directories), image_dir_candidates=roots)
+
+
+def _split_lists(dataset_dir: Optional[str], given: Optional[dict], required: bool) -> dict:
+    if given:
+        for split, path in given.items():
+            formats.check_split_name(split, f"--split_file {split}={path}")
             if not _exists(path):
                 raise DatasetError(f"--split_file {split}={path}: no such file")
+        return dict(given)
+    found = {}
+    for split, name in SPLIT_FILES.items():
+        path = _find_first([_join(dataset_dir, sub, name) for sub in TEXT_DIR_CANDIDATES]) if dataset_dir else None
+        if path:
+            found[split] = path
+    if not found and required:
+        raise DatasetError(f"no split lists in {dataset_dir} (looked for {', '.join(SPLIT_FILES.values())}, also "
+                           "under Flickr8k_text/); pass --split_file NAME=PATH, or add a split column to the table")
+    return found
 
-    first_line = _read_text(captions_file).split("\n", 1)[0]
-    if not first_line.strip():
-        raise DatasetError(f"{captions_file}:1: the captions file is empty or starts with a blank line")
-    caption_format = detect_caption_format(captions_file, first_line)
-    return DatasetLayout(images_dir=images_dir, captions_file=captions_file, caption_format=caption_format,
-                         split_files=dict(split_files))
+
+def _image_candidates(dataset_dir: Optional[str], images_dir: Optional[str], with_root: bool) -> tuple:
+    if images_dir:
+        return (images_dir,)
+    candidates = tuple(_join(dataset_dir, name) for name in IMAGE_DIR_CANDIDATES)
+    return candidates + ((dataset_dir,) if with_root else ())
+
+
+def resolve_layout(dataset_dir: Optional[str] = None, images_dir: Optional[str] = None,
+                   captions_file: Optional[str] = None, split_files: Optional[dict] = None,
+                   restval: str = RESTVAL_TO_TRAIN, name: str = "") -> DatasetLayout:
+    """Finds the layout's files (flags override what is found). The images directory of COCO, Karpathy and table
+    layouts is settled by `validate_layout`, which looks for the images the files name."""
+    if not dataset_dir and not (images_dir and captions_file):
+        raise DatasetError("give --dataset_dir, or --images_dir and --captions_file (and --split_file where the "
+                           "captions name no splits)")
+    if dataset_dir and not _exists(dataset_dir):
+        raise DatasetError(f"--dataset_dir {dataset_dir}: no such directory")
+    if images_dir and not _exists(images_dir):
+        raise DatasetError(f"--images_dir {images_dir}: no such directory")
+    if not captions_file:
+        annotations = FileSystems.match([_join(dataset_dir, COCO_ANNOTATIONS)])[0].metadata_list
+        if annotations:
+            return dataclasses.replace(_coco_layout(dataset_dir, [m.path for m in annotations], images_dir),
+                                       name=name)
+    candidates = [_join(dataset_dir, file) for file in KARPATHY_FILES] + \
+        [_join(dataset_dir, sub, file) for file in TOKEN_CAPTIONS + TABLE_CAPTIONS for sub in TEXT_DIR_CANDIDATES] \
+        if dataset_dir else []
+    captions_file = _given_or_found(
+        "--captions_file", captions_file, "file", lambda: candidates,
+        f"no captions file in {dataset_dir} (looked for annotations/captions_*.json, "
+        f"{', '.join(KARPATHY_FILES + TOKEN_CAPTIONS + TABLE_CAPTIONS)}, also under Flickr8k_text/)")
+    caption_format = detect_caption_format(captions_file, read_text(captions_file))
+    if caption_format == COCO_FORMAT:
+        return dataclasses.replace(_coco_layout(dataset_dir or posixpath.dirname(captions_file), [captions_file],
+                                                images_dir), name=name)
+    if caption_format == KARPATHY_FORMAT:
+        if split_files:
+            raise DatasetError(f"{captions_file} is Karpathy's split file, which names the splits: drop --split_file")
+        return DatasetLayout(images_dir="", captions_file=captions_file, caption_format=caption_format,
+                             split_files={}, name=name, restval=restval,
+                             image_dir_candidates=_image_candidates(dataset_dir, images_dir, with_root=True))
+    if caption_format == TOKEN_FORMAT:
+        images_dir = _given_or_found(
+            "--images_dir", images_dir, "directory", lambda: _image_candidates(dataset_dir, None, False),
+            f"no images directory in {dataset_dir} (looked for {', '.join(IMAGE_DIR_CANDIDATES)})")
+        return DatasetLayout(images_dir=images_dir, captions_file=captions_file, caption_format=caption_format,
+                             split_files=_split_lists(dataset_dir, split_files, required=True), name=name)
+    named = formats.table_has_split_column(captions_file, read_text(captions_file), caption_format)
+    if named and split_files:
+        raise DatasetError(f"{captions_file} has a split column: drop --split_file (or the column)")
+    lists = {} if named else _split_lists(dataset_dir, split_files, required=True)
+    return DatasetLayout(images_dir="", captions_file=captions_file, caption_format=caption_format,
+                         split_files=lists, name=name,
+                         image_dir_candidates=_image_candidates(dataset_dir or posixpath.dirname(captions_file),
+                                                                images_dir, with_root=True))
 
 
 def read_split_list(path: str) -> list[str]:
     """Image names of a split list file: one per line, blank lines ignored, no duplicates."""
-    names, seen = [], {}
-    for line_number, line in enumerate(_read_text(path).split("\n"), start=1):
-        name = line.strip()
-        if not name:
-            continue
-        if "\t" in name or "," in name:
-            raise DatasetError(f"{path}:{line_number}: expected one image file name per line, got {name[:80]!r}")
-        if name in seen:
-            raise DatasetError(f"{path}:{line_number}: {name} is listed twice (first on line {seen[name]})")
-        seen[name] = line_number
-        names.append(name)
-    return names
+    return [entry.image_id for entry in formats.split_list_entries(path, read_text(path), "")]
+
+
+def _find_images_dir(layout: DatasetLayout, keys: list[str]) -> str:
+    """The first candidate directory under which one of the first images named exists."""
+    if layout.images_dir:
+        return layout.images_dir
+    relative = [key for key in keys if not formats.is_absolute(key)][:PROBE_IMAGES]
+    if not relative:
+        return layout.image_dir_candidates[0]
+    for candidate in layout.image_dir_candidates:
+        if _exists(candidate) and any(_exists(_join(candidate, key)) for key in relative):
+            return candidate
+    looked = ", ".join(layout.image_dir_candidates)
+    raise DatasetError(f"none of the first {len(relative)} images {layout.captions_file} names (e.g. "
+                       f"{relative[0]}) is under {looked}; pass --images_dir (the directory their paths are "
+                       "relative to)")
 
 
 def validate_layout(layout: DatasetLayout) -> DatasetSummary:
-    """Reads the captions and split files once; raises DatasetError at the first problem, with file and line."""
-    text = _read_text(layout.captions_file)
-    lines = text.split("\n")
-    start = 1 if layout.caption_format == CSV_FORMAT else 0
-    caption_count, images = 0, set()
-    for line_number, line in enumerate(lines[start:], start=start + 1):
-        try:
-            parsed = parse_caption_line(line, layout.caption_format)
-        except ValueError as error:
-            raise DatasetError(f"{layout.captions_file}:{line_number}: {error}") from None
-        if parsed is not None:
-            caption_count += 1
-            images.add(parsed.image)
+    """Parses every file once; raises DatasetError at the first problem, with file and position. Also finds where
+    the images are (`DatasetSummary.images_dir`) and which directories hold them."""
+    caption_count, captioned, owner, split_sizes, order = 0, set(), {}, {}, []
+    for source in layout.sources():
+        for entry in formats.entries(source, read_text(source.path), layout.restval):
+            if isinstance(entry, CaptionEntry):
+                caption_count += 1
+                if entry.key not in captioned:
+                    captioned.add(entry.key)
+                    order.append(entry.key)
+                continue
+            first = owner.get(entry.key)
+            if first is not None and first.split == entry.split:
+                continue  # a table names an image's split on each of its rows
+            if first is not None:
+                raise DatasetError(f"{entry.where}: {entry.key} is also in the {first.split} split ({first.where}); "
+                                   "an image belongs to one split")
+            owner[entry.key] = entry
+            split_sizes[entry.split] = split_sizes.get(entry.split, 0) + 1
+    for split in layout.split_files:
+        split_sizes.setdefault(split, 0)
     if caption_count == 0:
         raise DatasetError(f"{layout.captions_file}: no captions in the file")
-
-    split_sizes, owner = {}, {}
-    for split, path in layout.split_files.items():
-        names = read_split_list(path)
-        for name in names:
-            if name in owner:
-                raise DatasetError(f"{path}: {name} is also in the {owner[name]} split "
-                                   f"({layout.split_files[owner[name]]}); an image belongs to one split")
-            owner[name] = split
-        split_sizes[split] = len(names)
-    return DatasetSummary(caption_lines=caption_count, captioned_images=len(images), split_sizes=split_sizes)
+    if not owner:
+        raise DatasetError(f"{layout.captions_file}: no image is in a split")
+    images_dir = _find_images_dir(layout, [key for key in order if key in owner] or order)
+    directories = sorted({posixpath.dirname(key) for key in owner})
+    return DatasetSummary(caption_lines=caption_count, captioned_images=len(captioned), split_sizes=split_sizes,
+                          images_dir=images_dir, directories=tuple(directories))

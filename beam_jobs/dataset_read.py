@@ -1,103 +1,103 @@
-"""Reading a captioned dataset in a pipeline: captions, split lists and image files joined per image name.
+"""Reading captioned datasets in a pipeline: captions, splits and image files joined per image, and several
+datasets made one (duplicate images found by content and captioned once).
 
-    dataset = pipeline | ReadDataset(layout)   # -> .items (WorkItem), .errors (ErrorRow), .tallies (Tally)
+    dataset = pipeline | ReadDataset(datasets)   # -> .items (WorkItem), .errors (ErrorRow), .tallies (Tally)
 
-The files are found and validated on the launching machine by `beam_jobs.dataset`; here they are read in
-parallel with the same parsing (`dataset.parse_caption_line`). Each image name ends as a `WorkItem` (it has a file,
-a split and at least one usable caption), an error row (listed in a split but no file, or no usable caption), or a
+The files are found and validated on the launching machine by `beam_jobs.dataset`; here a worker parses them
+again with the same parsers (`beam_jobs.dataset_formats`). Per dataset, each image ends as a `WorkItem` (it has a
+file, a split and at least one usable caption), an error row (in a split but no file, or no usable caption), or a
 `Tally` of what is reported without being an input's failure (captions without an image, images in no split).
+
+Several datasets (`Dataset`s with names): image ids become ``<dataset>/<id>``, and the splits other than train
+``<dataset>/<split>`` (train is one split: the vocabulary and the trainer use all of it). With ``dedupe`` the
+images are hashed (SHA-256 of the file: the bytes are read here and again for the features, and only the digest
+travels) and the items of one digest merge into one: all their captions (a caption text already there is not
+added twice), the split and id of the first dataset's item -- except that an evaluation split wins over train, so
+that no image is trained on and evaluated on.
 """
+import hashlib
 import posixpath
 import typing
 
 import apache_beam as beam
-from apache_beam.io import fileio
+from apache_beam.io.filesystems import FileSystems
 
-from beam_jobs import dataset
+from beam_jobs import dataset, dataset_formats as formats
+from beam_jobs.datasets import TRAIN, Dataset
 from beam_jobs.elements import ERRORS, Tally
 from beam_jobs.runtime import counter
 from schemas import captions, images, tables
 from schemas.records import MetadataKeys
 
 TALLIES = "tallies"
+SPLITS = "splits"
+HASH_CHUNK = 1 << 20
 
 
 class WorkItem(typing.NamedTuple):
-    """One image to featurize: its id (file name), split, location and cleaned captions."""
+    """One image to featurize: its id, split, location and cleaned captions. ``origins``: (dataset, captions it
+    gave) per dataset item merged into this one, the item whose id and split it has first."""
     image_id: str
     split: str
     uri: str
     captions: tuple
+    origins: tuple = ()
 
 
-def _parse_caption(line: str, caption_format: str):
-    parsed = dataset.parse_caption_line(line, caption_format)
-    if parsed is not None:
-        yield parsed.image, (parsed.index, parsed.caption)
+class ParseSource(beam.DoFn):
+    """A dataset file -> (key, (index, caption)) and on ``splits`` (key, (split, image id))."""
+
+    def __init__(self, restval: str):
+        self._restval = restval
+
+    def process(self, source: formats.SourceFile):
+        for entry in formats.entries(source, dataset.read_text(source.path), self._restval):
+            if isinstance(entry, formats.CaptionEntry):
+                yield entry.key, (entry.index, entry.caption)
+            else:
+                yield beam.pvalue.TaggedOutput(SPLITS, (entry.key, (entry.split, entry.image_id)))
 
 
-@beam.ptransform_fn
-def ReadCaptions(pbegin, layout: dataset.DatasetLayout):  # pylint: disable=invalid-name
-    """-> (image name, (index or None, raw caption))"""
-    skip = 1 if layout.caption_format == dataset.CSV_FORMAT else 0
-    return (pbegin
-            | "ReadLines" >> beam.io.ReadFromText(layout.captions_file, skip_header_lines=skip,
-                                                  strip_trailing_newlines=True)
-            | "Parse" >> beam.FlatMap(_parse_caption, layout.caption_format))
-
-
-@beam.ptransform_fn
-def ReadSplits(pbegin, split_files: dict):  # pylint: disable=invalid-name
-    """-> (image name, split)"""
-    per_split = []
-    for split, path in split_files.items():
-        per_split.append(
-            pbegin
-            | f"Read[{split}]" >> beam.io.ReadFromText(path)
-            | f"Names[{split}]" >> beam.Map(str.strip)
-            | f"NonBlank[{split}]" >> beam.Filter(bool)
-            | f"Tag[{split}]" >> beam.Map(lambda name, split=split: (name, split)))
-    return per_split | "Flatten" >> beam.Flatten()
-
-
-@beam.ptransform_fn
-def ListImages(pbegin, images_dir: str):  # pylint: disable=invalid-name
-    """-> (image name, uri) for every file in the images directory."""
-    return (pbegin
-            | "Match" >> fileio.MatchFiles(posixpath.join(images_dir, "*"))
-            | "ByName" >> beam.Map(lambda metadata: (posixpath.basename(metadata.path), metadata.path)))
+def _list_directory(directory: str, images_dir: str):
+    """(key, uri) of every file in one directory of the images."""
+    base = directory if formats.is_absolute(directory) else posixpath.join(images_dir, directory)
+    for metadata in FileSystems.match([posixpath.join(base, "*")])[0].metadata_list:
+        yield formats.image_key(posixpath.join(directory, posixpath.basename(metadata.path))), metadata.path
 
 
 @beam.typehints.with_output_types(WorkItem)
 class ClassifyImages(beam.DoFn):
-    """Joins captions, splits and files per image name and decides what becomes of each name.
+    """Joins captions, splits and files per image key and decides what becomes of each image.
 
-    Main output: `WorkItem`s. ``errors``: images listed in a split that cannot be used (no file, no caption).
+    Main output: `WorkItem`s. ``errors``: images in a split that cannot be used (no file, no caption).
     ``tallies``: what is reported but is not an error of an input image.
     """
-    def __init__(self, images_dir: str):
-        self._images_dir = images_dir
+    def __init__(self, data: Dataset):
+        self._data = data
 
     def _tally(self, name: str, value: int):
         counter(name).inc(value)
         return beam.pvalue.TaggedOutput(TALLIES, Tally(Tally.STAT, name, value))
 
     def process(self, element):
-        name, joined = element
-        raw_captions = sorted(joined["captions"], key=lambda c: (-1 if c[0] is None else c[0], c[1]))
+        key, joined = element
+        raw_captions = sorted(joined["captions"])
         splits, files = sorted(joined["splits"]), sorted(joined["files"])
+        images_dir = self._data.summary.images_dir
         if not files:
             if raw_captions:
                 yield self._tally(MetadataKeys.CAPTIONS_WITHOUT_IMAGE, len(raw_captions))
-            for split in splits:
+            for split, _ in splits:
                 counter("images_missing").inc()
+                uri = formats.image_uri(images_dir, key)
                 yield beam.pvalue.TaggedOutput(ERRORS, tables.error_row(
-                    posixpath.join(self._images_dir, name), images.MISSING_FILE,
-                    f"{name} is listed in the {split} split but there is no such file in {self._images_dir}"))
+                    uri, images.MISSING_FILE, f"{key} is in the {self._data.split_name(split)} split but there is no "
+                    f"such file ({uri})"))
             return
         if not splits:
             yield self._tally(MetadataKeys.IMAGES_WITHOUT_SPLIT, 1)
             return
+        (split, image_id), uri = splits[0], files[0]
         cleaned = [captions.normalize_caption(caption) for _, caption in raw_captions]
         kept = tuple(caption for caption in cleaned if caption)
         if len(kept) < len(cleaned):
@@ -105,31 +105,103 @@ class ClassifyImages(beam.DoFn):
         if not kept:
             counter("images_without_captions").inc()
             yield beam.pvalue.TaggedOutput(ERRORS, tables.error_row(
-                files[0], images.NO_CAPTIONS,
-                f"{name} is in the {splits[0]} split but has no usable caption in the captions file"))
+                uri, images.NO_CAPTIONS,
+                f"{key} is in the {self._data.split_name(split)} split but has no usable caption"))
             return
-        yield WorkItem(image_id=name, split=splits[0], uri=files[0], captions=kept)
+        yield WorkItem(image_id=self._data.image_id(image_id), split=self._data.split_name(split), uri=uri,
+                       captions=kept, origins=((self._data.name, len(kept)),))
 
 
-class _Dataset(typing.NamedTuple):
+class HashImage(beam.DoFn):
+    """`WorkItem` -> (SHA-256 of its file, item); an unreadable file -> an error row."""
+
+    def process(self, item: WorkItem):
+        digest = hashlib.sha256()
+        try:
+            with FileSystems.open(item.uri, mime_type="application/octet-stream",
+                                  compression_type="uncompressed") as handle:
+                for chunk in iter(lambda: handle.read(HASH_CHUNK), b""):
+                    digest.update(chunk)
+        except Exception as error:  # pylint: disable=broad-except  (any filesystem's failure to read)
+            counter("images_failed_read_error").inc()
+            yield beam.pvalue.TaggedOutput(ERRORS, tables.error_row(
+                item.uri, images.READ_ERROR, f"cannot read the file to find duplicates: {error}"))
+            return
+        yield digest.hexdigest(), item
+
+
+class MergeDuplicates(beam.DoFn):
+    """(digest, items of the same file content) -> one `WorkItem` with all their captions."""
+
+    def __init__(self, dataset_order: tuple):
+        self._order = {name: position for position, name in enumerate(dataset_order)}
+
+    def process(self, element):
+        _, items = element
+        items = sorted(items, key=lambda item: (self._order[item.origins[0][0]], item.image_id))
+        if len(items) == 1:
+            yield items[0]
+            return
+        counter("duplicate_images").inc(len(items) - 1)
+        chosen = next((item for item in items if item.split != TRAIN), items[0])  # no evaluation image is trained on
+        if chosen.split != items[0].split:
+            counter("duplicates_moved_out_of_train").inc()
+            yield beam.pvalue.TaggedOutput(TALLIES, Tally(Tally.STAT, MetadataKeys.DUPLICATES_OUT_OF_TRAIN, 1))
+        merged, origins = list(chosen.captions), [chosen.origins[0]]
+        for item in items:
+            if item is chosen:
+                continue
+            added = [caption for caption in item.captions if caption not in merged]
+            merged.extend(added)
+            origins.append((item.origins[0][0], len(added)))
+        yield chosen._replace(captions=tuple(merged), origins=tuple(origins))
+
+
+class _Read(typing.NamedTuple):
     items: beam.PCollection  # WorkItem
     errors: beam.PCollection  # ErrorRow
     tallies: beam.PCollection  # Tally
 
 
-class ReadDataset(beam.PTransform):
-    """A dataset layout -> `WorkItem`s to featurize, error rows, and tallies for the metadata."""
+@beam.ptransform_fn
+def ReadOneDataset(pbegin, data: Dataset):  # pylint: disable=invalid-name
+    """One dataset -> `_Read` (items, errors, tallies)."""
+    layout = data.layout
+    parsed = (pbegin
+              | "Files" >> beam.Create(layout.sources())
+              | "Parse" >> beam.ParDo(ParseSource(layout.restval)).with_outputs(SPLITS, main="captions"))
+    files = (pbegin
+             | "Directories" >> beam.Create(list(data.summary.directories))
+             | "ListImages" >> beam.FlatMap(_list_directory, data.summary.images_dir))
+    joined = ({"captions": parsed.captions, "splits": parsed[SPLITS], "files": files}
+              | "JoinByImage" >> beam.CoGroupByKey())
+    classified = joined | "ClassifyImages" >> beam.ParDo(ClassifyImages(data)).with_outputs(
+        ERRORS, TALLIES, main="items")
+    return _Read(items=classified.items, errors=classified[ERRORS], tallies=classified[TALLIES])
 
-    def __init__(self, layout: dataset.DatasetLayout):
+
+class ReadDataset(beam.PTransform):
+    """`Dataset`s -> `WorkItem`s to featurize, error rows, and tallies for the metadata. ``dedupe``: images of
+    the same content (across datasets, or within one) become one item."""
+
+    def __init__(self, datasets: typing.Sequence[Dataset], dedupe: bool = False):
         super().__init__()
-        self._layout = layout
+        self._datasets = tuple(datasets)
+        self._dedupe = dedupe
 
     def expand(self, pbegin):
-        layout = self._layout
-        joined = ({"captions": pbegin | "ReadCaptions" >> ReadCaptions(layout),
-                   "splits": pbegin | "ReadSplits" >> ReadSplits(layout.split_files),
-                   "files": pbegin | "ListImages" >> ListImages(layout.images_dir)}
-                  | "JoinByImage" >> beam.CoGroupByKey())
-        classified = joined | "ClassifyImages" >> beam.ParDo(ClassifyImages(layout.images_dir)).with_outputs(
-            ERRORS, TALLIES, main="items")
-        return _Dataset(items=classified.items, errors=classified[ERRORS], tallies=classified[TALLIES])
+        reads = [pbegin | f"Read[{data.name}]" >> ReadOneDataset(data) for data in self._datasets]
+        items = [read.items for read in reads] | "AllItems" >> beam.Flatten()
+        errors = [read.errors for read in reads]
+        tallies = [read.tallies for read in reads]
+        if self._dedupe:
+            hashed = items | "HashImages" >> beam.ParDo(HashImage()).with_outputs(ERRORS, main="hashed")
+            merged = (hashed.hashed
+                      | "ByContent" >> beam.GroupByKey()
+                      | "MergeDuplicates" >> beam.ParDo(MergeDuplicates(tuple(d.name for d in self._datasets)))
+                      .with_outputs(TALLIES, main="items"))
+            items = merged.items
+            errors.append(hashed[ERRORS])
+            tallies.append(merged[TALLIES])
+        return _Read(items=items, errors=errors | "AllErrors" >> beam.Flatten(),
+                     tallies=tallies | "AllTallies" >> beam.Flatten())

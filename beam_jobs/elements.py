@@ -62,6 +62,9 @@ class Tally(typing.NamedTuple):
     name: str  # the split, the error class or the statistic
     value: int
     SPLIT_IMAGES = "split_images"
+    DATASET_IMAGES = "dataset_images"
+    DATASET_CAPTIONS = "dataset_captions"
+    DATASET_DUPLICATES = "dataset_duplicates"
     SPLIT_CAPTIONS = "split_captions"
     ERROR = "error"
     STAT = "stat"

@@ -1,6 +1,7 @@
-"""Extract job: a captioned image dataset (Flickr8k layout) -> Xception features + tokenized captions.
+"""Extract job: captioned image datasets (Flickr8k, COCO, Karpathy or table layouts) -> Xception features +
+tokenized captions.
 
-    python -m beam_jobs.extract_features --dataset_dir DIR --output_dir OUT \
+    python -m beam_jobs.extract_features --dataset_dir [NAME=]DIR [--dataset_dir ...] --output_dir OUT \
         [--weights imagenet|none|PATH] [--image_size 299] [--min_word_count 5] [Beam options]
 
 (also installed as ``imcap-extract``). Writes, per split, sharded TFRecords with one tf.train.Example per image,
@@ -14,8 +15,10 @@ The pipeline, one composite per concern::
      files, joined)  errors ── WriteErrorTable ──────── tallies ──── WriteMetadata (after the records) ◀─┘
                                                                       (extract_outputs: vocab.txt, metadata.json)
 
-The vocabulary is counted inside the pipeline from the train split only (a CombineFn), so it scales with the
-data and never sees dev/test words. Counts for metadata.json travel as `Tally` elements and are summed once.
+The layouts and how several datasets combine are described in `beam_jobs.dataset` and `beam_jobs.datasets`
+(ReadDataset parses, joins and, for several datasets, finds duplicate images by content). The vocabulary is
+counted inside the pipeline from the train split only (a CombineFn), so it scales with the data and never sees
+dev/test words. Counts for metadata.json travel as `Tally` elements and are summed once.
 
 Runner: `beam_jobs.runtime.LocalRunner` unless ``--runner`` says otherwise; every Beam option passes through.
 """
@@ -30,7 +33,7 @@ import typing
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from beam_jobs import dataset, quantize, runtime
+from beam_jobs import dataset, datasets as datasets_lib, quantize, runtime
 from beam_jobs.dataset_read import ReadDataset
 from beam_jobs.extract_outputs import MetadataSettings, WriteErrorTable, WriteMetadata, WriteSplits
 from beam_jobs.image_transforms import FeaturesOfItems, add_feature_flags, check_feature_flags
@@ -38,14 +41,15 @@ from beam_jobs.inference import AUTO_BACKEND, INT8_BACKEND, MODELS, Models, chec
 from beam_jobs.vocab import VOCAB_SPLIT, BuildVocabulary
 from schemas import backbones, fileio as schema_fileio, int8_model as int8_schema, records
 from schemas.bundle import INT8_DIR
-from schemas.records import MetadataKeys, SplitKeys
+from schemas.records import DatasetKeys, MetadataKeys, SplitKeys
 from schemas.vocabulary import VOCAB_FILE, Vocabulary
 
 DEFAULT_MIN_WORD_COUNT = 5
 
 
 class ExtractConfig(typing.NamedTuple):
-    layout: dataset.DatasetLayout
+    datasets: tuple  # `datasets.Dataset`s
+    splits: tuple  # the records' splits (`datasets.output_splits`)
     output_dir: str
     backbone: str
     weights: str
@@ -63,17 +67,29 @@ class ExtractConfig(typing.NamedTuple):
     int8_model: typing.Optional[str] = None  # --int8_model
     int8_info: typing.Optional[dict] = None  # its quantization.json
     models: Models = MODELS  # the handlers' factory (tests pass fakes)
+    dedupe: bool = False  # hash the images and merge the items of the same content
 
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
         prog="imcap-extract", description=__doc__.split("\n\n")[0],
         epilog="Any other --flag is a Beam pipeline option (e.g. --runner, --direct_running_mode, --project).")
-    parser.add_argument("--dataset_dir", help="dataset in the Flickr8k layout (images dir, captions, split lists)")
-    parser.add_argument("--images_dir", help="directory of the images (default: found in --dataset_dir)")
-    parser.add_argument("--captions_file", help="Flickr8k.token.txt or Kaggle captions.txt (default: found)")
+    parser.add_argument("--dataset_dir", action="append", metavar="[NAME=]DIR",
+                        help="a dataset in the Flickr8k, COCO, Karpathy or table layout (found from its files); "
+                             "repeat it to combine datasets into one set of records (NAME: how its ids and splits "
+                             "are prefixed, default the directory's name)")
+    parser.add_argument("--images_dir", help="directory the images' paths are relative to (default: found)")
+    parser.add_argument("--captions_file",
+                        help="the captions: Flickr8k.token.txt, a CSV or JSON Lines table, a COCO captions JSON or "
+                             "Karpathy's dataset_*.json (default: found in --dataset_dir)")
     parser.add_argument("--split_file", action="append", type=runtime.parse_key_value, metavar="NAME=PATH",
                         help="a split list, repeatable (default: Flickr_8k.{train,dev,test}Images.txt found)")
+    parser.add_argument("--karpathy_restval", default=dataset.RESTVAL_TO_TRAIN, choices=("train", "restval"),
+                        help="Karpathy's restval images: in train (default, as in the literature) or a split of "
+                             "their own")
+    parser.add_argument("--dedupe", default="auto", choices=("auto", "yes", "no"),
+                        help="find images of the same content (SHA-256 of the file) and make each one record with "
+                             "all its captions; auto (default): yes when there are several --dataset_dir")
     parser.add_argument("--output_dir", required=True, help="where records, vocab.txt and metadata.json go")
     parser.add_argument("--overwrite", action="store_true",
                         help="delete the records, vocabulary, metadata and errors of an earlier run in --output_dir")
@@ -132,7 +148,8 @@ def _same_path(first: str, second: str) -> bool:
 def _existing_outputs(output_dir: str, splits, keep: str | None = None) -> list[str]:
     """The files an earlier run of this job wrote in ``output_dir``: record shards of these splits (by their exact
     name pattern), metadata.json, vocab.txt, errors.parquet and extractor_int8/. Nothing else there is touched."""
-    shard = re.compile(r"(?:" + "|".join(re.escape(split) for split in splits) + r")-\d{5}-of-\d{5}"
+    shard = re.compile(r"(?:" + "|".join(re.escape(records.split_file_stem(split)) for split in splits)
+                       + r")-\d{5}-of-\d{5}"
                        + re.escape(records.RECORD_SUFFIX))
     found = [path for path in schema_fileio.glob(schema_fileio.join(output_dir, f"*{records.RECORD_SUFFIX}"))
              if shard.fullmatch(posixpath.basename(path))]
@@ -146,19 +163,17 @@ def _existing_outputs(output_dir: str, splits, keep: str | None = None) -> list[
 
 def prepare(args: argparse.Namespace, models: Models = MODELS) -> ExtractConfig:
     """Everything checked on the launching machine before a worker starts; raises ValueError with what to fix."""
-    layout = dataset.resolve_layout(args.dataset_dir, args.images_dir, args.captions_file, args.split_files)
-    summary = dataset.validate_layout(layout)
-    logging.info("dataset: images in %s; %d captions of %d images in %s (%s format); splits %s", layout.images_dir,
-                 summary.caption_lines, summary.captioned_images, layout.captions_file, layout.caption_format,
-                 summary.split_sizes)
+    datasets = datasets_lib.load_datasets(args.dataset_dir, args.images_dir, args.captions_file, args.split_files,
+                                          args.karpathy_restval)
+    splits = datasets_lib.output_splits(datasets)
     vocab_tokens = None
     if args.vocab_file:
         vocab_tokens = Vocabulary.load(args.vocab_file).tokens
-    elif VOCAB_SPLIT not in layout.split_files:
+    elif VOCAB_SPLIT not in splits:
         raise ValueError(f"the vocabulary is built from the '{VOCAB_SPLIT}' split, and there is none (splits: "
-                         f"{', '.join(layout.split_files)}); add --split_file {VOCAB_SPLIT}=PATH or pass --vocab_file")
+                         f"{', '.join(splits)}); add --split_file {VOCAB_SPLIT}=PATH or pass --vocab_file")
 
-    existing = _existing_outputs(args.output_dir, layout.split_files, keep=args.int8_model)
+    existing = _existing_outputs(args.output_dir, splits, keep=args.int8_model)
     if existing and not args.overwrite:
         raise ValueError(f"--output_dir {args.output_dir} already holds the output of a run ({len(existing)} files, "
                          f"e.g. {posixpath.basename(existing[0])}); pass --overwrite to replace it or pick another")
@@ -189,7 +204,7 @@ def prepare(args: argparse.Namespace, models: Models = MODELS) -> ExtractConfig:
     int8_model = int8_info = None
     calibrate = backend == INT8_BACKEND and not args.int8_model
     if calibrate:
-        if VOCAB_SPLIT not in layout.split_files:  # never calibrate on photos a model is evaluated on
+        if VOCAB_SPLIT not in splits:  # never calibrate on photos a model is evaluated on
             raise ValueError(f"there is no {VOCAB_SPLIT} split to calibrate the int8 model on: pass --int8_model "
                              "(the extractor_int8/ of the records the model was trained on) or --inference_backend "
                              "keras")
@@ -207,11 +222,11 @@ def prepare(args: argparse.Namespace, models: Models = MODELS) -> ExtractConfig:
             copy_int8_model(args.int8_model, int8_model)
         elif calibrate:
             models.quantize(int8_model, backbone, args.weights, image_size,
-                            [schema_fileio.join(layout.images_dir, name)
-                             for name in dataset.read_split_list(layout.split_files[VOCAB_SPLIT])],
+                            datasets_lib.split_image_uris(datasets, VOCAB_SPLIT),
                             f"{VOCAB_SPLIT} split of the dataset", args.int8_calibration_images)
         int8_info = check_int8_model(int8_model, backbone.name, image_size, digest)
-    return ExtractConfig(layout=layout, output_dir=args.output_dir, backbone=backbone.name, weights=args.weights,
+    dedupe = args.dedupe == "yes" or (args.dedupe == "auto" and len(datasets) > 1)
+    return ExtractConfig(datasets=tuple(datasets), splits=tuple(splits), dedupe=dedupe, output_dir=args.output_dir, backbone=backbone.name, weights=args.weights,
                          weights_sha256=digest, image_size=image_size, feature_dim=feature_dim,
                          min_batch_size=args.min_batch_size, max_batch_size=args.max_batch_size,
                          min_word_count=args.min_word_count, vocab_tokens=vocab_tokens, num_shards=args.num_shards,
@@ -220,8 +235,8 @@ def prepare(args: argparse.Namespace, models: Models = MODELS) -> ExtractConfig:
 
 
 def build_pipeline(pipeline: beam.Pipeline, config: ExtractConfig) -> None:
-    splits = list(config.layout.split_files)
-    data = pipeline | "ReadDataset" >> ReadDataset(config.layout)
+    splits = list(config.splits)
+    data = pipeline | "ReadDataset" >> ReadDataset(config.datasets, config.dedupe)
     vocabulary = data.items | "BuildVocabulary" >> BuildVocabulary(config.min_word_count, config.vocab_tokens)
     total = data.items | "CountItems" >> beam.combiners.Count.Globally()
     featured = data.items | "Features" >> FeaturesOfItems(
@@ -242,13 +257,25 @@ def build_pipeline(pipeline: beam.Pipeline, config: ExtractConfig) -> None:
              weights_sha256=config.weights_sha256, image_size=config.image_size, feature_dim=config.feature_dim,
              min_word_count=config.min_word_count, vocab_from_file=bool(config.vocab_tokens),
              inference_backend=config.inference_backend, int8_model=config.int8_info,
+             datasets=tuple((d.name, d.layout.caption_format, d.summary.images_dir) for d in config.datasets),
              grid_shape=(config.grid, config.grid, config.feature_dim) if config.grid else None)))
 
 
 def summarize(metadata: dict) -> str:
     lines = ["extract job finished:"]
+    width = max([6] + [len(split) for split in metadata[MetadataKeys.SPLITS]])
     for split, counts in metadata[MetadataKeys.SPLITS].items():
-        lines.append(f"  {split:<6} {counts[SplitKeys.IMAGES]:>8,} images {counts[SplitKeys.CAPTIONS]:>9,} captions")
+        lines.append(f"  {split:<{width}} {counts[SplitKeys.IMAGES]:>8,} images "
+                     f"{counts[SplitKeys.CAPTIONS]:>9,} captions")
+    sources = metadata.get(MetadataKeys.DATASETS) or {}
+    if len(sources) > 1 or any(counts[DatasetKeys.DUPLICATES] for counts in sources.values()):
+        for name, counts in sorted(sources.items(), key=lambda item: item[1].get(DatasetKeys.ORDER, 0)):
+            lines.append(f"  from {name} ({counts[DatasetKeys.LAYOUT]}): {counts[DatasetKeys.IMAGES]:,} images, "
+                         f"{counts[DatasetKeys.CAPTIONS]:,} captions, {counts[DatasetKeys.DUPLICATES]:,} of its "
+                         "images duplicates of another's")
+        moved = metadata.get(MetadataKeys.DUPLICATES_OUT_OF_TRAIN, 0)
+        if moved:
+            lines.append(f"  duplicates kept out of train because another copy is in an evaluation split: {moved:,}")
     lines.append(f"  images failed: {metadata[MetadataKeys.IMAGES_FAILED]:,} "
                  f"{metadata[MetadataKeys.ERRORS_BY_CLASS] or ''}".rstrip())
     lines.append(f"  captions without image: {metadata[MetadataKeys.CAPTIONS_WITHOUT_IMAGE]:,}; images in no split: "

@@ -20,7 +20,7 @@ from beam_jobs.elements import Tally
 from beam_jobs.runtime import counter
 from beam_jobs.vocab import VOCAB_SPLIT, SumCounts, VocabularyInfo
 from schemas import backbones, captions, fileio, records, tables
-from schemas.records import MetadataKeys, SplitKeys
+from schemas.records import DatasetKeys, MetadataKeys, SplitKeys
 from schemas.vocabulary import VOCAB_FILE, Vocabulary
 
 
@@ -47,8 +47,16 @@ class EncodeRecords(beam.DoFn):
                        for caption in item.captions]
         counter(f"records_{item.split}").inc()
         self._progress.add(total=total)
+        for position, (name, caption_count) in enumerate(item.origins):
+            yield beam.pvalue.TaggedOutput(DATASET_TALLIES, Tally(Tally.DATASET_IMAGES, name, 1))
+            yield beam.pvalue.TaggedOutput(DATASET_TALLIES, Tally(Tally.DATASET_CAPTIONS, name, caption_count))
+            if position:
+                yield beam.pvalue.TaggedOutput(DATASET_TALLIES, Tally(Tally.DATASET_DUPLICATES, name, 1))
         yield beam.pvalue.TaggedOutput(item.split, records.encode_example(
             item.image_id, item.split, features, list(item.captions), caption_ids))
+
+
+DATASET_TALLIES = "dataset_tallies"
 
 
 class _Written(typing.NamedTuple):
@@ -62,8 +70,9 @@ def WriteSplits(featured, vocabulary, total, output_dir: str, splits: list, num_
     """(WorkItem, features or `records.SpatialFeatures`) -> TFRecord shards per split, given the vocabulary (one `VocabularyInfo`) and the number
     of items (for progress)."""
     encoded = featured | "EncodeRecords" >> beam.ParDo(
-        EncodeRecords(), beam.pvalue.AsSingleton(vocabulary), beam.pvalue.AsSingleton(total)).with_outputs(*splits)
-    files, tallies = [], []
+        EncodeRecords(), beam.pvalue.AsSingleton(vocabulary), beam.pvalue.AsSingleton(total)).with_outputs(
+            DATASET_TALLIES, *splits)
+    files, tallies = [], [encoded[DATASET_TALLIES]]
     for split in splits:
         examples = encoded[split]
         files.append(examples | f"Write[{split}]" >> beam.io.WriteToTFRecord(
@@ -109,6 +118,7 @@ class MetadataSettings(typing.NamedTuple):
     inference_backend: str
     grid_shape: typing.Optional[tuple] = None  # (g, g, D) when the records hold grids
     int8_model: typing.Optional[dict] = None  # openvino-int8: the model's quantization.json
+    datasets: tuple = ()  # (name, layout, images_dir) per dataset, in order
 
 
 def _int8_summary(info: dict) -> dict:
@@ -134,7 +144,14 @@ def metadata_from(settings: MetadataSettings, totals: dict, vocabulary: Vocabula
         MetadataKeys.ERRORS_BY_CLASS: errors_by_class,
         **{key: totals.get((Tally.STAT, key), 0) for key in (MetadataKeys.CAPTIONS_WITHOUT_IMAGE,
                                                              MetadataKeys.IMAGES_WITHOUT_SPLIT,
-                                                             MetadataKeys.CAPTIONS_EMPTY)},
+                                                             MetadataKeys.CAPTIONS_EMPTY,
+                                                             MetadataKeys.DUPLICATES_OUT_OF_TRAIN)},
+        MetadataKeys.DATASETS: {name: {DatasetKeys.ORDER: order, DatasetKeys.LAYOUT: layout,
+                                       DatasetKeys.IMAGES_DIR: images_dir,
+                                       DatasetKeys.IMAGES: totals.get((Tally.DATASET_IMAGES, name), 0),
+                                       DatasetKeys.CAPTIONS: totals.get((Tally.DATASET_CAPTIONS, name), 0),
+                                       DatasetKeys.DUPLICATES: totals.get((Tally.DATASET_DUPLICATES, name), 0)}
+                                for order, (name, layout, images_dir) in enumerate(settings.datasets)},
         MetadataKeys.VOCAB_SIZE: len(vocabulary.tokens),
         MetadataKeys.MIN_WORD_COUNT: settings.min_word_count,
         MetadataKeys.VOCAB_SOURCE: "vocab_file" if settings.vocab_from_file else f"{VOCAB_SPLIT} split",

@@ -239,11 +239,12 @@ class CaptionModelHandler(ModelHandler[Any, tuple, Any]):
     """
 
     def __init__(self, model_dirs, beam_width: int, length_penalty: float, *, min_batch_size: int = 1,
-                 max_batch_size: int = 128, attention_maps: bool = False):
+                 max_batch_size: int = 128, attention_maps: bool = False, no_repeat_ngram_size: int = 0):
         super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
         self._model_dirs = [model_dirs] if isinstance(model_dirs, str) else list(model_dirs)
         self._beam_width = beam_width
         self._length_penalty = length_penalty
+        self._no_repeat_ngram_size = no_repeat_ngram_size
         self._attention_maps = attention_maps
 
     def load_model(self):
@@ -255,7 +256,7 @@ class CaptionModelHandler(ModelHandler[Any, tuple, Any]):
 
     def run_inference(self, batch: Sequence[Any], model, inference_args: Optional[dict] = None):
         hypotheses = model.hypotheses(stack_features(batch), self._beam_width, self._length_penalty,
-                                      batch_size=len(batch))
+                                      batch_size=len(batch), no_repeat_ngram_size=self._no_repeat_ngram_size)
         return [(model.to_text(hypothesis), hypothesis.log_prob,
                  hypothesis.attention if self._attention_maps else None) for hypothesis in hypotheses]
 

@@ -43,6 +43,13 @@ class DecodingKeys:
     """Keys of BundleKeys.DECODING: how the caption job, trainer.evaluate and trainer.predict decode by default."""
     BEAM_WIDTH = "beam_width"  # 1: greedy
     LENGTH_PENALTY = "length_penalty"  # hypotheses ranked by log_prob / length ** length_penalty
+    # a token that would repeat an n-gram of this many tokens is never chosen (0: no blocking); absent in bundles
+    # written before it existed: DEFAULT_NO_REPEAT_NGRAM_SIZE
+    NO_REPEAT_NGRAM_SIZE = "no_repeat_ngram_size"
+
+
+# The product's default (BENCHMARKS §13: Flickr8k dev with and without blocking).
+DEFAULT_NO_REPEAT_NGRAM_SIZE = 2
 
 
 MERGE_DECODER = "merge"

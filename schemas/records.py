@@ -51,6 +51,17 @@ class SplitKeys:
     FILES = "files"  # the glob of its records, relative to the directory
 
 
+class DatasetKeys:
+    """Keys of each dataset's entry in metadata.json's DATASETS. Over all datasets, the sum of IMAGES less the sum
+    of DUPLICATES is the number of records, and the sum of CAPTIONS the number of captions in them."""
+    ORDER = "order"  # its place among the --dataset_dir flags (the first dataset's copy of a duplicate wins)
+    LAYOUT = "layout"  # token, table-csv, table-jsonl, coco or karpathy
+    IMAGES_DIR = "images_dir"
+    IMAGES = "images"  # its images in the records (a duplicate counts for each dataset it is in)
+    CAPTIONS = "captions"  # captions it gave to the records (a caption text an image already had is not counted)
+    DUPLICATES = "duplicates"  # its images whose record is shared with an image named earlier (same content)
+
+
 class MetadataKeys:
     """Keys of metadata.json."""
     SPLITS = "splits"  # {split: {SplitKeys.IMAGES: int, SplitKeys.CAPTIONS: int, SplitKeys.FILES: glob}}
@@ -59,6 +70,8 @@ class MetadataKeys:
     ERRORS_BY_CLASS = "errors_by_class"
     CAPTIONS_WITHOUT_IMAGE = "captions_without_image"
     IMAGES_WITHOUT_SPLIT = "images_without_split"
+    DATASETS = "datasets"  # {name: {DatasetKeys...}}: where the records came from
+    DUPLICATES_OUT_OF_TRAIN = "duplicates_kept_out_of_train"  # duplicates whose record went to an evaluation split
     CAPTIONS_EMPTY = "captions_empty_after_normalization"
     VOCAB_SIZE = "vocab_size"
     MIN_WORD_COUNT = "min_word_count"
@@ -127,14 +140,37 @@ def check_metadata(metadata: dict, source: str) -> dict:
     return metadata
 
 
+EVAL_SPLIT_NAMES = ("dev", "val")  # the split a trainer watches and evaluates on by default, in this order
+
+
+def split_file_stem(split: str) -> str:
+    """The file name stem of a split's shards: the split's name, with the '/' of a dataset's split in records of
+    several datasets (e.g. ``coco/val``) as '.' (``coco.val-00000-of-00001.tfrecord``). Split and dataset names are
+    letters, digits, '_' and '-' (`beam_jobs.dataset.check_name`), so stems never collide."""
+    return split.replace("/", ".")
+
+
 def shard_prefix(output_dir: str, split: str) -> str:
     """Prefix given to the TFRecord sink of a split; Beam appends -SSSSS-of-NNNNN.tfrecord."""
-    return join(output_dir, split)
+    return join(output_dir, split_file_stem(split))
 
 
 def split_pattern(output_dir: str, split: str) -> str:
     """Glob of a split's shards."""
-    return join(output_dir, f"{split}-*-of-*{RECORD_SUFFIX}")
+    return join(output_dir, f"{split_file_stem(split)}-*-of-*{RECORD_SUFFIX}")
+
+
+def default_eval_split(splits) -> str | None:
+    """The split to watch during training and to evaluate on when none is named: dev, else val, else (records of
+    several datasets) the first dataset's dev or val split, e.g. ``flickr8k/dev``; None when there is none."""
+    splits = list(splits)
+    for name in EVAL_SPLIT_NAMES:
+        if name in splits:
+            return name
+    for split in splits:
+        if split.rpartition("/")[2] in EVAL_SPLIT_NAMES:
+            return split
+    return None
 
 
 def feature_spec(feature_dim: int, with_grid: bool = False) -> dict:

@@ -354,7 +354,8 @@ def test_caption_job_serves_an_attention_bundle_and_an_ensemble(sample_dataset, 
         captions, errors = read_outputs(prefix)
         assert not errors and len(captions) == len(paths)
         bundle = load_bundles(model_dirs)
-        expected = bundle.decoder.caption(features, 2)
+        expected = bundle.decoder.caption(  # the job decodes with the bundle's n-gram blocking
+            features, 2, no_repeat_ngram_size=bundle.decoding_for().no_repeat_ngram_size)
         got = {row[tables.IMAGE_URI]: row for row in captions}
         for path, (text, log_prob) in zip(paths, expected):
             assert got[path][tables.CAPTION] == text
@@ -404,8 +405,9 @@ def test_attention_pictures_from_predict_and_the_gallery(sample_dataset, attenti
         # each word, then <end> (unless the caption was cut at the bundle's max_length)
         assert attention_rows.shape[1] == 9 and attention_rows.shape[0] - len(row[tables.CAPTION].split()) in (0, 1)
         np.testing.assert_allclose(attention_rows.sum(axis=1), 1.0, atol=1e-5)
-        expected = decoder.hypotheses(dev[os.path.basename(row[tables.IMAGE_URI])],
-                                      *Bundle(attention_bundle).decoding_for())[0]  # the bundle's defaults
+        beam_width, length_penalty, no_repeat = Bundle(attention_bundle).decoding_for()  # the bundle's defaults
+        expected = decoder.hypotheses(dev[os.path.basename(row[tables.IMAGE_URI])], beam_width, length_penalty,
+                                      no_repeat_ngram_size=no_repeat)[0]
         assert decoder.to_text(expected) == row[tables.CAPTION]
         np.testing.assert_allclose(attention_rows, expected.attention, atol=1e-4)
         assert len(attention_rows) == expected.length

@@ -143,7 +143,9 @@ def test_the_real_models_caption_what_the_decoder_says_of_the_extract_jobs_featu
     captions, errors = read_outputs(prefix)
     assert not errors and len(captions) == 2 * len(paths) == 4
     got = {row[tables.IMAGE_URI]: (row[tables.CAPTION], row[tables.LOG_PROB]) for row in captions}
-    expected = Bundle(sample_bundle).decoder.caption(np.stack([r[records.IMAGE_FEATURES] for r in dev]), 2)
+    bundle = Bundle(sample_bundle)  # the job decodes with the bundle's n-gram blocking
+    expected = bundle.decoder.caption(np.stack([r[records.IMAGE_FEATURES] for r in dev]), 2,
+                                      no_repeat_ngram_size=bundle.decoding_for().no_repeat_ngram_size)
     for index, (path, (text, log_prob)) in enumerate(zip(paths, expected)):
         for uri in (path, f"{tar_path}!m{index}.jpg"):
             assert got[uri][0] == text and text

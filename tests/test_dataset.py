@@ -1,10 +1,15 @@
-"""Reading the Flickr8k layout: both caption formats, custom layouts, and clear errors for malformed files."""
+"""Reading the Flickr8k layout: both caption formats, custom layouts, and clear errors for malformed files.
+(COCO, Karpathy and tables: tests/test_dataset_layouts.py.)"""
 import os
 
 import pytest
 
-from beam_jobs import dataset
-from beam_jobs.dataset import CSV_FORMAT, TOKEN_FORMAT, DatasetError
+from beam_jobs import dataset, dataset_formats
+from beam_jobs.dataset_formats import CSV_FORMAT, TOKEN_FORMAT, DatasetError
+
+
+def _csv_rows(text):
+    return [(entry.key, entry.index, entry.caption) for entry in dataset_formats.csv_entries("captions.txt", text)]
 
 
 def _write(path, text):
@@ -15,25 +20,25 @@ def _write(path, text):
 
 
 def test_token_line():
-    parsed = dataset.parse_caption_line("1000_ab.jpg#3\tA dog runs .\n", TOKEN_FORMAT)
-    assert (parsed.image, parsed.index, parsed.caption) == ("1000_ab.jpg", 3, "A dog runs .")
+    parsed = dataset_formats.parse_token_line("1000_ab.jpg#3\tA dog runs .\n")
+    assert (parsed.key, parsed.index, parsed.caption) == ("1000_ab.jpg", 3, "A dog runs .")
 
 
 def test_token_line_keeps_stray_image_ids():
     # Real Flickr8k has "2258277193_586949ec62.jpg.1#0": the id is kept as is (it names no image file).
-    parsed = dataset.parse_caption_line("2258277193_586949ec62.jpg.1#0\tA man .", TOKEN_FORMAT)
-    assert parsed.image == "2258277193_586949ec62.jpg.1"
+    parsed = dataset_formats.parse_token_line("2258277193_586949ec62.jpg.1#0\tA man .")
+    assert parsed.key == "2258277193_586949ec62.jpg.1"
 
 
 def test_csv_line_with_unquoted_and_quoted_commas():
-    unquoted = dataset.parse_caption_line("a.jpg,A dog , a cat and a bird .", CSV_FORMAT)
-    assert (unquoted.image, unquoted.index, unquoted.caption) == ("a.jpg", None, "A dog , a cat and a bird .")
-    quoted = dataset.parse_caption_line('b.jpg,"A dog, running"', CSV_FORMAT)
-    assert quoted.caption == "A dog, running"
+    # Kaggle's file (header exactly image,caption) leaves commas inside captions unquoted.
+    assert _csv_rows('image,caption\na.jpg,A dog , a cat and a bird .\nb.jpg,"A dog, running"\n') == [
+        ("a.jpg", 2, "A dog , a cat and a bird ."), ("b.jpg", 3, "A dog, running")]
 
 
 def test_blank_lines_are_skipped():
-    assert dataset.parse_caption_line("   \r\n", TOKEN_FORMAT) is None
+    assert dataset_formats.parse_token_line("   \r\n") is None
+    assert _csv_rows("image,caption\n\n , \na.jpg,x\n") == [("a.jpg", 4, "x")]
 
 
 @pytest.mark.parametrize("line, problem", [
@@ -44,12 +49,13 @@ def test_blank_lines_are_skipped():
 ])
 def test_malformed_token_lines(line, problem):
     with pytest.raises(ValueError, match=problem):
-        dataset.parse_caption_line(line, TOKEN_FORMAT)
+        dataset_formats.parse_token_line(line)
 
 
 def _layout(tmp_path, captions_text, captions_name="Flickr8k.token.txt", splits=None):
     root = tmp_path / "ds"
     os.makedirs(root / "Images", exist_ok=True)
+    _write(root / "Images" / "a.jpg", "")  # tables: the images directory is where the first images are
     _write(root / captions_name, captions_text)
     for split, names in (splits or {"train": ["a.jpg"]}).items():
         _write(root / dataset.SPLIT_FILES[split], "".join(f"{n}\n" for n in names))

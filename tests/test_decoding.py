@@ -9,7 +9,8 @@ import pytest
 from schemas.vocabulary import END_ID, RESERVED_TOKENS, Vocabulary
 from trainer import model as model_lib
 from trainer.bundle import Bundle, export_bundle
-from trainer.decoding import CaptionDecoder, Hypothesis
+from schemas.bundle import DEFAULT_NO_REPEAT_NGRAM_SIZE
+from trainer.decoding import CaptionDecoder, Hypothesis, repeated_ngram_blocks
 
 FEATURE_DIM = 12
 WORDS = ("a", "dog", "cat", "runs")
@@ -118,3 +119,68 @@ def test_bundle_errors(tmp_path):
     (tmp_path / "bundle.json").write_text('{"format_version": 1}')
     with pytest.raises(ValueError, match="not a model bundle config, missing model_id"):
         Bundle(str(tmp_path))
+
+
+def _repeats(token_ids, size=2):
+    grams = [tuple(token_ids[i:i + size]) for i in range(len(token_ids) - size + 1)]
+    return len(set(grams)) < len(grams)
+
+
+def test_repeated_ngram_blocks():
+    history = np.array([[5, 6, 7, 5], [1, 2, 1, 2], [1, 1, 1, 1], [4, 5, 6, 7]])
+    rows, tokens = repeated_ngram_blocks(history, 2)
+    assert sorted(zip(rows.tolist(), tokens.tolist())) == [(0, 6), (1, 1), (2, 1), (2, 1), (2, 1)]
+    rows, tokens = repeated_ngram_blocks(history, 3)
+    assert sorted(zip(rows.tolist(), tokens.tolist())) == [(1, 1), (2, 1), (2, 1)]
+    rows, tokens = repeated_ngram_blocks(history, 1)  # no id twice
+    assert sorted(set(zip(rows.tolist(), tokens.tolist()))) == sorted(
+        {(row, token) for row in range(4) for token in history[row].tolist()})
+    for size, length in ((2, 0), (2, 1), (0, 4), (5, 4)):
+        assert repeated_ngram_blocks(history[:, :length], size)[0].size == 0
+
+
+def test_no_repeat_ngram_blocks_repeats_and_changes_nothing_else():
+    model, _, decoder = _random_decoder(seed=0, words=("a", "b"), max_length=12)
+    features = _features(48, seed=2)
+    for decode in (lambda size: decoder.greedy(features, no_repeat_ngram_size=size),
+                   lambda size: decoder.beam_search(features, 3, no_repeat_ngram_size=size)):
+        plain, blocked = decode(0), decode(2)
+        assert sum(_repeats(h.token_ids) for h in plain) > 5  # the untrained model loops ("a b a b ...")
+        assert not any(_repeats(h.token_ids) for h in blocked)
+        changed = 0
+        for row, (before, after) in enumerate(zip(plain, blocked)):
+            if not _repeats(before.token_ids):
+                assert after == before  # nothing to block: the same caption, the same score
+            changed += after != before
+            # the log-probability stays the model's own, of the tokens chosen
+            expected = _teacher_forced_log_prob(model, features[row], after.token_ids, after.finished)
+            assert after.log_prob == pytest.approx(expected, abs=1e-4)
+        assert changed > 5
+
+
+def test_wide_beam_with_blocking_finds_the_best_caption_without_a_repeat():
+    words = ("a", "b", "c")
+    model, vocabulary, decoder = _random_decoder(seed=4, words=words, max_length=6)  # up to 4 words + <end>
+    features = _features(6, seed=9)
+    word_ids = [vocabulary.id_of(w) for w in words]
+    candidates = [seq for length in range(0, 5) for seq in itertools.product(word_ids, repeat=length)
+                  if not _repeats(seq)]
+    for row, found in enumerate(decoder.beam_search(features, beam_width=64, no_repeat_ngram_size=2)):
+        best = max(candidates, key=lambda seq: _teacher_forced_log_prob(model, features[row], seq))
+        assert found.token_ids == best
+
+
+def test_bundle_decoding_defaults(tmp_path):
+    model, vocabulary, _ = _random_decoder(seed=6)
+    metadata = {"backbone": "xception", "weights": "none", "weights_sha256": "abc", "image_size": 71,
+                "preprocessing": "xception", "feature_dim": FEATURE_DIM, "max_length": 6}
+    export_bundle(str(tmp_path / "new"), model, vocabulary, metadata, training={})
+    assert Bundle(str(tmp_path / "new")).decoding_for() == (3, 0.0, DEFAULT_NO_REPEAT_NGRAM_SIZE)
+    export_bundle(str(tmp_path / "old"), model, vocabulary, metadata, training={},
+                  decoding={"beam_width": 2, "length_penalty": 0.5})  # written before n-gram blocking
+    old = Bundle(str(tmp_path / "old"))
+    assert old.decoding_for() == (2, 0.5, DEFAULT_NO_REPEAT_NGRAM_SIZE)
+    assert old.decoding_for(4, 0.0, 0) == (4, 0.0, 0)
+    export_bundle(str(tmp_path / "three"), model, vocabulary, metadata, training={},
+                  decoding={"beam_width": 2, "length_penalty": 0.0, "no_repeat_ngram_size": 3})
+    assert Bundle(str(tmp_path / "three")).decoding_for(no_repeat_ngram_size=None) == (2, 0.0, 3)

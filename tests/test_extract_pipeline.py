@@ -11,7 +11,9 @@ import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from beam_jobs import extract_features
+from beam_jobs.dataset import DatasetSummary
 from beam_jobs.dataset_read import ClassifyImages, WorkItem
+from beam_jobs.datasets import Dataset
 from beam_jobs.elements import Tally
 from beam_jobs.vocab import CountWords
 from schemas import backbones, captions, fileio, images, records
@@ -174,16 +176,19 @@ def test_multi_processing_command_gives_the_same_records(sample_dataset, extract
 
 def test_classify_images_joins_captions_splits_and_files():
     joined = [
-        ("a.jpg", {"captions": [(1, "Second ."), (0, "A dog !")], "splits": ["train"], "files": ["/d/a.jpg"]}),
-        ("gone.jpg", {"captions": [(0, "x")], "splits": ["dev"], "files": []}),
+        ("a.jpg", {"captions": [(1, "Second ."), (0, "A dog !")], "splits": [("train", "a.jpg")],
+                   "files": ["/d/a.jpg"]}),
+        ("gone.jpg", {"captions": [(0, "x")], "splits": [("dev", "gone.jpg")], "files": []}),
         ("stray.jpg.1", {"captions": [(0, "x"), (1, "y")], "splits": [], "files": []}),
         ("extra.jpg", {"captions": [], "splits": [], "files": ["/d/extra.jpg"]}),
-        ("mute.jpg", {"captions": [(0, "42 !")], "splits": ["train"], "files": ["/d/mute.jpg"]}),
+        ("mute.jpg", {"captions": [(0, "42 !")], "splits": [("train", "mute.jpg")], "files": ["/d/mute.jpg"]}),
     ]
+    data = Dataset(layout=None, summary=DatasetSummary(0, 0, {}, images_dir="/d"), name="d", prefixed=False)
     with local_test_pipeline() as pipeline:
         out = (pipeline | beam.Create(joined)
-               | beam.ParDo(ClassifyImages("/d")).with_outputs("errors", "tallies", main="items"))
-        assert_that(out.items, equal_to([WorkItem("a.jpg", "train", "/d/a.jpg", ("a dog", "second"))]),
+               | beam.ParDo(ClassifyImages(data)).with_outputs("errors", "tallies", main="items"))
+        assert_that(out.items, equal_to([WorkItem("a.jpg", "train", "/d/a.jpg", ("a dog", "second"),
+                                                  (("d", 2),))]),
                     label="Items")
         assert_that(out.errors | beam.Map(lambda row: (row.image_uri, row.error)),
                     equal_to([("/d/gone.jpg", "missing_file"), ("/d/mute.jpg", "no_captions")]), label="Errors")

@@ -13,7 +13,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.portability import common_urns
 from apache_beam.portability.api import beam_runner_api_pb2
 
-from beam_jobs import archives, caption_images, dataset, extract_features, outputs
+from beam_jobs import archives, caption_images, extract_features, outputs
+from beam_jobs.datasets import load_datasets, output_splits
 
 # The options a Dataflow launch carries, minus --runner=DataflowRunner itself: constructing that runner contacts
 # Google Cloud (credentials, the temp bucket), which is out of reach offline. The graph does not depend on it.
@@ -52,9 +53,9 @@ def _round_trip(pipeline: beam.Pipeline) -> bytes:
 
 
 def _extract_config(sample_dataset):
-    layout = dataset.resolve_layout(sample_dataset)
+    datasets = load_datasets([sample_dataset])
     return extract_features.ExtractConfig(
-        layout=layout, output_dir="gs://example-bucket/features", backbone="xception", weights=REMOTE_WEIGHTS,
+        datasets=tuple(datasets), splits=tuple(output_splits(datasets)), output_dir="gs://example-bucket/features", backbone="xception", weights=REMOTE_WEIGHTS,
         weights_sha256="0" * 64, image_size=299, feature_dim=2048, min_batch_size=8, max_batch_size=32,
         min_word_count=5, vocab_tokens=None, num_shards=0, max_image_pixels=10 ** 8, inference_backend="keras")
 
@@ -97,7 +98,8 @@ def test_caption_pipeline_serializes_for_dataflow(resume):
         output="gs://example-bucket/captions/run", model_dirs=("gs://example-bucket/model",), model_id="imcap-0",
         grid=10, attention_maps=True,
         backbone="xception", weights=REMOTE_WEIGHTS, weights_sha256="0" * 64, image_size=299, beam_width=3,
-        length_penalty=0.0, min_batch_size=8, max_batch_size=32, decode_batch_size=128, max_image_pixels=10 ** 8,
+        length_penalty=0.0, no_repeat_ngram_size=2, min_batch_size=8, max_batch_size=32, decode_batch_size=128,
+        max_image_pixels=10 ** 8,
         limits=archives.Limits(), read_threads=2, num_shards=0, checkpoint_rows=500, inference_backend="keras",
         int8_model=None,
         existing=outputs.ExistingOutputs(

@@ -2,14 +2,23 @@
 import hashlib
 import os
 import tempfile
+import typing
 
 from schemas import backbones, bundle as bundle_schema
 from schemas import fileio, int8_model as int8_schema
-from schemas.bundle import BundleKeys, DecodingKeys
+from schemas.bundle import DEFAULT_NO_REPEAT_NGRAM_SIZE, BundleKeys, DecodingKeys
 from schemas.records import MetadataKeys
 from schemas.vocabulary import VOCAB_FILE, Vocabulary
 
-DEFAULT_DECODING = {DecodingKeys.BEAM_WIDTH: 3, DecodingKeys.LENGTH_PENALTY: 0.0}
+DEFAULT_DECODING = {DecodingKeys.BEAM_WIDTH: 3, DecodingKeys.LENGTH_PENALTY: 0.0,
+                    DecodingKeys.NO_REPEAT_NGRAM_SIZE: DEFAULT_NO_REPEAT_NGRAM_SIZE}
+
+
+class DecodingSettings(typing.NamedTuple):
+    """How to decode: the flags given, else the bundle's defaults (`Bundle.decoding_for`)."""
+    beam_width: int
+    length_penalty: float
+    no_repeat_ngram_size: int
 
 
 def check_int8_source(int8_source: str, metadata: dict) -> None:
@@ -172,10 +181,15 @@ class Bundle:
                              f"{bundle_schema.INT8_DIR}/ is missing or incomplete: copy the whole bundle directory")
         return path
 
-    def decoding_for(self, beam_width: int | None = None, length_penalty: float | None = None) -> tuple[int, float]:
-        """(beam width, length penalty): the ones given, else the bundle's defaults."""
-        return (beam_width or self.decoding[DecodingKeys.BEAM_WIDTH],
-                self.decoding[DecodingKeys.LENGTH_PENALTY] if length_penalty is None else length_penalty)
+    def decoding_for(self, beam_width: int | None = None, length_penalty: float | None = None,
+                     no_repeat_ngram_size: int | None = None) -> DecodingSettings:
+        """The settings given, else the bundle's defaults (a bundle written before n-gram blocking existed gets the
+        product's default, `schemas.bundle.DEFAULT_NO_REPEAT_NGRAM_SIZE`)."""
+        return DecodingSettings(
+            beam_width or self.decoding[DecodingKeys.BEAM_WIDTH],
+            self.decoding[DecodingKeys.LENGTH_PENALTY] if length_penalty is None else length_penalty,
+            self.decoding.get(DecodingKeys.NO_REPEAT_NGRAM_SIZE, DEFAULT_NO_REPEAT_NGRAM_SIZE)
+            if no_repeat_ngram_size is None else no_repeat_ngram_size)
 
 
 ENSEMBLE_PREFIX = "imcap-ensemble-"

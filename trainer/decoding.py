@@ -16,6 +16,11 @@ hypotheses are ranked by ``log_prob / length ** length_penalty`` (length counts 
 ``length_penalty`` 0 ranks by log-probability). The greedy caption is always a candidate, so beam search never
 returns a worse-scoring caption than greedy decoding; with ``length_penalty`` 0, width 1 *is* greedy decoding.
 
+Repeated n-grams (``no_repeat_ngram_size`` N > 0, as in common translation and caption decoders): a token that
+would complete an N-gram the hypothesis has already generated gets no probability at that step, in greedy and beam
+search alike ("a man in a blue shirt and blue shirt" is never produced with N = 2). The log-probabilities of the
+tokens chosen stay the model's own.
+
 ``<pad>``, ``<start>`` and ``<unk>`` are never generated. ``log_prob`` is the sum of the model's log-probabilities
 of the generated tokens, ``<end>`` included (for an ensemble, of its averaged and renormalized distribution).
 """
@@ -32,6 +37,22 @@ from trainer import model as model_lib
 
 NEG_INF = -1e30
 _NEVER_GENERATED = (PAD_ID, START_ID, UNKNOWN_ID)
+
+
+def repeated_ngram_blocks(history: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, tokens): for each row of ``history`` [N, t] (the ids generated so far), the next ids that would
+    repeat an n-gram of ``size`` ids already in the row. Rows may repeat; empty arrays when nothing is blocked."""
+    rows_out, tokens_out = [], []
+    count, length = history.shape
+    if size <= 0 or length < size:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    suffix = history[:, length - size + 1:]  # the last size-1 ids: an n-gram starting with them would be completed
+    for start in range(length - size + 1):
+        match = np.all(history[:, start:start + size - 1] == suffix, axis=1)
+        rows = np.nonzero(match)[0]
+        rows_out.append(rows)
+        tokens_out.append(history[rows, start + size - 1])
+    return np.concatenate(rows_out).astype(np.int64), np.concatenate(tokens_out).astype(np.int64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,9 +219,11 @@ class CaptionDecoder:
             else tf.zeros([tf.shape(tokens)[0], 0], tf.float32)
         return mean + self.suppressed, tuple(new_states), attention
 
-    def _expand_fn(self, statics, tokens, states, scores):
-        """One beam step: the 2K best (score, parent * V + token) extensions per image, best first."""
+    def _expand_fn(self, statics, tokens, states, scores, blocked):
+        """One beam step: the 2K best (score, parent * V + token) extensions per image, best first. ``blocked``
+        [M, 2]: (hypothesis, token) pairs that may not be chosen (repeated n-grams)."""
         log_probs, states, attention = self._step_fn(statics, tokens, states)
+        log_probs = tf.tensor_scatter_nd_update(log_probs, blocked, tf.fill([tf.shape(blocked)[0]], NEG_INF))
         width = tf.shape(scores)[1]
         totals = tf.reshape(tf.reshape(scores, [-1, 1]) + log_probs, [tf.shape(scores)[0], -1])
         values, indices = tf.math.top_k(totals, k=2 * width)
@@ -217,7 +240,7 @@ class CaptionDecoder:
             return features
         return np.asarray(features, np.float32)
 
-    def greedy(self, features, initial=None) -> list[Hypothesis]:
+    def greedy(self, features, initial=None, no_repeat_ngram_size: int = 0) -> list[Hypothesis]:
         """``initial``: the members' (statics, states) for these features, when already computed."""
         features = self._prepared(features)
         batch = _count(features)
@@ -230,7 +253,13 @@ class CaptionDecoder:
         for step in range(self.max_steps):
             step_log_probs, states, weights = self._step(statics, tf.constant(tokens), states)
             step_log_probs = step_log_probs.numpy()
-            tokens = step_log_probs.argmax(axis=-1).astype(np.int32)
+            if no_repeat_ngram_size and steps:
+                rows, blocked = repeated_ngram_blocks(np.stack(steps, axis=1), no_repeat_ngram_size)
+                choice = step_log_probs.copy()
+                choice[rows, blocked] = NEG_INF
+            else:
+                choice = step_log_probs
+            tokens = choice.argmax(axis=-1).astype(np.int32)
             log_probs += np.where(finished, np.float32(0.0), step_log_probs[np.arange(batch), tokens])
             ending = ~finished & (tokens == END_ID)
             lengths[ending] = step
@@ -271,14 +300,15 @@ class CaptionDecoder:
         return [Hypothesis(tuple(int(t) for t in generated[i, :lengths[i]]), float(log_probs[i]), bool(finished[i]))
                 for i in range(batch)]
 
-    def beam_search(self, features, beam_width: int, length_penalty: float = 0.0) -> list[Hypothesis]:
+    def beam_search(self, features, beam_width: int, length_penalty: float = 0.0,
+                    no_repeat_ngram_size: int = 0) -> list[Hypothesis]:
         if beam_width < 1:
             raise ValueError(f"beam width must be at least 1, got {beam_width}")
         features = self._prepared(features)
         # The image's side of the decoder (for attention: projecting 100 regions) is computed once, for the greedy
         # caption and for the beam's copies alike: it was about a quarter of beam search's time.
         initial = self._initial(features, 1)
-        greedy = self.greedy(features, initial)
+        greedy = self.greedy(features, initial, no_repeat_ngram_size)
         batch, width, vocab_size = _count(features), beam_width, len(self.vocabulary)
         statics, states = tf.nest.map_structure(lambda tensor: tf.repeat(tensor, width, axis=0), initial)
         tokens = np.full(batch * width, START_ID, np.int32)
@@ -292,8 +322,9 @@ class CaptionDecoder:
         ranks = np.arange(2 * width)[None, :]
         for step in range(self.max_steps):
             length = step + 1
-            values, indices, states, weights = self._expand(statics, tf.constant(tokens), states,
-                                                            tf.constant(scores))
+            rows, blocked = repeated_ngram_blocks(history.reshape(batch * width, step), no_repeat_ngram_size)
+            values, indices, states, weights = self._expand(statics, tf.constant(tokens), states, tf.constant(scores),
+                                                            tf.constant(np.stack([rows, blocked], axis=1), tf.int32))
             values, indices = values.numpy(), indices.numpy()
             weights = weights.numpy().reshape(batch, width, -1)  # per parent: the weights of this step
             if looks is None:
@@ -345,13 +376,14 @@ class CaptionDecoder:
     def to_text(self, hypothesis: Hypothesis) -> str:
         return " ".join(strip_boundaries(self.vocabulary.decode(hypothesis.token_ids)))
 
-    def decode(self, features, beam_width: int = 1, length_penalty: float = 0.0) -> list[Hypothesis]:
+    def decode(self, features, beam_width: int = 1, length_penalty: float = 0.0,
+               no_repeat_ngram_size: int = 0) -> list[Hypothesis]:
         if beam_width == 1 and length_penalty == 0:
-            return self.greedy(features)
-        return self.beam_search(features, beam_width, length_penalty)
+            return self.greedy(features, no_repeat_ngram_size=no_repeat_ngram_size)
+        return self.beam_search(features, beam_width, length_penalty, no_repeat_ngram_size)
 
     def hypotheses(self, features, beam_width: int = 1, length_penalty: float = 0.0, batch_size: int = 256,
-                   progress: str | None = None) -> list[Hypothesis]:
+                   progress: str | None = None, no_repeat_ngram_size: int = 0) -> list[Hypothesis]:
         """The best hypothesis per image, decoding ``batch_size`` images at a time.
 
         ``progress``: the label of a tqdm bar over the images (shown on a terminal only, not in a log file)."""
@@ -360,12 +392,13 @@ class CaptionDecoder:
         with tqdm(total=total, desc=progress, unit="img", disable=None if progress else True) as bar:
             for start in range(0, total, batch_size):
                 rows = _rows(features, start, start + batch_size)
-                out.extend(self.decode(rows, beam_width, length_penalty))
+                out.extend(self.decode(rows, beam_width, length_penalty, no_repeat_ngram_size))
                 bar.update(_count(rows))
         return out
 
     def caption(self, features, beam_width: int = 1, length_penalty: float = 0.0,
-                batch_size: int = 256, progress: str | None = None) -> list[tuple[str, float]]:
+                batch_size: int = 256, progress: str | None = None,
+                no_repeat_ngram_size: int = 0) -> list[tuple[str, float]]:
         """(caption text, log-probability) per image (see `hypotheses`)."""
         return [(self.to_text(hypothesis), hypothesis.log_prob) for hypothesis in
-                self.hypotheses(features, beam_width, length_penalty, batch_size, progress)]
+                self.hypotheses(features, beam_width, length_penalty, batch_size, progress, no_repeat_ngram_size)]

@@ -53,13 +53,20 @@ def cider_score(references: list[list[str]], hypotheses: list[str]) -> float:
     return float(score)
 
 
+def has_repeated_ngram(words, size: int = 2) -> bool:
+    """Whether a caption (a list of words or ids) holds some n-gram of ``size`` twice."""
+    grams = [tuple(words[i:i + size]) for i in range(len(words) - size + 1)]
+    return len(set(grams)) < len(grams)
+
+
 def caption_metrics(references: list[list[str]], hypotheses: list[str]) -> dict:
     """BLEU-1..4 and CIDEr-D (key ``cider_d``)."""
     return bleu_scores(references, hypotheses) | {"cider_d": cider_score(references, hypotheses)}
 
 
 def evaluate(data_dir: str, model_dir, split: str, beam_width: int | None = None,
-             length_penalty: float | None = None, batch_size: int = 256, output: str | None = None) -> dict:
+             length_penalty: float | None = None, batch_size: int = 256, output: str | None = None,
+             no_repeat_ngram_size: int | None = None) -> dict:
     """Metrics of one bundle (``model_dir`` a path) or an ensemble (a list of paths) on a split. The result is
     saved as ``output``, by default ``eval_<split>_beam<K>.json`` in the (first) bundle's directory, or
     ``eval_<split>_beam<K>_<ensemble id>.json`` for an ensemble."""
@@ -78,28 +85,32 @@ def evaluate(data_dir: str, model_dir, split: str, beam_width: int | None = None
         raise ValueError(f"{bundle.model_dir} decodes from {grid[0]}x{grid[1]}x{grid[2]} spatial grids, and "
                          f"{data_dir} holds {'x'.join(map(str, held)) + ' grids' if held else 'no grids'}; evaluate "
                          "it on records of the extract job with the same --spatial_grid")
-    beam_width, length_penalty = bundle.decoding_for(beam_width, length_penalty)
+    beam_width, length_penalty, no_repeat_ngram_size = bundle.decoding_for(beam_width, length_penalty,
+                                                                           no_repeat_ngram_size)
     image_ids, features, references = data.references(data_dir, split, metadata[MetadataKeys.FEATURE_DIM], grid,
                                                       count=data.split_sizes(metadata, split)[0])
     if not image_ids:
         raise ValueError(f"no records in the {split} split of {data_dir}")
     start = time.perf_counter()
     decoded = bundle.decoder.caption(features, beam_width, length_penalty, batch_size,
-                                     progress=f"decoding {split} (beam {beam_width})")
+                                     progress=f"decoding {split} (beam {beam_width})",
+                                     no_repeat_ngram_size=no_repeat_ngram_size)
     seconds = time.perf_counter() - start
     hypotheses = [text for text, _ in decoded]
     result = {
         "split": split, "images": len(image_ids), "beam_width": beam_width, "length_penalty": length_penalty,
+        "no_repeat_ngram_size": no_repeat_ngram_size,
         "model_id": bundle.model_id, "members": [member.model_id for member in bundle.members],
         **caption_metrics(references, hypotheses),
         "mean_caption_length": sum(len(h.split()) for h in hypotheses) / len(hypotheses),
         "distinct_captions": len(set(hypotheses)),
+        "repeated_bigram_share": sum(has_repeated_ngram(h.split(), 2) for h in hypotheses) / len(hypotheses),
         "decode_images_per_second": round(len(image_ids) / seconds, 1),
         "examples": [{"image_id": image_ids[i], "caption": hypotheses[i], "references": references[i][:2]}
                      for i in range(min(5, len(image_ids)))],
     }
     ensemble = len(bundle.members) > 1
-    fileio.write_json(output or fileio.join(bundle.model_dir, f"eval_{split}_beam{beam_width}"
+    fileio.write_json(output or fileio.join(bundle.model_dir, f"eval_{records.split_file_stem(split)}_beam{beam_width}"
                                             + (f"_{bundle.model_id}" if ensemble else "") + ".json"), result)
     return result
 
@@ -112,17 +123,51 @@ def main(argv=None) -> int:
     parser.add_argument("--model_dir", required=True, action="append",
                         help="a model bundle (trainer.task's --model_dir); repeat it to evaluate the ensemble of "
                              "several bundles trained on the same records")
-    parser.add_argument("--split", default="dev")
-    parser.add_argument("--output", help="where to save the result (default: in the first bundle's directory)")
+    parser.add_argument("--split", action="append",
+                        help="a split of the records, e.g. dev, or coco/val in records of several datasets; repeat "
+                             "it to see several side by side (default: dev, or val)")
+    parser.add_argument("--output", help="where to save the result (default: in the first bundle's directory; "
+                                         "with several --split, one file per split)")
     parser.add_argument("--beam_width", type=int, help="1 = greedy (default: the bundle's)")
     parser.add_argument("--length_penalty", type=float, help="default: the bundle's")
+    parser.add_argument("--no_repeat_ngram_size", type=cli.non_negative_int, metavar="N",
+                        help="never repeat an n-gram of N words; 0: no blocking (default: the bundle's)")
     parser.add_argument("--batch_size", type=int, default=256)
     args = parser.parse_args(argv)
     if args.beam_width is not None and args.beam_width < 1:
         parser.error("--beam_width must be at least 1")
-    return cli.exit_status(lambda: print(json.dumps(evaluate(
-        args.data_dir, args.model_dir, args.split, args.beam_width, args.length_penalty, args.batch_size,
-        args.output), indent=2)))
+    if args.split and len(set(args.split)) != len(args.split):
+        parser.error("--split: a split is given twice")
+    if args.output and args.split and len(args.split) > 1:
+        parser.error("--output names one file; with several --split the results go to the bundle's directory")
+    return cli.exit_status(lambda: _evaluate_splits(args))
+
+
+def _evaluate_splits(args) -> None:
+    from trainer import data
+    from schemas import records
+    metadata = data.read_metadata(args.data_dir)
+    splits = args.split or [records.default_eval_split(metadata[MetadataKeys.SPLITS]) or "dev"]
+    results = {split: evaluate(args.data_dir, args.model_dir, split, args.beam_width, args.length_penalty,
+                               args.batch_size, args.output, args.no_repeat_ngram_size) for split in splits}
+    if len(results) == 1:
+        print(json.dumps(results[splits[0]], indent=2))
+        return
+    print(json.dumps(results, indent=2))
+    print(metrics_table(results), file=sys.stderr)
+
+
+TABLE_METRICS = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "cider_d", "repeated_bigram_share")
+
+
+def metrics_table(results: dict) -> str:
+    """Splits side by side: one row per split, one column per metric."""
+    width = max(len("split"), *(len(split) for split in results))
+    lines = [f"{'split':<{width}} {'images':>7} " + " ".join(f"{name:>8}" for name in TABLE_METRICS)]
+    for split, result in results.items():
+        lines.append(f"{split:<{width}} {result['images']:>7} "
+                     + " ".join(f"{result[name]:>8.4f}" for name in TABLE_METRICS))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

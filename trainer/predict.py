@@ -52,7 +52,7 @@ class FeatureExtractor:
 
 
 def caption_files(paths: list[str], model_dir, beam_width: int | None = None, weights: str | None = None,
-                  batch_size: int = 16, attention_png: str | None = None
+                  batch_size: int = 16, attention_png: str | None = None, no_repeat_ngram_size: int | None = None
                   ) -> list[tuple[str, str | None, float | None, str | None]]:
     """(path, caption, log_prob, error) per path, in order. ``model_dir``: a bundle, or a list (an ensemble)."""
     from trainer.bundle import load_bundles
@@ -61,7 +61,8 @@ def caption_files(paths: list[str], model_dir, beam_width: int | None = None, we
         raise ValueError("--attention_png needs an attention bundle (trainer.task --decoder attention)")
     extractor = FeatureExtractor(bundle.config, weights, bundle.int8_model)
     names = _picture_names(paths) if attention_png else {}
-    beam_width, length_penalty = bundle.decoding_for(beam_width)
+    beam_width, length_penalty, no_repeat_ngram_size = bundle.decoding_for(
+        beam_width, no_repeat_ngram_size=no_repeat_ngram_size)
     from tqdm import tqdm
     results = {}
     with tqdm(total=len(paths), desc="captioning", unit="img", disable=None) as bar:  # no bar in a log file
@@ -79,8 +80,8 @@ def caption_files(paths: list[str], model_dir, beam_width: int | None = None, we
                     results[path] = (path, None, None, f"{images.READ_ERROR}: {error}")
             if ready:
                 features = extractor(np.stack([pixels for _, pixels, _ in ready]))
-                for (path, _, data), hypothesis in zip(ready, bundle.decoder.hypotheses(features, beam_width,
-                                                                                       length_penalty)):
+                for (path, _, data), hypothesis in zip(ready, bundle.decoder.hypotheses(
+                        features, beam_width, length_penalty, no_repeat_ngram_size=no_repeat_ngram_size)):
                     text = bundle.decoder.to_text(hypothesis)
                     results[path] = (path, text, hypothesis.log_prob, None)
                     if attention_png:
@@ -123,13 +124,16 @@ def main(argv=None) -> int:
     parser.add_argument("--attention_png", metavar="DIR",
                         help="attention bundles: write DIR/<image>.png showing where each word looked")
     parser.add_argument("--beam_width", type=int, help="1 = greedy (default: the bundle's)")
+    parser.add_argument("--no_repeat_ngram_size", type=cli.non_negative_int, metavar="N",
+                        help="never repeat an n-gram of N words; 0: no blocking (default: the bundle's)")
     parser.add_argument("--weights", help="feature weights, when the bundle's were a local file")
     parser.add_argument("images", nargs="+", metavar="IMAGE")
     args = parser.parse_args(argv)
     if args.beam_width is not None and args.beam_width < 1:
         parser.error("--beam_width must be at least 1")
     return cli.exit_status(lambda: _print_captions(caption_files(args.images, args.model_dir, args.beam_width,
-                                                                 args.weights, attention_png=args.attention_png)))
+                                                                 args.weights, attention_png=args.attention_png,
+                                                                 no_repeat_ngram_size=args.no_repeat_ngram_size)))
 
 
 def _print_captions(results) -> int:

@@ -171,6 +171,7 @@ def train(args: argparse.Namespace) -> dict:
     if not attention_lib.is_attention_decoder(initial.decoder_model):
         raise ValueError(f"{args.init_model_dir} is a merge bundle; trainer.scst fine-tunes attention bundles")
     metadata = data.read_metadata(args.data_dir)
+    args.eval_split = args.eval_split or records.default_eval_split(metadata[MetadataKeys.SPLITS]) or "dev"
     if metadata[MetadataKeys.WEIGHTS_SHA256] != initial.config["weights_sha256"] or \
             records.grid_shape(metadata) != initial.grid_shape:
         raise ValueError(f"{args.data_dir} does not hold the features {args.init_model_dir} was trained on (other "
@@ -196,8 +197,11 @@ def train(args: argparse.Namespace) -> dict:
                                   CorpusCider(train_references), args.learning_rate, args.samples,
                                   args.clipnorm or None, args.seed, args.baseline)
 
+    no_repeat = initial.decoding_for().no_repeat_ngram_size  # scored as the bundle will caption
+
     def dev_cider() -> float:
-        captions = [text for text, _ in trainer.decoder.caption(dev_features, 1, 0.0, 250)]
+        captions = [text for text, _ in trainer.decoder.caption(dev_features, 1, 0.0, 250,
+                                                                no_repeat_ngram_size=no_repeat)]
         return cider_score(dev_references, captions)
 
     os.makedirs(args.model_dir, exist_ok=True)
@@ -255,7 +259,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--init_model_dir", required=True, help="a trained attention bundle to start from")
     parser.add_argument("--model_dir", required=True, help="where the fine-tuned bundle goes")
     parser.add_argument("--train_split", default="train")
-    parser.add_argument("--eval_split", default="dev")
+    parser.add_argument("--eval_split", help="default: dev, else val, else the first dataset's (as trainer.task)")
     parser.add_argument("--epochs", type=cli.positive_int, default=3)
     parser.add_argument("--patience", type=cli.positive_int, default=1)
     parser.add_argument("--learning_rate", type=float, default=5e-5)

@@ -22,8 +22,8 @@ import sys
 import time
 import warnings
 
-from schemas import bundle as bundle_schema, fileio
-from schemas.bundle import DecodingKeys
+from schemas import bundle as bundle_schema, fileio, records
+from schemas.bundle import DEFAULT_NO_REPEAT_NGRAM_SIZE, DecodingKeys
 from schemas.records import MetadataKeys
 from schemas.vocabulary import VOCAB_FILE, Vocabulary
 from trainer import cli
@@ -49,7 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data_dir", required=True, help="--output_dir of the extract job")
     parser.add_argument("--model_dir", required=True, help="where the bundle, checkpoints and logs go")
     parser.add_argument("--train_split", default="train")
-    parser.add_argument("--eval_split", default="dev", help="split for the dev loss (early stopping, best model)")
+    parser.add_argument("--eval_split", help="split for the dev loss (early stopping, best model); default: dev, "
+                        "else val, else (records of several datasets) the first dataset's, e.g. flickr8k/dev")
     parser.add_argument("--epochs", type=cli.positive_int, default=30)
     parser.add_argument("--batch_size", type=cli.positive_int, default=64,
                         help="captions per batch (attention: whole images with all their captions, about this many)")
@@ -86,6 +87,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seeds initialization and shuffling (repeatable runs)")
     parser.add_argument("--beam_width", type=cli.positive_int, default=3, help="default beam width for the bundle")
     parser.add_argument("--length_penalty", type=float, default=0.0, help="default length penalty for the bundle")
+    parser.add_argument("--no_repeat_ngram_size", type=cli.non_negative_int, default=DEFAULT_NO_REPEAT_NGRAM_SIZE,
+                        metavar="N", help="the bundle's default n-gram blocking: captions never repeat an n-gram of "
+                        f"N words (0: none; default {DEFAULT_NO_REPEAT_NGRAM_SIZE}, see BENCHMARKS.md §13)")
     parser.add_argument("--restart", action="store_true", help="discard an interrupted run's state in --model_dir")
     parser.add_argument("--verbose", type=int, default=None, choices=(0, 1, 2),
                         help="Keras progress output: 1 a bar (default on a terminal), 2 one line per epoch (default "
@@ -125,9 +129,11 @@ def _callbacks_module():
         """After each epoch: greedy captions of the dev images by the model as it stands, and their CIDEr-D, logged
         as ``val_cider_d`` (for `--select_by cider_d`)."""
 
-        def __init__(self, features, references: list, vocabulary, max_length: int, batch_size: int = 250):
+        def __init__(self, features, references: list, vocabulary, max_length: int, batch_size: int = 250,
+                     no_repeat_ngram_size: int = 0):
             super().__init__()
             self.features, self.references = features, references
+            self.no_repeat_ngram_size = no_repeat_ngram_size
             self.vocabulary, self.max_length, self.batch_size = vocabulary, max_length, batch_size
             self._decoder = None
 
@@ -136,7 +142,8 @@ def _callbacks_module():
             from trainer.evaluate import cider_score
             if self._decoder is None:  # the decoder runs the model's own layers: it follows the training
                 self._decoder = CaptionDecoder(self.model, self.vocabulary, self.max_length)
-            captions = [text for text, _ in self._decoder.caption(self.features, 1, 0.0, self.batch_size)]
+            captions = [text for text, _ in self._decoder.caption(
+                self.features, 1, 0.0, self.batch_size, no_repeat_ngram_size=self.no_repeat_ngram_size)]
             if logs is not None:
                 logs[CIDER_MONITOR] = cider_score(self.references, captions)
 
@@ -224,8 +231,8 @@ def train(args: argparse.Namespace) -> dict:
     from trainer import bundle as bundle_lib
     from trainer import data, model as model_lib
 
-    from schemas import records
     metadata = data.read_metadata(args.data_dir)
+    args.eval_split = args.eval_split or records.default_eval_split(metadata[MetadataKeys.SPLITS]) or "dev"
     vocabulary = Vocabulary.load(fileio.join(args.data_dir, VOCAB_FILE))
     feature_dim = metadata[MetadataKeys.FEATURE_DIM]
     grid = records.grid_shape(metadata)
@@ -287,7 +294,7 @@ def train(args: argparse.Namespace) -> dict:
     if attention:
         train_images, _ = data.split_sizes(metadata, args.train_split)
         images_per_batch = max(1, round(args.batch_size * train_images / train_pairs))
-        cache = (lambda split: os.path.join(args.cache_dir, f"grids-{split}")) if args.cache_dir else (lambda _: "")
+        cache = (lambda split: os.path.join(args.cache_dir, f"grids-{records.split_file_stem(split)}")) if args.cache_dir else (lambda _: "")
         if args.cache_dir:
             os.makedirs(args.cache_dir, exist_ok=True)
             for stale in os.listdir(args.cache_dir):  # a cache of other records would be read as these
@@ -337,7 +344,8 @@ def train(args: argparse.Namespace) -> dict:
         count = data.split_sizes(metadata, args.eval_split)[0]
         _, dev_features, dev_references = data.references(args.data_dir, args.eval_split, feature_dim,
                                                           grid if attention else None, count=count)
-        scoring = [dev_score_class(dev_features, dev_references, vocabulary, metadata[MetadataKeys.MAX_LENGTH])]
+        scoring = [dev_score_class(dev_features, dev_references, vocabulary, metadata[MetadataKeys.MAX_LENGTH],
+                                   no_repeat_ngram_size=args.no_repeat_ngram_size)]  # the bundle's captions
     callbacks = [*scoring,  # before the callbacks that read its score, and the learning rate's before the history
                  *([keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=args.lr_decay, patience=1,
                                                       mode="max" if monitor == CIDER_MONITOR else "min",
@@ -375,7 +383,8 @@ def train(args: argparse.Namespace) -> dict:
     }
     config_written = bundle_lib.export_bundle(
         args.model_dir, decoder, vocabulary, metadata, training,
-        decoding={DecodingKeys.BEAM_WIDTH: args.beam_width, DecodingKeys.LENGTH_PENALTY: args.length_penalty},
+        decoding={DecodingKeys.BEAM_WIDTH: args.beam_width, DecodingKeys.LENGTH_PENALTY: args.length_penalty,
+                  DecodingKeys.NO_REPEAT_NGRAM_SIZE: args.no_repeat_ngram_size},
         int8_source=fileio.join(args.data_dir, bundle_schema.INT8_DIR))
     logging.info("best %s %.4f at epoch %s of %d; median %.1f s/epoch, %.0f captions/s\nbundle %s written to %s",
                  monitor, best_model.state["best"], best_epoch, len(history), training["median_epoch_seconds"],

@@ -1,0 +1,337 @@
+"""The dataset layouts the extract job reads (Flickr8k token and Kaggle CSV, COCO, Karpathy, CSV and JSON Lines
+tables): the same images and captions in each layout give identical records; a malformed file of each layout is
+refused with its file and position; several datasets combine into one set of records."""
+import csv
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from beam_jobs import extract_features
+from beam_jobs.dataset_formats import DatasetError
+from beam_jobs.datasets import load_datasets
+from schemas import fileio, records
+from schemas.records import DatasetKeys, MetadataKeys, SplitKeys
+from tests.conftest import FLICKR8K_DIR, TEST_IMAGE_SIZE, local_test_pipeline
+from tests.fakes import FAKE_MODELS
+
+LAYOUTS = ("token", "kaggle", "coco", "karpathy", "csv", "jsonl")
+
+
+def _read_flickr(directory, train=4, test=2):
+    """(images dir, {name: captions in #n order}, {split: names}) of a few images of a Flickr8k-layout dataset:
+    ``train`` of its train split and ``test`` of its dev split (called test here: every layout has that name)."""
+    text_dir = os.path.join(directory, "Flickr8k_text")
+    images_dir = os.path.join(directory, "Flicker8k_Dataset")
+
+    def names(split):
+        with open(os.path.join(text_dir, f"Flickr_8k.{split}Images.txt"), encoding="utf-8") as handle:
+            return sorted(line.strip() for line in handle if line.strip())
+
+    splits = {"train": names("train")[:train], "test": names("dev")[:test]}
+    wanted = {name for group in splits.values() for name in group}
+    captions = {}
+    with open(os.path.join(text_dir, "Flickr8k.token.txt"), encoding="utf-8") as handle:
+        for line in handle:
+            caption_id, caption = line.rstrip("\n").split("\t")
+            name, index = caption_id.rsplit("#", 1)
+            if name in wanted:
+                captions.setdefault(name, {})[int(index)] = caption
+    return images_dir, {name: [by_index[i] for i in sorted(by_index)] for name, by_index in captions.items()}, splits
+
+
+def _link_images(images_dir, names, target):
+    os.makedirs(target, exist_ok=True)
+    for name in names:
+        os.symlink(os.path.join(images_dir, name), os.path.join(target, name))
+
+
+def _split_of(splits):
+    return {name: split for split, names in splits.items() for name in names}
+
+
+def write_layout(kind, source, root):
+    """The images and captions of ``source`` (`_read_flickr`) written in layout ``kind`` under ``root``."""
+    images_dir, captions, splits = source
+    split_of = _split_of(splits)
+    names = sorted(split_of)
+    os.makedirs(root)
+
+    def split_lists():
+        for split, group in splits.items():
+            with open(os.path.join(root, f"Flickr_8k.{split}Images.txt"), "w", encoding="utf-8") as handle:
+                handle.write("".join(f"{name}\n" for name in group))
+
+    if kind == "token":
+        _link_images(images_dir, names, os.path.join(root, "Flicker8k_Dataset"))
+        with open(os.path.join(root, "Flickr8k.token.txt"), "w", encoding="utf-8") as handle:
+            handle.writelines(f"{name}#{i}\t{caption}\n" for name in names for i, caption in enumerate(captions[name]))
+        split_lists()
+    elif kind == "kaggle":
+        _link_images(images_dir, names, os.path.join(root, "Images"))
+        with open(os.path.join(root, "captions.txt"), "w", encoding="utf-8") as handle:
+            handle.write("image,caption\n")  # Kaggle leaves commas in captions unquoted
+            handle.writelines(f"{name},{caption}\n" for name in names for caption in captions[name])
+        split_lists()
+    elif kind == "coco":
+        os.makedirs(os.path.join(root, "annotations"))
+        for split, group in splits.items():
+            _link_images(images_dir, group, os.path.join(root, f"{split}2014"))
+            image_ids = {name: 1000 + position for position, name in enumerate(group)}
+            annotations = [{"id": len(group) * i + j, "image_id": image_ids[name], "caption": captions[name][i]}
+                           for i in range(5) for j, name in enumerate(group) if i < len(captions[name])]
+            with open(os.path.join(root, "annotations", f"captions_{split}2014.json"), "w") as handle:
+                json.dump({"info": {}, "images": [{"id": image_ids[name], "file_name": name, "width": 1, "height": 1}
+                                                  for name in group], "annotations": annotations}, handle)
+    elif kind == "karpathy":
+        _link_images(images_dir, names, os.path.join(root, "Flicker8k_Dataset"))
+        entries = [{"filename": name, "imgid": position,
+                    # one train image is restval, which goes to train by default
+                    "split": "restval" if name == splits["train"][0] else split_of[name],
+                    "sentences": [{"raw": caption, "tokens": caption.lower().split()} for caption in captions[name]]}
+                   for position, name in enumerate(names)]
+        with open(os.path.join(root, "dataset_flickr8k.json"), "w") as handle:
+            json.dump({"dataset": "flickr8k", "images": entries}, handle)
+    elif kind == "csv":
+        _link_images(images_dir, names, os.path.join(root, "Images"))
+        with open(os.path.join(root, "captions.csv"), "w", encoding="utf-8", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["split", "image_path", "caption"])
+            writer.writerows([split_of[name], name, caption] for name in names for caption in captions[name])
+    elif kind == "jsonl":
+        _link_images(images_dir, names, os.path.join(root, "images"))
+        with open(os.path.join(root, "captions.jsonl"), "w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps({"image": name, "caption": caption, "split": split_of[name]}) + "\n"
+                              for name in reversed(names) for caption in captions[name])
+    else:
+        raise ValueError(kind)
+    return str(root)
+
+
+def _extract(dataset_dirs, output_dir, *extra):
+    argv = ["--output_dir", str(output_dir), "--weights", "none", "--image_size", str(TEST_IMAGE_SIZE),
+            "--min_word_count", "1", "--inference_backend", "keras", *extra]
+    for directory in dataset_dirs:
+        argv += ["--dataset_dir", directory]
+    extract_features.run(argv, test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
+    return fileio.read_json(os.path.join(output_dir, records.METADATA_FILE))
+
+
+def _records(output_dir, split):
+    return [(r[records.IMAGE_ID], r[records.SPLIT], list(r[records.CAPTIONS]),
+             [list(ids) for ids in r[records.CAPTION_IDS]], r[records.IMAGE_FEATURES])
+            for r in records.read_records(output_dir, split)]
+
+
+def _assert_same_records(mine, theirs):
+    assert [r[:4] for r in mine] == [r[:4] for r in theirs]
+    for first, second in zip(mine, theirs):
+        np.testing.assert_array_equal(first[4], second[4])
+
+
+@pytest.fixture(scope="module", params=["sample", "flickr8k"])
+def flickr_source(request, sample_dataset):
+    if request.param == "flickr8k":
+        if not os.path.isdir(FLICKR8K_DIR):
+            pytest.skip("../shared/datasets/flickr8k is not present on this machine")
+        return _read_flickr(FLICKR8K_DIR)
+    return _read_flickr(sample_dataset)
+
+
+def test_every_layout_gives_identical_records(flickr_source, tmp_path):
+    outputs = {}
+    for kind in LAYOUTS:
+        directory = write_layout(kind, flickr_source, tmp_path / kind)
+        metadata = _extract([directory], tmp_path / f"out-{kind}")
+        assert sorted(metadata[MetadataKeys.SPLITS]) == ["test", "train"], kind
+        assert metadata[MetadataKeys.IMAGES_FAILED] == 0, kind
+        outputs[kind] = tmp_path / f"out-{kind}"
+    _, captions, splits = flickr_source
+    reference = outputs["token"]
+    for split, names in splits.items():
+        expected = _records(reference, split)
+        assert [r[0] for r in expected] == sorted(names)
+        assert sum(len(r[2]) for r in expected) == sum(len(captions[name]) for name in names)
+        for kind in LAYOUTS[1:]:
+            _assert_same_records(_records(outputs[kind], split), expected)
+    vocabulary = (reference / "vocab.txt").read_text()
+    for kind in LAYOUTS[1:]:
+        assert (outputs[kind] / "vocab.txt").read_text() == vocabulary, kind
+        assert fileio.read_json(str(outputs[kind] / records.METADATA_FILE))[MetadataKeys.DATASETS][kind][
+            DatasetKeys.LAYOUT] == {"kaggle": "table-csv", "csv": "table-csv", "jsonl": "table-jsonl"}.get(kind, kind)
+
+
+def test_karpathy_restval_can_be_its_own_split(sample_dataset, tmp_path):
+    source = _read_flickr(sample_dataset)
+    directory = write_layout("karpathy", source, tmp_path / "karpathy")
+    metadata = _extract([directory], tmp_path / "out", "--karpathy_restval", "restval")
+    assert {split: counts[SplitKeys.IMAGES] for split, counts in metadata[MetadataKeys.SPLITS].items()} == {
+        "train": 3, "restval": 1, "test": 2}
+
+
+# -- malformed files --------------------------------------------------------------------------------------------
+def _break(path, old, new):
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    assert old in text, old
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text.replace(old, new, 1))
+
+
+def _first_caption_line(path, number=2):
+    with open(path, encoding="utf-8") as handle:
+        return handle.read().split("\n")[number - 1]
+
+
+MALFORMED = {
+    # kind: (file, how to break it, the error's file:position and problem)
+    "token": ("Flickr8k.token.txt", lambda p: _break(p, "#1\t", "#1 "), r"Flickr8k.token.txt:2: no TAB"),
+    "kaggle": ("captions.txt", lambda p: _break(p, _first_caption_line(p, 3), "just-a-name.jpg"),
+               r"captions.txt:3: expected 'image,caption', got 1 field"),
+    "coco": ("annotations/captions_train2014.json", lambda p: _break(p, '"image_id": 1001', '"image_id": 99'),
+             r"captions_train2014.json: annotations\[\d+\]: image_id 99 is not in 'images'"),
+    "karpathy": ("dataset_flickr8k.json", lambda p: _break(p, '"split": "test"', '"split": "holdout"'),
+                 r"dataset_flickr8k.json: images\[\d+\].split: 'holdout' is not one of train, restval, val, test"),
+    "csv": ("captions.csv", lambda p: _break(p, _first_caption_line(p, 4),
+                                             _first_caption_line(p, 4) + ",an extra field"),
+            r"captions.csv:4: 4 fields, but the header has 3 .*double quotes"),
+    "jsonl": ("captions.jsonl", lambda p: _break(p, _first_caption_line(p, 3), '{"image": "x.jpg", "caption": '),
+              r"captions.jsonl:3:\d+: not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("kind", LAYOUTS)
+def test_a_malformed_file_names_file_and_position(kind, sample_dataset, tmp_path):
+    directory = write_layout(kind, _read_flickr(sample_dataset), tmp_path / kind)
+    name, damage, message = MALFORMED[kind]
+    damage(os.path.join(directory, name))
+    with pytest.raises(DatasetError, match=message):
+        load_datasets([directory])
+    # the job fails before any worker starts, and writes nothing
+    with pytest.raises(DatasetError, match=message):
+        _extract([directory], tmp_path / "out")
+    assert not os.path.exists(tmp_path / "out" / records.METADATA_FILE)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("image,caption,split\na.jpg,A dog .,train\na.jpg,A cat .,test\n",
+     r"captions.csv:3: a.jpg is also in the train split \(.*captions.csv:2\)"),
+    ("image,caption,split\na.jpg,A dog .,dev set\n", r"captions.csv:2: split name 'dev set' must be"),
+    ("image,caption,split\na.jpg,,train\n", r"captions.csv:2: image 'a.jpg' has an empty caption"),
+    ("picture,words\na.jpg,A dog .\n", r"captions.csv:1: no image column \(one of image, image_path"),
+    ('{"image": "a.jpg", "caption": "A dog .", "split": "train"}\n[1, 2]\n', r"captions.jsonl:2: expected a JSON object"),
+    ('{"image": "a.jpg", "caption": "A dog .", "split": "train"}\n{"image": "b.jpg", "split": "train"}\n',
+     r"captions.jsonl:2: no 'caption' key"),
+    ('{"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [{"image_id": 1}]}',
+     r"captions_train2017.json: annotations\[0\]: no 'caption'"),
+    ('{"images": [{"id": 1, "file_name": "a.jpg"}],\n "annotations": [{"image_id": 1, "caption": "x"},]}',
+     r"captions_train2017.json:2:\d+: not valid JSON"),
+    ('{"images": [{"id": 1}], "annotations": []}', r"captions_train2017.json: images\[0\]: no 'file_name'"),
+    ('{"images": [{"filename": "a.jpg", "split": "train", "sentences": [{"tokens": ["a"]}]}]}',
+     r"dataset_flickr8k.json: images\[0\].sentences\[0\]: no 'raw'"),
+    ('{"images": [{"filename": "a.jpg", "split": "train", "sentences": [{"raw": "a"}]},'
+     ' {"filename": "a.jpg", "split": "test", "sentences": [{"raw": "b"}]}]}',
+     r"dataset_flickr8k.json: images\[1\]: a.jpg is also images\[0\]"),
+])
+def test_malformed_tables_and_json(content, message, tmp_path):
+    name = "annotations/captions_train2017.json" if "annotations" in content else \
+        "dataset_flickr8k.json" if "sentences" in content else \
+        "captions.jsonl" if content.startswith("{") else "captions.csv"
+    path = tmp_path / "ds" / name
+    os.makedirs(path.parent)
+    path.write_text(content, encoding="utf-8")
+    for images in ("Images", "train2017"):
+        os.makedirs(tmp_path / "ds" / images, exist_ok=True)
+        (tmp_path / "ds" / images / "a.jpg").write_bytes(b"")
+    with pytest.raises(DatasetError, match=message):
+        load_datasets([str(tmp_path / "ds")])
+
+
+def test_images_not_found_under_any_candidate_say_to_pass_images_dir(sample_dataset, tmp_path):
+    directory = write_layout("csv", _read_flickr(sample_dataset), tmp_path / "csv")
+    shutil.rmtree(os.path.join(directory, "Images"))
+    with pytest.raises(DatasetError, match=r"none of the first 6 images .*captions.csv names .* pass --images_dir"):
+        load_datasets([directory])
+
+
+# -- several datasets -------------------------------------------------------------------------------------------
+def _copy_image(images_dir, name, target_dir, new_name):
+    os.makedirs(target_dir, exist_ok=True)
+    shutil.copyfile(os.path.join(images_dir, name), os.path.join(target_dir, new_name))
+
+
+def test_several_datasets_combine_and_duplicates_are_one_record(sample_dataset, tmp_path):
+    """flickr (token layout: 4 train, 2 test) and coco (COCO layout, other file names): coco's train holds a copy
+    of a flickr test image (the record stays in flickr/test), coco's val a copy of a flickr train image (the record
+    moves to coco/val: no image is trained on and evaluated on), and two images of its own."""
+    images_dir, captions, splits = source = _read_flickr(sample_dataset, train=4, test=2)
+    flickr = write_layout("token", source, tmp_path / "flickr")
+    coco = tmp_path / "coco"
+    os.makedirs(coco / "annotations")
+    _, extra_captions, extra_splits = _read_flickr(sample_dataset, train=6, test=0)
+    own = extra_splits["train"][4:6]  # two images only coco has
+    coco_images = {"train": [(splits["test"][0], "c1.jpg", ["a copy of a flickr test image ."]),
+                             (own[0], "c2.jpg", extra_captions[own[0]][:2])],
+                   "val": [(splits["train"][1], "c3.jpg", ["a copy of a flickr train image .",
+                                                          captions[splits["train"][1]][0]]),
+                           (own[1], "c4.jpg", extra_captions[own[1]][:1])]}
+    for split, group in coco_images.items():
+        annotations, images = [], []
+        for position, (original, new_name, texts) in enumerate(group):
+            _copy_image(images_dir, original, coco / f"{split}2017", new_name)
+            images.append({"id": position, "file_name": new_name})
+            annotations.extend({"image_id": position, "caption": text} for text in texts)
+        (coco / "annotations" / f"captions_{split}2017.json").write_text(
+            json.dumps({"images": images, "annotations": annotations}))
+
+    output = tmp_path / "out"
+    metadata = _extract([f"flickr={flickr}", str(coco)], output)
+    split_counts = {split: (c[SplitKeys.IMAGES], c[SplitKeys.CAPTIONS])
+                    for split, c in metadata[MetadataKeys.SPLITS].items()}
+    found = {split: {r[0]: r[2] for r in _records(output, split)} for split in split_counts}
+    flickr_train = [name for name in splits["train"] if name != splits["train"][1]]
+    assert sorted(found["train"]) == sorted([f"flickr/{name}" for name in flickr_train] + ["coco/c2.jpg"])
+    assert sorted(found["flickr/test"]) == sorted(f"flickr/{name}" for name in splits["test"])
+    assert sorted(found["coco/val"]) == ["coco/c3.jpg", "coco/c4.jpg"]
+    # a duplicate is one record with the captions of both (a caption already there is not repeated)
+    merged_test = found["flickr/test"][f"flickr/{splits['test'][0]}"]
+    assert merged_test[:len(captions[splits["test"][0]])] == [c for c in _clean(captions[splits["test"][0]])]
+    assert merged_test[-1] == "a copy of a flickr test image"
+    # coco's captions first (its record), then flickr's, less the one coco has too
+    assert found["coco/val"]["coco/c3.jpg"] == ["a copy of a flickr train image"] + _clean(
+        captions[splits["train"][1]])
+    assert metadata[MetadataKeys.DUPLICATES_OUT_OF_TRAIN] == 1
+    # per-dataset counts add up to the records
+    sources = metadata[MetadataKeys.DATASETS]
+    assert sorted(sources, key=lambda name: sources[name][DatasetKeys.ORDER]) == ["flickr", "coco"]
+    assert sources["flickr"][DatasetKeys.IMAGES] == 6 and sources["coco"][DatasetKeys.IMAGES] == 4
+    assert sources["flickr"][DatasetKeys.DUPLICATES] + sources["coco"][DatasetKeys.DUPLICATES] == 2
+    total_images = sum(images for images, _ in split_counts.values())
+    assert total_images == 8 == sum(s[DatasetKeys.IMAGES] - s[DatasetKeys.DUPLICATES] for s in sources.values())
+    assert sum(c for _, c in split_counts.values()) == sum(s[DatasetKeys.CAPTIONS] for s in sources.values())
+    assert sum(len(texts) for split in found.values() for texts in split.values()) == \
+        sum(c for _, c in split_counts.values())
+    # the vocabulary is built from the one train split, which has words of both datasets
+    vocabulary = set((output / "vocab.txt").read_text().split())
+    assert set(" ".join(found["train"]["coco/c2.jpg"]).split()) <= vocabulary
+    assert "copy" not in vocabulary  # only in evaluation splits
+
+
+def _clean(texts):
+    from schemas.captions import normalize_caption
+    return [normalize_caption(text) for text in texts]
+
+
+def test_several_datasets_need_distinct_names_and_their_own_files(sample_dataset, tmp_path):
+    source = _read_flickr(sample_dataset)
+    first = write_layout("token", source, tmp_path / "a" / "data")
+    second = write_layout("csv", source, tmp_path / "b" / "data")
+    with pytest.raises(DatasetError, match="two datasets are named data: name them"):
+        load_datasets([first, second])
+    with pytest.raises(DatasetError, match="describe one dataset"):
+        load_datasets([f"one={first}", f"two={second}"], images_dir=first)
+    loaded = load_datasets([f"one={first}", f"two={second}"])
+    assert [(d.name, d.split_name("train"), d.split_name("test"), d.image_id("x.jpg")) for d in loaded] == [
+        ("one", "train", "one/test", "one/x.jpg"), ("two", "train", "two/test", "two/x.jpg")]
