@@ -77,7 +77,21 @@ def _join(directory: str, *names: str) -> str:
 
 
 def _exists(path: str) -> bool:
-    return FileSystems.exists(path)
+    """A file, or a directory (on object stores: a prefix with at least one object under it)."""
+    if FileSystems.exists(path):
+        return True
+    if "://" not in path:
+        return False
+    try:
+        return bool(FileSystems.match([glob_escape(path.rstrip("/")) + "/**"], limits=[1])[0].metadata_list)
+    except Exception:  # pylint: disable=broad-except  (a filesystem that cannot list: treated as absent)
+        return False
+
+
+def glob_escape(path: str) -> str:
+    """``path`` as a glob that matches itself: '*' and '?' as '[*]' and '[?]', and '[' as '?' (Beam's pattern
+    translation warns on '[[]'), so it may also match a sibling that differs there: callers keep exact matches."""
+    return "".join({"*": "[*]", "?": "[?]", "[": "?"}.get(character, character) for character in path)
 
 
 def read_text(path: str) -> str:
@@ -93,7 +107,7 @@ def read_text(path: str) -> str:
         line = raw[:error.start].count(b"\n") + 1
         raise DatasetError(f"{path}:{line}: not UTF-8 text ({error.reason} at byte {error.start}); "
                            "save the file as UTF-8") from None
-    return text
+    return text.replace("\r\n", "\n").replace("\r", "\n")  # Windows and old Mac line endings
 
 
 def detect_caption_format(path: str, text: str) -> str:
@@ -119,7 +133,7 @@ def detect_caption_format(path: str, text: str) -> str:
         raise DatasetError(f"{path}:1: the captions file starts with a blank line")
     if "\t" in first_line:
         return TOKEN_FORMAT
-    header = [field.strip().lower() for field in first_line.split(",")]
+    header = [field.strip().strip('"').strip().lower() for field in first_line.split(",")]
     if any(name in header for name in formats.IMAGE_COLUMNS) and \
             any(name in header for name in formats.CAPTION_COLUMNS):
         return CSV_FORMAT
@@ -156,6 +170,12 @@ def coco_split(path: str) -> tuple[str, str]:
 
 def _coco_layout(dataset_dir: str, annotation_files: list[str], images_dir: Optional[str]) -> DatasetLayout:
     split_files, directories = {}, []
+    years = {path: re.search(r"(19|20)\d\d$", coco_split(path)[1]) for path in annotation_files}
+    releases = {match.group(0) for match in years.values() if match}
+    if len(releases) > 1:
+        raise DatasetError(f"{', '.join(sorted(annotation_files))}: captions of different COCO releases "
+                           f"({', '.join(sorted(releases))}); 2017's train holds most of 2014's val under other "
+                           "file names, so one photo would be in two splits: keep the files of one release")
     for path in sorted(annotation_files):
         split, directory = coco_split(path)
         if split in split_files:
@@ -206,18 +226,26 @@ def resolve_layout(dataset_dir: Optional[str] = None, images_dir: Optional[str] 
     if images_dir and not _exists(images_dir):
         raise DatasetError(f"--images_dir {images_dir}: no such directory")
     if not captions_file:
-        annotations = FileSystems.match([_join(dataset_dir, COCO_ANNOTATIONS)])[0].metadata_list
+        annotations = [m.path for m in FileSystems.match([_join(glob_escape(dataset_dir), COCO_ANNOTATIONS)])[0]
+                       .metadata_list]
+        found = _found_caption_files(dataset_dir)
+        if annotations and found:
+            raise DatasetError(f"{dataset_dir} holds COCO annotations ({annotations[0]}) and {found[0]}: pass "
+                               "--captions_file to say which captions to read")
         if annotations:
-            return dataclasses.replace(_coco_layout(dataset_dir, [m.path for m in annotations], images_dir),
-                                       name=name)
-    candidates = [_join(dataset_dir, file) for file in KARPATHY_FILES] + \
-        [_join(dataset_dir, sub, file) for file in TOKEN_CAPTIONS + TABLE_CAPTIONS for sub in TEXT_DIR_CANDIDATES] \
-        if dataset_dir else []
-    captions_file = _given_or_found(
-        "--captions_file", captions_file, "file", lambda: candidates,
-        f"no captions file in {dataset_dir} (looked for annotations/captions_*.json, "
-        f"{', '.join(KARPATHY_FILES + TOKEN_CAPTIONS + TABLE_CAPTIONS)}, also under Flickr8k_text/)")
+            if split_files:
+                raise DatasetError("COCO's annotation files name the splits (one file per split): drop --split_file")
+            return dataclasses.replace(_coco_layout(dataset_dir, annotations, images_dir), name=name)
+        if not found:
+            raise DatasetError(f"no captions file in {dataset_dir} (looked for annotations/captions_*.json, "
+                               f"{', '.join(TOKEN_CAPTIONS + TABLE_CAPTIONS + KARPATHY_FILES)}, also under "
+                               "Flickr8k_text/); pass --captions_file")
+        captions_file = found[0]
+    elif not _exists(captions_file):
+        raise DatasetError(f"--captions_file {captions_file}: no such file")
     caption_format = detect_caption_format(captions_file, read_text(captions_file))
+    if caption_format == COCO_FORMAT and split_files:
+        raise DatasetError(f"{captions_file} is a COCO annotation file, which is one split: drop --split_file")
     if caption_format == COCO_FORMAT:
         return dataclasses.replace(_coco_layout(dataset_dir or posixpath.dirname(captions_file), [captions_file],
                                                 images_dir), name=name)
@@ -241,6 +269,20 @@ def resolve_layout(dataset_dir: Optional[str] = None, images_dir: Optional[str] 
                          split_files=lists, name=name,
                          image_dir_candidates=_image_candidates(dataset_dir or posixpath.dirname(captions_file),
                                                                 images_dir, with_root=True))
+
+
+def _found_caption_files(dataset_dir: str) -> list[str]:
+    """The captions files in a dataset directory, of one kind (Flickr8k token, table, Karpathy); several kinds are
+    refused, since which one is meant cannot be told."""
+    kinds = (TOKEN_CAPTIONS, TABLE_CAPTIONS, KARPATHY_FILES)
+    found = [[_join(dataset_dir, sub, name) for name in names for sub in TEXT_DIR_CANDIDATES
+              if (sub == "" or names is not KARPATHY_FILES) and _exists(_join(dataset_dir, sub, name))]
+             for names in kinds]
+    present = [paths for paths in found if paths]
+    if len(present) > 1:
+        raise DatasetError(f"{dataset_dir} holds captions in more than one layout ({', '.join(p[0] for p in present)}): "
+                           "pass --captions_file to say which to read")
+    return present[0] if present else []
 
 
 def read_split_list(path: str) -> list[str]:
@@ -292,5 +334,13 @@ def validate_layout(layout: DatasetLayout) -> DatasetSummary:
         raise DatasetError(f"{layout.captions_file}: no image is in a split")
     images_dir = _find_images_dir(layout, [key for key in order if key in owner] or order)
     directories = sorted({posixpath.dirname(key) for key in owner})
+    schemes = {directory.split("://", 1)[0]: directory for directory in directories if "://" in directory}
+    for scheme, directory in schemes.items():  # listed on the workers: a filesystem Beam cannot use fails here
+        try:
+            FileSystems.match([glob_escape(directory) + "/*"], limits=[1])
+        except Exception as error:  # pylint: disable=broad-except  (ValueError, BeamIOError, ImportError, ...)
+            raise DatasetError(f"{layout.captions_file}: images under {scheme}:// ({directory}) cannot be listed "
+                               f"here ({str(error)[:200]}); install Beam's support for it (e.g. imcap[gcp]) or give "
+                               "local paths") from None
     return DatasetSummary(caption_lines=caption_count, captioned_images=len(captioned), split_sizes=split_sizes,
                           images_dir=images_dir, directories=tuple(directories))

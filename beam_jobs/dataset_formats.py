@@ -89,6 +89,15 @@ def image_key(path: str) -> str:
     return posixpath.normpath(path)
 
 
+def checked_key(path: str, where: str) -> str:
+    """`image_key` of a path a captions file gives, which must stay inside the images directory."""
+    key = image_key(path)
+    if not is_absolute(key) and (key == ".." or key.startswith("../")):
+        raise DatasetError(f"{where}: {path!r} leads out of the images directory; give paths relative to it, or "
+                           "absolute ones")
+    return key
+
+
 def image_uri(images_dir: str, key: str) -> str:
     return key if is_absolute(key) else posixpath.join(images_dir, key)
 
@@ -110,7 +119,7 @@ def parse_token_line(line: str) -> typing.Optional[CaptionEntry]:
         raise ValueError(f"caption id {caption_id!r} does not end in '#<number>'")
     if not caption.strip():
         raise ValueError(f"image {image!r} has an empty caption")
-    return CaptionEntry(image, int(index), caption.strip())
+    return CaptionEntry(image_key(image.strip()), int(index), caption.strip())
 
 
 def token_entries(path: str, text: str):
@@ -156,10 +165,12 @@ def _table_row(path: str, where: str, index: int, image, caption, split):
         raise DatasetError(f"{path}:{where}: the image path is empty or not text ({image!r})")
     if not isinstance(caption, str) or not caption.strip():
         raise DatasetError(f"{path}:{where}: image {image!r} has an empty caption (or one that is not text)")
-    key = image_key(image.strip())
+    key = checked_key(image.strip(), f"{path}:{where}")
     yield CaptionEntry(key, index, caption.strip())
     if split is not None:
-        if not isinstance(split, str) or not split.strip():
+        if not isinstance(split, str):
+            raise DatasetError(f"{path}:{where}: image {image!r}: the split must be text, got {split!r:.40}")
+        if not split.strip():
             raise DatasetError(f"{path}:{where}: image {image!r} has an empty split")
         yield SplitEntry(key, check_split_name(split.strip(), f"{path}:{where}"), image.strip(), f"{path}:{where}")
 
@@ -169,12 +180,9 @@ def table_has_split_column(path: str, text: str, table_format: str) -> bool:
     if table_format == CSV_FORMAT:
         header = next(csv.reader([text.lstrip("\ufeff").split("\n", 1)[0]]), [])
         return _columns(path, "1", header)[2] is not None
-    first = next((line for line in text.split("\n") if line.strip()), "")
-    try:
-        record = json.loads(first)
-    except json.JSONDecodeError:
-        return False  # reported with its position by jsonl_entries
-    return isinstance(record, dict) and _columns(path, "1", record)[2] is not None
+    for record in jsonl_entries(path, text, columns_only=True):
+        return record[2] is not None
+    return False
 
 
 def csv_entries(path: str, text: str):
@@ -189,8 +197,12 @@ def csv_entries(path: str, text: str):
     positions = {name: header.index(name) for name in (image_column, caption_column, split_column) if name}
     lenient = [name.strip().lower() for name in header] == ["image", "caption"]
     try:
+        end = reader.line_num
         for fields in reader:
-            line = reader.line_num
+            line, end = end + 1, reader.line_num
+            if any("\n" in field or "\r" in field for field in fields):
+                raise DatasetError(f"{path}:{line}: a quote opened on this line is closed only on line {end}; "
+                                   "captions are one line: close the quote or remove it")
             if not any(field.strip() for field in fields):
                 continue
             if lenient and len(fields) > 2:
@@ -207,7 +219,8 @@ def csv_entries(path: str, text: str):
         raise DatasetError(f"{path}:{reader.line_num}: not valid CSV ({error})") from None
 
 
-def jsonl_entries(path: str, text: str):
+def jsonl_entries(path: str, text: str, columns_only: bool = False):
+    """JSON Lines; ``columns_only``: yield just the (image, caption, split) keys the first line names."""
     columns = None
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
@@ -220,7 +233,13 @@ def jsonl_entries(path: str, text: str):
             raise DatasetError(f"{path}:{number}: expected a JSON object per line, got {type(record).__name__}")
         if columns is None:
             columns = _columns(path, str(number), record)
+            if columns_only:
+                yield columns
+                return
         image_column, caption_column, split_column = columns
+        if split_column is None and SPLIT_COLUMN in record:
+            raise DatasetError(f"{path}:{number}: a {SPLIT_COLUMN!r} key, which the first line has not: give every "
+                               "line its split, or none")
         for column in (image_column, caption_column, split_column):
             if column is not None and column not in record:
                 raise DatasetError(f"{path}:{number}: no {column!r} key (the first line has it)")
@@ -269,7 +288,7 @@ def coco_entries(path: str, text: str, split: str, image_dir: str):
             raise DatasetError(f"{path}: {where}.file_name is empty")
         if image_id in names:
             raise DatasetError(f"{path}: {where}: image id {image_id} is also images[{names[image_id][1]}]")
-        names[image_id] = (image_key(posixpath.join(image_dir, file_name)), position)
+        names[image_id] = (checked_key(posixpath.join(image_dir, file_name), f"{path}: {where}"), position)
         yield SplitEntry(names[image_id][0], split, file_name, f"{path}: {where}")
     for position, annotation in enumerate(annotations):
         where = f"annotations[{position}]"
@@ -300,7 +319,7 @@ def karpathy_entries(path: str, text: str, restval: str):
         split = _field(path, where, image, "split", str)
         if split not in KARPATHY_SPLITS:
             raise DatasetError(f"{path}: {where}.split: {split!r} is not one of {', '.join(KARPATHY_SPLITS)}")
-        key = image_key(posixpath.join(filepath, filename))
+        key = checked_key(posixpath.join(filepath, filename), f"{path}: {where}")
         if key in seen:
             raise DatasetError(f"{path}: {where}: {key} is also images[{seen[key]}]")
         seen[key] = position

@@ -11,9 +11,14 @@ file, a split and at least one usable caption), an error row (in a split but no 
 Several datasets (`Dataset`s with names): image ids become ``<dataset>/<id>``, and the splits other than train
 ``<dataset>/<split>`` (train is one split: the vocabulary and the trainer use all of it). With ``dedupe`` the
 images are hashed (SHA-256 of the file: the bytes are read here and again for the features, and only the digest
-travels) and the items of one digest merge into one: all their captions (a caption text already there is not
-added twice), the split and id of the first dataset's item -- except that an evaluation split wins over train, so
-that no image is trained on and evaluated on.
+travels) and the items of one content are settled per split:
+
+- copies in one split become one record with all their captions (a caption text already there is not added
+  twice), under the first dataset's id: an image in two datasets' train splits is trained on once;
+- a train copy of an image that is also in an evaluation split is left out (counted per dataset as
+  ``left_out_of_train``): no image is both trained on and evaluated on;
+- copies in different evaluation splits stay in each, with their own captions, so that every dataset's
+  evaluation split keeps its published images and references.
 """
 import hashlib
 import posixpath
@@ -23,7 +28,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs import dataset, dataset_formats as formats
-from beam_jobs.datasets import TRAIN, Dataset
+from beam_jobs.datasets import TRAIN, Dataset, Naming
 from beam_jobs.elements import ERRORS, Tally
 from beam_jobs.runtime import counter
 from schemas import captions, images, tables
@@ -60,9 +65,10 @@ class ParseSource(beam.DoFn):
 
 def _list_directory(directory: str, images_dir: str):
     """(key, uri) of every file in one directory of the images."""
-    base = directory if formats.is_absolute(directory) else posixpath.join(images_dir, directory)
-    for metadata in FileSystems.match([posixpath.join(base, "*")])[0].metadata_list:
-        yield formats.image_key(posixpath.join(directory, posixpath.basename(metadata.path))), metadata.path
+    base = (directory if formats.is_absolute(directory) else posixpath.join(images_dir, directory)).rstrip("/")
+    for metadata in FileSystems.match([posixpath.join(dataset.glob_escape(base), "*")])[0].metadata_list:
+        if posixpath.dirname(metadata.path) == base:  # not a sibling the escaped pattern also matches
+            yield formats.image_key(posixpath.join(directory, posixpath.basename(metadata.path))), metadata.path
 
 
 @beam.typehints.with_output_types(WorkItem)
@@ -72,8 +78,9 @@ class ClassifyImages(beam.DoFn):
     Main output: `WorkItem`s. ``errors``: images in a split that cannot be used (no file, no caption).
     ``tallies``: what is reported but is not an error of an input image.
     """
-    def __init__(self, data: Dataset):
-        self._data = data
+    def __init__(self, naming: Naming, images_dir: str):
+        self._naming = naming
+        self._images_dir = images_dir
 
     def _tally(self, name: str, value: int):
         counter(name).inc(value)
@@ -82,17 +89,16 @@ class ClassifyImages(beam.DoFn):
     def process(self, element):
         key, joined = element
         raw_captions = sorted(joined["captions"])
-        splits, files = sorted(joined["splits"]), sorted(joined["files"])
-        images_dir = self._data.summary.images_dir
+        splits, files = sorted(set(joined["splits"])), sorted(joined["files"])
         if not files:
             if raw_captions:
                 yield self._tally(MetadataKeys.CAPTIONS_WITHOUT_IMAGE, len(raw_captions))
-            for split, _ in splits:
+            if splits:  # one row per image (a table names its split on each caption's row)
                 counter("images_missing").inc()
-                uri = formats.image_uri(images_dir, key)
+                uri = formats.image_uri(self._images_dir, key)
                 yield beam.pvalue.TaggedOutput(ERRORS, tables.error_row(
-                    uri, images.MISSING_FILE, f"{key} is in the {self._data.split_name(split)} split but there is no "
-                    f"such file ({uri})"))
+                    uri, images.MISSING_FILE, f"{key} is in the {self._naming.split_name(splits[0][0])} split but "
+                    f"there is no such file ({uri})"))
             return
         if not splits:
             yield self._tally(MetadataKeys.IMAGES_WITHOUT_SPLIT, 1)
@@ -106,10 +112,10 @@ class ClassifyImages(beam.DoFn):
             counter("images_without_captions").inc()
             yield beam.pvalue.TaggedOutput(ERRORS, tables.error_row(
                 uri, images.NO_CAPTIONS,
-                f"{key} is in the {self._data.split_name(split)} split but has no usable caption"))
+                f"{key} is in the {self._naming.split_name(split)} split but has no usable caption"))
             return
-        yield WorkItem(image_id=self._data.image_id(image_id), split=self._data.split_name(split), uri=uri,
-                       captions=kept, origins=((self._data.name, len(kept)),))
+        yield WorkItem(image_id=self._naming.image_id(image_id), split=self._naming.split_name(split), uri=uri,
+                       captions=kept, origins=((self._naming.name, len(kept)),))
 
 
 class HashImage(beam.DoFn):
@@ -131,7 +137,7 @@ class HashImage(beam.DoFn):
 
 
 class MergeDuplicates(beam.DoFn):
-    """(digest, items of the same file content) -> one `WorkItem` with all their captions."""
+    """(digest, items of the same file content) -> a `WorkItem` per split they are in (see the module's rules)."""
 
     def __init__(self, dataset_order: tuple):
         self._order = {name: position for position, name in enumerate(dataset_order)}
@@ -142,19 +148,23 @@ class MergeDuplicates(beam.DoFn):
         if len(items) == 1:
             yield items[0]
             return
-        counter("duplicate_images").inc(len(items) - 1)
-        chosen = next((item for item in items if item.split != TRAIN), items[0])  # no evaluation image is trained on
-        if chosen.split != items[0].split:
-            counter("duplicates_moved_out_of_train").inc()
-            yield beam.pvalue.TaggedOutput(TALLIES, Tally(Tally.STAT, MetadataKeys.DUPLICATES_OUT_OF_TRAIN, 1))
-        merged, origins = list(chosen.captions), [chosen.origins[0]]
+        by_split = {}
         for item in items:
-            if item is chosen:
-                continue
-            added = [caption for caption in item.captions if caption not in merged]
-            merged.extend(added)
-            origins.append((item.origins[0][0], len(added)))
-        yield chosen._replace(captions=tuple(merged), origins=tuple(origins))
+            by_split.setdefault(item.split, []).append(item)
+        if TRAIN in by_split and len(by_split) > 1:  # also evaluated: not trained on
+            for item in by_split.pop(TRAIN):
+                counter("train_duplicates_left_out").inc()
+                yield beam.pvalue.TaggedOutput(TALLIES, Tally(Tally.STAT, MetadataKeys.TRAIN_DUPLICATES_LEFT_OUT, 1))
+                yield beam.pvalue.TaggedOutput(TALLIES, Tally(Tally.DATASET_LEFT_OUT, item.origins[0][0], 1))
+        for group in by_split.values():
+            first = group[0]
+            merged, origins = list(first.captions), [first.origins[0]]
+            for item in group[1:]:
+                counter("duplicate_images").inc()
+                added = [caption for caption in item.captions if caption not in merged]
+                merged.extend(added)
+                origins.append((item.origins[0][0], len(added)))
+            yield first._replace(captions=tuple(merged), origins=tuple(origins))
 
 
 class _Read(typing.NamedTuple):
@@ -175,7 +185,8 @@ def ReadOneDataset(pbegin, data: Dataset):  # pylint: disable=invalid-name
              | "ListImages" >> beam.FlatMap(_list_directory, data.summary.images_dir))
     joined = ({"captions": parsed.captions, "splits": parsed[SPLITS], "files": files}
               | "JoinByImage" >> beam.CoGroupByKey())
-    classified = joined | "ClassifyImages" >> beam.ParDo(ClassifyImages(data)).with_outputs(
+    classified = joined | "ClassifyImages" >> beam.ParDo(
+        ClassifyImages(data.naming, data.summary.images_dir)).with_outputs(
         ERRORS, TALLIES, main="items")
     return _Read(items=classified.items, errors=classified[ERRORS], tallies=classified[TALLIES])
 

@@ -19,10 +19,8 @@ from beam_jobs.dataset_formats import DatasetError
 TRAIN = "train"
 
 
-class Dataset(typing.NamedTuple):
-    """A dataset as the pipeline reads it: its layout, what validation found, and how its names are written."""
-    layout: dataset.DatasetLayout
-    summary: dataset.DatasetSummary
+class Naming(typing.NamedTuple):
+    """How a dataset's ids and splits are written in the records."""
     name: str
     prefixed: bool  # several datasets: ids and evaluation splits carry the dataset's name
 
@@ -31,6 +29,24 @@ class Dataset(typing.NamedTuple):
 
     def image_id(self, image_id: str) -> str:
         return f"{self.name}/{image_id}" if self.prefixed else image_id
+
+
+class Dataset(typing.NamedTuple):
+    """A dataset as the pipeline reads it: its layout, what validation found, and how its names are written."""
+    layout: dataset.DatasetLayout
+    summary: dataset.DatasetSummary
+    name: str
+    prefixed: bool  # several datasets: ids and evaluation splits carry the dataset's name
+
+    @property
+    def naming(self) -> Naming:
+        return Naming(self.name, self.prefixed)
+
+    def split_name(self, split: str) -> str:
+        return self.naming.split_name(split)
+
+    def image_id(self, image_id: str) -> str:
+        return self.naming.image_id(image_id)
 
     def output_splits(self) -> list[str]:
         return [self.split_name(split) for split in self.summary.split_sizes]
@@ -85,11 +101,12 @@ def output_splits(datasets: list[Dataset]) -> list[str]:
 
 
 def split_image_uris(datasets: list[Dataset], split: str) -> list[str]:
-    """The image files of one output split (e.g. train, for calibrating an int8 model), in the files' order."""
-    uris = []
+    """The image files of one output split (e.g. train, for calibrating an int8 model), each once, in the files'
+    order."""
+    uris = {}
     for data in datasets:
         for source in data.layout.sources():
             for entry in formats.entries(source, dataset.read_text(source.path), data.layout.restval):
                 if isinstance(entry, formats.SplitEntry) and data.split_name(entry.split) == split:
-                    uris.append(formats.image_uri(data.summary.images_dir, entry.key))
-    return uris
+                    uris.setdefault(formats.image_uri(data.summary.images_dir, entry.key))
+    return list(uris)

@@ -65,6 +65,7 @@ class Tally(typing.NamedTuple):
     DATASET_IMAGES = "dataset_images"
     DATASET_CAPTIONS = "dataset_captions"
     DATASET_DUPLICATES = "dataset_duplicates"
+    DATASET_LEFT_OUT = "dataset_left_out_of_train"
     SPLIT_CAPTIONS = "split_captions"
     ERROR = "error"
     STAT = "stat"

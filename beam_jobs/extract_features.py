@@ -271,11 +271,9 @@ def summarize(metadata: dict) -> str:
     if len(sources) > 1 or any(counts[DatasetKeys.DUPLICATES] for counts in sources.values()):
         for name, counts in sorted(sources.items(), key=lambda item: item[1].get(DatasetKeys.ORDER, 0)):
             lines.append(f"  from {name} ({counts[DatasetKeys.LAYOUT]}): {counts[DatasetKeys.IMAGES]:,} images, "
-                         f"{counts[DatasetKeys.CAPTIONS]:,} captions, {counts[DatasetKeys.DUPLICATES]:,} of its "
-                         "images duplicates of another's")
-        moved = metadata.get(MetadataKeys.DUPLICATES_OUT_OF_TRAIN, 0)
-        if moved:
-            lines.append(f"  duplicates kept out of train because another copy is in an evaluation split: {moved:,}")
+                         f"{counts[DatasetKeys.CAPTIONS]:,} captions; {counts[DatasetKeys.DUPLICATES]:,} of its "
+                         f"images share a record with a copy named earlier, {counts[DatasetKeys.LEFT_OUT_OF_TRAIN]:,} "
+                         "train images left out (a copy is in an evaluation split)")
     lines.append(f"  images failed: {metadata[MetadataKeys.IMAGES_FAILED]:,} "
                  f"{metadata[MetadataKeys.ERRORS_BY_CLASS] or ''}".rstrip())
     lines.append(f"  captions without image: {metadata[MetadataKeys.CAPTIONS_WITHOUT_IMAGE]:,}; images in no split: "

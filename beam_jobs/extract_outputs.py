@@ -56,7 +56,7 @@ class EncodeRecords(beam.DoFn):
             item.image_id, item.split, features, list(item.captions), caption_ids))
 
 
-DATASET_TALLIES = "dataset_tallies"
+DATASET_TALLIES = "dataset tallies"  # not a split name (no spaces in those)
 
 
 class _Written(typing.NamedTuple):
@@ -145,12 +145,13 @@ def metadata_from(settings: MetadataSettings, totals: dict, vocabulary: Vocabula
         **{key: totals.get((Tally.STAT, key), 0) for key in (MetadataKeys.CAPTIONS_WITHOUT_IMAGE,
                                                              MetadataKeys.IMAGES_WITHOUT_SPLIT,
                                                              MetadataKeys.CAPTIONS_EMPTY,
-                                                             MetadataKeys.DUPLICATES_OUT_OF_TRAIN)},
+                                                             MetadataKeys.TRAIN_DUPLICATES_LEFT_OUT)},
         MetadataKeys.DATASETS: {name: {DatasetKeys.ORDER: order, DatasetKeys.LAYOUT: layout,
                                        DatasetKeys.IMAGES_DIR: images_dir,
                                        DatasetKeys.IMAGES: totals.get((Tally.DATASET_IMAGES, name), 0),
                                        DatasetKeys.CAPTIONS: totals.get((Tally.DATASET_CAPTIONS, name), 0),
-                                       DatasetKeys.DUPLICATES: totals.get((Tally.DATASET_DUPLICATES, name), 0)}
+                                       DatasetKeys.DUPLICATES: totals.get((Tally.DATASET_DUPLICATES, name), 0),
+                                       DatasetKeys.LEFT_OUT_OF_TRAIN: totals.get((Tally.DATASET_LEFT_OUT, name), 0)}
                                 for order, (name, layout, images_dir) in enumerate(settings.datasets)},
         MetadataKeys.VOCAB_SIZE: len(vocabulary.tokens),
         MetadataKeys.MIN_WORD_COUNT: settings.min_word_count,

@@ -38,12 +38,12 @@ class QuantizationError(ValueError):
 def calibration_candidates(args: argparse.Namespace) -> tuple[list[str], str]:
     """(image paths to sample from, a description of where they came from)."""
     if args.dataset_dir:
-        layout = dataset.resolve_layout(args.dataset_dir)
-        if args.split not in layout.split_files:
+        from beam_jobs.datasets import load_datasets, output_splits, split_image_uris
+        loaded = load_datasets([args.dataset_dir])  # any layout the extract job reads
+        if args.split not in output_splits(loaded):
             raise QuantizationError(f"--split {args.split}: {args.dataset_dir} has the splits "
-                                    f"{', '.join(layout.split_files)}")
-        names = dataset.read_split_list(layout.split_files[args.split])
-        return [fileio.join(layout.images_dir, name) for name in names], f"{args.split} split of {args.dataset_dir}"
+                                    f"{', '.join(output_splits(loaded))}")
+        return split_image_uris(loaded, args.split), f"{args.split} split of {args.dataset_dir}"
     paths = []
     from beam_jobs.inputs import effective_pattern
     for pattern in map(effective_pattern, args.images):  # a directory means every file under it, as for --input
@@ -120,7 +120,7 @@ def _write_bytes(path: str, data: bytes) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="imcap-quantize", description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--dataset_dir", help="calibrate on a sample of this dataset's --split (Flickr8k layout)")
+    source.add_argument("--dataset_dir", help="calibrate on a sample of this dataset's --split (any layout the extract job reads)")
     source.add_argument("--images", action="append",
                         help="calibrate on a sample of these image files (a glob or a directory, on any "
                              "filesystem; repeat it)")

@@ -60,6 +60,7 @@ class DatasetKeys:
     IMAGES = "images"  # its images in the records (a duplicate counts for each dataset it is in)
     CAPTIONS = "captions"  # captions it gave to the records (a caption text an image already had is not counted)
     DUPLICATES = "duplicates"  # its images whose record is shared with an image named earlier (same content)
+    LEFT_OUT_OF_TRAIN = "left_out_of_train"  # its train images not written: a copy is in an evaluation split
 
 
 class MetadataKeys:
@@ -71,7 +72,7 @@ class MetadataKeys:
     CAPTIONS_WITHOUT_IMAGE = "captions_without_image"
     IMAGES_WITHOUT_SPLIT = "images_without_split"
     DATASETS = "datasets"  # {name: {DatasetKeys...}}: where the records came from
-    DUPLICATES_OUT_OF_TRAIN = "duplicates_kept_out_of_train"  # duplicates whose record went to an evaluation split
+    TRAIN_DUPLICATES_LEFT_OUT = "train_duplicates_left_out"  # train images left out: a copy is evaluated
     CAPTIONS_EMPTY = "captions_empty_after_normalization"
     VOCAB_SIZE = "vocab_size"
     MIN_WORD_COUNT = "min_word_count"
@@ -146,7 +147,7 @@ EVAL_SPLIT_NAMES = ("dev", "val")  # the split a trainer watches and evaluates o
 def split_file_stem(split: str) -> str:
     """The file name stem of a split's shards: the split's name, with the '/' of a dataset's split in records of
     several datasets (e.g. ``coco/val``) as '.' (``coco.val-00000-of-00001.tfrecord``). Split and dataset names are
-    letters, digits, '_' and '-' (`beam_jobs.dataset.check_name`), so stems never collide."""
+    letters, digits, '_' and '-' (`beam_jobs.dataset_formats.check_split_name`), so stems never collide."""
     return split.replace("/", ".")
 
 
@@ -160,17 +161,17 @@ def split_pattern(output_dir: str, split: str) -> str:
     return join(output_dir, f"{split_file_stem(split)}-*-of-*{RECORD_SUFFIX}")
 
 
-def default_eval_split(splits) -> str | None:
+def default_eval_split(metadata: dict) -> str | None:
     """The split to watch during training and to evaluate on when none is named: dev, else val, else (records of
-    several datasets) the first dataset's dev or val split, e.g. ``flickr8k/dev``; None when there is none."""
-    splits = list(splits)
-    for name in EVAL_SPLIT_NAMES:
-        if name in splits:
-            return name
-    for split in splits:
-        if split.rpartition("/")[2] in EVAL_SPLIT_NAMES:
-            return split
-    return None
+    several datasets) the first dataset's (in --dataset_dir order) dev or val split, e.g. ``flickr8k/dev``; None
+    when there is none."""
+    splits = metadata.get(MetadataKeys.SPLITS) or {}
+    datasets = metadata.get(MetadataKeys.DATASETS) or {}
+    for name in sorted(datasets, key=lambda name: datasets[name].get(DatasetKeys.ORDER, 0)):
+        for split in EVAL_SPLIT_NAMES:
+            if split in splits or f"{name}/{split}" in splits:
+                return split if split in splits else f"{name}/{split}"
+    return next((split for split in EVAL_SPLIT_NAMES if split in splits), None)
 
 
 def feature_spec(feature_dim: int, with_grid: bool = False) -> dict:

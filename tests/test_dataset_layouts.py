@@ -2,11 +2,13 @@
 tables): the same images and captions in each layout give identical records; a malformed file of each layout is
 refused with its file and position; several datasets combine into one set of records."""
 import csv
+import io
 import json
 import os
 import shutil
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from beam_jobs import extract_features
@@ -262,21 +264,24 @@ def _copy_image(images_dir, name, target_dir, new_name):
     shutil.copyfile(os.path.join(images_dir, name), os.path.join(target_dir, new_name))
 
 
-def test_several_datasets_combine_and_duplicates_are_one_record(sample_dataset, tmp_path):
-    """flickr (token layout: 4 train, 2 test) and coco (COCO layout, other file names): coco's train holds a copy
-    of a flickr test image (the record stays in flickr/test), coco's val a copy of a flickr train image (the record
-    moves to coco/val: no image is trained on and evaluated on), and two images of its own."""
+def test_several_datasets_combine_and_duplicates_are_settled_by_split(sample_dataset, tmp_path):
+    """flickr (token layout: train t0-t3, test e0-e1) and coco (COCO layout, its own file names), with copies of
+    flickr's photos in coco: a train copy of a train image is merged into one record with both datasets' captions;
+    a train copy of an evaluated image is left out of train (either way round); copies in two evaluation splits
+    stay in each with their own captions. Every image is accounted for in metadata.json."""
     images_dir, captions, splits = source = _read_flickr(sample_dataset, train=4, test=2)
     flickr = write_layout("token", source, tmp_path / "flickr")
+    (t0, t1, t2, t3), (e0, e1) = splits["train"], splits["test"]
+    _, extra_captions, extra_splits = _read_flickr(sample_dataset, train=6, test=0)
+    own = extra_splits["train"][4:6]  # two photos only coco has
     coco = tmp_path / "coco"
     os.makedirs(coco / "annotations")
-    _, extra_captions, extra_splits = _read_flickr(sample_dataset, train=6, test=0)
-    own = extra_splits["train"][4:6]  # two images only coco has
-    coco_images = {"train": [(splits["test"][0], "c1.jpg", ["a copy of a flickr test image ."]),
-                             (own[0], "c2.jpg", extra_captions[own[0]][:2])],
-                   "val": [(splits["train"][1], "c3.jpg", ["a copy of a flickr train image .",
-                                                          captions[splits["train"][1]][0]]),
-                           (own[1], "c4.jpg", extra_captions[own[1]][:1])]}
+    coco_images = {"train": [(e0, "c1.jpg", ["a copy of a flickr test image ."]),
+                             (own[0], "c2.jpg", extra_captions[own[0]][:2]),
+                             (t2, "c5.jpg", [captions[t2][0], "another caption of a flickr train image ."])],
+                   "val": [(t1, "c3.jpg", ["a copy of a flickr train image .", captions[t1][0]]),
+                           (own[1], "c4.jpg", extra_captions[own[1]][:1]),
+                           (e1, "c6.jpg", ["a copy of a flickr test image in coco val ."])]}
     for split, group in coco_images.items():
         annotations, images = [], []
         for position, (original, new_name, texts) in enumerate(group):
@@ -290,33 +295,36 @@ def test_several_datasets_combine_and_duplicates_are_one_record(sample_dataset, 
     metadata = _extract([f"flickr={flickr}", str(coco)], output)
     split_counts = {split: (c[SplitKeys.IMAGES], c[SplitKeys.CAPTIONS])
                     for split, c in metadata[MetadataKeys.SPLITS].items()}
+    assert sorted(split_counts) == ["coco/val", "flickr/test", "train"]
     found = {split: {r[0]: r[2] for r in _records(output, split)} for split in split_counts}
-    flickr_train = [name for name in splits["train"] if name != splits["train"][1]]
-    assert sorted(found["train"]) == sorted([f"flickr/{name}" for name in flickr_train] + ["coco/c2.jpg"])
-    assert sorted(found["flickr/test"]) == sorted(f"flickr/{name}" for name in splits["test"])
-    assert sorted(found["coco/val"]) == ["coco/c3.jpg", "coco/c4.jpg"]
-    # a duplicate is one record with the captions of both (a caption already there is not repeated)
-    merged_test = found["flickr/test"][f"flickr/{splits['test'][0]}"]
-    assert merged_test[:len(captions[splits["test"][0]])] == [c for c in _clean(captions[splits["test"][0]])]
-    assert merged_test[-1] == "a copy of a flickr test image"
-    # coco's captions first (its record), then flickr's, less the one coco has too
-    assert found["coco/val"]["coco/c3.jpg"] == ["a copy of a flickr train image"] + _clean(
-        captions[splits["train"][1]])
-    assert metadata[MetadataKeys.DUPLICATES_OUT_OF_TRAIN] == 1
-    # per-dataset counts add up to the records
+    assert sorted(found["train"]) == ["coco/c2.jpg", f"flickr/{t0}", f"flickr/{t2}", f"flickr/{t3}"]
+    assert sorted(found["flickr/test"]) == sorted([f"flickr/{e0}", f"flickr/{e1}"])
+    assert sorted(found["coco/val"]) == ["coco/c3.jpg", "coco/c4.jpg", "coco/c6.jpg"]
+    # train + train: one record, flickr's captions then coco's new one (the one flickr has is not repeated)
+    assert found["train"][f"flickr/{t2}"] == _clean(captions[t2]) + ["another caption of a flickr train image"]
+    # evaluation splits keep their own images and references
+    assert found["flickr/test"][f"flickr/{e0}"] == _clean(captions[e0])
+    assert found["flickr/test"][f"flickr/{e1}"] == _clean(captions[e1])
+    assert found["coco/val"]["coco/c3.jpg"] == _clean(["a copy of a flickr train image .", captions[t1][0]])
+    assert found["coco/val"]["coco/c6.jpg"] == ["a copy of a flickr test image in coco val"]
+    # every image named in a split is accounted for, and the per-dataset counts add up to the records
     sources = metadata[MetadataKeys.DATASETS]
     assert sorted(sources, key=lambda name: sources[name][DatasetKeys.ORDER]) == ["flickr", "coco"]
-    assert sources["flickr"][DatasetKeys.IMAGES] == 6 and sources["coco"][DatasetKeys.IMAGES] == 4
-    assert sources["flickr"][DatasetKeys.DUPLICATES] + sources["coco"][DatasetKeys.DUPLICATES] == 2
+    counts = {name: (s[DatasetKeys.IMAGES], s[DatasetKeys.DUPLICATES], s[DatasetKeys.LEFT_OUT_OF_TRAIN])
+              for name, s in sources.items()}
+    assert counts == {"flickr": (5, 0, 1), "coco": (5, 1, 1)}
+    assert metadata[MetadataKeys.TRAIN_DUPLICATES_LEFT_OUT] == 2 and metadata[MetadataKeys.IMAGES_FAILED] == 0
+    assert sum(s[DatasetKeys.IMAGES] + s[DatasetKeys.LEFT_OUT_OF_TRAIN] for s in sources.values()) == 6 + 6
     total_images = sum(images for images, _ in split_counts.values())
-    assert total_images == 8 == sum(s[DatasetKeys.IMAGES] - s[DatasetKeys.DUPLICATES] for s in sources.values())
-    assert sum(c for _, c in split_counts.values()) == sum(s[DatasetKeys.CAPTIONS] for s in sources.values())
-    assert sum(len(texts) for split in found.values() for texts in split.values()) == \
-        sum(c for _, c in split_counts.values())
+    assert total_images == 9 == sum(s[DatasetKeys.IMAGES] - s[DatasetKeys.DUPLICATES] for s in sources.values())
+    total_captions = sum(c for _, c in split_counts.values())
+    assert total_captions == sum(s[DatasetKeys.CAPTIONS] for s in sources.values()) == \
+        sum(len(texts) for split in found.values() for texts in split.values())
+    assert sources["coco"][DatasetKeys.CAPTIONS] == 2 + 1 + 2 + 1 + 1
     # the vocabulary is built from the one train split, which has words of both datasets
     vocabulary = set((output / "vocab.txt").read_text().split())
-    assert set(" ".join(found["train"]["coco/c2.jpg"]).split()) <= vocabulary
-    assert "copy" not in vocabulary  # only in evaluation splits
+    assert {"another", "caption", "flickr"} <= vocabulary
+    assert "copy" not in vocabulary  # only in evaluation splits and left-out train copies
 
 
 def _clean(texts):
@@ -335,3 +343,113 @@ def test_several_datasets_need_distinct_names_and_their_own_files(sample_dataset
     loaded = load_datasets([f"one={first}", f"two={second}"])
     assert [(d.name, d.split_name("train"), d.split_name("test"), d.image_id("x.jpg")) for d in loaded] == [
         ("one", "train", "one/test", "one/x.jpg"), ("two", "train", "two/test", "two/x.jpg")]
+
+
+# -- evaluation per dataset -------------------------------------------------------------------------------------
+def test_a_bundle_is_evaluated_on_each_datasets_split_side_by_side(sample_dataset, sample_bundle, tmp_path, capsys):
+    """Records of two datasets (real random-init Xception features, as the bundle's): trainer.evaluate scores the
+    bundle on one split of each, side by side; trainer.task watches the first dataset's dev split."""
+    from beam_jobs.sample_dataset import write_sample_dataset
+    from trainer import evaluate, task
+    other = str(tmp_path / "other")
+    write_sample_dataset(other, num_images=6, image_size=80, seed=11)
+    output = tmp_path / "combined"
+    extract_features.run(["--dataset_dir", f"shapes={sample_dataset}", "--dataset_dir", f"more={other}",
+                          "--output_dir", str(output), "--weights", "none", "--image_size", str(TEST_IMAGE_SIZE),
+                          "--min_word_count", "1", "--inference_backend", "keras"],
+                         test_pipeline=local_test_pipeline())
+    metadata = fileio.read_json(str(output / records.METADATA_FILE))
+    assert records.default_eval_split(metadata) == "shapes/dev"
+    assert os.path.exists(output / "shapes.dev-00000-of-00001.tfrecord")
+    capsys.readouterr()
+    assert evaluate.main(["--data_dir", str(output), "--model_dir", sample_bundle, "--split", "shapes/test",
+                          "--split", "more/test", "--beam_width", "1"]) == 0
+    out = capsys.readouterr()
+    results = json.loads(out.out)
+    assert list(results) == ["shapes/test", "more/test"]
+    for split, result in results.items():
+        assert result["split"] == split
+        assert result["images"] == metadata[MetadataKeys.SPLITS][split][SplitKeys.IMAGES] > 0
+        assert 0 <= result["bleu_4"] <= 1 and result["cider_d"] >= 0 and result["no_repeat_ngram_size"] == 2
+        assert os.path.exists(os.path.join(sample_bundle, f"eval_{split.replace('/', '.')}_beam1.json"))
+    table = [line.split() for line in out.err.splitlines() if line.startswith(("split", "shapes/", "more/"))]
+    assert [row[0] for row in table] == ["split", "shapes/test", "more/test"]
+    assert float(table[1][5]) == pytest.approx(results["shapes/test"]["bleu_4"], abs=1e-4)
+    with pytest.raises(ValueError, match="split 'coco/val' is not in the extracted data"):
+        evaluate.evaluate(str(output), sample_bundle, "coco/val")
+    summary = task.train(task.parse_args(["--data_dir", str(output), "--model_dir", str(tmp_path / "model"),
+                                          "--epochs", "1", "--units", "8", "--embedding_dim", "8", "--verbose", "0"]))
+    assert summary["eval_split"] == "shapes/dev"
+
+
+# -- inputs the layouts were not written for --------------------------------------------------------------------
+def test_a_dataset_on_an_object_store_and_names_that_look_like_globs(sample_dataset, tmp_path):
+    """A dataset whose directories exist only as name prefixes (as on GCS), with '[' and '*' in its directory
+    names: found, listed and read like a local one; a missing image is one error row, however many captions name
+    it."""
+    from tests import prefixfs
+    prefixfs.clear()
+    images_dir, captions, splits = _read_flickr(sample_dataset)
+    root = "prefixfs://bucket/my [data]*"
+    rows = [("split", "image", "caption")]
+    for split, names in splits.items():
+        for name in names:
+            with open(os.path.join(images_dir, name), "rb") as handle:
+                prefixfs.put(f"{root}/Images/{name}", handle.read())
+            rows.extend((split, name, caption) for caption in captions[name])
+    rows.extend(("train", "gone.jpg", text) for text in ("A missing photo .", "Still missing ."))
+    table = io.StringIO()
+    csv.writer(table).writerows(rows)
+    prefixfs.put(f"{root}/captions.csv", table.getvalue().encode("utf-8"))
+    metadata = _extract([root], tmp_path / "out")
+    assert {split: c[SplitKeys.IMAGES] for split, c in metadata[MetadataKeys.SPLITS].items()} == {"train": 4, "test": 2}
+    assert metadata[MetadataKeys.ERRORS_BY_CLASS] == {"missing_file": 1}  # one row, not one per caption
+    errors = pq.read_table(str(tmp_path / "out" / records.ERRORS_FILE)).to_pylist()
+    assert [row["image_uri"] for row in errors] == [f"{root}/Images/gone.jpg"]
+    assert [r[0] for r in _records(tmp_path / "out", "train")] == sorted(splits["train"])
+
+
+@pytest.mark.parametrize("content, message", [
+    ('image,caption,split\na.jpg,"A dog that never ends,train\nb.jpg,A cat .,train\nc.jpg,"A bird",train\n',
+     r"captions.csv:2: a quote opened on this line is closed only on line 4"),
+    ("image,caption,split\n../outside.jpg,A dog .,train\n", r"captions.csv:2: '../outside.jpg' leads out of"),
+    ('{"image": "a.jpg", "caption": "x"}\n{"image": "a.jpg", "caption": "y", "split": "test"}\n',
+     r"captions.jsonl:2: a 'split' key, which the first line has not"),
+    ('{"image": "a.jpg", "caption": "x", "split": 3}\n', r"captions.jsonl:1: image 'a.jpg': the split must be text"),
+    ("image,caption,split\nhttps://example.com/a.jpg,A dog .,train\n", r"images under https:// .* cannot be listed"),
+])
+def test_hostile_tables(content, message, tmp_path):
+    name = "captions.jsonl" if content.startswith("{") else "captions.csv"
+    os.makedirs(tmp_path / "ds" / "Images")
+    (tmp_path / "ds" / "Images" / "a.jpg").write_bytes(b"")
+    (tmp_path / "ds" / "Flickr_8k.trainImages.txt").write_text("a.jpg\n")  # for a table without a split column
+    (tmp_path / "ds" / name).write_text(content, encoding="utf-8")
+    with pytest.raises(DatasetError, match=message):
+        load_datasets([str(tmp_path / "ds")])
+
+
+def test_line_endings_and_byte_order_marks_do_not_matter(tmp_path):
+    os.makedirs(tmp_path / "ds" / "Images")
+    for name in ("a.jpg", "b.jpg"):
+        (tmp_path / "ds" / "Images" / name).write_bytes(b"")
+    token = "\ufeffa.jpg#0\tA dog .\r./b.jpg #0\tA cat .\r"  # old Mac line endings, a BOM, ./ and a space
+    (tmp_path / "ds" / "Flickr8k.token.txt").write_text(token, encoding="utf-8")
+    (tmp_path / "ds" / "Flickr_8k.trainImages.txt").write_text("a.jpg\r\nb.jpg\r\n", encoding="utf-8")
+    (loaded,) = load_datasets([str(tmp_path / "ds")])
+    assert (loaded.summary.caption_lines, loaded.summary.captioned_images, loaded.summary.split_sizes) == (
+        2, 2, {"train": 2})
+
+
+def test_ambiguous_directories_are_refused(sample_dataset, tmp_path):
+    source = _read_flickr(sample_dataset)
+    both = write_layout("token", source, tmp_path / "both")
+    shutil.copy(os.path.join(write_layout("karpathy", source, tmp_path / "k"), "dataset_flickr8k.json"), both)
+    with pytest.raises(DatasetError, match="captions in more than one layout .* pass --captions_file"):
+        load_datasets([both])
+    (chosen,) = load_datasets([both], captions_file=os.path.join(both, "Flickr8k.token.txt"))
+    assert chosen.layout.caption_format == "token"
+    coco = write_layout("coco", source, tmp_path / "coco")
+    os.rename(os.path.join(coco, "annotations", "captions_test2014.json"),
+              os.path.join(coco, "annotations", "captions_val2017.json"))
+    with pytest.raises(DatasetError, match="different COCO releases .* keep the files of one release"):
+        load_datasets([coco])

@@ -11,9 +11,8 @@ import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from beam_jobs import extract_features
-from beam_jobs.dataset import DatasetSummary
 from beam_jobs.dataset_read import ClassifyImages, WorkItem
-from beam_jobs.datasets import Dataset
+from beam_jobs.datasets import Naming
 from beam_jobs.elements import Tally
 from beam_jobs.vocab import CountWords
 from schemas import backbones, captions, fileio, images, records
@@ -183,10 +182,9 @@ def test_classify_images_joins_captions_splits_and_files():
         ("extra.jpg", {"captions": [], "splits": [], "files": ["/d/extra.jpg"]}),
         ("mute.jpg", {"captions": [(0, "42 !")], "splits": [("train", "mute.jpg")], "files": ["/d/mute.jpg"]}),
     ]
-    data = Dataset(layout=None, summary=DatasetSummary(0, 0, {}, images_dir="/d"), name="d", prefixed=False)
     with local_test_pipeline() as pipeline:
         out = (pipeline | beam.Create(joined)
-               | beam.ParDo(ClassifyImages(data)).with_outputs("errors", "tallies", main="items"))
+               | beam.ParDo(ClassifyImages(Naming("d", False), "/d")).with_outputs("errors", "tallies", main="items"))
         assert_that(out.items, equal_to([WorkItem("a.jpg", "train", "/d/a.jpg", ("a dog", "second"),
                                                   (("d", 2),))]),
                     label="Items")

@@ -147,7 +147,9 @@ def _evaluate_splits(args) -> None:
     from trainer import data
     from schemas import records
     metadata = data.read_metadata(args.data_dir)
-    splits = args.split or [records.default_eval_split(metadata[MetadataKeys.SPLITS]) or "dev"]
+    splits = args.split or [records.default_eval_split(metadata) or "dev"]
+    for split in splits:  # every name checked before any split is decoded
+        data.split_sizes(metadata, split)
     results = {split: evaluate(args.data_dir, args.model_dir, split, args.beam_width, args.length_penalty,
                                args.batch_size, args.output, args.no_repeat_ngram_size) for split in splits}
     if len(results) == 1:

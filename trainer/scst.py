@@ -171,7 +171,7 @@ def train(args: argparse.Namespace) -> dict:
     if not attention_lib.is_attention_decoder(initial.decoder_model):
         raise ValueError(f"{args.init_model_dir} is a merge bundle; trainer.scst fine-tunes attention bundles")
     metadata = data.read_metadata(args.data_dir)
-    args.eval_split = args.eval_split or records.default_eval_split(metadata[MetadataKeys.SPLITS]) or "dev"
+    args.eval_split = args.eval_split or records.default_eval_split(metadata) or "dev"
     if metadata[MetadataKeys.WEIGHTS_SHA256] != initial.config["weights_sha256"] or \
             records.grid_shape(metadata) != initial.grid_shape:
         raise ValueError(f"{args.data_dir} does not hold the features {args.init_model_dir} was trained on (other "

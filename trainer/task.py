@@ -232,7 +232,7 @@ def train(args: argparse.Namespace) -> dict:
     from trainer import data, model as model_lib
 
     metadata = data.read_metadata(args.data_dir)
-    args.eval_split = args.eval_split or records.default_eval_split(metadata[MetadataKeys.SPLITS]) or "dev"
+    args.eval_split = args.eval_split or records.default_eval_split(metadata) or "dev"
     vocabulary = Vocabulary.load(fileio.join(args.data_dir, VOCAB_FILE))
     feature_dim = metadata[MetadataKeys.FEATURE_DIM]
     grid = records.grid_shape(metadata)
