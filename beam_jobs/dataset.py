@@ -10,8 +10,9 @@
     table         captions.csv, captions.txt (CSV) or captions.jsonl: an image path and a caption per row, and a
                   split column or split lists as for Flickr8k; paths relative to the images directory
 
-Which layout a directory holds is detected from its files in the order above (``--captions_file`` is detected from
-its content). Each file's format is parsed by `beam_jobs.dataset_formats`. `resolve_layout` finds the files (or
+Which layout a directory holds is detected from its files; a directory with captions in two layouts (say
+Flickr8k.token.txt and dataset_flickr8k.json) is refused, since which is meant cannot be told, and
+``--captions_file`` chooses (its format is detected from its content). Each file's format is parsed by `beam_jobs.dataset_formats`. `resolve_layout` finds the files (or
 takes them from flags) and `validate_layout` parses all of them once on the launching machine, so that a malformed
 file fails before any worker starts, with the file, the position and what is wrong; the pipeline parses them again
 on a worker (`beam_jobs.dataset_read`).
@@ -76,7 +77,7 @@ def _join(directory: str, *names: str) -> str:
     return posixpath.join(directory, *[n for n in names if n])
 
 
-def _exists(path: str) -> bool:
+def exists(path: str) -> bool:
     """A file, or a directory (on object stores: a prefix with at least one object under it)."""
     if FileSystems.exists(path):
         return True
@@ -144,13 +145,13 @@ def detect_caption_format(path: str, text: str) -> str:
 
 
 def _find_first(paths: list[str]) -> Optional[str]:
-    return next((path for path in paths if _exists(path)), None)
+    return next((path for path in paths if exists(path)), None)
 
 
 def _given_or_found(flag: str, given: str | None, kind: str, candidates, not_found: str) -> str:
     """The path a flag gives (which must exist), else the first of ``candidates()`` that exists."""
     if given:
-        if not _exists(given):
+        if not exists(given):
             raise DatasetError(f"{flag} {given}: no such {kind}")
         return given
     found = _find_first(candidates())
@@ -192,7 +193,7 @@ def _split_lists(dataset_dir: Optional[str], given: Optional[dict], required: bo
     if given:
         for split, path in given.items():
             formats.check_split_name(split, f"--split_file {split}={path}")
-            if not _exists(path):
+            if not exists(path):
                 raise DatasetError(f"--split_file {split}={path}: no such file")
         return dict(given)
     found = {}
@@ -221,13 +222,14 @@ def resolve_layout(dataset_dir: Optional[str] = None, images_dir: Optional[str] 
     if not dataset_dir and not (images_dir and captions_file):
         raise DatasetError("give --dataset_dir, or --images_dir and --captions_file (and --split_file where the "
                            "captions name no splits)")
-    if dataset_dir and not _exists(dataset_dir):
+    if dataset_dir and not exists(dataset_dir):
         raise DatasetError(f"--dataset_dir {dataset_dir}: no such directory")
-    if images_dir and not _exists(images_dir):
+    if images_dir and not exists(images_dir):
         raise DatasetError(f"--images_dir {images_dir}: no such directory")
     if not captions_file:
         annotations = [m.path for m in FileSystems.match([_join(glob_escape(dataset_dir), COCO_ANNOTATIONS)])[0]
-                       .metadata_list]
+                       .metadata_list  # only this directory's (the escaped pattern may match a sibling's)
+                       if posixpath.dirname(m.path) == _join(dataset_dir.rstrip("/"), "annotations")]
         found = _found_caption_files(dataset_dir)
         if annotations and found:
             raise DatasetError(f"{dataset_dir} holds COCO annotations ({annotations[0]}) and {found[0]}: pass "
@@ -241,7 +243,7 @@ def resolve_layout(dataset_dir: Optional[str] = None, images_dir: Optional[str] 
                                f"{', '.join(TOKEN_CAPTIONS + TABLE_CAPTIONS + KARPATHY_FILES)}, also under "
                                "Flickr8k_text/); pass --captions_file")
         captions_file = found[0]
-    elif not _exists(captions_file):
+    elif not exists(captions_file):
         raise DatasetError(f"--captions_file {captions_file}: no such file")
     caption_format = detect_caption_format(captions_file, read_text(captions_file))
     if caption_format == COCO_FORMAT and split_files:
@@ -276,7 +278,7 @@ def _found_caption_files(dataset_dir: str) -> list[str]:
     refused, since which one is meant cannot be told."""
     kinds = (TOKEN_CAPTIONS, TABLE_CAPTIONS, KARPATHY_FILES)
     found = [[_join(dataset_dir, sub, name) for name in names for sub in TEXT_DIR_CANDIDATES
-              if (sub == "" or names is not KARPATHY_FILES) and _exists(_join(dataset_dir, sub, name))]
+              if (sub == "" or names is not KARPATHY_FILES) and exists(_join(dataset_dir, sub, name))]
              for names in kinds]
     present = [paths for paths in found if paths]
     if len(present) > 1:
@@ -298,7 +300,7 @@ def _find_images_dir(layout: DatasetLayout, keys: list[str]) -> str:
     if not relative:
         return layout.image_dir_candidates[0]
     for candidate in layout.image_dir_candidates:
-        if _exists(candidate) and any(_exists(_join(candidate, key)) for key in relative):
+        if exists(candidate) and any(exists(_join(candidate, key)) for key in relative):
             return candidate
     looked = ", ".join(layout.image_dir_candidates)
     raise DatasetError(f"none of the first {len(relative)} images {layout.captions_file} names (e.g. "

@@ -41,12 +41,14 @@ HASH_CHUNK = 1 << 20
 
 class WorkItem(typing.NamedTuple):
     """One image to featurize: its id, split, location and cleaned captions. ``origins``: (dataset, captions it
-    gave) per dataset item merged into this one, the item whose id and split it has first."""
+    gave) per dataset item merged into this one, the item whose id and split it has first; ``copies``: the files
+    of the other items (the same content: if this one cannot be used, each of them gets an error row too)."""
     image_id: str
     split: str
     uri: str
     captions: tuple
     origins: tuple = ()
+    copies: tuple = ()
 
 
 class ParseSource(beam.DoFn):
@@ -164,7 +166,8 @@ class MergeDuplicates(beam.DoFn):
                 added = [caption for caption in item.captions if caption not in merged]
                 merged.extend(added)
                 origins.append((item.origins[0][0], len(added)))
-            yield first._replace(captions=tuple(merged), origins=tuple(origins))
+            yield first._replace(captions=tuple(merged), origins=tuple(origins),
+                                 copies=tuple(item.uri for item in group[1:]))
 
 
 class _Read(typing.NamedTuple):

@@ -53,9 +53,10 @@ class Dataset(typing.NamedTuple):
 
 
 def parse_spec(text: str) -> tuple[str, str]:
-    """``NAME=DIR`` or ``DIR`` -> (name, dir); a name is letters, digits, '_' and '-' (else the text is a DIR)."""
+    """``NAME=DIR`` or ``DIR`` -> (name, dir); a name is letters, digits, '_' and '-' (else, or when the whole text
+    is an existing directory such as ``date=2024/flickr8k``, the text is a DIR)."""
     name, separator, directory = text.partition("=")
-    if separator and formats.NAME_PATTERN.fullmatch(name) and directory:
+    if separator and formats.NAME_PATTERN.fullmatch(name) and directory and not dataset.exists(text):
         return name, directory
     return "", text
 

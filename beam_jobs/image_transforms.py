@@ -310,9 +310,13 @@ class PrepareImages(beam.DoFn):
     def process(self, item):
         result = read_and_prepare(item.uri, item.uri, self._image_size, self._max_pixels, self._max_bytes)
         if isinstance(result, ErrorRow):
-            counter("images_failed").inc()
-            counter(f"images_failed_{result.error}").inc()
+            copies = getattr(item, "copies", ())  # files of the same content merged into this item: rows too
+            counter("images_failed").inc(1 + len(copies))
+            counter(f"images_failed_{result.error}").inc(1 + len(copies))
             yield beam.pvalue.TaggedOutput(ERRORS, result)
+            for copy in copies:
+                yield beam.pvalue.TaggedOutput(ERRORS, result._replace(
+                    image_uri=copy, message=f"{result.message} (the same file as {item.uri})"))
             return
         counter("images_decoded").inc()
         yield item, result.pixels

@@ -346,7 +346,8 @@ def test_several_datasets_need_distinct_names_and_their_own_files(sample_dataset
 
 
 # -- evaluation per dataset -------------------------------------------------------------------------------------
-def test_a_bundle_is_evaluated_on_each_datasets_split_side_by_side(sample_dataset, sample_bundle, tmp_path, capsys):
+def test_a_bundle_is_evaluated_on_each_datasets_split_side_by_side(sample_dataset, sample_features, sample_bundle,
+                                                                   tmp_path, capsys):
     """Records of two datasets (real random-init Xception features, as the bundle's): trainer.evaluate scores the
     bundle on one split of each, side by side; trainer.task watches the first dataset's dev split."""
     from beam_jobs.sample_dataset import write_sample_dataset
@@ -377,6 +378,18 @@ def test_a_bundle_is_evaluated_on_each_datasets_split_side_by_side(sample_datase
     assert float(table[1][5]) == pytest.approx(results["shapes/test"]["bleu_4"], abs=1e-4)
     with pytest.raises(ValueError, match="split 'coco/val' is not in the extracted data"):
         evaluate.evaluate(str(output), sample_bundle, "coco/val")
+    # in-domain and out-of-domain: the bundle's own records and the combined ones, each split where it is
+    assert evaluate.main(["--data_dir", sample_features, "--data_dir", str(output), "--model_dir", sample_bundle,
+                          "--split", "dev", "--split", "more/test", "--beam_width", "1"]) == 0
+    both = json.loads(capsys.readouterr().out)
+    own = os.path.basename(sample_features)
+    assert list(both) == [f"{own}:dev", "combined:more/test"]
+    assert both["combined:more/test"]["cider_d"] == pytest.approx(results["more/test"]["cider_d"])
+    assert both[f"{own}:dev"]["bleu_4"] == pytest.approx(
+        evaluate.evaluate(sample_features, sample_bundle, "dev", beam_width=1)["bleu_4"])
+    assert evaluate.main(["--data_dir", sample_features, "--data_dir", str(output), "--model_dir", sample_bundle,
+                          "--split", "coco/val"]) == 2
+    assert "no --data_dir holds a coco/val split" in capsys.readouterr().err
     summary = task.train(task.parse_args(["--data_dir", str(output), "--model_dir", str(tmp_path / "model"),
                                           "--epochs", "1", "--units", "8", "--embedding_dim", "8", "--verbose", "0"]))
     assert summary["eval_split"] == "shapes/dev"
@@ -453,3 +466,44 @@ def test_ambiguous_directories_are_refused(sample_dataset, tmp_path):
               os.path.join(coco, "annotations", "captions_val2017.json"))
     with pytest.raises(DatasetError, match="different COCO releases .* keep the files of one release"):
         load_datasets([coco])
+
+
+def test_a_merged_duplicate_that_cannot_be_decoded_gives_each_copy_its_error_row(sample_dataset, tmp_path):
+    source = _read_flickr(sample_dataset)
+    first = write_layout("token", source, tmp_path / "first")
+    second = write_layout("csv", source, tmp_path / "second")
+    broken = source[2]["train"][0]
+    for directory, images in ((first, "Flicker8k_Dataset"), (second, "Images")):
+        path = os.path.join(directory, images, broken)
+        os.remove(path)  # a symlink to the shared photo: replaced by the same broken file in both
+        with open(path, "wb") as handle:
+            handle.write(b"\xff\xd8\xff\xe0 this is not a JPEG any more")
+    output = tmp_path / "out"
+    metadata = _extract([f"a={first}", f"b={second}"], output)
+    errors = pq.read_table(str(output / records.ERRORS_FILE)).to_pylist()
+    assert sorted(row["image_uri"] for row in errors) == sorted(
+        [os.path.join(first, "Flicker8k_Dataset", broken), os.path.join(second, "Images", broken)])
+    assert {row["error"] for row in errors} == {"decode_error"}
+    assert any("the same file as" in row["message"] for row in errors)
+    assert metadata[MetadataKeys.IMAGES_FAILED] == 2
+    sources = metadata[MetadataKeys.DATASETS]
+    # every other image: one record per content, each dataset's copy counted; train holds 3 merged records
+    assert metadata[MetadataKeys.SPLITS]["train"][SplitKeys.IMAGES] == 3
+    assert {name: (s[DatasetKeys.IMAGES], s[DatasetKeys.DUPLICATES]) for name, s in sources.items()} == {
+        "a": (5, 0), "b": (5, 3)}
+
+
+def test_evaluations_without_an_evaluation_split_say_to_pass_split(sample_features, tmp_path):
+    from trainer import evaluate
+    metadata = fileio.read_json(os.path.join(sample_features, records.METADATA_FILE))
+    metadata[MetadataKeys.SPLITS] = {split: counts for split, counts in metadata[MetadataKeys.SPLITS].items()
+                                     if split in ("train", "test")}
+    directories = []
+    for name in ("one", "two"):
+        os.makedirs(tmp_path / name)
+        fileio.write_json(str(tmp_path / name / records.METADATA_FILE), metadata)
+        directories.append(str(tmp_path / name))
+    with pytest.raises(ValueError, match="no --data_dir holds a dev or val split .* pass --split"):
+        evaluate.evaluations(directories, None)
+    assert evaluate.evaluations(directories, ["test"]) == [("one:test", directories[0], "test"),
+                                                          ("two:test", directories[1], "test")]
