@@ -507,3 +507,17 @@ def test_evaluations_without_an_evaluation_split_say_to_pass_split(sample_featur
         evaluate.evaluations(directories, None)
     assert evaluate.evaluations(directories, ["test"]) == [("one:test", directories[0], "test"),
                                                           ("two:test", directories[1], "test")]
+
+
+@pytest.mark.parametrize("kind", ["karpathy", "coco", "jsonl"])
+def test_int8_calibration_photos_come_from_the_train_split_of_any_layout(kind, sample_dataset, tmp_path):
+    import argparse
+    from beam_jobs import quantize
+    images_dir, _, splits = source = _read_flickr(sample_dataset)
+    directory = write_layout(kind, source, tmp_path / kind)
+    candidates, where = quantize.calibration_candidates(argparse.Namespace(dataset_dir=directory, split="train",
+                                                                           images=None))
+    assert sorted(os.path.basename(path) for path in candidates) == sorted(splits["train"])  # each once
+    assert all(os.path.exists(path) for path in candidates) and where == f"train split of {directory}"
+    with pytest.raises(quantize.QuantizationError, match="--split dev: .* has the splits train, test"):
+        quantize.calibration_candidates(argparse.Namespace(dataset_dir=directory, split="dev", images=None))
