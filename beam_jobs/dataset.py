@@ -26,7 +26,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs import dataset_formats as formats
 from beam_jobs.dataset_formats import (COCO_FORMAT, CSV_FORMAT, JSONL_FORMAT, KARPATHY_FORMAT, SPLIT_LIST,
-                                       TOKEN_FORMAT, CaptionEntry, DatasetError, SourceFile, SplitEntry)
+                                       TOKEN_FORMAT, CaptionEntry, DatasetError, SourceFile)
 
 IMAGE_DIR_CANDIDATES = ("Flicker8k_Dataset", "Flickr8k_Dataset", "flickr30k_images", "Images", "images")
 TEXT_DIR_CANDIDATES = ("", "Flickr8k_text")
@@ -245,7 +245,8 @@ def resolve_layout(dataset_dir: Optional[str] = None, images_dir: Optional[str] 
         captions_file = found[0]
     elif not exists(captions_file):
         raise DatasetError(f"--captions_file {captions_file}: no such file")
-    caption_format = detect_caption_format(captions_file, read_text(captions_file))
+    text = read_text(captions_file)
+    caption_format = detect_caption_format(captions_file, text)
     if caption_format == COCO_FORMAT and split_files:
         raise DatasetError(f"{captions_file} is a COCO annotation file, which is one split: drop --split_file")
     if caption_format == COCO_FORMAT:
@@ -263,7 +264,7 @@ def resolve_layout(dataset_dir: Optional[str] = None, images_dir: Optional[str] 
             f"no images directory in {dataset_dir} (looked for {', '.join(IMAGE_DIR_CANDIDATES)})")
         return DatasetLayout(images_dir=images_dir, captions_file=captions_file, caption_format=caption_format,
                              split_files=_split_lists(dataset_dir, split_files, required=True), name=name)
-    named = formats.table_has_split_column(captions_file, read_text(captions_file), caption_format)
+    named = formats.table_has_split_column(captions_file, text, caption_format)
     if named and split_files:
         raise DatasetError(f"{captions_file} has a split column: drop --split_file (or the column)")
     lists = {} if named else _split_lists(dataset_dir, split_files, required=True)

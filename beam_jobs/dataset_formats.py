@@ -30,6 +30,8 @@ import posixpath
 import re
 import typing
 
+from beam_jobs.sources import normalize_uri
+
 
 class DatasetError(ValueError):
     """A dataset file that is missing or malformed; the message names the file and position and what to fix."""
@@ -82,16 +84,10 @@ def is_absolute(path: str) -> bool:
     return path.startswith("/") or "://" in path
 
 
-def image_key(path: str) -> str:
-    """The canonical key of an image path as a captions file writes it (``./a//b.jpg`` -> ``a/b.jpg``)."""
-    if "://" in path:
-        return path
-    return posixpath.normpath(path)
-
-
 def checked_key(path: str, where: str) -> str:
-    """`image_key` of a path a captions file gives, which must stay inside the images directory."""
-    key = image_key(path)
+    """The key of a path a captions file gives (`sources.normalize_uri`: one spelling per file), which must stay
+    inside the images directory."""
+    key = normalize_uri(path)
     if not is_absolute(key) and (key == ".." or key.startswith("../")):
         raise DatasetError(f"{where}: {path!r} leads out of the images directory; give paths relative to it, or "
                            "absolute ones")
@@ -119,7 +115,7 @@ def parse_token_line(line: str) -> typing.Optional[CaptionEntry]:
         raise ValueError(f"caption id {caption_id!r} does not end in '#<number>'")
     if not caption.strip():
         raise ValueError(f"image {image!r} has an empty caption")
-    return CaptionEntry(image_key(image.strip()), int(index), caption.strip())
+    return CaptionEntry(normalize_uri(image.strip()), int(index), caption.strip())
 
 
 def token_entries(path: str, text: str):
@@ -145,7 +141,7 @@ def split_list_entries(path: str, text: str, split: str):
         if name in seen:
             raise DatasetError(f"{path}:{number}: {name} is listed twice (first on line {seen[name]})")
         seen[name] = number
-        yield SplitEntry(image_key(name), split, name, f"{path}:{number}")
+        yield SplitEntry(normalize_uri(name), split, name, f"{path}:{number}")
 
 
 # -- tables: CSV and JSON Lines ---------------------------------------------------------------------------------

@@ -27,9 +27,10 @@ import typing
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from beam_jobs import dataset, dataset_formats as formats
+from beam_jobs import dataset, dataset_formats as formats, sources
 from beam_jobs.datasets import TRAIN, Dataset, Naming
 from beam_jobs.elements import ERRORS, Tally
+from beam_jobs.image_transforms import read_error_row
 from beam_jobs.runtime import counter
 from schemas import captions, images, tables
 from schemas.records import MetadataKeys
@@ -70,7 +71,7 @@ def _list_directory(directory: str, images_dir: str):
     base = (directory if formats.is_absolute(directory) else posixpath.join(images_dir, directory)).rstrip("/")
     for metadata in FileSystems.match([posixpath.join(dataset.glob_escape(base), "*")])[0].metadata_list:
         if posixpath.dirname(metadata.path) == base:  # not a sibling the escaped pattern also matches
-            yield formats.image_key(posixpath.join(directory, posixpath.basename(metadata.path))), metadata.path
+            yield sources.normalize_uri(posixpath.join(directory, posixpath.basename(metadata.path))), metadata.path
 
 
 @beam.typehints.with_output_types(WorkItem)
@@ -121,19 +122,20 @@ class ClassifyImages(beam.DoFn):
 
 
 class HashImage(beam.DoFn):
-    """`WorkItem` -> (SHA-256 of its file, item); an unreadable file -> an error row."""
+    """`WorkItem` -> (SHA-256 of its file, item); an unreadable file -> an error row (as the featurizing step
+    would write it)."""
 
     def process(self, item: WorkItem):
         digest = hashlib.sha256()
         try:
-            with FileSystems.open(item.uri, mime_type="application/octet-stream",
-                                  compression_type="uncompressed") as handle:
+            with sources.open_raw(item.uri) as handle:
                 for chunk in iter(lambda: handle.read(HASH_CHUNK), b""):
                     digest.update(chunk)
-        except Exception as error:  # pylint: disable=broad-except  (any filesystem's failure to read)
-            counter("images_failed_read_error").inc()
-            yield beam.pvalue.TaggedOutput(ERRORS, tables.error_row(
-                item.uri, images.READ_ERROR, f"cannot read the file to find duplicates: {error}"))
+        except Exception as error:  # pylint: disable=broad-except  (filesystems raise their own types)
+            row = read_error_row(item.uri, error)
+            counter("images_failed").inc()
+            counter(f"images_failed_{row.error}").inc()
+            yield beam.pvalue.TaggedOutput(ERRORS, row)
             return
         yield digest.hexdigest(), item
 

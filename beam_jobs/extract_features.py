@@ -226,8 +226,8 @@ def prepare(args: argparse.Namespace, models: Models = MODELS) -> ExtractConfig:
                             f"{VOCAB_SPLIT} split of the dataset", args.int8_calibration_images)
         int8_info = check_int8_model(int8_model, backbone.name, image_size, digest)
     dedupe = args.dedupe == "yes" or (args.dedupe == "auto" and len(datasets) > 1)
-    return ExtractConfig(datasets=tuple(datasets), splits=tuple(splits), dedupe=dedupe, output_dir=args.output_dir, backbone=backbone.name, weights=args.weights,
-                         weights_sha256=digest, image_size=image_size, feature_dim=feature_dim,
+    return ExtractConfig(datasets=tuple(datasets), splits=tuple(splits), dedupe=dedupe, output_dir=args.output_dir,
+                         backbone=backbone.name, weights=args.weights, weights_sha256=digest, image_size=image_size, feature_dim=feature_dim,
                          min_batch_size=args.min_batch_size, max_batch_size=args.max_batch_size,
                          min_word_count=args.min_word_count, vocab_tokens=vocab_tokens, num_shards=args.num_shards,
                          max_image_pixels=args.max_image_pixels, inference_backend=backend,

@@ -52,7 +52,8 @@ def check_feature_flags(parser: argparse.ArgumentParser, args: argparse.Namespac
         parser.error(f"--min_batch_size {args.min_batch_size} is above --max_batch_size {args.max_batch_size}")
 
 
-def _read_error(uri: str, error: Exception) -> ErrorRow:
+def read_error_row(uri: str, error: Exception) -> ErrorRow:
+    """The error row of a file that could not be read (missing, too large, not a regular file, ...)."""
     if isinstance(error, FileNotFoundError):
         return tables.error_row(uri, images.MISSING_FILE, "no such file")
     if isinstance(error, sources.FileTooLarge):
@@ -79,7 +80,7 @@ def read_and_prepare(uri: str, path: str, image_size: int, max_pixels: int,
     try:
         data = sources.read_bytes(path, max_bytes)
     except Exception as error:  # filesystems raise their own types (BeamIOError, OSError, ...)
-        return _read_error(uri, error)
+        return read_error_row(uri, error)
     return prepare_bytes(uri, data, image_size, max_pixels)
 
 
