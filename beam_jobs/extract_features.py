@@ -31,13 +31,13 @@ import sys
 import typing
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 
-from beam_jobs import dataset, datasets as datasets_lib, quantize, runtime
+from beam_jobs import dataset, datasets as datasets_lib, quantize, runtime, sources
 from beam_jobs.dataset_read import ReadDataset
 from beam_jobs.extract_outputs import MetadataSettings, WriteErrorTable, WriteMetadata, WriteSplits
 from beam_jobs.image_transforms import FeaturesOfItems, add_feature_flags, check_feature_flags
 from beam_jobs.inference import AUTO_BACKEND, INT8_BACKEND, MODELS, Models, check_backend, check_int8_model
+from beam_jobs.outputs import delete_paths
 from beam_jobs.vocab import VOCAB_SPLIT, BuildVocabulary
 from schemas import backbones, fileio as schema_fileio, int8_model as int8_schema, records
 from schemas.bundle import INT8_DIR
@@ -147,12 +147,18 @@ def _same_path(first: str, second: str) -> bool:
 
 def _existing_outputs(output_dir: str, splits, keep: str | None = None) -> list[str]:
     """The files an earlier run of this job wrote in ``output_dir``: record shards of these splits (by their exact
-    name pattern), metadata.json, vocab.txt, errors.parquet and extractor_int8/. Nothing else there is touched."""
-    shard = re.compile(r"(?:" + "|".join(re.escape(records.split_file_stem(split)) for split in splits)
-                       + r")-\d{5}-of-\d{5}"
-                       + re.escape(records.RECORD_SUFFIX))
+    name pattern), metadata.json, vocab.txt, errors.parquet, extractor_int8/, and what the sinks of a killed run
+    left in their ``beam-temp-<name>-<uuid>`` directories. Nothing else there is touched."""
+    stems = "|".join(re.escape(records.split_file_stem(split)) for split in splits)
+    shard = re.compile(rf"(?:{stems})-\d{{5}}-of-\d{{5}}" + re.escape(records.RECORD_SUFFIX))
+    sink_temp = re.compile(rf"beam-temp-(?:{stems}|{re.escape(records.ERRORS_FILE)})-[0-9a-f]{{32}}")
     found = [path for path in schema_fileio.glob(schema_fileio.join(output_dir, f"*{records.RECORD_SUFFIX}"))
              if shard.fullmatch(posixpath.basename(path))]
+    found.extend(path for path in sources.match_paths(posixpath.join(output_dir, "beam-temp-*", "*"))
+                 if sink_temp.fullmatch(posixpath.basename(posixpath.dirname(path))))
+    if "://" not in output_dir:  # a killed sink's empty directory (object stores have none)
+        found.extend(path for path in schema_fileio.glob(schema_fileio.join(output_dir, "beam-temp-*"))
+                     if os.path.isdir(path) and not os.listdir(path) and sink_temp.fullmatch(posixpath.basename(path)))
     for name in (records.METADATA_FILE, VOCAB_FILE, records.ERRORS_FILE):
         found.extend(schema_fileio.glob(schema_fileio.join(output_dir, name)))
     if not (keep and _same_path(keep, schema_fileio.join(output_dir, INT8_DIR))):  # --int8_model there: an input
@@ -213,8 +219,8 @@ def prepare(args: argparse.Namespace, models: Models = MODELS) -> ExtractConfig:
                              "needs NNCF: pip install nncf (or pass --int8_model)")
     int8_target = schema_fileio.join(args.output_dir, INT8_DIR)
     reusing = bool(args.int8_model) and _same_path(args.int8_model, int8_target)
-    for path in existing:  # only now that every check has passed (an --int8_model in OUTPUT_DIR is not among them)
-        FileSystems.delete([path])
+    # only now that every check has passed (an --int8_model in OUTPUT_DIR is not among them)
+    delete_paths(existing)
     if backend == INT8_BACKEND:  # the records directory carries the int8 model its features came from
         int8_model = int8_target
         if args.int8_model and not reusing:

@@ -95,11 +95,17 @@ def _delete_directory_objects(*directories: str) -> None:
 
 def delete_outputs(prefix: str, existing: ExistingOutputs) -> None:
     """Removes every file of earlier runs (``--overwrite``): shards, checkpoint files, killed sinks' files."""
-    _delete_files([path for path, _, _ in existing.committed] + list(existing.checkpoint_parts)
-                  + list(existing.leftovers))
-    temp_dirs = sorted({path if os.path.isdir(path) else posixpath.dirname(path) for path in existing.leftovers
+    delete_paths([path for path, _, _ in existing.committed] + list(existing.checkpoint_parts)
+                 + list(existing.leftovers), tables.checkpoint_dir(prefix))
+
+
+def delete_paths(paths, *directories: str) -> None:
+    """Deletes files (and empty local directories among them), then the directories of killed sinks
+    (``beam-temp-*``) that held some of them, and ``directories``, where they are left empty."""
+    _delete_files(paths)
+    temp_dirs = sorted({path if os.path.isdir(path) else posixpath.dirname(path) for path in paths
                         if "beam-temp-" in path})
-    _delete_directory_objects(tables.checkpoint_dir(prefix), *temp_dirs)
+    _delete_directory_objects(*directories, *temp_dirs)
 
 
 def remove_checkpoint(directory: str, *committed) -> None:

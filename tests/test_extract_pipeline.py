@@ -264,3 +264,20 @@ def test_overwrite_deletes_only_its_own_files_and_only_once_every_check_passed(e
     args, _ = extract_features.parse_args(_argv(sample_dataset, str(output_dir), "--overwrite"))
     extract_features.prepare(args, models=FAKE_MODELS)
     assert sorted(os.listdir(output_dir)) == ["notes.txt", "other-00000-of-00001.tfrecord"]
+
+
+def test_overwrite_also_removes_what_the_sinks_of_a_killed_run_left(sample_dataset, tmp_path):
+    output_dir = tmp_path / "out"
+    uuid = "8676808cec9311f1854f02fc00000001"
+    (output_dir / f"beam-temp-train-{uuid}").mkdir(parents=True)
+    (output_dir / f"beam-temp-train-{uuid}" / "c9c48d7e.train.tfrecord").write_bytes(b"half a shard")
+    (output_dir / f"beam-temp-errors.parquet-{uuid}").mkdir()  # killed before it wrote anything
+    (output_dir / f"beam-temp-other-{uuid}").mkdir()  # not a split of this dataset: not this job's
+    (output_dir / f"beam-temp-other-{uuid}" / "x.tfrecord").write_bytes(b"someone else's")
+    args, _ = extract_features.parse_args(_argv(sample_dataset, str(output_dir)))
+    with pytest.raises(ValueError, match="already holds the output of a run .*--overwrite"):
+        extract_features.prepare(args, models=FAKE_MODELS)
+    args, _ = extract_features.parse_args(_argv(sample_dataset, str(output_dir), "--overwrite"))
+    extract_features.prepare(args, models=FAKE_MODELS)
+    assert sorted(os.listdir(output_dir)) == [f"beam-temp-other-{uuid}"]
+    assert os.listdir(output_dir / f"beam-temp-other-{uuid}") == ["x.tfrecord"]
