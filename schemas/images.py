@@ -8,9 +8,17 @@ pixel limit before decoding them (decompression bombs), and squashes the picture
 ``load_img(target_size=...)``). It returns uint8 pixels; the backbone's own scaling (`backbones.preprocess`) runs
 on whole batches.
 
+Memory: preparing one image holds the decoded picture in Pillow's own storage (4 bytes a pixel for RGB, RGBA, LA,
+PA, CMYK and 32-bit grayscale, 2 for 16-bit, 1 for L, 1-bit and P; grayscale other than L also gets an L copy), the
+strip between the resize's two passes (at most ``image_size`` x height x 4 bytes: 12 MB for 10,000 rows at 299 px,
+as Pillow's own resize makes) and one block of a quarter of a million pixels being made RGB (five copies of 1 MB;
+more only where a single row or column is longer). No mode gets a full-size RGB or RGBA copy;
+`bench/image_memory.py` measures it.
+
 Failures raise `ImageError`, whose ``error_class`` is one of the short classes below: they are the ``error``
 column of every error row the jobs write.
 """
+import contextlib
 import io
 import warnings
 
@@ -65,6 +73,10 @@ class ImageError(ValueError):
 SUPPORTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "ICO")
 _GRAY_MODES = ("1", "L", "I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 _ROWS_PER_CHUNK = 256
+# A colour picture is made RGB and resized a block of rows (or columns) at a time (`_squash_by_blocks`): a quarter
+# of a million pixels a block keeps each of its five RGB/RGBA copies at 1 MB whatever the width, and the Python work
+# per block (400 blocks for 10,000 x 10,000 pixels) is small beside the pixels' own.
+_PIXELS_PER_BLOCK = 1 << 18
 # 16-bit -> 8-bit, rounded to nearest: (v * 255 + 32767) // 65535 equals rint(v * 255 / 65535) for every v.
 _SIXTEEN_TO_EIGHT = ((np.arange(65536, dtype=np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
 
@@ -89,13 +101,56 @@ def _kind_by_signature(data: bytes) -> str | None:
     return next((kind for signature, kind in _SIGNATURES if data.startswith(signature)), None)
 
 
-def _describe_start(data: bytes) -> str:
-    return repr(data[:12])
+def _looks_like_text(head: bytes) -> bool:
+    """UTF-8 (ASCII included) without control characters other than line ends and tabs."""
+    head = head.removeprefix(b"\xef\xbb\xbf")
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as error:
+        if error.start < len(head) - 3:
+            return False
+        text = head[:error.start].decode("utf-8")  # the sample cut a multi-byte character short
+    return all(character.isprintable() or character in "\t\n\r\f" for character in text)
 
 
-def describe_error(error: BaseException) -> str:
-    """An exception as ``Type: message`` (the type alone when it says nothing), for error rows."""
-    text = str(error).strip()
+def _describe_content(data: bytes) -> str:
+    """What a file that is no known image looks like, never quoting its bytes: error rows end up in Parquet tables
+    and an HTML gallery, and an input may be a link to a private file (/etc/passwd, a key)."""
+    head = data[:512]
+    if not head.strip(b"\0"):
+        return "its first bytes are all zero"
+    if _looks_like_text(head):
+        return "it looks like text, not an image"
+    return "its first bytes match no known image format"
+
+
+# Pillow's plugins may quote the file at hand in their messages (PPM: "Token too long in file header: <the bytes>",
+# given as bytes). Error rows end up in Parquet tables and an HTML gallery, so the text of a library's exception is
+# kept readable and short: control characters escaped, a bytes message cut before the bytes it quotes, and the
+# length capped where the caller asks (image decoding: `LIBRARY_TEXT_CHARS`).
+LIBRARY_TEXT_CHARS = 160
+
+
+def _printable(text: str) -> str:
+    return "".join(character if character.isprintable() else character.encode("unicode_escape").decode("ascii")
+                   for character in text)
+
+
+def describe_error(error: BaseException, max_chars: int | None = None) -> str:
+    """An exception as ``Type: message`` (the type alone when it says nothing), for error rows.
+
+    Control characters are escaped; a message given as bytes (how Pillow's plugins quote file bytes) keeps only its
+    words before the quote; with ``max_chars`` the message is cut to that many characters.
+    """
+    if len(error.args) == 1 and isinstance(error.args[0], (bytes, bytearray)):
+        words, quoting, _ = bytes(error.args[0]).partition(b": ")
+        text = (f"{words.decode('ascii', 'replace')} (the bytes it quotes are left out)" if quoting
+                else "a message quoting the file's bytes (left out)")
+    else:
+        text = str(error).strip()
+    text = _printable(text)
+    if max_chars is not None and len(text) > max_chars:
+        text = text[:max_chars] + "... (cut)"
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
@@ -147,16 +202,19 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
     except UnidentifiedImageError:
         kind = _kind_by_signature(data)
         if kind in SUPPORTED_FORMATS:
-            raise ImageError(DECODE_ERROR, f"a {kind} file whose header cannot be parsed (damaged or truncated; it "
-                                           f"starts with {_describe_start(data)})") from None
-        what = f"a {kind} file, " if kind else ""
-        raise ImageError(UNSUPPORTED_FORMAT,
-                         f"{what}not an image in a supported format ({', '.join(SUPPORTED_FORMATS)}; the file starts "
-                         f"with {_describe_start(data)})") from None
+            raise ImageError(DECODE_ERROR, f"a {kind} file whose header cannot be parsed (damaged or "
+                                           "truncated)") from None
+        formats = ", ".join(SUPPORTED_FORMATS)
+        if kind:
+            raise ImageError(UNSUPPORTED_FORMAT, f"a {kind} file, not an image in a supported format ({formats})") \
+                from None
+        raise ImageError(UNSUPPORTED_FORMAT, f"not an image in a supported format ({formats}): "
+                                             f"{_describe_content(data)}") from None
     except Image.DecompressionBombError as error:
         raise ImageError(TOO_LARGE, str(error)) from None
     except Exception as error:  # hostile headers make plugins raise anything (struct.error, IndexError, ...)
-        raise ImageError(DECODE_ERROR, f"cannot parse the image header: {describe_error(error)}") from None
+        raise ImageError(DECODE_ERROR, "cannot parse the image header: "
+                                       f"{describe_error(error, LIBRARY_TEXT_CHARS)}") from None
     width, height = image.size
     if width <= 0 or height <= 0:
         raise ImageError(DECODE_ERROR, f"the image has no pixels ({width}x{height})")
@@ -210,7 +268,10 @@ def _to_gray8(image: Image.Image) -> Image.Image:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Converts any Pillow mode to 8-bit RGB: alpha over white, 16/32-bit scaled to 8 bits, CMYK/palette/L mapped."""
+    """Converts any Pillow mode to 8-bit RGB: alpha over white, 16/32-bit scaled to 8 bits, CMYK/palette/L mapped.
+
+    This makes full-size copies of a picture that is not RGB; `resize_pixels` avoids them.
+    """
     mode = image.mode
     if mode == "RGB":
         return image
@@ -218,43 +279,91 @@ def to_rgb(image: Image.Image) -> Image.Image:
         return _to_gray8(image).convert("RGB")
     has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info)
     if has_alpha:
-        rgba = image.convert("RGBA")
+        rgba = image if mode == "RGBA" else image.convert("RGBA")  # alpha_composite leaves its inputs as they are
         background = Image.new("RGBA", rgba.size, _WHITE + (255,))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
 
 
-def _decode_opened(image: Image.Image, draft_size: int | None) -> Image.Image:
-    """Decoded and upright; grayscale stays 8-bit L (resized before it becomes RGB), everything else is RGB."""
+@contextlib.contextmanager
+def _as_image_errors(doing: str):
+    """What Pillow raises while decoding or converting pixels is the input's fault: an `ImageError`."""
     try:
+        yield
+    except Image.DecompressionBombError as error:
+        raise ImageError(TOO_LARGE, str(error)) from None
+    except MemoryError:
+        raise ImageError(TOO_LARGE, f"not enough memory to {doing} this image") from None
+    except ImageError:
+        raise
+    except Exception as error:  # truncated data, broken chunks, plugin failures on hostile files
+        raise ImageError(DECODE_ERROR, f"cannot {doing} the image: "
+                                       f"{describe_error(error, LIBRARY_TEXT_CHARS)}") from None
+
+
+def _decode_opened(image: Image.Image, draft_size: int | None) -> Image.Image:
+    """Decoded and upright, in its own mode, except grayscale: 8-bit L (resized before it becomes RGB)."""
+    with _as_image_errors("decode"):
         if draft_size and image.format in ("JPEG", "MPO"):
             image.draft("RGB", (draft_size, draft_size))
         image.load()
         image = _upright(image)
-        return _to_gray8(image) if image.mode in _GRAY_MODES else to_rgb(image)
-    except Image.DecompressionBombError as error:
-        raise ImageError(TOO_LARGE, str(error)) from None
-    except MemoryError:
-        raise ImageError(TOO_LARGE, "not enough memory to decode this image") from None
-    except Exception as error:  # truncated data, broken chunks, plugin failures on hostile files
-        raise ImageError(DECODE_ERROR, f"cannot decode the image: {describe_error(error)}") from None
+        return _to_gray8(image) if image.mode in _GRAY_MODES else image
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None) -> Image.Image:
     """Decodes image bytes to an upright 8-bit RGB picture, or raises `ImageError`.
 
     ``draft_size`` lets JPEG decoding scale down by 1/2, 1/4 or 1/8 in the DCT domain while staying at least that
-    large, which is several times faster for photos much bigger than the backbone's input.
+    large, which is several times faster for photos much bigger than the backbone's input. The full-size RGB
+    picture (and, for other modes, `to_rgb`'s copies) is what the gallery and the predictor draw on; the jobs'
+    per-image path is `prepare_image`, which makes no such copy.
     """
-    return to_rgb(_decode_opened(open_image(data, max_pixels), draft_size))
+    decoded = _decode_opened(open_image(data, max_pixels), draft_size)
+    with _as_image_errors("decode"):
+        return to_rgb(decoded)
+
+
+def _squash_by_blocks(image: Image.Image, image_size: int) -> Image.Image:
+    """A picture of a colour mode other than RGB (RGBA, LA, P, PA, CMYK, ...) squashed to an RGB image_size x
+    image_size picture: the very pixels of ``to_rgb(image).resize(...)``, without its full-size RGB/RGBA copies.
+
+    Pillow's bilinear resize is two passes, each rounded to 8 bits: across, which resizes every row on its own,
+    then down, which resizes every column on its own -- or down first for a picture more than 100 times as tall as
+    it is wide (`Image.resize` in Pillow 12). So blocks of rows (of columns, down first) are made RGB (`to_rgb`
+    works pixel by pixel) and given the first pass alone, into a strip that then gets the second pass.
+    tests/test_images.py checks that the pixels are the same for every mode and shape.
+    """
+    width, height = image.size
+    bilinear = Image.Resampling.BILINEAR
+    if height > width * 100 and image_size < height:  # Pillow's order for such a picture: down, then across
+        strip = Image.new("RGB", (width, image_size))
+        columns = max(1, _PIXELS_PER_BLOCK // height)
+        for left in range(0, width, columns):
+            block = to_rgb(image.crop((left, 0, min(left + columns, width), height)))
+            strip.paste(block.resize((block.width, image_size), bilinear), (left, 0))
+            del block  # a column can be megabytes: dropped before the next one's copies are made
+    else:
+        strip = Image.new("RGB", (image_size, height))  # the strip Pillow's own resize makes for the first pass
+        rows = max(1, _PIXELS_PER_BLOCK // width)
+        for top in range(0, height, rows):
+            block = to_rgb(image.crop((0, top, width, min(top + rows, height))))
+            strip.paste(block.resize((image_size, block.height), bilinear), (0, top))
+    return strip.resize((image_size, image_size), bilinear)
 
 
 def resize_pixels(image: Image.Image, image_size: int) -> np.ndarray:
-    """Squashes a picture to image_size x image_size (antialiased bilinear) and returns uint8 HxWx3 RGB pixels.
+    """Squashes a picture of any mode to image_size x image_size (antialiased bilinear) and returns uint8 HxWx3 RGB
+    pixels, with no full-size copy of the picture in another mode.
 
-    A grayscale (L) picture is resized before it is made RGB: the same pixels as resizing its RGB copy, at a
-    third of the memory.
+    RGB is resized as it is. Grayscale is made 8-bit L and resized before it becomes RGB: the same pixels as
+    resizing its RGB copy, at a third of the memory. Every other mode is made RGB a block of rows (or columns) at a
+    time (`_squash_by_blocks`).
     """
+    if image.mode in _GRAY_MODES:
+        image = _to_gray8(image)
+    elif image.mode != "RGB":
+        return np.asarray(_squash_by_blocks(image, image_size), dtype=np.uint8)
     if image.size != (image_size, image_size):
         image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
     return np.asarray(to_rgb(image), dtype=np.uint8)
@@ -270,7 +379,5 @@ def prepare_image(data: bytes, image_size: int,
     image = open_image(data, max_pixels)
     size = upright_size(image)
     decoded = _decode_opened(image, draft_size=image_size)
-    try:
+    with _as_image_errors("resize"):
         return resize_pixels(decoded, image_size), size
-    except MemoryError:
-        raise ImageError(TOO_LARGE, "not enough memory to resize this image") from None

@@ -238,6 +238,89 @@ def test_pax_sparse_members_are_unsupported_and_the_rest_is_read(tmp_path):
                                        (_member(path, "after.jpg"), "data", b"abc")]
 
 
+def _padded(data: bytes) -> bytes:
+    return data + bytes(-len(data) % 512)
+
+
+def _plain_entry(name: str, data: bytes, size: int | None = None) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size = len(data) if size is None else size
+    return info.tobuf(tarfile.USTAR_FORMAT) + _padded(data)
+
+
+def _pax_record(key: bytes, value: bytes) -> bytes:
+    """One "LEN key=value\\n" record, LEN counting its own digits."""
+    body = b" " + key + b"=" + value + b"\n"
+    length = len(body)
+    while len(body) + len(str(length)) != length:
+        length = len(body) + len(str(length))
+    return str(length).encode() + body
+
+
+def _with_a_bad_pax_entry(records: bytes, ustar_size: int | None = None) -> bytes:
+    """a.jpg, bad.jpg described by a pax header holding ``records`` (written by hand: tarfile checks its own), b.jpg
+    and c.jpg; bad.jpg's ustar size field says ``ustar_size``, by default its true size."""
+    extended = tarfile.TarInfo("././@PaxHeader")
+    extended.type, extended.size = tarfile.XHDTYPE, len(records)
+    return (_plain_entry(*ABC[0]) + extended.tobuf(tarfile.USTAR_FORMAT) + _padded(records)
+            + _plain_entry("bad.jpg", b"x" * 700, ustar_size) + b"".join(_plain_entry(*member) for member in ABC[1:])
+            + bytes(1024))
+
+
+ABC = [(f"{letter}.jpg", letter.encode() * (600 + index)) for index, letter in enumerate("abc")]
+
+
+def _around(path, bad_rows):
+    """a.jpg, the rows of the bad entry, then b.jpg and c.jpg: what reading the archive should give."""
+    return ([(_member(path, "a.jpg"), "data", ABC[0][1])] + bad_rows
+            + [(_member(path, name), "data", data) for name, data in ABC[1:]])
+
+
+def test_a_pax_size_of_thousands_of_digits_costs_only_its_entry(tmp_path):
+    """int() refuses more than 4,300 digits: that must cost the entry, not the rest of the archive."""
+    bad = tarfile.TarInfo("bad.jpg")
+    bad.size, bad.pax_headers = 700, {"size": "9" * 5000}
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for position, (name, data) in enumerate(ABC):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+            if position == 0:
+                archive.addfile(bad, io.BytesIO(b"x" * 700))
+    path = _write(tmp_path / "huge_size.tar", buffer.getvalue())
+    events = _events(path)
+    assert _summary(events) == _around(path, [(_member(path, "bad.jpg"), images.CORRUPT_ARCHIVE, None)])
+    assert "member #2 has a pax size of 5,000 digits" in events[1].message
+
+
+def test_a_bad_pax_size_with_a_wrong_ustar_size_costs_its_entry_and_its_data(tmp_path):
+    """The data is skipped by the ustar size field; when that is wrong too, the next header is damaged and the
+    resynchronization finds b.jpg's."""
+    path = _write(tmp_path / "wrong_sizes.tar", _with_a_bad_pax_entry(_pax_record(b"size", b"9" * 5000), 0))
+    assert _summary(_events(path)) == _around(path, [(_member(path, "bad.jpg"), images.CORRUPT_ARCHIVE, None),
+                                                     (_member(path, "#3"), images.CORRUPT_ARCHIVE, None)])
+
+
+def test_a_pax_record_length_of_thousands_of_digits_costs_only_its_entry(tmp_path):
+    path = _write(tmp_path / "huge_length.tar", _with_a_bad_pax_entry(b"9" * 5000 + b" path=bad.jpg\n"))
+    events = _events(path)
+    assert _summary(events) == _around(path, [(_member(path, "bad.jpg"), images.CORRUPT_ARCHIVE, None)])
+    assert "a malformed pax header (malformed pax record length)" in events[1].message
+
+
+def test_a_header_size_above_any_file_is_a_bad_header(tmp_path):
+    """A base-256 size field holds up to 95 bits: 2**70 bytes is damage, not a member to skip to the end."""
+    huge = tarfile.TarInfo("huge.jpg")
+    huge.size = 2**70
+    archive = (_plain_entry(*ABC[0]) + huge.tobuf(tarfile.GNU_FORMAT) + _padded(b"x" * 700)
+               + b"".join(_plain_entry(*member) for member in ABC[1:]) + bytes(1024))
+    path = _write(tmp_path / "huge_field.tar", archive)
+    events = _events(path)
+    assert _summary(events) == _around(path, [(_member(path, "#2"), images.CORRUPT_ARCHIVE, None)])
+    assert f"a size of {2**70:,} bytes" in events[1].message
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Zip
 

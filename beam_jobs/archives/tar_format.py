@@ -14,6 +14,11 @@ from schemas import images
 
 _ZERO_BLOCK = bytes(BLOCK)
 _MAX_EXTENDED_HEADER = 1 << 20  # pax / GNU long-name data above this is damage, not a name
+# No file is larger than 2**63 - 1 bytes (off_t), a number of 19 digits. A longer pax number is damage, and it must
+# not reach int(): Python refuses to convert more than 4,300 digits with a ValueError, which would end the reading of
+# the whole archive as stream damage instead of costing the one entry.
+_MAX_SIZE = 2**63 - 1
+_MAX_SIZE_DIGITS = len(str(_MAX_SIZE))
 
 
 class Prepended(io.RawIOBase):
@@ -186,14 +191,29 @@ def valid_header(block: bytes) -> bool:
         return False
 
 
+def _pax_number(text: bytes) -> int | None:
+    """A pax decimal number (a size, a record length), or None when it is no number or above any file's size."""
+    digits = text.lstrip(b"0") or b"0"
+    if not text.isdigit() or len(digits) > _MAX_SIZE_DIGITS:
+        return None
+    value = int(digits)
+    return value if value <= _MAX_SIZE else None
+
+
+def _pax_size_problem(text: bytes) -> str:
+    if not text.isdigit():
+        return "a pax size that is not a number"
+    return f"a pax size of {len(text.lstrip(b'0')):,} digits, larger than any file can be"
+
+
 def parse_pax(data: bytes) -> dict[bytes, bytes]:
     """pax extended header records ("LEN key=value\\n"); ValueError when malformed."""
     records, position = {}, 0
     while position < len(data) and data[position] != 0:
         space = data.find(b" ", position)
-        if space < 0 or not data[position:space].isdigit():
+        length = _pax_number(data[position:space]) if space >= 0 else None
+        if length is None:
             raise ValueError("malformed pax record length")
-        length = int(data[position:space])
         record = data[space + 1:position + length]
         if length <= 0 or position + length > len(data) or not record.endswith(b"\n"):
             raise ValueError("malformed pax record")
@@ -292,8 +312,9 @@ class TarWalker:
             if first_offset is None:
                 first_offset = offset
             size = info.size
-            if size < 0:
-                header = self._resynchronize(offset, "negative size")
+            if size < 0 or size > _MAX_SIZE:  # base-256 size fields hold up to 95 bits
+                header = self._resynchronize(offset, "negative size" if size < 0 else
+                                             f"a size of {size:,} bytes, larger than any file can be")
                 yield header
                 long_name = long_link = None
                 pax, problem, first_offset = {}, None, None
@@ -327,10 +348,11 @@ class TarWalker:
             name = pax.get(b"path") or long_name or info.name.encode("utf-8", "surrogateescape")
             link = pax.get(b"linkpath") or long_link or info.linkname.encode("utf-8", "surrogateescape")
             if b"size" in pax:
-                if pax[b"size"].isdigit():
-                    size = int(pax[b"size"])
+                pax_size = _pax_number(pax[b"size"])
+                if pax_size is None:  # the entry is a row of its own; its data is skipped by the ustar size
+                    problem = problem or _pax_size_problem(pax[b"size"])
                 else:
-                    problem = problem or "a pax size that is not a number"
+                    size = pax_size
             entry_type = info.type
             if any(key.startswith(b"GNU.sparse.") for key in pax):
                 entry_type = tarfile.GNUTYPE_SPARSE
