@@ -48,8 +48,9 @@ setup(
     packages=find_packages(include=["beam_jobs", "beam_jobs.*", "trainer", "trainer.*", "schemas", "schemas.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        # pytest-xdist: the suite on every core (2 here: about 2.3x less wall time than one process)
-        "test": ["pytest>=8", "pytest-xdist>=3.5"],
+        # pytest-xdist: the suite on every core (2 here: about 2.3x less wall time than one process); pandas and
+        # duckdb: the README's examples of reading the caption job's tables run in the tests
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "pandas>=2", "duckdb>=1.0"],
         # OpenVINO is now installed by default; the extra stays so that 'imcap[openvino]' still installs
         "openvino": [],
         # gs:// paths and the Dataflow runner

@@ -1,13 +1,13 @@
 """Caption job: image folders, lists and archives -> captions in Parquet, with every failure as an error row.
 
     python -m beam_jobs.caption_images --input 'photos/*.jpg' --input batch.tar.gz --input more.txt \
-        --model_dir MODEL --output out/captions [--beam_width K] [--weights ...] [--skip_existing] [Beam options]
+        --model_dir MODEL --output_dir out/captions [--beam_width K] [--weights ...] [--skip_existing] [Beam options]
 
 (also installed as ``imcap-caption``). Inputs are globs on any Beam filesystem; each matched file is an image, an
 archive (``.tar``, ``.tar.gz``/``.tgz``/``.tar.bz2``/``.tar.xz``, ``.zip``; streamed, never extracted) or a list of
-URIs (`beam_jobs.sources`). Output (`beam_jobs.outputs`, `schemas.tables`): ``PREFIX-SSSSS-of-NNNNN.parquet``
-caption rows and ``PREFIX-errors-SSSSS-of-NNNNN.parquet`` error rows; every input image -- every archive member,
-damaged or not -- is in exactly one of them, and no input can stop the run.
+URIs (`beam_jobs.sources`). Output (`beam_jobs.outputs`, `schemas.tables`): two tables, each a folder of Parquet
+shards, ``OUT/captions/`` (caption rows) and ``OUT/errors/`` (error rows); every input image -- every archive
+member, damaged or not -- is in exactly one of them, and no input can stop the run.
 
 The pipeline, one composite per concern::
 
@@ -22,13 +22,14 @@ read after it and never leave the step that decodes them, so memory does not gro
 The features are those of the bundle (`bundle.json`: backbone, weights, image size) with the extract job's own
 preprocessing (`schemas.images.prepare_image`); weights with another SHA-256 than the bundle's are refused.
 
-Resume: while it runs, the job commits rows every ``--checkpoint_rows`` to ``PREFIX-checkpoint/``. A rerun with
-``--skip_existing`` skips every input already in PREFIX's outputs or checkpoint, captions only the rest, writes its
-shards as run ``rK`` (``PREFIX-rK-SSSSS-of-NNNNN.parquet``) together with the checkpointed rows that no shard holds
-yet, and removes the checkpoint -- so the union of all shards has each input once.
+Resume: while it runs, the job commits rows every ``--checkpoint_rows`` to ``OUT/checkpoint/``. A rerun with
+``--skip_existing`` skips every input already in OUT's tables or checkpoint, captions only the rest, writes its
+shards as run K (``OUT/captions/runK-SSSSS-of-NNNNN.parquet``) together with the checkpointed rows that no shard
+holds yet, and removes the checkpoint -- so the union of all shards has each input once.
 """
 import argparse
 import logging
+import posixpath
 import sys
 import typing
 
@@ -44,13 +45,14 @@ from beam_jobs.inputs import ResolveInputs, SelectInputs, effective_pattern
 from beam_jobs.outputs import ReadDoneUris, WriteCaptionOutputs
 from schemas import backbones, tables
 from schemas.bundle import BundleKeys
+from trainer import cli
 
 DEFAULT_CHECKPOINT_ROWS = 500
 
 
 class CaptionConfig(typing.NamedTuple):
     inputs: tuple
-    output: str
+    output_dir: str
     model_dirs: tuple  # one bundle, or the bundles of an ensemble
     model_id: str
     grid: int  # the bundle reads the feature map pooled to grid x grid (attention), or 0: the pooled vector
@@ -72,7 +74,7 @@ class CaptionConfig(typing.NamedTuple):
     checkpoint_rows: int
     inference_backend: str
     int8_model: typing.Optional[str]  # --inference_backend openvino-int8: the quantized extractor's directory
-    existing: outputs.ExistingOutputs  # what earlier runs left under --output (--skip_existing resumes from it)
+    existing: outputs.ExistingOutputs  # what earlier runs left in --output_dir (--skip_existing resumes from it)
     models: Models = MODELS  # the handlers' factory (tests pass fakes)
 
     @property
@@ -82,7 +84,8 @@ class CaptionConfig(typing.NamedTuple):
     @property
     def done_files(self) -> tuple:
         """Committed shards and checkpoint parts: the images in them are not captioned again."""
-        return tuple(path for path, _, _ in self.existing.committed) + self.existing.checkpoint_parts
+        return (tuple(path for path, _, _ in self.existing.committed) + self.existing.checkpoint_parts
+                + self.existing.legacy)
 
 
 def _positive_float(text: str) -> float:
@@ -96,23 +99,28 @@ def _positive_float(text: str) -> float:
 
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(
-        prog="imcap-caption", description=__doc__.split("\n\n")[0],
-        epilog="Any other --flag is a Beam pipeline option (e.g. --runner, --direct_running_mode, --project).")
-    parser.add_argument("--input", action="append", required=True, metavar="PATTERN",
-                        help="glob of images, archives or list files; repeatable")
+    parser = cli.ArgumentParser(
+        prog="imcap-caption", description=__doc__.split("\n\n")[0], allow_abbrev=False,
+        epilog="Any other --flag is a Beam pipeline option (e.g. --runner, --direct_running_mode, --project).",
+        stray_hint="an unquoted glob the shell expanded? --input takes several paths (--input photos/*.jpg works "
+                   "unquoted), or quote the glob: --input 'photos/*.jpg'")
+    parser.add_argument("--input", action="extend", nargs="+", required=True, metavar="PATTERN",
+                        help="globs, directories, images, archives or list files; takes several (an unquoted glob "
+                             "the shell expanded) and repeats")
     parser.add_argument("--model_dir", required=True, action="append",
                         help="a model bundle written by trainer.task; repeat it to caption with the ensemble of "
                              "several bundles trained on the same records (model_id names the ensemble)")
-    parser.add_argument("--output", required=True, metavar="PREFIX", help="output prefix, e.g. out/captions")
+    parser.add_argument("--output_dir", "--output", required=True, metavar="DIR",
+                        help="the job's output directory, e.g. out/captions: tables captions/ and errors/ (folders of "
+                             "Parquet shards), checkpoint/ while it runs; other files there are left alone")
     parser.add_argument("--beam_width", type=runtime.positive_int, help="1 = greedy (default: the bundle's)")
     parser.add_argument("--length_penalty", type=float, help="default: the bundle's")
     parser.add_argument("--no_repeat_ngram_size", type=runtime.non_negative_int, metavar="N",
                         help="never repeat an n-gram of N words in a caption; 0: no blocking (default: the bundle's)")
     parser.add_argument("--weights", help="feature weights (default: the bundle's; a path when it was a file)")
     parser.add_argument("--skip_existing", action="store_true",
-                        help="caption only images not yet in PREFIX's outputs (resume or add to a run)")
-    parser.add_argument("--overwrite", action="store_true", help="delete PREFIX's outputs first")
+                        help="caption only images not yet in --output_dir's tables (resume or add to a run)")
+    parser.add_argument("--overwrite", action="store_true", help="delete the job's earlier outputs in --output_dir first (nothing else there)")
     parser.add_argument("--max_image_bytes", "--max_member_bytes", dest="max_image_bytes", type=runtime.positive_int,
                         default=sources.DEFAULT_MAX_IMAGE_BYTES,
                         help="image files and archive members above this size are too_large (default 256 MiB)")
@@ -139,17 +147,15 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
                         help="Parquet shards of caption rows (0: the runner decides)")
     parser.add_argument("--checkpoint_rows", type=runtime.positive_int, default=DEFAULT_CHECKPOINT_ROWS,
                         help="rows per checkpoint file committed while the job runs")
-    args, beam_args = parser.parse_known_args(argv)
+    args, beam_args = runtime.parse_job_args(parser, argv)
     if args.skip_existing and args.overwrite:
         parser.error("--skip_existing and --overwrite contradict each other")
-    if sources.has_glob_characters(args.output):
-        parser.error(f"--output {args.output}: a prefix cannot hold glob characters (* ? [ ] {{ }}): the job finds "
-                     "its earlier outputs by globbing it")
-    if not args.output.strip() or args.output.endswith("/"):
-        parser.error(f"--output {args.output!r}: give a file name prefix such as out/captions, not a directory")
-    if tables.ambiguous_prefix(args.output):
-        parser.error(f"--output {args.output}: a prefix ending in -errors, -checkpoint or -rN would share file names "
-                     "with another prefix's outputs (PREFIX-errors-..., PREFIX-rN-...); choose another name")
+    if sources.has_glob_characters(args.output_dir):
+        parser.error(f"--output_dir {args.output_dir}: a directory name cannot hold glob characters "
+                     "(* ? [ ] { }): the job finds its earlier outputs by listing it")
+    if not args.output_dir.strip():
+        parser.error("--output_dir: give a directory such as out/captions")
+    args.output_dir = args.output_dir.rstrip("/") or args.output_dir
     check_feature_flags(parser, args)
     return args, beam_args
 
@@ -219,28 +225,37 @@ def prepare(args: argparse.Namespace, models: Models = MODELS) -> CaptionConfig:
         raise ValueError(f"{', '.join(args.model_dir)} decode from a {grid}x{grid} grid, but {backbone.name} at "
                          f"{config[BundleKeys.IMAGE_SIZE]} px has a {extractor.map_size}x{extractor.map_size} map")
 
-    _check_filesystem("--output", args.output)
+    _check_filesystem("--output_dir", args.output_dir)
     for pattern in args.input:
         if not _matches_something(pattern):
             raise FileNotFoundError(f"--input {pattern}: matches no file")
-    existing = outputs.existing_outputs(args.output)
+    outputs.check_own_folders(args.output_dir)
+    existing = outputs.existing_outputs(args.output_dir)
     if existing and not (args.skip_existing or args.overwrite):
-        raise ValueError(f"--output {args.output} already has outputs ({len(existing.committed)} shards, "
-                         f"{len(existing.checkpoint_parts)} checkpoint files); pass --skip_existing to caption only "
-                         "the images not in them, or --overwrite to replace them")
+        legacy = (f" and {len(existing.legacy)} shards of an earlier imcap beside it "
+                  f"({posixpath.basename(existing.legacy[0])}, ...)" if existing.legacy else "")
+        raise ValueError(f"--output_dir {args.output_dir} already has outputs ({len(existing.committed)} shards, "
+                         f"{len(existing.checkpoint_parts)} checkpoint files{legacy}); pass --skip_existing to "
+                         "caption only the images not in them, or --overwrite to replace them")
     if args.overwrite:
-        outputs.delete_outputs(args.output, existing)
+        outputs.delete_outputs(args.output_dir, existing)
+        if existing.legacy:
+            logging.warning("--overwrite leaves %d shards of an earlier imcap beside %s (%s, ...): they are not in "
+                            "this version's layout; delete them yourself if you no longer need them",
+                            len(existing.legacy), args.output_dir, existing.legacy[0])
         existing = outputs.ExistingOutputs((), (), ())
     elif existing.leftovers:
-        outputs.delete_outputs(args.output, outputs.ExistingOutputs((), (), existing.leftovers))
+        outputs.delete_outputs(args.output_dir, outputs.ExistingOutputs((), (), existing.leftovers))
         logging.info("removed %d temporary files of an interrupted run", len(existing.leftovers))
         existing = existing._replace(leftovers=())
     if existing:
-        logging.info("skipping inputs already in %d output shards and %d checkpoint files of %s",
-                     len(existing.committed), len(existing.checkpoint_parts), args.output)
+        logging.info("skipping inputs already in %d output shards and %d checkpoint files of %s%s",
+                     len(existing.committed), len(existing.checkpoint_parts), args.output_dir,
+                     f" (and {len(existing.legacy)} shards of an earlier imcap's layout beside it)"
+                     if existing.legacy else "")
     decoding = bundle.decoding_for(args.beam_width, args.length_penalty, args.no_repeat_ngram_size)
     return CaptionConfig(
-        inputs=tuple(args.input), output=args.output, model_dirs=tuple(args.model_dir), model_id=bundle.model_id,
+        inputs=tuple(args.input), output_dir=args.output_dir, model_dirs=tuple(args.model_dir), model_id=bundle.model_id,
         grid=grid, attention_maps=args.attention_maps,
         backbone=backbone.name, weights=weights, weights_sha256=digest, image_size=config[BundleKeys.IMAGE_SIZE],
         beam_width=decoding.beam_width, length_penalty=decoding.length_penalty,
@@ -273,7 +288,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: CaptionConfig) -> None:
                     config.model_id))
     errors = (selected.errors, prepared.errors) | "AllErrors" >> beam.Flatten()
     _ = (captions, errors) | "Write" >> WriteCaptionOutputs(
-        config.output, config.run_number, config.num_shards, config.checkpoint_rows, config.existing)
+        config.output_dir, config.run_number, config.num_shards, config.checkpoint_rows, config.existing)
 
 
 def summarize(counters: dict, config: CaptionConfig) -> str:
@@ -295,8 +310,9 @@ def summarize(counters: dict, config: CaptionConfig) -> str:
     if counters.get("internal_errors_without_row"):
         lines.append(f"  internal errors after an archive's own row: {counters['internal_errors_without_row']:,} "
                      "(in the log; please report them)")
-    lines.append(f"  output: {tables.caption_shard_prefix(config.output, config.run_number)}*.parquet and "
-                 f"{tables.error_shard_prefix(config.output, config.run_number)}*.parquet")
+    lines.append(f"  output: {tables.table_dir(config.output_dir, tables.CAPTIONS_TABLE)}/ and "
+                 f"{tables.table_dir(config.output_dir, tables.ERRORS_TABLE)}/ (this run: "
+                 f"run{config.run_number}-*.parquet; read each folder as one table)")
     return "\n".join(lines)
 
 

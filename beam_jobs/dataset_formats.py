@@ -84,13 +84,31 @@ def is_absolute(path: str) -> bool:
     return path.startswith("/") or "://" in path
 
 
-def checked_key(path: str, where: str) -> str:
-    """The key of a path a captions file gives (`sources.normalize_uri`: one spelling per file), which must stay
-    inside the images directory."""
-    key = normalize_uri(path)
+def checked_text(value: str, where: str) -> str:
+    """Text from a captions file that every later step can write: JSON's ``\\ud800`` escapes give lone surrogates,
+    which no UTF-8 encoder (TFRecords, Parquet) accepts."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise DatasetError(f"{where}: the text holds a lone surrogate (\\u{ord(value[error.start]):04x}, at "
+                           f"character {error.start + 1}): JSON \\ud800-\\udfff escapes must come in valid pairs; "
+                           "fix or remove it") from None
+    return value
+
+
+def checked_key(path: str, where: str, absolute_allowed: bool = True) -> str:
+    """The key of a path a captions file gives (`sources.normalize_uri`: one spelling per file). A relative path
+    must stay inside the images directory; an absolute path or URI is allowed where the layout's own files may name
+    images anywhere (tables and split lists), and refused where they name files of the dataset's own folders
+    (Flickr token files, COCO, Karpathy)."""
+    key = normalize_uri(checked_text(path, where))
     if not is_absolute(key) and (key == ".." or key.startswith("../")):
-        raise DatasetError(f"{where}: {path!r} leads out of the images directory; give paths relative to it, or "
-                           "absolute ones")
+        raise DatasetError(f"{where}: {path!r} leads out of the images directory; give paths relative to it"
+                           + (", or absolute ones" if absolute_allowed else ""))
+    if is_absolute(key) and not absolute_allowed:
+        raise DatasetError(f"{where}: {path!r} is an absolute path or URI, but this layout names the images of its "
+                           "own folder: give paths relative to it (or use a CSV/JSON Lines table, whose paths may be "
+                           "absolute)")
     return key
 
 
@@ -115,7 +133,7 @@ def parse_token_line(line: str) -> typing.Optional[CaptionEntry]:
         raise ValueError(f"caption id {caption_id!r} does not end in '#<number>'")
     if not caption.strip():
         raise ValueError(f"image {image!r} has an empty caption")
-    return CaptionEntry(normalize_uri(image.strip()), int(index), caption.strip())
+    return CaptionEntry(image.strip(), int(index), caption.strip())
 
 
 def token_entries(path: str, text: str):
@@ -125,7 +143,7 @@ def token_entries(path: str, text: str):
         except ValueError as error:
             raise DatasetError(f"{path}:{number}: {error}") from None
         if entry is not None:
-            yield entry
+            yield entry._replace(key=checked_key(entry.key, f"{path}:{number}", absolute_allowed=False))
 
 
 # -- split lists ------------------------------------------------------------------------------------------------
@@ -141,7 +159,7 @@ def split_list_entries(path: str, text: str, split: str):
         if name in seen:
             raise DatasetError(f"{path}:{number}: {name} is listed twice (first on line {seen[name]})")
         seen[name] = number
-        yield SplitEntry(normalize_uri(name), split, name, f"{path}:{number}")
+        yield SplitEntry(checked_key(name, f"{path}:{number}"), split, name, f"{path}:{number}")
 
 
 # -- tables: CSV and JSON Lines ---------------------------------------------------------------------------------
@@ -162,7 +180,7 @@ def _table_row(path: str, where: str, index: int, image, caption, split):
     if not isinstance(caption, str) or not caption.strip():
         raise DatasetError(f"{path}:{where}: image {image!r} has an empty caption (or one that is not text)")
     key = checked_key(image.strip(), f"{path}:{where}")
-    yield CaptionEntry(key, index, caption.strip())
+    yield CaptionEntry(key, index, checked_text(caption.strip(), f"{path}:{where}: the caption"))
     if split is not None:
         if not isinstance(split, str):
             raise DatasetError(f"{path}:{where}: image {image!r}: the split must be text, got {split!r:.40}")
@@ -212,6 +230,10 @@ def csv_entries(path: str, text: str):
                                   fields[positions[caption_column]],
                                   fields[positions[split_column]] if split_column else None)
     except csv.Error as error:
+        if "field larger than field limit" in str(error):
+            raise DatasetError(f"{path}:{reader.line_num}: a field of more than {csv.field_size_limit():,} "
+                               "characters, which is no caption or image path (an unclosed quote, or a paragraph "
+                               "in a cell)") from None
         raise DatasetError(f"{path}:{reader.line_num}: not valid CSV ({error})") from None
 
 
@@ -262,7 +284,7 @@ def _field(path: str, where: str, record, name: str, kinds):
     if not isinstance(value, kinds) or isinstance(value, bool):
         expected = " or ".join(kind.__name__ for kind in (kinds if isinstance(kinds, tuple) else (kinds,)))
         raise DatasetError(f"{path}: {where}.{name}: expected {expected}, got {value!r:.60}")
-    return value
+    return checked_text(value, f"{path}: {where}.{name}") if isinstance(value, str) else value
 
 
 def coco_entries(path: str, text: str, split: str, image_dir: str):
@@ -284,7 +306,8 @@ def coco_entries(path: str, text: str, split: str, image_dir: str):
             raise DatasetError(f"{path}: {where}.file_name is empty")
         if image_id in names:
             raise DatasetError(f"{path}: {where}: image id {image_id} is also images[{names[image_id][1]}]")
-        names[image_id] = (checked_key(posixpath.join(image_dir, file_name), f"{path}: {where}"), position)
+        names[image_id] = (checked_key(posixpath.join(image_dir, file_name), f"{path}: {where}",
+                                       absolute_allowed=False), position)
         yield SplitEntry(names[image_id][0], split, file_name, f"{path}: {where}")
     for position, annotation in enumerate(annotations):
         where = f"annotations[{position}]"
@@ -312,10 +335,13 @@ def karpathy_entries(path: str, text: str, restval: str):
         filepath = image.get("filepath") or ""
         if not isinstance(filepath, str):
             raise DatasetError(f"{path}: {where}.filepath: expected str, got {filepath!r:.60}")
+        if filepath.startswith("/") or "://" in filepath:
+            raise DatasetError(f"{path}: {where}.filepath: {filepath!r} is absolute, but Karpathy's filepath names a "
+                               "folder of the dataset (e.g. 'train2014'): give it relative to the dataset's folder")
         split = _field(path, where, image, "split", str)
         if split not in KARPATHY_SPLITS:
             raise DatasetError(f"{path}: {where}.split: {split!r} is not one of {', '.join(KARPATHY_SPLITS)}")
-        key = checked_key(posixpath.join(filepath, filename), f"{path}: {where}")
+        key = checked_key(posixpath.join(filepath, filename), f"{path}: {where}", absolute_allowed=False)
         if key in seen:
             raise DatasetError(f"{path}: {where}: {key} is also images[{seen[key]}]")
         seen[key] = position

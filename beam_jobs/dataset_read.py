@@ -81,9 +81,11 @@ class ClassifyImages(beam.DoFn):
     Main output: `WorkItem`s. ``errors``: images in a split that cannot be used (no file, no caption).
     ``tallies``: what is reported but is not an error of an input image.
     """
-    def __init__(self, naming: Naming, images_dir: str):
+    def __init__(self, naming: Naming, images_dir: str,
+                 max_caption_words: int = captions.DEFAULT_MAX_CAPTION_WORDS):
         self._naming = naming
         self._images_dir = images_dir
+        self._max_words = max_caption_words
 
     def _tally(self, name: str, value: int):
         counter(name).inc(value)
@@ -107,15 +109,20 @@ class ClassifyImages(beam.DoFn):
             yield self._tally(MetadataKeys.IMAGES_WITHOUT_SPLIT, 1)
             return
         (split, image_id), uri = splits[0], files[0]
-        cleaned = [captions.normalize_caption(caption) for _, caption in raw_captions]
-        kept = tuple(caption for caption in cleaned if caption)
-        if len(kept) < len(cleaned):
-            yield self._tally(MetadataKeys.CAPTIONS_EMPTY, len(cleaned) - len(kept))
+        cleaned = [captions.caption_tokens(caption) for _, caption in raw_captions]
+        nonempty = [tokens for tokens in cleaned if tokens]
+        kept = tuple(" ".join(tokens) for tokens in nonempty if len(tokens) <= self._max_words)
+        if len(nonempty) < len(cleaned):
+            yield self._tally(MetadataKeys.CAPTIONS_EMPTY, len(cleaned) - len(nonempty))
+        if len(kept) < len(nonempty):
+            yield self._tally(MetadataKeys.CAPTIONS_TOO_LONG, len(nonempty) - len(kept))
         if not kept:
             counter("images_without_captions").inc()
+            too_long = len(nonempty) - len(kept)
+            reason = (f" ({too_long} longer than {self._max_words} words: --max_caption_words)" if too_long else "")
             yield beam.pvalue.TaggedOutput(ERRORS, tables.error_row(
                 uri, images.NO_CAPTIONS,
-                f"{key} is in the {self._naming.split_name(split)} split but has no usable caption"))
+                f"{key} is in the {self._naming.split_name(split)} split but has no usable caption{reason}"))
             return
         yield WorkItem(image_id=self._naming.image_id(image_id), split=self._naming.split_name(split), uri=uri,
                        captions=kept, origins=((self._naming.name, len(kept)),))
@@ -179,7 +186,7 @@ class _Read(typing.NamedTuple):
 
 
 @beam.ptransform_fn
-def ReadOneDataset(pbegin, data: Dataset):  # pylint: disable=invalid-name
+def ReadOneDataset(pbegin, data: Dataset, max_caption_words: int = captions.DEFAULT_MAX_CAPTION_WORDS):  # pylint: disable=invalid-name
     """One dataset -> `_Read` (items, errors, tallies)."""
     layout = data.layout
     parsed = (pbegin
@@ -191,7 +198,7 @@ def ReadOneDataset(pbegin, data: Dataset):  # pylint: disable=invalid-name
     joined = ({"captions": parsed.captions, "splits": parsed[SPLITS], "files": files}
               | "JoinByImage" >> beam.CoGroupByKey())
     classified = joined | "ClassifyImages" >> beam.ParDo(
-        ClassifyImages(data.naming, data.summary.images_dir)).with_outputs(
+        ClassifyImages(data.naming, data.summary.images_dir, max_caption_words)).with_outputs(
         ERRORS, TALLIES, main="items")
     return _Read(items=classified.items, errors=classified[ERRORS], tallies=classified[TALLIES])
 
@@ -200,13 +207,16 @@ class ReadDataset(beam.PTransform):
     """`Dataset`s -> `WorkItem`s to featurize, error rows, and tallies for the metadata. ``dedupe``: images of
     the same content (across datasets, or within one) become one item."""
 
-    def __init__(self, datasets: typing.Sequence[Dataset], dedupe: bool = False):
+    def __init__(self, datasets: typing.Sequence[Dataset], dedupe: bool = False,
+                 max_caption_words: int = captions.DEFAULT_MAX_CAPTION_WORDS):
         super().__init__()
         self._datasets = tuple(datasets)
         self._dedupe = dedupe
+        self._max_caption_words = max_caption_words
 
     def expand(self, pbegin):
-        reads = [pbegin | f"Read[{data.name}]" >> ReadOneDataset(data) for data in self._datasets]
+        reads = [pbegin | f"Read[{data.name}]" >> ReadOneDataset(data, self._max_caption_words)
+                 for data in self._datasets]
         items = [read.items for read in reads] | "AllItems" >> beam.Flatten()
         errors = [read.errors for read in reads]
         tallies = [read.tallies for read in reads]

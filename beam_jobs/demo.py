@@ -14,8 +14,6 @@ Feature weights: Keras' ImageNet Xception when it can be had (downloaded, or the
 ``../shared/tools/get_xception_weights.py`` writes, or ``--weights PATH``); otherwise the demo says so and goes on
 with random-init features, which still tell the synthetic scenes apart.
 """
-import argparse
-import glob
 import json
 import logging
 import os
@@ -59,7 +57,7 @@ def _pack(paths: list[str], archive: str) -> str:
 def main(argv=None) -> int:
     runtime.setup_logging()
     cli.quiet_tensorflow()
-    parser = argparse.ArgumentParser(prog="imcap-demo", description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(prog="imcap-demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--output_dir", default="demo_out")
     parser.add_argument("--images", type=runtime.positive_int, default=300)
     parser.add_argument("--weights", help="feature weights (default: ImageNet if available, else none)")
@@ -74,7 +72,7 @@ def _demo(args) -> None:
 
     out = args.output_dir
     dataset_dir, features_dir = os.path.join(out, "dataset"), os.path.join(out, "features")
-    model_dir, captions_prefix = os.path.join(out, "model"), os.path.join(out, "captions", "captions")
+    model_dir, captions_dir = os.path.join(out, "model"), os.path.join(out, "captions")
     gallery_path = os.path.join(out, "gallery.html")
 
     splits = sample_dataset.write_sample_dataset(dataset_dir, num_images=args.images)
@@ -99,13 +97,13 @@ def _demo(args) -> None:
     dev_list = os.path.join(out, "dev_images.txt")
     with open(dev_list, "w", encoding="utf-8") as handle:
         handle.write("".join(f"{os.path.abspath(os.path.join(images_dir, name))}\n" for name in splits["dev"]))
-    logging.info("[4/5] caption job on the dev images (a list file) and the test images (a .tar.gz) -> %s-*.parquet",
-                 captions_prefix)
-    caption_images.run(["--input", dev_list, "--input", archive, "--model_dir", model_dir, "--output",
-                        captions_prefix, "--weights", weights, "--attention_maps", "--overwrite"])
+    logging.info("[4/5] caption job on the dev images (a list file) and the test images (a .tar.gz) -> %s/",
+                 captions_dir)
+    caption_images.run(["--input", dev_list, "--input", archive, "--model_dir", model_dir, "--output_dir",
+                        captions_dir, "--weights", weights, "--attention_maps", "--overwrite"])
 
     logging.info("[5/5] gallery -> %s", gallery_path)
-    gallery.main(["--captions", f"{captions_prefix}-*.parquet", "--output", gallery_path,
+    gallery.main(["--captions", captions_dir, "--output", gallery_path,
                   "--title", "imcap demo: synthetic scenes"])
 
     metadata = json.load(open(os.path.join(features_dir, "metadata.json"), encoding="utf-8"))
@@ -119,7 +117,7 @@ def _demo(args) -> None:
         out, dataset_dir, features_dir,
         ", ".join(f"{s} {c[SplitKeys.IMAGES]} images" for s, c in metadata[MetadataKeys.SPLITS].items()),
         metadata[MetadataKeys.WEIGHTS],
-        model_dir, scores["bleu_4"], ", ".join(sorted(glob.glob(f"{captions_prefix}-*.parquet"))), gallery_path)
+        model_dir, scores["bleu_4"], f"{captions_dir}/captions/ and {captions_dir}/errors/ (Parquet tables)", gallery_path)
 
 
 if __name__ == "__main__":

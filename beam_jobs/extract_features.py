@@ -32,17 +32,18 @@ import typing
 
 import apache_beam as beam
 
-from beam_jobs import dataset, datasets as datasets_lib, quantize, runtime, sources
+from beam_jobs import dataset, datasets as datasets_lib, quantize, runtime, sinks, sources
 from beam_jobs.dataset_read import ReadDataset
 from beam_jobs.extract_outputs import MetadataSettings, WriteErrorTable, WriteMetadata, WriteSplits
 from beam_jobs.image_transforms import FeaturesOfItems, add_feature_flags, check_feature_flags
 from beam_jobs.inference import AUTO_BACKEND, INT8_BACKEND, MODELS, Models, check_backend, check_int8_model
-from beam_jobs.outputs import delete_paths
 from beam_jobs.vocab import VOCAB_SPLIT, BuildVocabulary
 from schemas import backbones, fileio as schema_fileio, int8_model as int8_schema, records
 from schemas.bundle import INT8_DIR
 from schemas.records import DatasetKeys, MetadataKeys, SplitKeys
+from schemas.captions import DEFAULT_MAX_CAPTION_WORDS
 from schemas.vocabulary import VOCAB_FILE, Vocabulary
+from trainer import cli
 
 DEFAULT_MIN_WORD_COUNT = 5
 
@@ -68,16 +69,19 @@ class ExtractConfig(typing.NamedTuple):
     int8_info: typing.Optional[dict] = None  # its quantization.json
     models: Models = MODELS  # the handlers' factory (tests pass fakes)
     dedupe: bool = False  # hash the images and merge the items of the same content
+    max_caption_words: int = DEFAULT_MAX_CAPTION_WORDS  # longer captions are left out
 
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(
-        prog="imcap-extract", description=__doc__.split("\n\n")[0],
-        epilog="Any other --flag is a Beam pipeline option (e.g. --runner, --direct_running_mode, --project).")
-    parser.add_argument("--dataset_dir", action="append", metavar="[NAME=]DIR",
+    parser = cli.ArgumentParser(
+        prog="imcap-extract", description=__doc__.split("\n\n")[0], allow_abbrev=False,
+        epilog="Any other --flag is a Beam pipeline option (e.g. --runner, --direct_running_mode, --project).",
+        stray_hint="an unquoted glob the shell expanded? --dataset_dir takes several directories (to combine "
+                   "datasets), other flags one value each")
+    parser.add_argument("--dataset_dir", action="extend", nargs="+", metavar="[NAME=]DIR",
                         help="a dataset in the Flickr8k, COCO, Karpathy or table layout (found from its files); "
-                             "repeat it to combine datasets into one set of records (NAME: how its ids and splits "
-                             "are prefixed, default the directory's name)")
+                             "several (after one flag, or repeated) combine datasets into one set of records (NAME: "
+                             "how its ids and splits are prefixed, default the directory's name)")
     parser.add_argument("--images_dir", help="directory the images' paths are relative to (default: found)")
     parser.add_argument("--captions_file",
                         help="the captions: Flickr8k.token.txt, a CSV or JSON Lines table, a COCO captions JSON or "
@@ -112,10 +116,14 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
                              "e.g. 5: 100 KB) or none (default: the pooled vector only, 8 KB)")
     parser.add_argument("--min_word_count", type=runtime.positive_int, default=DEFAULT_MIN_WORD_COUNT,
                         help="words seen fewer times in the train captions map to <unk>")
+    parser.add_argument("--max_caption_words", type=runtime.positive_int, default=DEFAULT_MAX_CAPTION_WORDS,
+                        help="captions with more words (after normalization) are left out and counted in "
+                             f"metadata.json's captions_too_long (default {DEFAULT_MAX_CAPTION_WORDS}: Flickr8k's "
+                             "longest caption has 38, COCO's 49)")
     parser.add_argument("--vocab_file", help="use this vocab.txt instead of building one from the train split")
     parser.add_argument("--num_shards", type=runtime.non_negative_int, default=0,
                         help="TFRecord shards per split (0: the runner decides)")
-    args, beam_args = parser.parse_known_args(argv)
+    args, beam_args = runtime.parse_job_args(parser, argv)
     check_feature_flags(parser, args)
     split_files = dict(args.split_file) if args.split_file else None
     if args.split_file and len(split_files) != len(args.split_file):
@@ -165,6 +173,23 @@ def _existing_outputs(output_dir: str, splits, keep: str | None = None) -> list[
         for name in (int8_schema.MODEL_XML, int8_schema.MODEL_BIN, int8_schema.INFO_FILE):
             found.extend(schema_fileio.glob(schema_fileio.join(output_dir, INT8_DIR, name)))
     return found
+
+
+def _delete_existing(output_dir: str, existing: list[str]) -> None:
+    """Removes an earlier run's files (`_existing_outputs`: the job's own names only), never through a symbolic
+    link, then the sinks' temporary folders and extractor_int8/ where they are left empty."""
+    empty_folders = [path for path in existing if sinks.local_path(path) is not None
+                     and os.path.isdir(sinks.local_path(path)) and not os.path.islink(sinks.local_path(path))]
+    files = [path for path in existing if path not in empty_folders]
+    temp_folders = {posixpath.dirname(path) for path in files
+                    if posixpath.basename(posixpath.dirname(path)).startswith("beam-temp-")}
+    refused = sinks.undeletable(output_dir, files)
+    if not refused:
+        refused = sinks.delete_owned(output_dir, files, sorted(temp_folders | set(empty_folders))
+                                     + [schema_fileio.join(output_dir, INT8_DIR)])
+    if refused:
+        raise ValueError(f"--output_dir {output_dir}: not deleting {', '.join(refused[:3])}: symbolic links or not "
+                      "regular files where the job's own outputs should be; remove them yourself")
 
 
 def prepare(args: argparse.Namespace, models: Models = MODELS) -> ExtractConfig:
@@ -220,7 +245,7 @@ def prepare(args: argparse.Namespace, models: Models = MODELS) -> ExtractConfig:
     int8_target = schema_fileio.join(args.output_dir, INT8_DIR)
     reusing = bool(args.int8_model) and _same_path(args.int8_model, int8_target)
     # only now that every check has passed (an --int8_model in OUTPUT_DIR is not among them)
-    delete_paths(existing)
+    _delete_existing(args.output_dir, existing)
     if backend == INT8_BACKEND:  # the records directory carries the int8 model its features came from
         int8_model = int8_target
         if args.int8_model and not reusing:
@@ -237,12 +262,13 @@ def prepare(args: argparse.Namespace, models: Models = MODELS) -> ExtractConfig:
                          min_batch_size=args.min_batch_size, max_batch_size=args.max_batch_size,
                          min_word_count=args.min_word_count, vocab_tokens=vocab_tokens, num_shards=args.num_shards,
                          max_image_pixels=args.max_image_pixels, inference_backend=backend,
-                         grid=grid, int8_model=int8_model, int8_info=int8_info, models=models)
+                         grid=grid, int8_model=int8_model, int8_info=int8_info, models=models,
+                         max_caption_words=args.max_caption_words)
 
 
 def build_pipeline(pipeline: beam.Pipeline, config: ExtractConfig) -> None:
     splits = list(config.splits)
-    data = pipeline | "ReadDataset" >> ReadDataset(config.datasets, config.dedupe)
+    data = pipeline | "ReadDataset" >> ReadDataset(config.datasets, config.dedupe, config.max_caption_words)
     vocabulary = data.items | "BuildVocabulary" >> BuildVocabulary(config.min_word_count, config.vocab_tokens)
     total = data.items | "CountItems" >> beam.combiners.Count.Globally()
     featured = data.items | "Features" >> FeaturesOfItems(
@@ -264,7 +290,8 @@ def build_pipeline(pipeline: beam.Pipeline, config: ExtractConfig) -> None:
              min_word_count=config.min_word_count, vocab_from_file=bool(config.vocab_tokens),
              inference_backend=config.inference_backend, int8_model=config.int8_info,
              datasets=tuple((d.name, d.layout.caption_format, d.summary.images_dir) for d in config.datasets),
-             grid_shape=(config.grid, config.grid, config.feature_dim) if config.grid else None)))
+             grid_shape=(config.grid, config.grid, config.feature_dim) if config.grid else None,
+             max_caption_words=config.max_caption_words)))
 
 
 def summarize(metadata: dict) -> str:
@@ -284,7 +311,9 @@ def summarize(metadata: dict) -> str:
                  f"{metadata[MetadataKeys.ERRORS_BY_CLASS] or ''}".rstrip())
     lines.append(f"  captions without image: {metadata[MetadataKeys.CAPTIONS_WITHOUT_IMAGE]:,}; images in no split: "
                  f"{metadata[MetadataKeys.IMAGES_WITHOUT_SPLIT]:,}; captions empty after normalization: "
-                 f"{metadata[MetadataKeys.CAPTIONS_EMPTY]:,}")
+                 f"{metadata[MetadataKeys.CAPTIONS_EMPTY]:,}; captions longer than "
+                 f"{metadata.get(MetadataKeys.MAX_CAPTION_WORDS, '?')} words, left out: "
+                 f"{metadata.get(MetadataKeys.CAPTIONS_TOO_LONG, 0):,}")
     lines.append(f"  vocabulary: {metadata[MetadataKeys.VOCAB_SIZE]:,} tokens; max length "
                  f"{metadata[MetadataKeys.MAX_LENGTH]}; features: {metadata[MetadataKeys.BACKBONE]} "
                  f"{metadata[MetadataKeys.FEATURE_DIM]}-d at {metadata[MetadataKeys.IMAGE_SIZE]}px, weights "

@@ -14,7 +14,7 @@ import typing
 import apache_beam as beam
 import numpy as np
 
-from beam_jobs import runtime
+from beam_jobs import runtime, sinks
 from beam_jobs.dataset_read import WorkItem
 from beam_jobs.elements import Tally
 from beam_jobs.runtime import counter
@@ -75,9 +75,9 @@ def WriteSplits(featured, vocabulary, total, output_dir: str, splits: list, num_
     files, tallies = [], [encoded[DATASET_TALLIES]]
     for split in splits:
         examples = encoded[split]
-        files.append(examples | f"Write[{split}]" >> beam.io.WriteToTFRecord(
-            records.shard_prefix(output_dir, split), coder=beam.coders.ProtoCoder(_example_class()),
-            file_name_suffix=records.RECORD_SUFFIX, num_shards=num_shards))
+        files.append(examples | f"Write[{split}]" >> sinks.WriteTFRecordShards(
+            records.shard_prefix(output_dir, split), beam.coders.ProtoCoder(_example_class()),
+            records.RECORD_SUFFIX, num_shards))
         tallies.append(examples | f"Tally[{split}]" >> beam.FlatMap(_split_tallies, split))
     return _Written(files=tuple(files) | "Files" >> beam.Flatten(),
                     tallies=tuple(tallies) | "Tallies" >> beam.Flatten())
@@ -93,7 +93,7 @@ def WriteErrorTable(errors, path: str):  # pylint: disable=invalid-name
     """Error rows -> one Parquet file at ``path``; returns their tallies (one per error class)."""
     _ = (errors
          | "Records" >> beam.Map(tables.as_record)
-         | "Parquet" >> beam.io.WriteToParquet(path, schema=tables.ERROR_SCHEMA, num_shards=1, shard_name_template=""))
+         | "Parquet" >> sinks.WriteParquetShards(path, tables.ERROR_SCHEMA, num_shards=1, shard_name_template=""))
     return errors | "Tallies" >> beam.Map(lambda row: Tally(Tally.ERROR, row.error, 1))
 
 
@@ -117,6 +117,7 @@ class MetadataSettings(typing.NamedTuple):
     vocab_from_file: bool
     inference_backend: str
     grid_shape: typing.Optional[tuple] = None  # (g, g, D) when the records hold grids
+    max_caption_words: int = captions.DEFAULT_MAX_CAPTION_WORDS  # longer captions were left out
     int8_model: typing.Optional[dict] = None  # openvino-int8: the model's quantization.json
     datasets: tuple = ()  # (name, layout, images_dir) per dataset, in order
 
@@ -145,6 +146,7 @@ def metadata_from(settings: MetadataSettings, totals: dict, vocabulary: Vocabula
         **{key: totals.get((Tally.STAT, key), 0) for key in (MetadataKeys.CAPTIONS_WITHOUT_IMAGE,
                                                              MetadataKeys.IMAGES_WITHOUT_SPLIT,
                                                              MetadataKeys.CAPTIONS_EMPTY,
+                                                             MetadataKeys.CAPTIONS_TOO_LONG,
                                                              MetadataKeys.TRAIN_DUPLICATES_LEFT_OUT)},
         MetadataKeys.DATASETS: {name: {DatasetKeys.ORDER: order, DatasetKeys.LAYOUT: layout,
                                        DatasetKeys.IMAGES_DIR: images_dir,
@@ -157,6 +159,7 @@ def metadata_from(settings: MetadataSettings, totals: dict, vocabulary: Vocabula
         MetadataKeys.MIN_WORD_COUNT: settings.min_word_count,
         MetadataKeys.VOCAB_SOURCE: "vocab_file" if settings.vocab_from_file else f"{VOCAB_SPLIT} split",
         MetadataKeys.MAX_LENGTH: int(vocabulary.max_length),
+        MetadataKeys.MAX_CAPTION_WORDS: settings.max_caption_words,
         MetadataKeys.FEATURE_DIM: settings.feature_dim,
         MetadataKeys.GRID_SHAPE: list(settings.grid_shape) if settings.grid_shape else None,
         MetadataKeys.GRID_BYTES_PER_IMAGE: int(np.prod(settings.grid_shape)) * records.GRID_DTYPE.itemsize

@@ -1,17 +1,19 @@
 """Renders the caption job's Parquet outputs as one self-contained HTML page, for a person to look at.
 
-    python -m beam_jobs.gallery --captions 'out/captions-*.parquet' --output gallery.html [--limit 200]
+    python -m beam_jobs.gallery --captions out/captions --output gallery.html [--limit 200]
 
 (also installed as ``imcap-gallery``). Caption rows are shown as thumbnails (embedded as JPEG data URIs, so the page
 needs nothing else) with their caption, log-probability and size; error rows are listed in a table with their
-class and message. Files matching the pattern are told apart by their schema (`schemas.tables`), so one glob can
-cover captions and errors. Images inside archives are read by streaming each archive once.
+class and message. ``--captions`` is the caption job's output directory (both tables are read), one table's folder,
+or a glob of Parquet files (told apart by their schema, `schemas.tables`). Images inside archives are read by streaming each archive once.
 """
 import argparse
 import base64
 import collections
 import html
 import io
+import os
+import posixpath
 import sys
 
 import pyarrow.parquet as pq
@@ -50,14 +52,31 @@ td, th {{ border: 1px solid #ddd; padding: .25rem .5rem; text-align: left; verti
 """
 
 
-def read_outputs(pattern: str) -> tuple[list[dict], list[dict]]:
-    """(caption rows, error rows) of every Parquet file matching the pattern."""
-    matches = FileSystems.match([pattern])[0].metadata_list
-    if not matches:
-        raise FileNotFoundError(f"--captions {pattern}: matches no file")
+def _parquet_files(given: str) -> list[str]:
+    """The Parquet files --captions means: the caption job's output directory (both of its tables), one table's
+    folder, or a glob of files."""
+    if not sources.has_glob_characters(given):
+        base = given.rstrip("/")
+        in_tables = (sources.match_paths(posixpath.join(tables.table_dir(base, tables.CAPTIONS_TABLE), "*.parquet"))
+                     + sources.match_paths(posixpath.join(tables.table_dir(base, tables.ERRORS_TABLE), "*.parquet")))
+        if in_tables:
+            return in_tables
+        in_folder = sources.match_paths(posixpath.join(base, "*.parquet"))
+        if in_folder:
+            return in_folder
+    return [path for path in sources.match_paths(given) if "://" in path or not os.path.isdir(path)]
+
+
+def read_outputs(given: str) -> tuple[list[dict], list[dict]]:
+    """(caption rows, error rows) of the caption job's output directory, a table's folder or a glob of files (told
+    apart by their schema)."""
+    paths = _parquet_files(given)
+    if not paths:
+        raise FileNotFoundError(f"--captions {given}: no Parquet files there; give the caption job's --output_dir "
+                                "(or a glob of its shards)")
     captions, errors = [], []
-    for metadata in sorted(matches, key=lambda m: m.path):
-        with FileSystems.open(metadata.path) as handle:
+    for path in sorted(paths):
+        with FileSystems.open(path) as handle:
             table = pq.read_table(io.BytesIO(handle.read()))
         (errors if tables.is_error_table(table.schema) else captions).extend(table.to_pylist())
     return (sorted(captions, key=lambda r: r[tables.IMAGE_URI]), sorted(errors, key=lambda r: r[tables.IMAGE_URI]))
@@ -157,9 +176,9 @@ def render(caption_rows: list[dict], error_rows: list[dict], limit: int, size: i
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="imcap-gallery", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--captions", required=True, metavar="PATTERN",
-                        help="glob of the caption job's Parquet outputs, e.g. 'out/captions-*.parquet'")
+    parser = cli.ArgumentParser(prog="imcap-gallery", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--captions", required=True, metavar="DIR",
+                        help="the caption job's --output_dir (or a glob of Parquet files, e.g. 'out/*/captions/*.parquet')")
     parser.add_argument("--output", required=True, help="the HTML file to write")
     parser.add_argument("--limit", type=int, default=200, help="captioned images to show")
     parser.add_argument("--thumbnail_size", type=int, default=192)

@@ -15,7 +15,6 @@ import typing
 from concurrent.futures import ThreadPoolExecutor
 
 import apache_beam as beam
-import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP

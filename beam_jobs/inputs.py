@@ -5,8 +5,9 @@
 
 `ResolveInputs` matches the ``--input`` globs, classifies every file by name (`beam_jobs.sources`), streams list
 files (one URI per line, normalized) and routes what they name. Errors found here (a file that is no image, a
-list that is not text, a list inside a list) are rows at once; no file is read but lists. A listed
-``ARCHIVE!MEMBER`` that is not itself a file is a member reference: the archive is read for those members only.
+list that is not text, a list inside a list, a link to a directory inside a folder) are rows at once; no file is
+read but lists. A listed ``ARCHIVE!MEMBER`` that is not itself a file is a member reference: the archive is read
+for those members only.
 
 `SelectNewInputs` is the job's only join, and it is on URIs: candidates, the URIs already in the outputs
 (``--skip_existing``) and the member URIs that loose files already name meet in one CoGroupByKey keyed by the file
@@ -14,11 +15,12 @@ URI (an archive member's done URI is keyed by its archive). Each URI comes out o
 the member names to pass over while it is streamed. Image bytes are read after this, by `image_transforms`.
 """
 import codecs
-import glob
 import os
+import re
 import typing
 
 import apache_beam as beam
+from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs import runtime, sources
@@ -28,6 +30,7 @@ from schemas import images, tables
 
 LISTS, NESTED_LISTS, MEMBERS = "lists", "nested_lists", "members"
 MAX_LIST_LINE_BYTES = 64 * 1024
+LIST_CHUNK_BYTES = 1 << 20  # list files are read in chunks of this size
 LIST_PROBE_LINES = 10_000  # a .txt whose first lines name no image or archive is not a list of inputs
 
 
@@ -59,19 +62,31 @@ def _canonical_path(path: str) -> str:
     return os.path.normpath(os.path.abspath(path))
 
 
+def _local(pattern: str) -> str | None:
+    """A local path or glob without its ``file://``; None for another filesystem's."""
+    if pattern.startswith("file://"):
+        return pattern[len("file://"):]
+    return None if "://" in pattern else pattern
+
+
 def effective_pattern(pattern: str) -> str:
     """The glob an --input means: a directory (a local one, or a prefix on an object store, given without glob
     characters) means every file under it, recursively (``DIR/**``)."""
     if sources.has_glob_characters(pattern):
         return pattern
-    local = pattern[len("file://"):] if pattern.startswith("file://") else pattern
-    if "://" not in local:
+    local = _local(pattern)
+    if local is not None:
         return pattern.rstrip("/") + "/**" if os.path.isdir(local) else pattern
     return pattern if sources.match_paths(pattern) else pattern.rstrip("/") + "/**"
 
 
+DIRECTORY_LINK = ("a symbolic link to a directory: not followed (links inside a folder may loop); give its target "
+                  "as an --input to caption it")
+
+
 class MatchPatterns(beam.DoFn):
-    """A glob -> the paths it matches (a pattern that matches nothing any more is an error row)."""
+    """A glob -> the paths it matches (a pattern that matches nothing any more is an error row), and the local
+    entries Beam's match passes over that look like inputs (`_passed_over`): each gets its row."""
 
     def process(self, encoded: bytes):
         given = _decode(encoded)
@@ -82,33 +97,76 @@ class MatchPatterns(beam.DoFn):
             matched, failure = [], error
         else:
             failure = None
-        if not matched and not _broken_links(pattern, set()):
+        unreadable, directory_links = _passed_over(pattern)
+        if not (matched or unreadable or directory_links):
             reason = f": {type(failure).__name__}: {failure}" if failure else ""
             yield beam.pvalue.TaggedOutput(ERRORS, tables.error_row(
                 given, images.MISSING_FILE, f"--input {given} matches no file{reason}"))
             return
-        for metadata in matched:
-            yield _encode(_canonical_path(metadata.path))
-        for path in _broken_links(pattern, {metadata.path for metadata in matched}):
+        for path in [metadata.path for metadata in matched] + unreadable:
             yield _encode(_canonical_path(path))
+        for path in directory_links:
+            yield beam.pvalue.TaggedOutput(ERRORS, tables.error_row(
+                sources.text_path(_canonical_path(path)), images.READ_ERROR, DIRECTORY_LINK))
 
 
-def _broken_links(pattern: str, matched: set) -> list[str]:
-    """Local entries that Beam's glob passes over without a word but that look like inputs: symbolic links that
-    point nowhere (or in a loop), and directories named like an image, archive or list. Each becomes an input, so
-    that it gets its row (``missing_file`` or ``read_error``)."""
-    if "://" in pattern and not pattern.startswith("file://"):
-        return []
-    local = pattern[len("file://"):] if pattern.startswith("file://") else pattern
-    found = []
-    for path in glob.glob(local, recursive=True):
-        if path in matched:
-            continue
-        if os.path.islink(path) and not os.path.exists(path):
-            found.append(path)
-        elif os.path.isdir(path) and sources.kind_of(path) != sources.OTHER:
-            found.append(path)
-    return sorted(found)
+def _listing_root(pattern: str) -> str | None:
+    """The directory Beam's local match lists for a glob (the directory of the part before the first glob
+    character); None for a path without glob characters, which Beam looks up alone."""
+    prefix = re.match(r"[^[*?]*", pattern).group(0)
+    return None if prefix == pattern else os.path.dirname(prefix)
+
+
+def _start_of_match(pattern: str):
+    """A test of whether a path is the start of some match of ``pattern`` under Beam's translation: it matches
+    whole the translation of a prefix of the pattern that ends between two glob elements (a prefix whose
+    translation begins the pattern's own)."""
+    def body(part):
+        return FileSystem.translate_pattern(part)[len("(?ms)"):-len(r"\Z")]
+    whole = body(pattern)
+    prefixes = {body(pattern[:end]) for end in range(len(pattern) + 1)}
+    return re.compile("(?ms)(?:" + "|".join(sorted(prefix for prefix in prefixes if whole.startswith(prefix)))
+                      + r")\Z").match
+
+
+def _passed_over(pattern: str) -> tuple[list[str], list[str]]:
+    """What Beam's match of a local glob passes over without a word although it looks like an input, as
+    (paths to route, so that reading them gives their row; symbolic links to directories, one row each).
+
+    Found the way Beam lists (`os.walk` from the same directory, which follows the directory given but no link to a
+    directory under it: linear in the tree, and links that loop cannot make it spin) and matched with Beam's own
+    pattern translation (``*`` stays within a directory, ``**`` does not):
+
+    - symbolic links that point nowhere (``missing_file``) or in a loop (``read_error``), and directories named
+      like an image, archive or list (``read_error``): paths to route;
+    - links to directories under which the pattern could match files (``DIR/**``, ``DIR/*/*.jpg``): not followed,
+      like Beam's listing and ``find`` without ``-L``, but reported, so that nothing under a folder is passed over
+      in silence.
+    """
+    local = _local(pattern)
+    if local is None:
+        return [], []
+    if local.endswith("/"):
+        local += "*"  # as Beam's match reads it
+    root = _listing_root(local)
+    if root is None:
+        return ([local] if _is_broken_link(local) else []), []
+    matches = re.compile(FileSystem.translate_pattern(local)).match
+    starts_a_match = _start_of_match(local[len(root):])  # of the part after the root, the only part that varies
+    unreadable, directory_links = [], []
+    for directory, subdirectories, files in os.walk(root):
+        unreadable += [path for path in (os.path.join(directory, name) for name in files)
+                       if matches(path) and _is_broken_link(path)]
+        for path in (os.path.join(directory, name) for name in subdirectories):
+            if os.path.islink(path) and starts_a_match(path[len(root):] + "/"):
+                directory_links.append(path)
+            elif matches(path) and sources.kind_of(path) != sources.OTHER:
+                unreadable.append(path)
+    return sorted(unreadable), sorted(directory_links)
+
+
+def _is_broken_link(path: str) -> bool:
+    return os.path.islink(path) and not os.path.exists(path)
 
 
 @beam.typehints.with_input_types(bytes)
@@ -161,16 +219,16 @@ _WIDE_BOMS = ((b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-
               (b"\xfe\xff", "utf-16-be"))
 
 
-def _chunks(stream):
-    """A list file's bytes in 1 MiB chunks, as UTF-8: a UTF-16 or UTF-32 file (by its byte-order mark) is decoded
-    and re-encoded on the way; anything else is passed as it is."""
+def _chunks(stream, chunk_bytes: int = LIST_CHUNK_BYTES):
+    """A list file's bytes in chunks, as UTF-8: a UTF-16 or UTF-32 file (by its byte-order mark) is decoded and
+    re-encoded on the way; anything else is passed as it is."""
     head = stream.read(4)
     encoding = next((name for bom, name in _WIDE_BOMS if head.startswith(bom)), None)
     if encoding is None:
         chunk = head
         while chunk:
             yield chunk
-            chunk = stream.read(1 << 20)
+            chunk = stream.read(chunk_bytes)
         return
     decoder = codecs.getincrementaldecoder(encoding)("replace")
     bom = next(bom for bom, name in _WIDE_BOMS if name == encoding)
@@ -181,29 +239,46 @@ def _chunks(stream):
             yield text.encode("utf-8")
         if not chunk:
             return
-        chunk = stream.read(1 << 20)
+        chunk = stream.read(chunk_bytes)
 
 
-def _lines(stream, max_bytes: int):
-    """The lines of a list file (ended by LF, CRLF or a lone CR); `TOO_LONG` for a line longer than ``max_bytes``
-    (whose bytes are passed over, never held)."""
-    pending, skipping = b"", False
-    for chunk in _chunks(stream):
-        pending += chunk
-        *complete, pending = pending.split(b"\n")
-        for line in complete:
-            if skipping:
-                skipping = False  # the end of the over-long line
-                continue
-            for piece in line.split(b"\r"):
-                yield TOO_LONG if len(piece) > max_bytes else piece
-        if len(pending) > max_bytes and b"\r" not in pending:
-            if not skipping:
+def _lines(stream, max_bytes: int, chunk_bytes: int = LIST_CHUNK_BYTES):
+    """The lines of a list file, each ended by LF, CRLF or a lone CR (a CRLF split between two chunks is one line
+    end); `TOO_LONG` once for a line longer than ``max_bytes``, whose bytes are passed over, never held.
+
+    One pass over the bytes; what is held at a time is a chunk and at most ``max_bytes`` of an unfinished line."""
+    pending = bytearray()  # the start of an unfinished line, at most max_bytes
+    too_long = False  # the unfinished line is past the cap: TOO_LONG was yielded, its bytes are dropped
+    after_cr = False  # the last chunk ended with a CR: an LF that starts this one is part of its line end
+    for chunk in _chunks(stream, chunk_bytes):
+        if after_cr and chunk[:1] == b"\n":
+            chunk = chunk[1:]  # the LF of a CRLF whose CR ended the last chunk
+        after_cr = chunk[-1:] == b"\r"
+        if b"\r" in chunk:
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        *ended, rest = chunk.split(b"\n")
+        for piece in ended:
+            if too_long:
+                too_long = False  # the end of the over-long line, already reported
+            elif len(pending) + len(piece) > max_bytes:
+                pending.clear()
                 yield TOO_LONG
-            pending, skipping = b"", True
-    if pending and not skipping:
-        for piece in pending.split(b"\r"):
-            yield TOO_LONG if len(piece) > max_bytes else piece
+            elif pending:
+                pending += piece
+                yield bytes(pending)
+                pending.clear()
+            else:
+                yield piece
+        if too_long:
+            continue
+        if len(pending) + len(rest) > max_bytes:
+            pending.clear()
+            too_long = True
+            yield TOO_LONG
+        else:
+            pending += rest
+    if pending:
+        yield bytes(pending)
 
 
 @beam.typehints.with_input_types(bytes)

@@ -27,6 +27,7 @@ import numpy as np
 from beam_jobs import dataset, runtime, sources
 from schemas import backbones, fileio, images
 from schemas.int8_model import FORMAT_VERSION, INFO_FILE, MODEL_BIN, MODEL_XML, OUTPUTS
+from trainer import cli
 
 DEFAULT_CALIBRATION_IMAGES = 300
 
@@ -118,12 +119,12 @@ def _write_bytes(path: str, data: bytes) -> None:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="imcap-quantize", description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(prog="imcap-quantize", description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset_dir", help="calibrate on a sample of this dataset's --split (any layout the extract job reads)")
-    source.add_argument("--images", action="append",
+    source.add_argument("--images", action="extend", nargs="+",
                         help="calibrate on a sample of these image files (a glob or a directory, on any "
-                             "filesystem; repeat it)")
+                             "filesystem; several, or repeat it)")
     parser.add_argument("--split", default="train", help="with --dataset_dir: the split to sample (default train)")
     parser.add_argument("--output_dir", required=True, help="where extractor.xml/.bin and quantization.json go")
     parser.add_argument("--weights", default=backbones.IMAGENET,

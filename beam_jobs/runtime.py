@@ -10,6 +10,7 @@ pass through unchanged.
 import argparse
 import dataclasses
 import logging
+import sys
 import time
 import typing
 import apache_beam as beam
@@ -35,23 +36,46 @@ class LocalRunner(fn_runner.FnApiRunner):
         return super().run_pipeline(pipeline, options)
 
 
-def pipeline_options(beam_args: list[str]) -> PipelineOptions:
-    """PipelineOptions from the arguments the job did not recognise; a flag no Beam option knows fails fast."""
+def _beam_option_parser():
+    """The parser Beam builds from every PipelineOptions class (as `PipelineOptions.get_all_options` does)."""
+    # Beam's own parser class: the option classes call its add_value_provider_argument
+    from apache_beam.options.pipeline_options import _BeamArgumentParser
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    for options_class in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
+        options_class._add_argparse_args(parser)  # pylint: disable=protected-access
+    return parser
+
+
+def pipeline_options(beam_args: list[str], known_job_flags=(), stray_hint: str = cli.STRAY_HINT) -> PipelineOptions:
+    """PipelineOptions from the arguments the job did not recognise. Dashed spellings of Beam's flags are accepted
+    (``--direct-num-workers``); a flag no Beam option knows, and any stray value (an unquoted glob the shell
+    expanded: Beam would silently drop it), fail fast with a message naming them."""
+    parser = _beam_option_parser()
+    known = set(parser._option_string_actions)  # pylint: disable=protected-access
+    beam_args = cli.dashes_to_underscores(list(beam_args), known)
+    _, extras = parser.parse_known_args(beam_args)
+    if extras:
+        message = cli.unrecognized(extras, known | set(known_job_flags), stray_hint)
+        raise ValueError(message.replace("(see --help)", "(neither a flag of this job nor a Beam option; see --help)"))
     options = PipelineOptions(beam_args)
-    beam_logger = logging.getLogger("apache_beam.options.pipeline_options")
-    level = beam_logger.level
-    beam_logger.setLevel(logging.ERROR)  # it warns "Discarding unparseable args": said below, once, as an error
-    try:
-        unknown = sorted(set(options.get_all_options(retain_unknown_options=True)) - set(options.get_all_options()))
-    finally:
-        beam_logger.setLevel(level)
-    if unknown:
-        raise ValueError(f"unrecognized arguments: {' '.join('--' + name for name in unknown)} (neither a flag of "
-                         "this job nor a Beam pipeline option; see --help)")
     standard = options.view_as(StandardOptions)
     if not standard.runner:
         standard.runner = LOCAL_RUNNER
     return options
+
+
+def parse_job_args(parser: cli.ArgumentParser, argv=None) -> tuple[argparse.Namespace, list[str]]:
+    """(the job's flags, the Beam pipeline options): what the job's parser does not take must be Beam's, or the
+    command fails as argparse does (usage, the message, exit status 2)."""
+    beam_flags = set(_beam_option_parser()._option_string_actions)  # pylint: disable=protected-access
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser.check_flags(argv, also_known=beam_flags)
+    args, beam_args = parser.parse_known_args(argv)
+    try:
+        pipeline_options(beam_args, parser.option_strings, parser.stray_hint)
+    except ValueError as error:
+        parser.error(str(error))
+    return args, cli.dashes_to_underscores(beam_args, beam_flags)
 
 
 @dataclasses.dataclass

@@ -11,12 +11,13 @@ offline, and the tests use it as a fixture. Layout::
     OUT_DIR/Flickr8k_text/Flickr8k.token.txt
     OUT_DIR/Flickr8k_text/Flickr_8k.{train,dev,test}Images.txt      (70% / 15% / 15%)
 """
-import argparse
 import os
 import random
 import sys
 
 from PIL import Image, ImageDraw
+
+from trainer import cli
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 220), "yellow": (235, 215, 40)}
 BACKGROUNDS = {"white": (245, 245, 245), "black": (20, 20, 20)}
@@ -111,7 +112,7 @@ def write_sample_dataset(out_dir: str, num_images: int = 300, image_size: int = 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="imcap-sample-data", description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(prog="imcap-sample-data", description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir")
     parser.add_argument("--images", type=int, default=300)
     parser.add_argument("--image_size", type=int, default=128)

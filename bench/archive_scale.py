@@ -102,7 +102,7 @@ def tiny_bundle(directory: str) -> tuple[str, str]:
 
 def caption_command(source: str, model_dir: str, weights: str, output: str) -> list[str]:
     return [sys.executable, "-m", "beam_jobs.caption_images", "--input", source, "--model_dir", model_dir,
-            "--weights", weights, "--output", output, "--overwrite"]
+            "--weights", weights, "--output_dir", output, "--overwrite"]
 
 
 def measure(runs: dict, model_dir: str, weights: str, repeats: int, scratch: str, code_dir: str) -> dict:

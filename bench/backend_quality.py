@@ -23,9 +23,9 @@ import json
 import os
 import tempfile
 
-import pyarrow.parquet as pq
 
-from common import DEFAULT_DATASET, DEFAULT_WEIGHTS, image_paths, machine, median, print_table, split_names, timed
+from common import (DEFAULT_DATASET, DEFAULT_WEIGHTS, image_paths, machine, median, print_table, read_caption_outputs,
+                    split_names, timed)
 
 BACKENDS = ("keras", "openvino-f32", "openvino", "openvino-int8")
 LATENCY = "inference_batch_latency_micro_secs"
@@ -33,18 +33,14 @@ LATENCY = "inference_batch_latency_micro_secs"
 
 def run_caption(list_file, model_dir, weights, prefix, backend, int8_model, beam_width):
     from beam_jobs import caption_images
-    from schemas import fileio, tables
-    argv = ["--model_dir", model_dir, "--output", prefix, "--weights", weights, "--input", list_file,
+    argv = ["--model_dir", model_dir, "--output_dir", prefix, "--weights", weights, "--input", list_file,
             "--inference_backend", backend, "--overwrite"]
     if beam_width:
         argv += ["--beam_width", str(beam_width)]
     if backend == "openvino-int8":
         argv += ["--int8_model", int8_model]
     result = caption_images.run(argv)
-    rows, errors = [], []
-    for path in fileio.glob(tables.output_glob(prefix)):
-        kind = tables.classify_output(prefix, path)
-        (errors if kind and kind[0] == "errors" else rows).extend(pq.read_table(path).to_pylist())
+    rows, errors = read_caption_outputs(prefix)
     return rows, errors, _latency_seconds(result)
 
 

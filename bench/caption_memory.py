@@ -45,7 +45,7 @@ def main() -> None:
         for repeat in range(args.repeats):
             for count in results:
                 command = [sys.executable, "-m", "beam_jobs.caption_images", "--input", inputs[count],
-                           "--model_dir", args.model_dir, "--weights", args.weights, "--output",
+                           "--model_dir", args.model_dir, "--weights", args.weights, "--output_dir",
                            os.path.join(scratch, f"out-{count}-{repeat}", "c"), "--beam_width",
                            str(args.beam_width)]
                 seconds, rss = peak_rss_of_command(command)

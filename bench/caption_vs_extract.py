@@ -19,10 +19,9 @@ import os
 import tarfile
 import tempfile
 
-import pyarrow.parquet as pq
 
-from common import (DEFAULT_DATASET, DEFAULT_WEIGHTS, image_paths, machine, median, print_table, split_names,
-                    timed, write_split_file)
+from common import (DEFAULT_DATASET, DEFAULT_WEIGHTS, image_paths, machine, median, print_table, read_caption_outputs,
+                    split_names, timed, write_split_file)
 
 
 def run_extract(dataset_dir, names, weights, scratch, grid="none"):
@@ -37,17 +36,12 @@ def run_extract(dataset_dir, names, weights, scratch, grid="none"):
 
 def run_caption(inputs, model_dir, weights, prefix, beam_width):
     from beam_jobs import caption_images
-    argv = ["--model_dir", model_dir, "--output", prefix, "--weights", weights, "--beam_width", str(beam_width),
+    argv = ["--model_dir", model_dir, "--output_dir", prefix, "--weights", weights, "--beam_width", str(beam_width),
             "--overwrite"]
     for pattern in inputs:
         argv += ["--input", pattern]
     caption_images.run(argv)
-    rows, errors = [], []
-    from schemas import fileio, tables
-    for path in fileio.glob(tables.output_glob(prefix)):
-        kind = tables.classify_output(prefix, path)
-        (errors if kind and kind[0] == "errors" else rows).extend(pq.read_table(path).to_pylist())
-    return rows, errors
+    return read_caption_outputs(prefix)
 
 
 def main() -> None:

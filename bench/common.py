@@ -22,6 +22,19 @@ IMAGES_DIR = "Flicker8k_Dataset"
 TEXT_DIR = "Flickr8k_text"
 
 
+def read_caption_outputs(output_dir: str, run: int | None = None) -> tuple[list, list]:
+    """(caption rows, error rows) in the caption job's output directory (only run ``run``'s shards if given)."""
+    import pyarrow.parquet as pq
+
+    from schemas import fileio, tables
+    rows = {}
+    for table in (tables.CAPTIONS_TABLE, tables.ERRORS_TABLE):
+        paths = sorted(fileio.glob(fileio.join(tables.table_dir(output_dir, table), "*.parquet")))
+        rows[table] = [row for path in paths if run is None or tables.shard_run(os.path.basename(path)) == run
+                       for row in pq.read_table(path).to_pylist()]
+    return rows[tables.CAPTIONS_TABLE], rows[tables.ERRORS_TABLE]
+
+
 def split_names(dataset_dir: str, split: str) -> list[str]:
     path = os.path.join(dataset_dir, TEXT_DIR, f"Flickr_8k.{split}Images.txt")
     with open(path, encoding="utf-8") as handle:

@@ -10,6 +10,8 @@ Writes the corpus under --work_dir/corpus (generated from scratch: no dataset ne
 - every file and archive given as an input has a row (its own URI, or ``URI!...`` for an archive's entries), and
   every entry of every list has one;
 - nothing is an ``internal_error`` (a row of that class means a bug to fix here);
+- no message quotes a file's bytes (files holding a marker, a link to /etc/passwd);
+- a directory input whose links loop or lead out of it ends: one row per link, its photo captioned once;
 - a rerun with --skip_existing exits 0 and writes no row (everything is done, damage included).
 
 It prints the rows by class and a table of the inputs with their outcome; exit status 1 if a check fails. Without
@@ -33,7 +35,7 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from common import REPO_ROOT
+from common import REPO_ROOT, read_caption_outputs
 
 sys.path.insert(0, REPO_ROOT)
 from tests.caption_helpers import png_claiming, tar_bytes  # noqa: E402  (the same builders as the tests')
@@ -87,6 +89,27 @@ def corrupt(data: bytes, start: float, length: int = 64) -> bytes:
     offset = int(len(data) * start)
     data[offset:offset + length] = bytes(b ^ 0x5A for b in data[offset:offset + length])
     return bytes(data)
+
+
+def _pax_record(key: str, value: str) -> bytes:
+    """One pax record, "LEN key=value\\n", LEN counting itself."""
+    body = f" {key}={value}\n".encode()
+    length = len(body) + len(str(len(body)))
+    length = len(body) + len(str(length))
+    return str(length).encode() + body
+
+
+def _with_pax_record(tar: bytes, record: bytes, before: int = 1) -> bytes:
+    """``tar`` with a pax extended header holding ``record`` inserted before its member number ``before``."""
+    offsets, position = [], 0
+    while position + 512 <= len(tar) and tar[position:position + 512].strip(b"\0"):
+        offsets.append(position)
+        size = int(tar[position + 124:position + 136].strip(b"\0 ") or b"0", 8)
+        position += 512 + (size + 511) // 512 * 512
+    header = tarfile.TarInfo("././@PaxHeader")
+    header.type, header.size = tarfile.XHDTYPE, len(record)
+    block = header.tobuf(format=tarfile.USTAR_FORMAT) + record + bytes(-len(record) % 512)
+    return tar[:offsets[before]] + block + tar[offsets[before]:]
 
 
 def files_corpus(write):
@@ -151,6 +174,12 @@ def files_corpus(write):
     write(".DS_Store", b"\x00\x00\x00\x01Bud1" + bytes(100))
     write("Thumbs.db", b"\xd0\xcf\x11\xe0" + bytes(100))
     write("noext", jpeg(25))
+    write("secret.jpg", b"SECRET-TOKEN-4711 root:x:0:0:root:/root:/bin/bash\n")  # no message may quote it
+    write("secret.ppm", b"P6 SECRET-TOKEN-4711" + b"9" * 80 + b" 10 255\n")  # Pillow quotes header tokens
+    rgba = np.zeros((600, 800, 4), dtype=np.uint8)
+    rgba[..., 3] = np.arange(800, dtype=np.uint16)[None, :] * 255 // 799
+    write("rgba.png", encode(Image.fromarray(rgba, "RGBA"), "PNG"))
+    write("la.png", encode(Image.fromarray(rgba[..., 2:], "LA"), "PNG"))
 
 
 def special_files(directory, good):
@@ -160,6 +189,7 @@ def special_files(directory, good):
     os.symlink("nothing-here.jpg", os.path.join(directory, "dangling.jpg"))
     os.symlink("loop.jpg", os.path.join(directory, "loop.jpg"))
     os.symlink(good, os.path.join(directory, "link_to_good.jpg"))
+    os.symlink("/etc/passwd", os.path.join(directory, "passwd.jpg"))  # no message may quote its bytes
     with open(os.path.join(directory, "sparse_huge.jpg"), "wb") as handle:
         handle.truncate(300 << 20)  # 300 MiB of holes: too large, and never read
 
@@ -248,6 +278,11 @@ def archives_corpus(write):
     write("rar.tar", b"Rar!\x1a\x07\x00" + os.urandom(300))
     write("bomb.tar.gz", bomb_data)
     write("png_bomb_inside.tar", tar_bytes([("bomb.png", png_claiming(60_000, 60_000))]))
+    for name, key, value in (("pax_huge_size.tar", "size", "9" * 5000), ("pax_negative_size.tar", "size", "-5"),
+                             ("pax_huge_mtime.tar", "mtime", "1" * 5000)):
+        write(name, _with_pax_record(tar_bytes(photos[:3], fmt=tarfile.PAX_FORMAT), _pax_record(key, value)))
+    write("pax_long_length.tar", _with_pax_record(tar_bytes(photos[:3], fmt=tarfile.PAX_FORMAT),
+                                                  b"1" * 5000 + b" path=x\n", before=1))
     comment = io.BytesIO()
     with zipfile.ZipFile(comment, "w") as archive:
         archive.writestr("a.jpg", photos[0][1])
@@ -275,6 +310,8 @@ def lists_corpus(directory, write):
     write("comments.txt", b"# nothing\n# at all\n")
     write("windows.txt", b"C:\\photos\\a.jpg\r\n..\\files\\good.jpg\r\n")
     write("latin1.txt", b"../files/caf\xe9 latin1.jpg\n")
+    write("cr_only.txt", b"../files/good.jpg\r" + b"y" * 300_000 + b"\r../files/tiny.png\r../files/icon.ico")
+    write("crlf_split.txt", b"../files/good.jpg\r\n" * 3 + b"../files/cmyk.jpg\r\n")
     os.makedirs(os.path.join(directory, "dir.txt"))
 
 
@@ -303,6 +340,13 @@ def build(root: str) -> list[str]:
             handle.write(data)
     lists_corpus(lists, write_list)
     patterns.append(os.path.join(lists, "*"))
+    tree = os.path.join(corpus, "tree")  # a directory input (DIR/**) whose links loop or lead out of it
+    os.makedirs(os.path.join(tree, "sub"))
+    with open(os.path.join(tree, "sub", "deep.jpg"), "wb") as handle:
+        handle.write(jpeg(30))
+    for name, target in (("l1", "."), ("l2", "."), ("sub/up", ".."), ("outside", "../archives")):
+        os.symlink(target, os.path.join(tree, name))
+    patterns.append(tree)
     return patterns
 
 
@@ -324,7 +368,7 @@ def main() -> int:
     model_dir = args.model_dir or tiny_bundle(args.work_dir)
     prefix = os.path.join(args.work_dir, "out", "captions")
     command = [sys.executable, "-m", "beam_jobs.caption_images", "--model_dir", model_dir, "--weights", args.weights,
-               "--output", prefix, "--overwrite"]
+               "--output_dir", prefix, "--overwrite"]
     for pattern in patterns:
         command += ["--input", pattern]
     command += args.beam_args
@@ -334,11 +378,8 @@ def main() -> int:
     failures = []
     if done.returncode != 0:
         failures.append(f"exit status {done.returncode}")
-    import pyarrow.parquet as pq
-    import glob
-    rows = []
-    for path in glob.glob(prefix + "-*.parquet"):
-        rows += pq.read_table(path).to_pylist()
+    captions, errors = read_caption_outputs(prefix)
+    rows = captions + errors
     uris = collections.Counter(row["image_uri"] for row in rows)
     failures += [f"in {count} rows: {uri}" for uri, count in uris.items() if count > 1]
     classes = collections.Counter(row.get("error", "captioned") for row in rows)
@@ -355,14 +396,21 @@ def main() -> int:
             print(f"  {kind}/{os.fsdecode(name)!r:<42} {dict(outcome)}")
             if not related:
                 failures.append(f"no row for {path}")
+    leaked = [row["image_uri"] for row in rows if row.get("message") and any(
+        secret in row["message"] for secret in ("SECRET-TOKEN", "root:x:0", "/bin/bash"))]
+    failures += [f"a message quotes the file's bytes: {uri}" for uri in leaked]
+    tree = os.path.join(corpus, "tree")
+    tree_uris = sorted(uri for uri in uris if uri.startswith(tree + "/"))
+    print(f"  tree/ (links that loop or lead out): {[os.path.relpath(uri, tree) for uri in tree_uris]}")
+    if sorted(os.path.relpath(uri, tree) for uri in tree_uris) != ["l1", "l2", "outside", "sub/deep.jpg", "sub/up"]:
+        failures.append(f"tree/: expected one row per link and one caption, got {tree_uris}")
     internal = [row for row in rows if row.get("error") == "internal_error"]
     failures += [f"internal_error: {row['image_uri']}: {row['message']}" for row in internal]
     print(f"\n{len(rows)} rows, {len(uris)} URIs")
     rerun = subprocess.run([arg for arg in command if arg != "--overwrite"] + ["--skip_existing"], cwd=REPO_ROOT,
                            capture_output=True, text=True)
-    again = []
-    for path in glob.glob(prefix + "-*r2-*.parquet"):
-        again += pq.read_table(path).to_pylist()
+    again_captions, again_errors = read_caption_outputs(prefix, run=2)
+    again = again_captions + again_errors
     print(f"rerun with --skip_existing: exit {rerun.returncode}, {len(again)} new rows")
     if rerun.returncode != 0 or again:
         failures.append(f"the rerun with --skip_existing exited {rerun.returncode} and wrote {len(again)} rows: "

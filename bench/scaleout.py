@@ -31,10 +31,10 @@ import time
 import urllib.request
 
 import numpy as np
-import pyarrow.parquet as pq
 import yaml
 
-from common import (DEFAULT_DATASET, DEFAULT_WEIGHTS, REPO_ROOT, image_paths, machine, print_table, split_names,
+from common import (DEFAULT_DATASET, DEFAULT_WEIGHTS, REPO_ROOT, image_paths, machine, print_table, read_caption_outputs,
+                    split_names,
                     write_split_file)
 
 RUNNERS = ("local", "multiprocess", "external", "flink_local", "flink_cluster")
@@ -164,11 +164,7 @@ def same_extract(a: dict, b: dict) -> str:
 
 
 def read_captions(prefix: str) -> tuple[list, list]:
-    from schemas import fileio, tables
-    rows, errors = [], []
-    for path in fileio.glob(tables.output_glob(prefix)):
-        kind = tables.classify_output(prefix, path)
-        (errors if kind[0] == "errors" else rows).extend(pq.read_table(path).to_pylist())
+    rows, errors = read_caption_outputs(prefix)
     return sorted(rows, key=lambda r: r["image_uri"]), sorted(errors, key=lambda r: r["image_uri"])
 
 
@@ -263,7 +259,7 @@ def main() -> None:
 
             prefix = os.path.join(scratch, f"captions-{runner}", "c")
             seconds = run([sys.executable, "-m", "beam_jobs.caption_images", "--input", dev_list, "--input",
-                           archive, "--model_dir", model_dir, "--output", prefix, "--weights", args.weights,
+                           archive, "--model_dir", model_dir, "--output_dir", prefix, "--weights", args.weights,
                            "--overwrite", *flags[runner]], os.path.join(scratch, f"caption-{runner}.log"))
             found = read_captions(prefix)
             if reference_captions is None:

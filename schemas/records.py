@@ -74,6 +74,8 @@ class MetadataKeys:
     DATASETS = "datasets"  # {name: {DatasetKeys...}}: where the records came from
     TRAIN_DUPLICATES_LEFT_OUT = "train_duplicates_left_out"  # train images left out: a copy is evaluated
     CAPTIONS_EMPTY = "captions_empty_after_normalization"
+    CAPTIONS_TOO_LONG = "captions_too_long"  # left out: more words than MAX_CAPTION_WORDS after normalization
+    MAX_CAPTION_WORDS = "max_caption_words"
     VOCAB_SIZE = "vocab_size"
     MIN_WORD_COUNT = "min_word_count"
     VOCAB_SOURCE = "vocab_source"

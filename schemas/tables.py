@@ -3,13 +3,13 @@
 Every input image of a job ends in exactly one row: a caption (or record) row when it succeeded, or an error row
 naming it, a short error class (`schemas.images.ERROR_CLASSES`) and a message a person can act on.
 
-Caption job files under an output ``PREFIX``::
+Caption job files under its output directory ``OUT`` (each table a folder of its own, so that a reader of one
+never sees the other, and no other output's name can match them)::
 
-    PREFIX-SSSSS-of-NNNNN.parquet              caption rows (CAPTION_SCHEMA)
-    PREFIX-errors-SSSSS-of-NNNNN.parquet       error rows (ERROR_SCHEMA)
-    PREFIX-rK-SSSSS-of-NNNNN.parquet           ... of the K-th run that added to the same PREFIX (--skip_existing)
-    PREFIX-errors-rK-SSSSS-of-NNNNN.parquet
-    PREFIX-checkpoint/                         rows committed while a run is in progress; removed when it ends
+    OUT/captions/runK-SSSSS-of-NNNNN.parquet       caption rows (CAPTION_SCHEMA) of run K (K > 1: --skip_existing)
+    OUT/errors/runK-SSSSS-of-NNNNN.parquet         error rows (ERROR_SCHEMA)
+    OUT/checkpoint/{captions,errors}-<hex>.parquet rows committed while a run is in progress; removed when it ends
+    OUT/beam-temp-{captions,errors}-runK-<hex>/    the sinks' temporary files while a run writes its shards
 
 An image URI inside an archive is ``ARCHIVE_URI!MEMBER_PATH``, e.g. ``gs://bucket/batch.tar!dir/photo.jpg``.
 """
@@ -51,9 +51,6 @@ ERROR_SCHEMA = pa.schema([
 ])
 
 PARQUET_SUFFIX = ".parquet"
-ERRORS_PART = "errors"
-CHECKPOINT_DIR_SUFFIX = "-checkpoint"
-_SHARD = r"\d{5}-of-\d{5}"
 
 
 class CaptionRow(typing.NamedTuple):
@@ -108,58 +105,67 @@ def row_from_record(record: dict) -> typing.Union[CaptionRow, ErrorRow]:
     return CaptionRow(**{name: record.get(name) for name in CaptionRow._fields})  # shards before ATTENTION: None
 
 
-def run_tag(run_number: int) -> str:
-    """'' for the first run writing to a prefix, 'r2-', 'r3-', ... for the runs that add to it."""
-    return "" if run_number <= 1 else f"r{run_number}-"
+CAPTIONS_TABLE, ERRORS_TABLE = "captions", "errors"
+CHECKPOINT_FOLDER = "checkpoint"
+_RUN_SHARD = re.compile(r"run(\d+)-\d{5}-of-\d{5}" + re.escape(PARQUET_SUFFIX))
+_CHECKPOINT_PART = re.compile(rf"({CAPTIONS_TABLE}|{ERRORS_TABLE})-[0-9a-f]{{20}}" + re.escape(PARQUET_SUFFIX))
+INCOMPLETE_SUFFIX = ".incomplete"  # a checkpoint part being written; renamed when complete
+_SINK_TEMP = re.compile(rf"beam-temp-({CAPTIONS_TABLE}|{ERRORS_TABLE})-run\d+-[0-9a-f]{{32}}")
 
 
-def caption_shard_prefix(prefix: str, run_number: int) -> str:
-    """What the Parquet sink of caption rows is given; Beam appends SSSSS-of-NNNNN.parquet."""
-    return f"{prefix}-{run_tag(run_number)}"
+def table_dir(output_dir: str, table: str) -> str:
+    """The folder of one table (``captions`` or ``errors``): only the caption job writes there."""
+    return posixpath.join(output_dir, table)
 
 
-def error_shard_prefix(prefix: str, run_number: int) -> str:
-    return f"{prefix}-{ERRORS_PART}-{run_tag(run_number)}"
+def shard_prefix(output_dir: str, table: str, run_number: int) -> str:
+    """What a table's Parquet sink is given for run K; Beam appends SSSSS-of-NNNNN.parquet."""
+    return posixpath.join(table_dir(output_dir, table), f"run{run_number}-")
 
 
-def checkpoint_dir(prefix: str) -> str:
-    return prefix + CHECKPOINT_DIR_SUFFIX
+def shard_run(name: str) -> int | None:
+    """The run number of a shard's file name (``run3-00001-of-00004.parquet`` -> 3), None for any other name."""
+    match = _RUN_SHARD.fullmatch(name)
+    return int(match.group(1)) if match else None
 
 
-def sink_temp_glob(prefix: str) -> str:
-    """Glob of the temporary directories Beam's file sinks leave next to PREFIX when a run is killed (it also
-    matches other prefixes' directories: filter with `is_sink_temp_dir`)."""
-    directory, stem = posixpath.split(prefix)
-    return posixpath.join(directory, f"beam-temp-{stem}-*")
+def checkpoint_dir(output_dir: str) -> str:
+    return posixpath.join(output_dir, CHECKPOINT_FOLDER)
 
 
-def is_sink_temp_dir(prefix: str, directory_name: str) -> bool:
-    """Whether a directory is one of PREFIX's sinks' (``beam-temp-<sink prefix>-<uuid hex>``; the sink prefixes are
-    `caption_shard_prefix` and `error_shard_prefix`), not another prefix's such as PREFIX-foo's."""
-    stem = re.escape(posixpath.basename(prefix))
-    return bool(re.fullmatch(rf"beam-temp-{stem}-(?:{ERRORS_PART}-)?(?:r\d+-)?-[0-9a-f]{{32}}", directory_name))
+def checkpoint_part_name(table: str, digest: str) -> str:
+    return f"{table}-{digest[:20]}{PARQUET_SUFFIX}"
 
 
-def ambiguous_prefix(prefix: str) -> bool:
-    """Whether PREFIX's file names could be another prefix's (``out/c-errors`` writes what ``out/c`` calls its error
-    shards): such prefixes are refused."""
-    stem = posixpath.basename(prefix)
-    return bool(re.search(rf"-({ERRORS_PART}|{CHECKPOINT_DIR_SUFFIX[1:]}|r\d+)$", stem))
+def checkpoint_part_table(name: str) -> str | None:
+    """``captions`` or ``errors`` for a checkpoint part's file name (complete or not), None for any other name."""
+    match = _CHECKPOINT_PART.fullmatch(name[:-len(INCOMPLETE_SUFFIX)] if name.endswith(INCOMPLETE_SUFFIX) else name)
+    return match.group(1) if match else None
 
 
-def output_glob(prefix: str) -> str:
-    """Glob of every committed output file (caption and error shards of every run)."""
-    return f"{prefix}-*{PARQUET_SUFFIX}"
+def sink_temp_name(table: str, run_number: int, unique_hex: str) -> str:
+    """The folder, directly under the output directory, where a table's sink writes before it renames its shards
+    into the table's folder (never inside it, so that a reader of ``captions/`` never sees a partial file)."""
+    return f"beam-temp-{table}-run{run_number}-{unique_hex}"
 
 
-def classify_output(prefix: str, path: str) -> tuple[str, int] | None:
-    """('captions' | 'errors', run number) for a committed output file of PREFIX, else None."""
-    name = posixpath.basename(path)
-    stem = posixpath.basename(prefix)
-    match = re.fullmatch(re.escape(stem) + r"-(errors-)?(?:r(\d+)-)?" + _SHARD + re.escape(PARQUET_SUFFIX), name)
+def is_sink_temp_name(name: str) -> bool:
+    return bool(_SINK_TEMP.fullmatch(name))
+
+
+def legacy_outputs_glob(output_dir: str) -> str:
+    """Shards an imcap before 2026-12 wrote beside what is now the output directory (``PREFIX-SSSSS-of-NNNNN.parquet``,
+    ``PREFIX-errors-rK-...``): read as done inputs by --skip_existing, never written or deleted."""
+    return f"{output_dir.rstrip('/')}-*{PARQUET_SUFFIX}"
+
+
+def legacy_output_table(output_dir: str, path: str) -> str | None:
+    stem = posixpath.basename(output_dir.rstrip("/"))
+    match = re.fullmatch(re.escape(stem) + r"-(errors-)?(?:r\d+-)?\d{5}-of-\d{5}" + re.escape(PARQUET_SUFFIX),
+                         posixpath.basename(path))
     if not match:
         return None
-    return ("errors" if match.group(1) else "captions"), int(match.group(2) or 1)
+    return ERRORS_TABLE if match.group(1) else CAPTIONS_TABLE
 
 
 def is_error_table(schema: pa.Schema) -> bool:

@@ -1,6 +1,7 @@
 """Helpers of the caption job's tests: a small mixed input set with the outcome of every input, and output checks."""
 import io
 import os
+import posixpath
 import struct
 import shutil
 import tarfile
@@ -75,29 +76,37 @@ def build_inputs(root: str, sample_dataset: str):
     return patterns, expected
 
 
-def argv(patterns, model_dir, prefix, *extra):
-    args = ["--model_dir", model_dir, "--output", prefix, *extra]
+def argv(patterns, model_dir, output_dir, *extra):
+    args = ["--model_dir", model_dir, "--output_dir", output_dir, *extra]
     for pattern in patterns:
         args += ["--input", pattern]
     return args
 
 
-def read_outputs(prefix):
-    """(caption rows, error rows) of every committed shard under prefix, on any Beam filesystem."""
-    captions, errors = [], []
+def shard_paths(output_dir, table):
+    """The committed shards of one table (``captions`` or ``errors``) in the output directory, any filesystem;
+    every file in the table's folder must be one."""
     try:
-        matched = FileSystems.match([tables.output_glob(prefix)])[0].metadata_list
+        matched = FileSystems.match([posixpath.join(tables.table_dir(output_dir, table), "*")])[0].metadata_list
     except Exception:  # nothing matches
         matched = []
-    for metadata in sorted(matched, key=lambda m: m.path):
-        kind = tables.classify_output(prefix, metadata.path)
-        assert kind is not None, metadata.path
-        with FileSystems.open(metadata.path) as handle:
-            table = pq.read_table(io.BytesIO(handle.read()))
-        expected_schema = tables.ERROR_SCHEMA if kind[0] == "errors" else tables.CAPTION_SCHEMA
-        assert table.schema.equals(expected_schema, check_metadata=False), metadata.path
-        (errors if kind[0] == "errors" else captions).extend(table.to_pylist())
-    return captions, errors
+    paths = sorted(metadata.path for metadata in matched)
+    for path in paths:
+        assert tables.shard_run(posixpath.basename(path)) is not None, f"not a shard in a table's folder: {path}"
+    return paths
+
+
+def read_outputs(output_dir):
+    """(caption rows, error rows) of every committed shard in the output directory, on any Beam filesystem."""
+    rows = {}
+    for table, schema in ((tables.CAPTIONS_TABLE, tables.CAPTION_SCHEMA), (tables.ERRORS_TABLE, tables.ERROR_SCHEMA)):
+        rows[table] = []
+        for path in shard_paths(output_dir, table):
+            with FileSystems.open(path) as handle:
+                read = pq.read_table(io.BytesIO(handle.read()))
+            assert read.schema.equals(schema, check_metadata=False), path
+            rows[table].extend(read.to_pylist())
+    return rows[tables.CAPTIONS_TABLE], rows[tables.ERRORS_TABLE]
 
 
 def check_every_input_once(captions, errors, expected):

@@ -41,12 +41,11 @@ def main():
         from apache_beam.io.filesystems import FileSystems
 
         from schemas import tables
-        prefix = args[args.index("--output") + 1]
         original = FileSystems.rename
 
         def rename(sources, destinations):
             original(sources, destinations)
-            if any(tables.classify_output(prefix, path) for path in destinations):
+            if any(tables.shard_run(os.path.basename(path)) for path in destinations):
                 _kill()
         FileSystems.rename = staticmethod(rename)
     else:

@@ -12,7 +12,7 @@ from schemas import tables
 from schemas.bundle import BundleKeys
 from schemas import fileio
 from tests.caption_helpers import (argv, build_inputs, check_every_input_once, crash_on_third_caption_batch,
-                                   read_outputs)
+                                   read_outputs, shard_paths)
 from tests.fakes import FAKE_MODELS
 from tests.conftest import REPO_ROOT, local_test_pipeline
 
@@ -87,11 +87,19 @@ def test_resume_captions_only_new_images(inputs, fake_bundle, tmp_path):
     counters = runtime.metric_counters(result)
     assert counters["skipped_existing"] == 8  # the folder's 4 images and 4 error rows
     assert counters["images_captioned"] == 12 - len(first)
-    second_run = [p for p in fileio.glob(tables.output_glob(prefix)) if tables.classify_output(prefix, p)[1] == 2]
-    assert second_run and all(os.path.basename(p).startswith(("captions-r2-", "captions-errors-r2-"))
-                              for p in second_run)
+    for table in (tables.CAPTIONS_TABLE, tables.ERRORS_TABLE):
+        runs = sorted(tables.shard_run(os.path.basename(p)) for p in shard_paths(prefix, table))
+        assert runs[0] == 1 and runs[-1] == 2, (table, runs)
     captions, errors = read_outputs(prefix)
     check_every_input_once(captions, errors, expected)
+
+    # A third run with nothing new writes no shards at all (no empty run-3 files), and loses nothing.
+    before = {table: shard_paths(prefix, table) for table in (tables.CAPTIONS_TABLE, tables.ERRORS_TABLE)}
+    result = caption_images.run(argv(patterns, fake_bundle, prefix, "--skip_existing"),
+                                test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
+    assert runtime.metric_counters(result)["skipped_existing"] == len(expected)
+    assert {table: shard_paths(prefix, table) for table in before} == before
+    check_every_input_once(*read_outputs(prefix), expected)
 
 
 def test_rerun_after_an_interruption_does_only_the_rest(inputs, fake_bundle, tmp_path, monkeypatch):
@@ -102,8 +110,8 @@ def test_rerun_after_an_interruption_does_only_the_rest(inputs, fake_bundle, tmp
                 "--min_batch_size", "1")
     with pytest.raises(Exception, match="simulated worker loss"):
         caption_images.run(args, test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
-    assert not fileio.glob(tables.output_glob(prefix))  # nothing committed by the sinks...
-    parts = fileio.glob(os.path.join(tables.checkpoint_dir(prefix), "*.parquet"))
+    assert not shard_paths(prefix, tables.CAPTIONS_TABLE) and not shard_paths(prefix, tables.ERRORS_TABLE)
+    parts = fileio.glob(os.path.join(tables.checkpoint_dir(prefix), "*.parquet"))  # nothing committed by the sinks...
     checkpointed = sum(pq.read_table(p).num_rows for p in parts if os.path.basename(p).startswith("captions-"))
     assert checkpointed == sum(calls[:2]) > 0  # ...but the rows of the two finished batches are kept
 
@@ -161,22 +169,24 @@ def test_inputs_that_match_nothing_fail_fast(fake_bundle, tmp_path):
 def test_gallery_shows_every_caption_and_error(inputs, captioned, tmp_path):
     prefix, _ = captioned
     output = str(tmp_path / "gallery.html")
-    assert gallery.main(["--captions", tables.output_glob(prefix), "--output", output]) == 0
-    page = open(output, encoding="utf-8").read()
     captions, errors = read_outputs(prefix)
-    assert page.count("data:image/jpeg;base64,") == len(captions)  # archive members included
-    for row in captions:
-        assert row[tables.IMAGE_URI] in page
-    for row in errors:
-        assert row[tables.IMAGE_URI] in page and row[tables.ERROR] in page
+    for given in (prefix, prefix + "/", os.path.join(prefix, "*", "*.parquet")):  # the directory, or a glob
+        assert gallery.main(["--captions", given, "--output", output]) == 0
+        page = open(output, encoding="utf-8").read()
+        assert page.count("data:image/jpeg;base64,") == len(captions)  # archive members included
+        for row in captions:
+            assert row[tables.IMAGE_URI] in page
+        for row in errors:
+            assert row[tables.IMAGE_URI] in page and row[tables.ERROR] in page
     assert gallery.main(["--captions", str(tmp_path / "none-*.parquet"), "--output", output]) == 2  # one line
+    assert gallery.main(["--captions", str(tmp_path), "--output", output]) == 2  # a folder of no tables
 
 
-@pytest.mark.parametrize("output", ["out/c-errors", "out/c-r2", "out/c-checkpoint", "out/*", "out/[ab]", "out/"])
-def test_output_prefixes_that_would_be_ambiguous_are_refused(output, capsys):
+@pytest.mark.parametrize("output", ["out/*", "out/[ab]", "out/c{1,2}", " "])
+def test_output_directories_with_glob_characters_are_refused(output, capsys):
     with pytest.raises(SystemExit):
-        caption_images.parse_args(["--input", "x.jpg", "--model_dir", "m", "--output", output])
-    assert "--output" in capsys.readouterr().err
+        caption_images.parse_args(["--input", "x.jpg", "--model_dir", "m", "--output_dir", output])
+    assert "--output_dir" in capsys.readouterr().err
 
 
 

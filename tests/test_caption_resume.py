@@ -40,11 +40,12 @@ def test_killed_runs_resume_to_each_input_once(moment, inputs, fake_bundle, tmp_
                             cwd=REPO_ROOT, capture_output=True, text=True)
     assert killed.returncode == -9, killed.stderr[-3000:]
     left = _files_under(tmp_path / "out")
+    checkpoint = tables.checkpoint_dir(prefix)
     if moment == "captioning":
-        assert any("captions-checkpoint" in path for path in left)  # rows committed before the kill
+        assert any(path.startswith(checkpoint + "/") for path in left)  # rows committed before the kill
     if moment == "final_write":
-        assert any(tables.classify_output(prefix, path) for path in left)  # one shard made it...
-        assert any("captions-checkpoint" in path for path in left)  # ...and the checkpoint is still there
+        assert any(tables.shard_run(os.path.basename(path)) for path in left)  # one shard made it...
+        assert any(path.startswith(checkpoint + "/") for path in left)  # ...and the checkpoint is still there
 
     caption_images.run(args + ["--skip_existing"], test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     captions, errors = read_outputs(prefix)
@@ -80,9 +81,10 @@ def test_checkpoint_removal_and_overwrite_without_directories(inputs, fake_bundl
 
     # Stale objects an earlier run could leave: a checkpoint part naming an image no input has, a killed sink's
     # temporary file. --overwrite must remove them, and every shard, before the new run writes anything.
-    prefixfs.put(f"{checkpoint}/captions-stale.parquet", _parquet_bytes([tables.as_record(tables.caption_row(
-        "prefixfs://bucket/elsewhere.jpg", "a stale caption", -1.0, "old", 1, 1))], tables.CAPTION_SCHEMA))
-    prefixfs.put(f"prefixfs://bucket/out/beam-temp-captions--{'0123abcd' * 4}/part", b"partial")
+    prefixfs.put(f"{checkpoint}/{tables.checkpoint_part_name('captions', 'f' * 64)}", _parquet_bytes(
+        [tables.as_record(tables.caption_row("prefixfs://bucket/elsewhere.jpg", "a stale caption", -1.0, "old", 1,
+                                             1))], tables.CAPTION_SCHEMA))
+    prefixfs.put(f"{prefix}/{tables.sink_temp_name('captions', 2, '0123abcd' * 4)}/part", b"partial")
     prefixfs.put(f"prefixfs://bucket/out/beam-temp-captions-other--{'0123abcd' * 4}/part", b"another prefix's")
     seen_when_the_run_starts = []
     original_build = caption_images.build_pipeline
@@ -96,7 +98,7 @@ def test_checkpoint_removal_and_overwrite_without_directories(inputs, fake_bundl
     assert seen_when_the_run_starts == [other]  # all of this prefix's files gone; another prefix's untouched
     prefixfs.delete_object(other)
     written = prefixfs.paths()
-    assert written and all(tables.classify_output(prefix, path)[1] == 1 for path in written)  # run 1 again, alone
+    assert written and all(tables.shard_run(path.rsplit("/", 1)[1]) == 1 for path in written)  # run 1 again, alone
     check_every_input_once(*read_outputs(prefix), expected)
 
 
@@ -109,7 +111,8 @@ def test_rows_of_a_checkpoint_already_in_committed_shards_are_not_written_twice(
     captions, errors = read_outputs(prefix)
     os.makedirs(tables.checkpoint_dir(prefix))
     for kind, rows, schema in (("captions", captions, tables.CAPTION_SCHEMA), ("errors", errors, tables.ERROR_SCHEMA)):
-        with open(os.path.join(tables.checkpoint_dir(prefix), f"{kind}-left.parquet"), "wb") as handle:
+        with open(os.path.join(tables.checkpoint_dir(prefix), tables.checkpoint_part_name(kind, "a" * 64)),
+                  "wb") as handle:
             handle.write(_parquet_bytes(rows, schema))
     existing = outputs.existing_outputs(prefix)
     assert len(existing.checkpoint_parts) == 2

@@ -138,8 +138,8 @@ def test_int8_features_are_within_tolerance_of_keras(int8_model, pixels, keras_f
 
 def test_extract_and_caption_jobs_run_on_int8(int8_model, sample_dataset, sample_features, sample_bundle, tmp_path):
     from beam_jobs import caption_images
-    import pyarrow.parquet as pq
-    from schemas import fileio, tables
+    from schemas import fileio
+    from tests.caption_helpers import read_outputs
     output_dir = str(tmp_path / "int8")
     extract_features.run(["--dataset_dir", sample_dataset, "--output_dir", output_dir, "--weights", "none",
                           "--image_size", str(TEST_IMAGE_SIZE), "--min_word_count", "1", "--inference_backend",
@@ -159,8 +159,8 @@ def test_extract_and_caption_jobs_run_on_int8(int8_model, sample_dataset, sample
     caption_images.run(["--model_dir", sample_bundle, "--input", photos, "--output", prefix, "--weights", "none",
                         "--inference_backend", "openvino-int8", "--int8_model", int8_model[0]],
                        test_pipeline=local_test_pipeline())
-    rows = [row for path in fileio.glob(tables.output_glob(prefix)) for row in pq.read_table(path).to_pylist()]
-    assert len(rows) == len(os.listdir(photos)) and all(row.get("caption") for row in rows)
+    captions, errors = read_outputs(prefix)
+    assert len(captions) == len(os.listdir(photos)) and all(row["caption"] for row in captions) and not errors
 
 
 def test_int8_flags_fail_fast_with_what_to_do(int8_model, other_weights, sample_dataset, sample_bundle, tmp_path):

@@ -95,7 +95,7 @@ def test_workers_get_the_remote_weights_not_the_launchers_copy(sample_dataset, o
 def test_caption_pipeline_serializes_for_dataflow(resume):
     config = caption_images.CaptionConfig(
         inputs=("gs://example-bucket/photos/*.jpg", "gs://example-bucket/batches/*.tar.gz"),
-        output="gs://example-bucket/captions/run", model_dirs=("gs://example-bucket/model",), model_id="imcap-0",
+        output_dir="gs://example-bucket/captions/run", model_dirs=("gs://example-bucket/model",), model_id="imcap-0",
         grid=10, attention_maps=True,
         backbone="xception", weights=REMOTE_WEIGHTS, weights_sha256="0" * 64, image_size=299, beam_width=3,
         length_penalty=0.0, no_repeat_ngram_size=2, min_batch_size=8, max_batch_size=32, decode_batch_size=128,
@@ -103,8 +103,10 @@ def test_caption_pipeline_serializes_for_dataflow(resume):
         limits=archives.Limits(), read_threads=2, num_shards=0, checkpoint_rows=500, inference_backend="keras",
         int8_model=None,
         existing=outputs.ExistingOutputs(
-            committed=(("gs://example-bucket/captions/run-00000-of-00001.parquet", "captions", 1),) if resume else (),
-            checkpoint_parts=("gs://example-bucket/captions/run-checkpoint/captions-0.parquet",) if resume else (),
+            committed=(("gs://example-bucket/captions/run/captions/run1-00000-of-00001.parquet", "captions", 1),)
+            if resume else (),
+            checkpoint_parts=(f"gs://example-bucket/captions/run/checkpoint/captions-{'0' * 20}.parquet",)
+            if resume else (),
             leftovers=()))
     pipeline = beam.Pipeline(options=PipelineOptions(DATAFLOW_FLAGS))
     caption_images.build_pipeline(pipeline, config)

@@ -8,12 +8,15 @@ initializes the devices with that stderr redirected (its lines are shown if the 
 only matters to gs:// users (who install ``imcap[gcp]``); `KnownNoise` drops it.
 """
 import argparse
+import difflib
 import logging
 import os
 import sys
 import tempfile
 
 VERBOSE_ENV = "IMCAP_VERBOSE"
+STRAY_HINT = ("an unquoted glob the shell expanded, or a flag's value after a space in a place that takes none? "
+              "Quote globs ('photos/*.jpg') or give every path after one flag that takes several")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 _quiet_done = False
 
@@ -109,3 +112,87 @@ def exit_status(action) -> int:
 positive_int = _int_at_least(1, "a positive integer")  # argparse types of every command
 non_negative_int = _int_at_least(0, "an integer >= 0")
 
+
+def dashes_to_underscores(args: list[str], known) -> list[str]:
+    """``--beam-width 3`` and ``--beam-width=3`` as ``--beam_width``, for every flag whose underscored spelling is
+    in ``known`` (option strings); anything else is left as it is. Stops at ``--``."""
+    out = []
+    for position, arg in enumerate(args):
+        if arg == "--":
+            return out + args[position:]
+        name, equals, value = arg.partition("=")
+        if name.startswith("--") and "-" in name[2:] and name not in known:
+            underscored = "--" + name[2:].replace("-", "_")
+            if underscored in known:
+                arg = underscored + equals + value
+        out.append(arg)
+    return out
+
+
+def unrecognized(extras: list[str], known, hint: str = STRAY_HINT) -> str:
+    """The message for arguments no parser took: unknown flags (with the closest real flag) and stray values."""
+    flags, strays, position = [], [], 0
+    while position < len(extras):
+        arg = extras[position]
+        if arg.startswith("-") and arg != "-":
+            flags.append(arg.partition("=")[0])
+            # an unknown flag's value, if it has one, is not a stray path of its own
+            if "=" not in arg and position + 1 < len(extras) and not extras[position + 1].startswith("-"):
+                position += 1
+        else:
+            strays.append(arg)
+        position += 1
+    parts = []
+    for flag in flags:
+        close = difflib.get_close_matches("--" + flag[2:].replace("-", "_") if flag.startswith("--") else flag,
+                                          [option for option in known if option.startswith("--")], n=1, cutoff=0.75)
+        parts.append(f"unrecognized flag {flag}" + (f" (did you mean {close[0]}?)" if close else ""))
+    if strays:
+        shown = " ".join(strays[:3]) + (f" ... ({len(strays):,} in all)" if len(strays) > 3 else "")
+        parts.append(f"unexpected argument{'s' if len(strays) > 1 else ''} {shown}: {hint}")
+    return "; ".join(parts) + " (see --help)"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with what every imcap command does: a dashed spelling of a flag (``--beam-width``) is the flag
+    (``--beam_width``), and an argument no flag takes fails with the closest real flag, or, for stray values (an
+    unquoted glob the shell expanded), with what to do."""
+
+    def __init__(self, *args, stray_hint: str = STRAY_HINT, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.stray_hint = stray_hint
+
+    @property
+    def option_strings(self) -> set:
+        return set(self._option_string_actions)
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args(dashes_to_underscores(args, self.option_strings), namespace)
+
+    def check_flags(self, args, also_known=()) -> None:
+        """Fails (usage, message, exit 2) on a flag neither this parser nor ``also_known`` has, before anything
+        else is checked: a misspelt flag is named, not reported as a missing required one."""
+        known = self.option_strings | set(also_known)
+        args = dashes_to_underscores(list(args), known)
+        args = args[:args.index("--")] if "--" in args else args
+        unknown = [arg for arg in args if arg.startswith("-") and arg != "-" and not _is_number(arg)
+                   and arg.partition("=")[0] not in known]
+        if unknown:
+            self.error(unrecognized(unknown, known, self.stray_hint))
+
+    def parse_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        self.check_flags(args)
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.error(unrecognized(extras, self.option_strings, self.stray_hint))
+        return parsed
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False

@@ -13,7 +13,6 @@ Prints a JSON object and saves it as ``MODEL/eval_<split>_beam<K>.json``. With s
 in every ``--data_dir`` that has it: in-domain and out-of-domain side by side), one JSON object per split, and a
 table of them on stderr.
 """
-import argparse
 import json
 import posixpath
 import sys
@@ -134,10 +133,8 @@ def evaluate(data_dir: str, model_dir, split: str, beam_width: int | None = None
     return result
 
 
-def main(argv=None) -> int:
-    cli.setup_logging()
-    cli.quiet_tensorflow()
-    parser = argparse.ArgumentParser(prog="imcap-evaluate", description=__doc__.split("\n\n")[0])
+def parse_args(argv=None):
+    parser = cli.ArgumentParser(prog="imcap-evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data_dir", required=True, action="append",
                         help="--output_dir of the extract job; repeat it to evaluate on the splits of records of "
                              "other datasets too (extracted with the bundle's weights)")
@@ -164,6 +161,13 @@ def main(argv=None) -> int:
         parser.error("--data_dir: a directory is given twice")
     if args.output and (len(args.split or ()) > 1 or len(args.data_dir) > 1):
         parser.error("--output names one file; with several splits the results go to the bundle's directory")
+    return args
+
+
+def main(argv=None) -> int:
+    cli.setup_logging()
+    cli.quiet_tensorflow()
+    args = parse_args(argv)
     return cli.exit_status(lambda: _evaluate_splits(args))
 
 

@@ -9,7 +9,6 @@ the spatial grid too for an attention bundle, from the same forward pass), then 
 is reported on stderr with its error class and the exit status is 1. ``--attention_png DIR`` (attention bundles)
 writes ``DIR/<image name>.png``: the photo and where each word of its caption looked (`trainer.pictures`).
 """
-import argparse
 import logging
 import os
 import sys
@@ -118,7 +117,7 @@ def _write_picture(path: str, data: bytes, text: str, attention, grid) -> None:
 def main(argv=None) -> int:
     cli.setup_logging(logging.WARNING, "%(levelname)s %(message)s")
     cli.quiet_tensorflow()
-    parser = argparse.ArgumentParser(prog="imcap-predict", description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(prog="imcap-predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_dir", required=True, action="append",
                         help="a model bundle (trainer.task's --model_dir); repeat it for an ensemble")
     parser.add_argument("--attention_png", metavar="DIR",

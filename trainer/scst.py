@@ -254,7 +254,7 @@ def train(args: argparse.Namespace) -> dict:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="imcap-scst", description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(prog="imcap-scst", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data_dir", required=True, help="the extract job's records the bundle was trained on")
     parser.add_argument("--init_model_dir", required=True, help="a trained attention bundle to start from")
     parser.add_argument("--model_dir", required=True, help="where the fine-tuned bundle goes")

@@ -17,7 +17,7 @@ import argparse
 import json
 import logging
 import os
-import shutil
+import re
 import sys
 import time
 import warnings
@@ -34,6 +34,40 @@ BEST_WEIGHTS = "best.weights.h5"
 STATE_FILE = "state.json"
 ATTENTION_DIM = 256
 RUN_FILE = "run.json"  # the flags that define an interrupted run, checked when it resumes
+BACKUP_FILES = ("training_metadata.json", "latest.weights.h5")  # what Keras' BackupAndRestore writes in BACKUP
+
+
+def _delete_regular_files(paths) -> None:
+    for path in paths:
+        if os.path.isfile(path) and not os.path.islink(path):
+            os.remove(path)
+        elif os.path.islink(path):
+            logging.warning("not deleting %s: a symbolic link where a checkpoint file of imcap-train goes", path)
+
+
+def remove_own_checkpoints(checkpoint_dir: str) -> None:
+    """Deletes what this trainer writes in ``checkpoint_dir`` (its state, best weights, run flags and Keras' backup
+    files), then the folders if they are left empty: a file of anyone else stays, and no link is followed."""
+    backup_dir = os.path.join(checkpoint_dir, BACKUP)
+    if os.path.islink(checkpoint_dir) or os.path.islink(backup_dir):
+        raise ValueError(f"{checkpoint_dir} (or its {BACKUP}/) is a symbolic link; imcap-train keeps its checkpoints "
+                         "in a folder of its own: remove the link")
+    _delete_regular_files([os.path.join(backup_dir, name) for name in BACKUP_FILES])
+    _delete_regular_files([os.path.join(checkpoint_dir, name) for name in (STATE_FILE, BEST_WEIGHTS, RUN_FILE)])
+    for folder in (backup_dir, checkpoint_dir):
+        try:
+            os.rmdir(folder)  # only when empty
+        except OSError:
+            pass
+
+
+def remove_stale_cache(cache_dir: str, splits) -> None:
+    """Deletes the tf.data cache files of these splits (``grids-<split>.index``, ``.data-*-of-*``, lock files),
+    which would be read as the grids of other records; nothing else in ``cache_dir``."""
+    stems = "|".join(re.escape(f"grids-{records.split_file_stem(split)}") for split in splits if split)
+    own = re.compile(rf"(?:{stems})(?:\.index|\.data-\d+-of-\d+|_\d+\.lockfile|\.lockfile)")
+    _delete_regular_files([os.path.join(cache_dir, name) for name in sorted(os.listdir(cache_dir))
+                           if own.fullmatch(name)])
 RUN_FLAGS = ("decoder", "train_split", "eval_split", "batch_size", "embedding_dim", "units", "attention_dim",
              "dropout", "recurrent_dropout", "learning_rate", "lr_decay", "clipnorm", "select_by", "feature_scaling",
              "length_buckets", "seed")
@@ -45,7 +79,7 @@ AUTO_DECODER = "auto"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="imcap-train", description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(prog="imcap-train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data_dir", required=True, help="--output_dir of the extract job")
     parser.add_argument("--model_dir", required=True, help="where the bundle, checkpoints and logs go")
     parser.add_argument("--train_split", default="train")
@@ -280,11 +314,11 @@ def train(args: argparse.Namespace) -> dict:
     os.makedirs(args.model_dir, exist_ok=True)
     checkpoint_dir = os.path.join(args.model_dir, CHECKPOINTS)
     backup_dir = os.path.join(checkpoint_dir, BACKUP)
-    if args.restart and os.path.exists(checkpoint_dir):
-        shutil.rmtree(checkpoint_dir)
-    resume = os.path.exists(os.path.join(backup_dir, "training_metadata.json"))
-    if not resume and os.path.exists(checkpoint_dir):
-        shutil.rmtree(checkpoint_dir)  # the state of a finished run; this one starts fresh
+    if args.restart:
+        remove_own_checkpoints(checkpoint_dir)
+    resume = os.path.exists(os.path.join(backup_dir, BACKUP_FILES[0]))
+    if not resume:
+        remove_own_checkpoints(checkpoint_dir)  # the state of a finished run; this one starts fresh
     os.makedirs(checkpoint_dir, exist_ok=True)
     _check_resumed_run(os.path.join(checkpoint_dir, RUN_FILE), args, resume)
 
@@ -297,9 +331,7 @@ def train(args: argparse.Namespace) -> dict:
         cache = (lambda split: os.path.join(args.cache_dir, f"grids-{records.split_file_stem(split)}")) if args.cache_dir else (lambda _: "")
         if args.cache_dir:
             os.makedirs(args.cache_dir, exist_ok=True)
-            for stale in os.listdir(args.cache_dir):  # a cache of other records would be read as these
-                if stale.startswith("grids-"):
-                    os.remove(os.path.join(args.cache_dir, stale))
+            remove_stale_cache(args.cache_dir, (args.train_split, args.eval_split))
         train_batches = data.grid_caption_dataset(args.data_dir, args.train_split, feature_dim, grid,
                                                   images_per_batch, training=True, seed=args.seed,
                                                   image_count=train_images, cache_file=cache(args.train_split))
