@@ -41,7 +41,7 @@ from beam_jobs.image_transforms import (DEFAULT_READ_THREADS, FeaturesOfImages, 
                                         check_feature_flags)
 from beam_jobs.inference import (AUTO_BACKEND, INT8_BACKEND, MODELS, GenerateCaptions, Models, check_backend,
                                  check_int8_model)
-from beam_jobs.inputs import ResolveInputs, SelectInputs, effective_pattern
+from beam_jobs.inputs import ResolveInputs, SelectInputs, effective_pattern, literal_paths
 from beam_jobs.outputs import ReadDoneUris, WriteCaptionOutputs
 from schemas import backbones, tables
 from schemas.bundle import BundleKeys
@@ -171,7 +171,7 @@ def _check_filesystem(flag: str, path: str) -> None:
 
 def _matches_something(pattern: str) -> bool:
     _check_filesystem("--input", pattern)
-    return bool(sources.match_paths(effective_pattern(pattern)))
+    return bool(literal_paths(pattern) or sources.match_paths(effective_pattern(pattern)))
 
 
 def _backend_for(args: argparse.Namespace, bundle) -> tuple[str, str | None]:

@@ -80,6 +80,18 @@ def effective_pattern(pattern: str) -> str:
     return pattern if sources.match_paths(pattern) else pattern.rstrip("/") + "/**"
 
 
+def literal_paths(given: str) -> list[str] | None:
+    """A local --input with glob characters that names an existing file or directory (``photos/a[1].jpg``, as the
+    shell passes the files an unquoted glob expanded to): the file itself, or the files under the directory (as
+    Beam lists them, no link to a directory followed). None when it is a glob to match."""
+    local = _local(given)
+    if local is None or not sources.has_glob_characters(local) or not os.path.lexists(local):
+        return None
+    if not os.path.isdir(local):
+        return [local]
+    return sorted(os.path.join(directory, name) for directory, _, names in os.walk(local) for name in names)
+
+
 DIRECTORY_LINK = ("a symbolic link to a directory: not followed (links inside a folder may loop); give its target "
                   "as an --input to caption it")
 
@@ -90,6 +102,11 @@ class MatchPatterns(beam.DoFn):
 
     def process(self, encoded: bytes):
         given = _decode(encoded)
+        literal = literal_paths(given)
+        if literal:
+            for path in literal:
+                yield _encode(_canonical_path(path))
+            return
         pattern = effective_pattern(given)
         try:
             matched = FileSystems.match([pattern])[0].metadata_list

@@ -59,9 +59,9 @@ def _listing(directory: str) -> list[str]:
     """The files directly in a folder, any Beam filesystem (none when it does not exist). Locally, symbolic links
     and other non-directories are listed too (so that they are seen), and nothing is listed below the folder."""
     local = sinks.local_path(directory)
-    if local is None:
+    if local is None:  # a "folder" placeholder object (DIR/, as consoles and gcsfuse make) is no file
         return [path for path in sources.match_paths(posixpath.join(directory, "*"))
-                if posixpath.dirname(path) == directory.rstrip("/")]
+                if posixpath.dirname(path) == directory.rstrip("/") and not path.endswith("/")]
     if os.path.islink(local) or not os.path.isdir(local):
         return []
     return [posixpath.join(directory, name) for name in sorted(os.listdir(local))
@@ -72,6 +72,16 @@ def _regular(path: str) -> bool:
     """Whether a listed path is a file the job could have written (locally: a regular file, not a link)."""
     local = sinks.local_path(path)
     return local is None or (os.path.isfile(local) and not os.path.islink(local))
+
+
+def _nested(directory: str) -> list[str]:
+    """What lies below a folder's own files: local subfolders (not through a link), or on an object store the
+    objects whose names go on below it (readers such as pyarrow read those as part of the table)."""
+    local = sinks.local_path(directory)
+    if local is None:
+        return [path for path in sources.match_paths(posixpath.join(directory, "**"))
+                if posixpath.dirname(path) != directory.rstrip("/") and not path.endswith("/")]
+    return _local_subfolders(directory)
 
 
 def _local_subfolders(directory: str) -> list[str]:
@@ -99,7 +109,7 @@ def check_own_folders(output_dir: str) -> None:
         foreign = [path for path in _listing(folder) if not _regular(path) or
                    (tables.checkpoint_part_table(posixpath.basename(path)) if is_checkpoint
                     else tables.shard_run(posixpath.basename(path))) is None]
-        foreign += _local_subfolders(folder)
+        foreign += _nested(folder)
         if foreign:
             shown = ", ".join(posixpath.basename(path) for path in foreign[:3])
             more = f" and {len(foreign) - 3:,} more" if len(foreign) > 3 else ""

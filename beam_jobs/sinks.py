@@ -54,7 +54,10 @@ class _OwnFilesOnly:
         # of the folder readers list, so that a killed run leaves nothing a reader of that folder would take in.
         if not self.temp_parent:
             return super()._create_temp_dir(file_path_prefix)
-        return FileSystems.join(self.temp_parent, f"beam-temp-{self.temp_label}-{uuid.uuid1().hex}")
+        parent = self.temp_parent
+        if local_path(parent) is not None:  # absolute, as Beam's own: finalizing matches the files by their paths
+            parent = os.path.abspath(local_path(parent))
+        return FileSystems.join(parent, f"beam-temp-{self.temp_label}-{uuid.uuid1().hex}")
 
 
 class ParquetShardSink(_OwnFilesOnly, parquetio._ParquetSink):  # pylint: disable=protected-access

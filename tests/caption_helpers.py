@@ -90,7 +90,7 @@ def shard_paths(output_dir, table):
         matched = FileSystems.match([posixpath.join(tables.table_dir(output_dir, table), "*")])[0].metadata_list
     except Exception:  # nothing matches
         matched = []
-    paths = sorted(metadata.path for metadata in matched)
+    paths = sorted(metadata.path for metadata in matched if not metadata.path.endswith("/"))  # no placeholders
     for path in paths:
         assert tables.shard_run(posixpath.basename(path)) is not None, f"not a shard in a table's folder: {path}"
     return paths

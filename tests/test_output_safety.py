@@ -141,6 +141,19 @@ def test_files_the_job_did_not_write_in_its_folders_are_refused_and_kept(photos,
         shutil.rmtree(out / folder)
 
 
+@pytest.mark.parametrize("runner", [None, "BundleBasedDirectRunner"])
+def test_a_relative_output_dir_as_the_readme_writes_it(runner, photos, fake_bundle, tmp_path, monkeypatch):
+    paths, expected = photos
+    monkeypatch.chdir(tmp_path)
+    args = argv(paths, fake_bundle, "out/run1")
+    if runner:
+        caption_images.run(args + [f"--runner={runner}"], models=FAKE_MODELS)
+    else:
+        caption_images.run(args, test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
+    check_every_input_once(*read_outputs(str(tmp_path / "out" / "run1")), expected)
+    assert sorted(os.listdir(tmp_path / "out" / "run1")) == ["captions", "errors"]
+
+
 def test_an_output_dir_that_is_a_file_is_refused_at_launch(photos, fake_bundle, tmp_path):
     paths, _ = photos
     (tmp_path / "out").write_bytes(b"the user's file")
@@ -232,7 +245,8 @@ def test_trainer_deletes_only_its_own_checkpoint_and_cache_files(tmp_path):
     (model_dir / task.CHECKPOINTS / task.STATE_FILE).write_text("{}")
     cache = tmp_path / "cache"
     cache.mkdir()
-    for name in ("grids-my-notes.txt", "grids-train.index", "grids-train.data-00000-of-00001", "other.bin"):
+    for name in ("grids-my-notes.txt", "grids-train.index", "grids-train.data-00000-of-00001", "other.bin",
+                 "grids-train_0.data-00000-of-00001.tempstate8812", "grids-train_0.lockfile", "grids-dev_1.index"):
         (cache / name).write_text("x")
     task.remove_own_checkpoints(str(model_dir / task.CHECKPOINTS))
     task.remove_stale_cache(str(cache), ("train", "dev"))
@@ -306,3 +320,44 @@ def test_shards_of_the_earlier_layout_are_resumed_from_and_never_deleted(photos,
                        models=FAKE_MODELS)
     assert old_shard.exists()
     check_every_input_once(*read_outputs(str(out)), expected)
+
+
+def test_files_the_shell_expanded_whose_names_hold_glob_characters(photos, fake_bundle, tmp_path):
+    """``--input photos/*.jpg`` unquoted passes ``photos/a[1].jpg``: that file, not a glob to match again."""
+    paths, _ = photos
+    odd = [os.path.join(os.path.dirname(paths[0]), name) for name in ("a[1].jpg", "b*.jpg", "c?.jpg")]
+    for source, target in zip(paths, odd):
+        os.rename(source, target)
+    folder = tmp_path / "odd [folder]"
+    shutil.copytree(os.path.dirname(paths[0]), folder)
+    out = str(tmp_path / "out")
+    caption_images.run(["--input", *odd, paths[3], str(folder), "--model_dir", fake_bundle, "--output_dir", out],
+                       test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
+    expected = {path: None for path in odd + [paths[3]]}
+    expected.update({str(folder / name): None for name in os.listdir(folder)})
+    check_every_input_once(*read_outputs(out), expected)
+
+
+def test_on_an_object_store_nested_objects_are_foreign_and_folder_placeholders_are_not(photos, fake_bundle):
+    from tests import prefixfs
+    paths, expected = photos
+    prefixfs.clear()
+    out = "prefixfs://bucket/out"
+    prefixfs.put(f"{out}/captions/", b"")  # a console's folder placeholder: nobody's table
+    caption_images.run(argv(paths, fake_bundle, out), test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
+    check_every_input_once(*read_outputs(out), expected)
+    prefixfs.put(f"{out}/captions/sub/x.parquet", b"a reader of captions/ would read this too")
+    with pytest.raises(ValueError, match="holds files the caption job did not write .*x.parquet"):
+        caption_images.run(argv(paths, fake_bundle, out, "--skip_existing"), models=FAKE_MODELS)
+    assert prefixfs.get(f"{out}/captions/sub/x.parquet").startswith(b"a reader")
+
+
+def test_flag_values_argparse_takes_are_not_taken_for_flags(capsys):
+    from trainer import task
+    args, beam_args = caption_images.parse_args(["--input", "a.jpg", "--model_dir", "M", "--output_dir", "O",
+                                                 "--length_penalty", "-0.5", "--environment_config", "-v /a:/b im"])
+    assert args.length_penalty == -0.5 and beam_args == ["--environment_config", "-v /a:/b im"]
+    assert task.parse_args(["--data_dir", "d", "--model_dir", "m", "--epoch", "2"]).epochs == 2  # an abbreviation
+    with pytest.raises(SystemExit):
+        caption_images.parse_args(["--input", "a.jpg", "--model_dir", "M", "--output_dir", "O", "--", "b.jpg"])
+    assert "'--' ends the flags" in capsys.readouterr().err

@@ -131,9 +131,13 @@ def dashes_to_underscores(args: list[str], known) -> list[str]:
 
 def unrecognized(extras: list[str], known, hint: str = STRAY_HINT) -> str:
     """The message for arguments no parser took: unknown flags (with the closest real flag) and stray values."""
-    flags, strays, position = [], [], 0
+    flags, strays, position, parts_first = [], [], 0, []
     while position < len(extras):
         arg = extras[position]
+        if arg == "--":
+            parts_first = ["'--' ends the flags, and this command takes no arguments after them"]
+            strays.extend(extras[position + 1:])
+            break
         if arg.startswith("-") and arg != "-":
             flags.append(arg.partition("=")[0])
             # an unknown flag's value, if it has one, is not a stray path of its own
@@ -142,7 +146,7 @@ def unrecognized(extras: list[str], known, hint: str = STRAY_HINT) -> str:
         else:
             strays.append(arg)
         position += 1
-    parts = []
+    parts = list(parts_first)
     for flag in flags:
         close = difflib.get_close_matches("--" + flag[2:].replace("-", "_") if flag.startswith("--") else flag,
                                           [option for option in known if option.startswith("--")], n=1, cutoff=0.75)
@@ -176,10 +180,16 @@ class ArgumentParser(argparse.ArgumentParser):
         known = self.option_strings | set(also_known)
         args = dashes_to_underscores(list(args), known)
         args = args[:args.index("--")] if "--" in args else args
+        # as argparse: a negative number or a text with a space is a value, never a flag
         unknown = [arg for arg in args if arg.startswith("-") and arg != "-" and not _is_number(arg)
-                   and arg.partition("=")[0] not in known]
+                   and " " not in arg and not self._known_or_abbreviated(arg.partition("=")[0], known)]
         if unknown:
             self.error(unrecognized(unknown, known, self.stray_hint))
+
+    def _known_or_abbreviated(self, flag: str, known) -> bool:
+        if flag in known:
+            return True
+        return self.allow_abbrev and flag.startswith("--") and len([k for k in known if k.startswith(flag)]) == 1
 
     def parse_args(self, args=None, namespace=None):
         args = sys.argv[1:] if args is None else list(args)

@@ -65,7 +65,9 @@ def remove_stale_cache(cache_dir: str, splits) -> None:
     """Deletes the tf.data cache files of these splits (``grids-<split>.index``, ``.data-*-of-*``, lock files),
     which would be read as the grids of other records; nothing else in ``cache_dir``."""
     stems = "|".join(re.escape(f"grids-{records.split_file_stem(split)}") for split in splits if split)
-    own = re.compile(rf"(?:{stems})(?:\.index|\.data-\d+-of-\d+|_\d+\.lockfile|\.lockfile)")
+    # tf.data writes <name>.index and <name>.data-*-of-*, or <name>_N.* while a cache is being written (a killed
+    # write leaves <name>_N.data-*.tempstate<digits>, as large as the grids), and <name>[_N].lockfile
+    own = re.compile(rf"(?:{stems})(?:_\d+)?(?:\.index|\.data-\d+-of-\d+(?:\.tempstate\d+)?|\.lockfile)")
     _delete_regular_files([os.path.join(cache_dir, name) for name in sorted(os.listdir(cache_dir))
                            if own.fullmatch(name)])
 RUN_FLAGS = ("decoder", "train_split", "eval_split", "batch_size", "embedding_dim", "units", "attention_dim",
