@@ -11,10 +11,11 @@ member, damaged or not -- is in exactly one of them, and no input can stop the r
 
 The pipeline, one composite per concern::
 
-    Patterns ─ ResolveInputs ─ SelectInputs ─ ReadAndPrepare ─ Features ─ Captions ─ Write
-               (inputs: match,   (inputs: one    (image_transforms:    (inference:          (outputs: checkpoint,
-               route, lists)     join on URIs    files and archives    RunInference x2)     shards, resume)
-                                 with done URIs) read and decoded)
+    Patterns ─ ResolveInputs ─ SelectInputs ─ ReadImages ─ Features ─ Captions ─ Write
+               (inputs: match,   (inputs: one    (image_transforms:  (inference:          (outputs: checkpoint,
+               route, lists)     join on URIs    archives cut into   RunInference x2)     shards, resume)
+                                 with done URIs) work units, spread,
+                                                 read and decoded)
 
 Only URIs go through the one shuffle (the join that drops duplicates and what earlier runs did); image bytes are
 read after it and never leave the step that decodes them, so memory does not grow with the size of the inputs.
@@ -37,6 +38,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs import archives, outputs, runtime, sources
+from beam_jobs.archives import units
 from beam_jobs.image_transforms import (DEFAULT_READ_THREADS, FeaturesOfImages, ReadImages, add_feature_flags,
                                         check_feature_flags)
 from beam_jobs.inference import (AUTO_BACKEND, INT8_BACKEND, MODELS, GenerateCaptions, Models, check_backend,
@@ -70,6 +72,7 @@ class CaptionConfig(typing.NamedTuple):
     max_image_pixels: int
     limits: archives.Limits
     read_threads: int
+    unit_members: int  # archive members per work unit
     num_shards: int
     checkpoint_rows: int
     inference_backend: str
@@ -133,6 +136,10 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
                              "(default 200; photos are about 1)")
     parser.add_argument("--read_threads", type=runtime.positive_int, default=DEFAULT_READ_THREADS,
                         help="threads per worker that read and decode images while the model runs")
+    parser.add_argument("--archive_unit_members", type=runtime.positive_int, default=units.DEFAULT_UNIT_MEMBERS,
+                        help="archive members per work unit: an archive is cut into units that spread over the "
+                             f"workers (default {units.DEFAULT_UNIT_MEMBERS}, about 2 s of one vCPU's work; at most "
+                             f"{units.DEFAULT_UNIT_BYTES // 2**20} MiB of members per unit)")
     add_feature_flags(parser, "auto (default): the backend of the features the bundle was trained on: openvino-int8 "
                       "with the bundle's own int8 model (extractor_int8/) for bundles trained on int8 records, "
                       "keras for bundles trained on keras records",
@@ -264,7 +271,7 @@ def prepare(args: argparse.Namespace, models: Models = MODELS) -> CaptionConfig:
         decode_batch_size=args.decode_batch_size, max_image_pixels=args.max_image_pixels,
         limits=archives.Limits(max_member_bytes=args.max_image_bytes, max_archive_bytes=args.max_archive_bytes,
                                max_ratio=args.max_compression_ratio),
-        read_threads=args.read_threads, num_shards=args.num_shards, checkpoint_rows=args.checkpoint_rows,
+        read_threads=args.read_threads, unit_members=args.archive_unit_members, num_shards=args.num_shards, checkpoint_rows=args.checkpoint_rows,
         inference_backend=backend, int8_model=int8_model, existing=existing, models=models)
 
 
@@ -275,7 +282,9 @@ def build_pipeline(pipeline: beam.Pipeline, config: CaptionConfig) -> None:
                 | "ResolveInputs" >> ResolveInputs()
                 | "SelectInputs" >> SelectInputs(done_uris))
     prepared = selected.refs | "ReadImages" >> ReadImages(
-        config.image_size, config.max_image_pixels, config.limits, config.read_threads, depth=config.max_batch_size)
+        config.image_size, config.max_image_pixels, config.limits, tables.spill_dir(config.output_dir,
+                                                                                     config.run_number),
+        config.read_threads, depth=config.max_batch_size, unit_members=config.unit_members)
     captions = (prepared.images
                 | "Features" >> FeaturesOfImages(config.models.feature_handler(
                     config.backbone, config.weights, config.image_size, min_batch_size=config.min_batch_size,
@@ -287,7 +296,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: CaptionConfig) -> None:
                     attention_maps=config.attention_maps, no_repeat_ngram_size=config.no_repeat_ngram_size),
                     config.model_id))
     errors = (selected.errors, prepared.errors) | "AllErrors" >> beam.Flatten()
-    _ = (captions, errors) | "Write" >> WriteCaptionOutputs(
+    _ = (captions, errors, prepared.spills) | "Write" >> WriteCaptionOutputs(
         config.output_dir, config.run_number, config.num_shards, config.checkpoint_rows, config.existing)
 
 

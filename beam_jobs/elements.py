@@ -1,9 +1,10 @@
 """The named elements that cross the jobs' steps (rows are `schemas.tables.CaptionRow`/`ErrorRow`).
 
-    InputRef ──ReadAndPrepare──▶ PreparedImage ──(ImageKey, pixels)──▶ ExtractFeatures ──(ImageKey, features)──▶
-        GenerateCaptions ──▶ CaptionRow
+    InputRef ──ExpandInputs──▶ WorkUnit ──(redistributed)──▶ ReadUnits ──▶ PreparedImage ──(ImageKey, pixels)──▶
+        ExtractFeatures ──(ImageKey, features)──▶ GenerateCaptions ──▶ CaptionRow
 
-Only `InputRef`s (URIs, never image bytes) go through a shuffle; pixels and features stay inside one fused stage.
+Only `InputRef`s and `WorkUnit`s (URIs and member offsets, never image bytes) go through a shuffle; pixels and
+features stay inside one fused stage.
 """
 import typing
 
@@ -35,6 +36,22 @@ class InputRef(typing.NamedTuple):
         return self.location.decode("utf-8", "surrogateescape") if self.location else self.uri
 
 
+class WorkUnit(typing.NamedTuple):
+    """What one worker reads: a loose image file (``kind`` image, no spans), or up to a few dozen members of an
+    archive as references (`beam_jobs.archives.MemberSpan`: where each member's bytes are), so that one archive's
+    members spread over every worker. ``archive_size``: the archive's size when it was indexed (a changed archive
+    is not read); ``number``: the unit's place among its archive's units."""
+    uri: str
+    kind: str  # sources.IMAGE or sources.ARCHIVE
+    location: bytes = b""  # as InputRef.location
+    spans: tuple = ()
+    archive_size: int = 0
+    number: int = 0
+
+    def path(self) -> str:
+        return self.location.decode("utf-8", "surrogateescape") if self.location else self.uri
+
+
 class MemberReference(typing.NamedTuple):
     """A list line naming one member of an archive (``ARCHIVE!MEMBER``, as in the outputs)."""
     archive: str  # the archive's URI
@@ -43,10 +60,12 @@ class MemberReference(typing.NamedTuple):
 
 
 class ImageKey(typing.NamedTuple):
-    """What travels with an image's pixels and features: its URI and upright size."""
+    """What travels with an image's pixels and features: its URI and upright size, and for a member of a WebDataset
+    sample that sample's fields ((column, value) pairs of `schemas.tables.SAMPLE_COLUMNS`)."""
     uri: str
     width: int
     height: int
+    sample: tuple = ()
 
 
 class PreparedImage(typing.NamedTuple):

@@ -1,8 +1,9 @@
 """Beam transforms that turn image files into backbone inputs and features, shared by the extract and caption jobs.
 
-Bytes are read and decoded inside one DoFn, so that no image byte ever travels between stages: `ReadAndPrepare`
-takes `InputRef`s (an image file, or an archive streamed member by member) and emits `PreparedImage`s; decoding
-runs on background threads (`--read_threads`) so that it overlaps the model's work on the previous batch. Every
+Bytes are read and decoded inside one DoFn, so that no image byte ever travels between stages: `ExpandInputs` turns
+`InputRef`s into `WorkUnit`s (an image file, or a few dozen members of an archive as offsets), which are
+redistributed over the workers; `ReadUnits` reads each unit's bytes and emits `PreparedImage`s, decoding on
+background threads (`--read_threads`) so that it overlaps the model's work on the previous batch. Every
 failure becomes an error row (`schemas.tables.ErrorRow`) on the ``errors`` output instead of failing the job, and
 an unexpected exception is an ``internal_error`` row for the input it happened on.
 """
@@ -15,13 +16,15 @@ import typing
 from concurrent.futures import ThreadPoolExecutor
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_jobs import archives, runtime, sources
-from beam_jobs.elements import ERRORS, ImageKey, InputRef, PreparedImage
+from beam_jobs.archives import units
+from beam_jobs.elements import ERRORS, ImageKey, InputRef, PreparedImage, WorkUnit
 from beam_jobs.inference import AUTO_BACKEND, INFERENCE_BACKENDS
 from beam_jobs.runtime import counter
 from schemas import images, tables
@@ -62,15 +65,17 @@ def read_error_row(uri: str, error: Exception) -> ErrorRow:
     return tables.error_row(uri, images.READ_ERROR, f"cannot read the file: {images.describe_error(error)}")
 
 
-def prepare_bytes(uri: str, data: bytes, image_size: int, max_pixels: int) -> PreparedImage | ErrorRow:
-    """Decoded and resized pixels, or the error row saying why not; never raises."""
+def prepare_bytes(uri: str, data: bytes, image_size: int, max_pixels: int,
+                  sample: tuple = ()) -> PreparedImage | ErrorRow:
+    """Decoded and resized pixels (with the fields of the WebDataset sample the image belongs to), or the error row
+    saying why not; never raises."""
     try:
         pixels, (width, height) = images.prepare_image(data, image_size, max_pixels)
     except images.ImageError as error:
         return tables.error_row(uri, error.error_class, error.message)
     except Exception as error:
         return runtime.internal_error_row(uri, error)
-    return PreparedImage(ImageKey(uri, width, height), pixels)
+    return PreparedImage(ImageKey(uri, width, height, sample), pixels)
 
 
 def read_and_prepare(uri: str, path: str, image_size: int, max_pixels: int,
@@ -184,65 +189,55 @@ class _ReadAhead:
                 self._space.notify_all()
 
 
-@beam.typehints.with_input_types(InputRef)
-@beam.typehints.with_output_types(PreparedImage)
-class ReadAndPrepare(beam.DoFn):
-    """`InputRef` -> `PreparedImage` per image (main output) and `ErrorRow`s (``errors``).
+SPILLS = "spills"  # the tag of the spill files an archive's indexing wrote (deleted when the run is committed)
 
-    An image file is read (at most ``max_image_bytes``) and decoded on a background thread. An archive is streamed
-    here (`beam_jobs.archives.read_archive`), passing over the members its ref marks as done or claimed; each image
-    member's bytes go straight to a decode thread. Nothing leaves this DoFn but pixels and rows.
+
+@beam.typehints.with_input_types(InputRef)
+@beam.typehints.with_output_types(WorkUnit)
+class ExpandInputs(beam.DoFn):
+    """`InputRef` -> `WorkUnit`s (main), `ErrorRow`s (``errors``) and the spill files written (``spills``).
+
+    An image file is one unit. An archive is indexed here (`beam_jobs.archives.index_archive`: a zip's directory,
+    a tar's headers; a compressed tar decompressed once into spill files) and cut into units of member references
+    (`beam_jobs.archives.units`), passing over the members its ref marks as done or claimed; every entry that is no
+    image to read gets its row here. No member's bytes leave this step (those of a compressed tar go to files).
     """
 
-    def __init__(self, image_size: int, max_pixels: int, limits: archives.Limits,
-                 read_threads: int = DEFAULT_READ_THREADS, depth: int = 32):
-        self._image_size, self._max_pixels, self._limits = image_size, max_pixels, limits
-        self._threads, self._depth = read_threads, depth
-        self._pool = self._progress = None
+    def __init__(self, limits: archives.Limits, spill_dir: str, unit_members: int = units.DEFAULT_UNIT_MEMBERS,
+                 unit_bytes: int = units.DEFAULT_UNIT_BYTES):
+        self._limits, self._spill_dir = limits, spill_dir
+        self._unit_members, self._unit_bytes = unit_members, unit_bytes
 
-    def setup(self):
-        self._pool = _OrderedPool(self._threads, self._depth)
-        self._progress = runtime.ProgressLog("inputs read (files and archives)")
-
-    def teardown(self):
-        if self._pool is not None:
-            self._pool.shutdown()
-
-    def _outputs(self, results):
-        for result in results:
-            if isinstance(result, PreparedImage):
-                counter("images_decoded").inc()
-                yield result
-            else:
-                yield beam.pvalue.TaggedOutput(ERRORS, result)
-
-    def process(self, ref: InputRef, total: int = 0):
-        self._progress.add(total=total)
-        if ref.kind == sources.ARCHIVE:
-            yield from self._archive(ref)
+    def process(self, ref: InputRef):
+        if ref.kind != sources.ARCHIVE:
+            yield WorkUnit(uri=ref.uri, kind=ref.kind, location=ref.location)
             return
+        yield from self._archive(ref)
+
+    @staticmethod
+    def _size(path: str) -> int | None:
         try:
-            yield from self._outputs(self._pool.submit(
-                read_and_prepare, ref.uri, ref.path(), self._image_size, self._max_pixels,
-                self._limits.max_member_bytes))
-        except Exception as error:
-            yield beam.pvalue.TaggedOutput(ERRORS, runtime.internal_error_row(ref.uri, error))
+            return FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+        except Exception:  # no such file, or a name that is a glob: reading it will tell
+            return None
 
     def _archive(self, ref: InputRef):
-        """Streams an archive: every entry's row (``only``: just the members a list names, the archive being no
-        input itself). Members a list names that the archive turns out not to hold get a row too."""
+        """Indexes an archive: its units, and every entry's row (``only``: just the members a list names, the
+        archive being no input itself). Members a list names that the archive turns out not to hold get a row."""
         done, claimed, listed = set(ref.done), set(ref.claimed), set(ref.listed) | set(ref.only)
         whole = not ref.only
         prefix = ref.uri + tables.MEMBER_SEPARATOR
         seen, stop, damage = set(), None, None
         archive_row_written = sources.ITSELF in done
         counter("archives_read").inc()
+        spill = units.SpillWriter(self._spill_dir, ref.uri)
+        builder = units.UnitBuilder(ref.uri, ref.location, self._size(ref.path()), self._unit_members,
+                                    self._unit_bytes, spill)
         try:
-            events = archives.read_archive(ref.uri, ref.path(), skip=done | claimed,
-                                           only=None if whole else set(ref.only), limits=self._limits)
-            read_ahead = _ReadAhead(events, lambda uri, data: self._pool.submit_unordered(
-                prepare_bytes, uri, data, self._image_size, self._max_pixels), self._depth)
-            for event, prepared in read_ahead:
+            events = units.group_samples(archives.index_archive(
+                ref.uri, ref.path(), skip=done | claimed, only=None if whole else set(ref.only), limits=self._limits,
+                spill=spill), ref.uri)
+            for event in events:
                 part = sources.ITSELF if event.uri == ref.uri else event.uri[len(prefix):]
                 if isinstance(event, archives.MemberFailure):
                     if part == sources.ITSELF:
@@ -253,9 +248,13 @@ class ReadAndPrepare(beam.DoFn):
                     continue  # not an input: only the members the list names are
                 first_time = part not in seen
                 seen.add(part)
-                if isinstance(event, archives.MemberData):
-                    counter("archive_members").inc()
-                    yield from self._outputs([prepared])
+                if isinstance(event, archives.MemberSpan):
+                    counter("archive_members_indexed").inc()
+                    unit = builder.add(event)
+                    if unit is not None:
+                        yield unit
+                elif isinstance(event, units.SamplePart):
+                    counter("sample_parts").inc()
                 elif isinstance(event, archives.MemberSkipped) and event.reason == archives.SKIPPED_DUPLICATE:
                     counter("duplicate_inputs").inc()
                 elif part in claimed:
@@ -274,6 +273,12 @@ class ReadAndPrepare(beam.DoFn):
                 logging.error("internal error on archive %s after its own row was written", ref.uri, exc_info=error)
                 counter("internal_errors_without_row").inc()
             stop = archives.MemberFailure(ref.uri, images.INTERNAL_ERROR, images.describe_error(error))
+        unit = builder.finish()
+        if unit is not None:
+            yield unit
+        counter("archive_units").inc(builder.units)
+        for path in spill.paths:
+            yield beam.pvalue.TaggedOutput(SPILLS, path)
         counter("duplicate_inputs").inc(len(set(ref.listed) & seen))  # listed, and read as part of the archive
         for part in sorted(listed - seen - done - claimed):
             yield beam.pvalue.TaggedOutput(ERRORS, self._unread_member(ref.uri, prefix + part, stop, damage))
@@ -290,6 +295,69 @@ class ReadAndPrepare(beam.DoFn):
             return tables.error_row(uri, images.CORRUPT_ARCHIVE, f"no member of this name was read from "
                                                                  f"{archive_uri}, which has damage: {damage.message}")
         return tables.error_row(uri, images.MISSING_FILE, f"no member of this name in {archive_uri}")
+
+
+@beam.typehints.with_input_types(WorkUnit)
+@beam.typehints.with_output_types(PreparedImage)
+class ReadUnits(beam.DoFn):
+    """`WorkUnit` -> `PreparedImage` per image (main output) and `ErrorRow`s (``errors``).
+
+    An image file is read (at most ``max_image_bytes``) and decoded on a background thread. An archive's unit is
+    read member by member where its spans say (`beam_jobs.archives.read_spans`: the archive opened once, each
+    member range-read) on a read-ahead thread, and each member's bytes go straight to a decode thread. Nothing
+    leaves this DoFn but pixels and rows.
+    """
+
+    def __init__(self, image_size: int, max_pixels: int, limits: archives.Limits,
+                 read_threads: int = DEFAULT_READ_THREADS, depth: int = 32):
+        self._image_size, self._max_pixels, self._limits = image_size, max_pixels, limits
+        self._threads, self._depth = read_threads, depth
+        self._pool = self._progress = None
+
+    def setup(self):
+        self._pool = _OrderedPool(self._threads, self._depth)
+        self._progress = runtime.ProgressLog("work units read (files and parts of archives)")
+
+    def teardown(self):
+        if self._pool is not None:
+            self._pool.shutdown()
+
+    def _outputs(self, results):
+        for result in results:
+            if isinstance(result, PreparedImage):
+                counter("images_decoded").inc()
+                yield result
+            else:
+                yield beam.pvalue.TaggedOutput(ERRORS, result)
+
+    def process(self, unit: WorkUnit, total: int = 0):
+        self._progress.add(total=total)
+        if unit.kind != sources.ARCHIVE:
+            try:
+                yield from self._outputs(self._pool.submit(
+                    read_and_prepare, unit.uri, unit.path(), self._image_size, self._max_pixels,
+                    self._limits.max_member_bytes))
+            except Exception as error:
+                yield beam.pvalue.TaggedOutput(ERRORS, runtime.internal_error_row(unit.uri, error))
+            return
+        samples = {span.uri: span.sample for span in unit.spans if span.sample}
+        written = set()
+        try:
+            events = archives.read_spans(unit.spans, unit.path(), self._limits, unit.archive_size or None)
+            read_ahead = _ReadAhead(events, lambda uri, data: self._pool.submit_unordered(
+                prepare_bytes, uri, data, self._image_size, self._max_pixels, samples.get(uri, ())), self._depth)
+            for event, prepared in read_ahead:
+                written.add(event.uri)
+                if isinstance(event, archives.MemberData):
+                    counter("archive_members").inc()
+                    yield from self._outputs([prepared])
+                else:
+                    yield beam.pvalue.TaggedOutput(ERRORS, tables.error_row(event.uri, event.error_class,
+                                                                            event.message))
+        except Exception as error:  # each member not yet handed out gets its row; the unit's other rows stand
+            for span in unit.spans:
+                if span.uri not in written:
+                    yield beam.pvalue.TaggedOutput(ERRORS, runtime.internal_error_row(span.uri, error))
 
     def finish_bundle(self):
         for output in self._outputs(self._pool.drain()):
@@ -347,21 +415,35 @@ def ExtractFeatures(keyed_pixels, handler: ModelHandler):  # pylint: disable=inv
 class _ReadImages(typing.NamedTuple):
     images: beam.PCollection  # PreparedImage
     errors: beam.PCollection  # ErrorRow
+    spills: beam.PCollection  # str: spill files written (to delete once the run is committed)
 
 
 class ReadImages(beam.PTransform):
-    """`InputRef`s -> (`PreparedImage`s, `ErrorRow`s): files read and archives streamed, decoded for the backbone."""
+    """`InputRef`s -> (`PreparedImage`s, `ErrorRow`s, spill files): archives indexed and cut into work units,
+    which are redistributed over the workers (references only), then files and members read and decoded.
 
-    def __init__(self, image_size: int, max_pixels: int, limits: archives.Limits,
-                 read_threads: int = DEFAULT_READ_THREADS, depth: int = 32):
+    Why explicit units and a redistribution rather than a splittable DoFn: it is what Beam's own ReadAll file
+    transforms do (`ReadAllFiles`: ranges, then Reshuffle), every runner distributes a Reshuffle's output over
+    its workers (Dataflow's shuffle, Flink's keyed exchange, the local runner's worker processes), whereas splitting
+    a splittable DoFn's restriction is up to the runner (Flink's portable runner splits only at the start, the local
+    runner not across processes). The units are known before any member is read, so the runner sees them all.
+    """
+
+    def __init__(self, image_size: int, max_pixels: int, limits: archives.Limits, spill_dir: str,
+                 read_threads: int = DEFAULT_READ_THREADS, depth: int = 32,
+                 unit_members: int = units.DEFAULT_UNIT_MEMBERS, unit_bytes: int = units.DEFAULT_UNIT_BYTES):
         super().__init__()
-        self._read = ReadAndPrepare(image_size, max_pixels, limits, read_threads, depth)
+        self._expand = ExpandInputs(limits, spill_dir, unit_members, unit_bytes)
+        self._read = ReadUnits(image_size, max_pixels, limits, read_threads, depth)
 
     def expand(self, refs):
-        total = refs | "CountInputs" >> beam.combiners.Count.Globally()  # URIs only: known before any byte is read
-        read = refs | "ReadAndPrepare" >> beam.ParDo(self._read, beam.pvalue.AsSingleton(total)).with_outputs(
+        expanded = refs | "ExpandInputs" >> beam.ParDo(self._expand).with_outputs(ERRORS, SPILLS, main="units")
+        work = expanded.units | "Redistribute" >> beam.Reshuffle()
+        total = work | "CountUnits" >> beam.combiners.Count.Globally()  # known before any member is read
+        read = work | "ReadUnits" >> beam.ParDo(self._read, beam.pvalue.AsSingleton(total)).with_outputs(
             ERRORS, main="images")
-        return _ReadImages(images=read.images, errors=read[ERRORS])
+        errors = (expanded[ERRORS], read[ERRORS]) | "ReadErrors" >> beam.Flatten()
+        return _ReadImages(images=read.images, errors=errors, spills=expanded[SPILLS])
 
 
 @beam.ptransform_fn

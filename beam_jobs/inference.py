@@ -289,7 +289,7 @@ def _caption_row(keyed: tuple, model_id: str) -> tables.CaptionRow:
     """(`ImageKey`, (caption, log_prob[, attention])) -> the image's caption row."""
     key, (caption, log_prob, *attention) = keyed
     return tables.caption_row(key.uri, caption, log_prob, model_id, key.width, key.height,
-                              attention[0] if attention else None)
+                              attention[0] if attention else None, key.sample)
 
 
 class ExtractorInfo(NamedTuple):

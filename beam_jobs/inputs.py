@@ -98,7 +98,7 @@ DIRECTORY_LINK = ("a symbolic link to a directory: not followed (links inside a 
 
 class MatchPatterns(beam.DoFn):
     """A glob -> the paths it matches (a pattern that matches nothing any more is an error row), and the local
-    entries Beam's match passes over that look like inputs (`_passed_over`): each gets its row."""
+    entries Beam's match passes over that look like inputs (`_walk_local`): each gets its row."""
 
     def process(self, encoded: bytes):
         given = _decode(encoded)
@@ -108,23 +108,27 @@ class MatchPatterns(beam.DoFn):
                 yield _encode(_canonical_path(path))
             return
         pattern = effective_pattern(given)
-        try:
-            matched = FileSystems.match([pattern])[0].metadata_list
-        except Exception as error:  # BeamIOError when nothing matches on some filesystems
-            matched, failure = [], error
+        local = _local(pattern)
+        found, failure = False, None
+        if local is not None and _listing_root(local.rstrip("/") + "/*" if local.endswith("/") else local):
+            walked = _walk_local(pattern)  # streamed: a folder of millions of files is never one list
         else:
-            failure = None
-        unreadable, directory_links = _passed_over(pattern)
-        if not (matched or unreadable or directory_links):
+            try:
+                matched = [(INPUT, metadata.path) for metadata in FileSystems.match([pattern])[0].metadata_list]
+            except Exception as error:  # BeamIOError when nothing matches on some filesystems
+                matched, failure = [], error
+            walked = matched + [(INPUT, path) for path in _passed_over_path(pattern)]
+        for kind, path in walked:
+            found = True
+            if kind == INPUT:
+                yield _encode(_canonical_path(path))
+            else:
+                yield beam.pvalue.TaggedOutput(ERRORS, tables.error_row(
+                    sources.text_path(_canonical_path(path)), images.READ_ERROR, DIRECTORY_LINK))
+        if not found:
             reason = f": {type(failure).__name__}: {failure}" if failure else ""
             yield beam.pvalue.TaggedOutput(ERRORS, tables.error_row(
                 given, images.MISSING_FILE, f"--input {given} matches no file{reason}"))
-            return
-        for path in [metadata.path for metadata in matched] + unreadable:
-            yield _encode(_canonical_path(path))
-        for path in directory_links:
-            yield beam.pvalue.TaggedOutput(ERRORS, tables.error_row(
-                sources.text_path(_canonical_path(path)), images.READ_ERROR, DIRECTORY_LINK))
 
 
 def _listing_root(pattern: str) -> str | None:
@@ -146,40 +150,56 @@ def _start_of_match(pattern: str):
                       + r")\Z").match
 
 
-def _passed_over(pattern: str) -> tuple[list[str], list[str]]:
-    """What Beam's match of a local glob passes over without a word although it looks like an input, as
-    (paths to route, so that reading them gives their row; symbolic links to directories, one row each).
+INPUT, DIRECTORY_LINK_FOUND = "input", "directory_link"
 
-    Found the way Beam lists (`os.walk` from the same directory, which follows the directory given but no link to a
-    directory under it: linear in the tree, and links that loop cannot make it spin) and matched with Beam's own
-    pattern translation (``*`` stays within a directory, ``**`` does not):
 
-    - symbolic links that point nowhere (``missing_file``) or in a loop (``read_error``), and directories named
-      like an image, archive or list (``read_error``): paths to route;
-    - links to directories under which the pattern could match files (``DIR/**``, ``DIR/*/*.jpg``): not followed,
-      like Beam's listing and ``find`` without ``-L``, but reported, so that nothing under a folder is passed over
-      in silence.
+def _passed_over_path(pattern: str) -> list[str]:
+    """A local path without glob characters that Beam's match passes over: a broken link (it gets its row)."""
+    local = _local(pattern)
+    return [local] if local is not None and _is_broken_link(local) else []
+
+
+def _walk_local(pattern: str):
+    """(`INPUT`, path) of every local entry a glob matches and (`DIRECTORY_LINK_FOUND`, path) of every link to a
+    directory under which it could match, streamed as found.
+
+    Matched as Beam matches (its own pattern translation: ``*`` stays within a directory, ``**`` does not), walked
+    as Beam lists (`os.walk` from the directory before the first glob character, which follows the directory given
+    but no link to a directory under it: linear in the tree, and links that loop cannot make it spin), but only
+    into directories where the pattern can still match, one directory's names at a time. Besides the files Beam
+    would match, the entries Beam passes over without a word although they look like inputs are inputs too, so
+    that reading them gives their row: symbolic links that point nowhere (``missing_file``) or in a loop
+    (``read_error``), and directories named like an image, archive or list (``read_error``). Links to directories
+    are not followed, like Beam's listing and ``find`` without ``-L``, but reported (one row each), so that nothing
+    under a folder is passed over in silence.
     """
     local = _local(pattern)
-    if local is None:
-        return [], []
     if local.endswith("/"):
         local += "*"  # as Beam's match reads it
     root = _listing_root(local)
-    if root is None:
-        return ([local] if _is_broken_link(local) else []), []
     matches = re.compile(FileSystem.translate_pattern(local)).match
     starts_a_match = _start_of_match(local[len(root):])  # of the part after the root, the only part that varies
-    unreadable, directory_links = [], []
-    for directory, subdirectories, files in os.walk(root):
-        unreadable += [path for path in (os.path.join(directory, name) for name in files)
-                       if matches(path) and _is_broken_link(path)]
-        for path in (os.path.join(directory, name) for name in subdirectories):
-            if os.path.islink(path) and starts_a_match(path[len(root):] + "/"):
-                directory_links.append(path)
-            elif matches(path) and sources.kind_of(path) != sources.OTHER:
-                unreadable.append(path)
-    return sorted(unreadable), sorted(directory_links)
+    relative = root == ""  # a glob in its first part (``*/a.jpg``): listed from the working directory
+    for directory, subdirectories, files in os.walk(root or os.curdir):
+        if relative:
+            directory = os.path.relpath(directory)
+            directory = "" if directory == os.curdir else directory
+        for path in sorted(os.path.join(directory, name) for name in files):
+            if matches(path):
+                yield INPUT, path
+        keep = []
+        for name in sorted(subdirectories):
+            path = os.path.join(directory, name)
+            could_match = starts_a_match(path[len(root):] + "/" if root else path + "/")
+            if os.path.islink(path):
+                if could_match:
+                    yield DIRECTORY_LINK_FOUND, path
+            else:
+                if matches(path) and sources.kind_of(path) != sources.OTHER:
+                    yield INPUT, path  # a directory named like an input: reading it gives its row
+                if could_match:
+                    keep.append(name)
+        subdirectories[:] = keep  # os.walk descends only where the pattern can still match
 
 
 def _is_broken_link(path: str) -> bool:

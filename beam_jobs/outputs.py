@@ -30,6 +30,7 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_jobs import sinks, sources
+from beam_jobs.archives import units
 from beam_jobs.runtime import counter
 from schemas import tables
 from schemas.tables import CAPTIONS_TABLE, ERRORS_TABLE, CaptionRow
@@ -133,14 +134,21 @@ def existing_outputs(output_dir: str) -> ExistingOutputs:
             (leftovers if name.endswith(tables.INCOMPLETE_SUFFIX) else parts).append(path)
     if sinks.local_path(output_dir) is None:  # object stores: the temporary folders are name prefixes
         leftovers += [path for path in sources.match_paths(posixpath.join(output_dir, "beam-temp-*", "*"))
-                      if tables.is_sink_temp_name(posixpath.basename(posixpath.dirname(path)))]
+                      if _is_temporary(path)]
     for folder in _local_subfolders(output_dir):
-        if tables.is_sink_temp_name(posixpath.basename(folder)):
-            files = _listing(folder)
-            leftovers += files or [folder]  # a killed sink's files, or its empty folder
+        if tables.is_sink_temp_name(posixpath.basename(folder)) or tables.is_spill_dir_name(posixpath.basename(folder)):
+            files = [path for path in _listing(folder) if _is_temporary(path)]
+            leftovers += files or [folder]  # a killed run's files, or its empty folder
     legacy = tuple(path for path in sources.match_paths(tables.legacy_outputs_glob(output_dir))
                    if tables.legacy_output_table(output_dir, path))
     return ExistingOutputs(tuple(sorted(committed)), tuple(sorted(parts)), tuple(sorted(leftovers)), legacy)
+
+
+def _is_temporary(path: str) -> bool:
+    """A killed run's temporary file: any file in a sink's temporary folder (named by Beam), a spill segment."""
+    folder = posixpath.basename(posixpath.dirname(path))
+    return tables.is_sink_temp_name(folder) or (tables.is_spill_dir_name(folder)
+                                                and units.is_spill_name(posixpath.basename(path)))
 
 
 def delete_outputs(output_dir: str, existing: ExistingOutputs) -> None:
@@ -148,11 +156,13 @@ def delete_outputs(output_dir: str, existing: ExistingOutputs) -> None:
     files, the sinks' temporary files; then their folders where they are left empty. Legacy shards beside the
     directory are not this layout's: they are left alone."""
     paths = [path for path, _, _ in existing.committed] + list(existing.checkpoint_parts) + list(existing.leftovers)
-    temp_folders = [path for path in existing.leftovers
-                    if tables.is_sink_temp_name(posixpath.basename(path))]
+    def temporary_folder(name: str) -> bool:
+        return tables.is_sink_temp_name(name) or tables.is_spill_dir_name(name)
+
+    temp_folders = [path for path in existing.leftovers if temporary_folder(posixpath.basename(path))]
     files = [path for path in paths if path not in temp_folders]
-    folders = {posixpath.dirname(path) for path in files if tables.is_sink_temp_name(
-        posixpath.basename(posixpath.dirname(path)))} | set(temp_folders)
+    folders = {posixpath.dirname(path) for path in files
+               if temporary_folder(posixpath.basename(posixpath.dirname(path)))} | set(temp_folders)
     refused = sinks.undeletable(output_dir, files)
     if not refused:
         refused = sinks.delete_owned(output_dir, files, sorted(folders) + [tables.checkpoint_dir(output_dir)])
@@ -292,11 +302,15 @@ def _WriteShards(row_collections, output_dir: str, table: str, run_number: int, 
 
 
 def finish_run(checkpoint: str, output_dir: str, run_number: int, written_captions, written_errors,
-               caption_count: int, error_count: int, *checkpointed) -> None:
+               caption_count: int, error_count: int, spills, *checkpointed) -> None:
     """After the run's shards are committed (the side inputs are their names and row counts): removes the
-    checkpoint, and a table's shards of a run after the first when they hold no row (a rerun that found nothing
-    new to caption adds no empty files; run 1 keeps its shards, empty or not, so that both tables exist)."""
+    checkpoint and the spill files of compressed archives, and a table's shards of a run after the first when they
+    hold no row (a rerun that found nothing new to caption adds no empty files; run 1 keeps its shards, empty or
+    not, so that both tables exist)."""
     remove_checkpoint(checkpoint)
+    spill_dir = tables.spill_dir(output_dir, run_number)
+    sinks.delete_owned(output_dir, [path for path in spills if posixpath.dirname(path) == spill_dir
+                                    and units.is_spill_name(posixpath.basename(path))], [spill_dir])
     if run_number > 1:
         empty = (list(written_captions) if not caption_count else []) + (list(written_errors) if not error_count
                                                                          else [])
@@ -304,8 +318,8 @@ def finish_run(checkpoint: str, output_dir: str, run_number: int, written_captio
 
 
 class WriteCaptionOutputs(beam.PTransform):
-    """(caption rows, error rows) of this run -> checkpoint while running, then the run's shards; returns the
-    written shard names."""
+    """(caption rows, error rows, spill files) of this run -> checkpoint while running, then the run's shards, then
+    the checkpoint and spill files removed; returns the written shard names."""
 
     def __init__(self, output_dir: str, run_number: int, num_shards: int, checkpoint_rows: int,
                  existing: ExistingOutputs):
@@ -314,7 +328,7 @@ class WriteCaptionOutputs(beam.PTransform):
         self._checkpoint_rows, self._existing = checkpoint_rows, existing
 
     def expand(self, rows):
-        captions, errors = rows
+        captions, errors, spills = rows
         pipeline = captions.pipeline
         captions = captions | "CountCaptions" >> beam.ParDo(CountRows())
         errors = errors | "CountErrors" >> beam.ParDo(CountRows())
@@ -341,5 +355,6 @@ class WriteCaptionOutputs(beam.PTransform):
                  finish_run, self._output_dir, self._run,
                  beam.pvalue.AsList(written_captions), beam.pvalue.AsList(written_errors),
                  beam.pvalue.AsSingleton(caption_count), beam.pvalue.AsSingleton(error_count),
+                 beam.pvalue.AsList(spills),
                  beam.pvalue.AsList(checkpointed[0]), beam.pvalue.AsList(checkpointed[1])))
         return written_captions, written_errors

@@ -10,6 +10,7 @@ never sees the other, and no other output's name can match them)::
     OUT/errors/runK-SSSSS-of-NNNNN.parquet         error rows (ERROR_SCHEMA)
     OUT/checkpoint/{captions,errors}-<hex>.parquet rows committed while a run is in progress; removed when it ends
     OUT/beam-temp-{captions,errors}-runK-<hex>/    the sinks' temporary files while a run writes its shards
+    OUT/beam-temp-spill-runK/                      compressed archives' members, decompressed once, while K runs
 
 An image URI inside an archive is ``ARCHIVE_URI!MEMBER_PATH``, e.g. ``gs://bucket/batch.tar!dir/photo.jpg``.
 """
@@ -26,6 +27,8 @@ MODEL_ID = "model_id"
 WIDTH = "width"
 HEIGHT = "height"
 ATTENTION = "attention"
+SAMPLE_KEY, SAMPLE_URL, SAMPLE_TEXT, SAMPLE_JSON = "sample_key", "sample_url", "sample_text", "sample_json"
+SAMPLE_COLUMNS = (SAMPLE_KEY, SAMPLE_URL, SAMPLE_TEXT, SAMPLE_JSON)
 ERROR = "error"
 MESSAGE = "message"
 
@@ -42,6 +45,13 @@ CAPTION_SCHEMA = pa.schema([
     # (not one cut at the bundle's max_length), its weights over the g x g grid (row-major, each row sums to 1);
     # null otherwise
     pa.field(ATTENTION, pa.list_(pa.list_(pa.float32())), nullable=True),
+    # an archive member: its WebDataset key (the name up to its first dot); where the member is an image of a sample
+    # (000123.jpg beside 000123.txt, 000123.json), the sample's text, its JSON document and the url in it; null
+    # otherwise
+    pa.field(SAMPLE_KEY, pa.string(), nullable=True),
+    pa.field(SAMPLE_URL, pa.string(), nullable=True),
+    pa.field(SAMPLE_TEXT, pa.string(), nullable=True),
+    pa.field(SAMPLE_JSON, pa.string(), nullable=True),
 ])
 
 ERROR_SCHEMA = pa.schema([
@@ -62,6 +72,10 @@ class CaptionRow(typing.NamedTuple):
     width: int
     height: int
     attention: typing.Optional[list] = None  # [words (+ 1 for <end>)][g * g] floats, or None
+    sample_key: typing.Optional[str] = None
+    sample_url: typing.Optional[str] = None
+    sample_text: typing.Optional[str] = None
+    sample_json: typing.Optional[str] = None
 
 
 class ErrorRow(typing.NamedTuple):
@@ -87,10 +101,13 @@ def error_row(image_uri: str, error_class: str, message: str) -> ErrorRow:
 
 
 def caption_row(image_uri: str, caption: str, log_prob: float, model_id: str, width: int, height: int,
-                attention=None) -> CaptionRow:
+                attention=None, sample: tuple = ()) -> CaptionRow:
+    """``sample``: (column, value) pairs of `SAMPLE_COLUMNS` (a WebDataset sample's fields)."""
+    fields = {name: value for name, value in sample if name in SAMPLE_COLUMNS}
     return CaptionRow(image_uri=image_uri, caption=caption, log_prob=float(log_prob), model_id=model_id,
                       width=int(width), height=int(height),
-                      attention=None if attention is None else [[float(w) for w in row] for row in attention])
+                      attention=None if attention is None else [[float(w) for w in row] for row in attention],
+                      **fields)
 
 
 def as_record(row: typing.Union[CaptionRow, ErrorRow]) -> dict:
@@ -102,7 +119,7 @@ def row_from_record(record: dict) -> typing.Union[CaptionRow, ErrorRow]:
     """A row read back from Parquet (a dict) as its named type."""
     if ERROR in record and CAPTION not in record:
         return ErrorRow(**{name: record[name] for name in ErrorRow._fields})
-    return CaptionRow(**{name: record.get(name) for name in CaptionRow._fields})  # shards before ATTENTION: None
+    return CaptionRow(**{name: record.get(name) for name in CaptionRow._fields})  # older shards' missing columns: None
 
 
 CAPTIONS_TABLE, ERRORS_TABLE = "captions", "errors"
@@ -151,6 +168,16 @@ def sink_temp_name(table: str, run_number: int, unique_hex: str) -> str:
 
 def is_sink_temp_name(name: str) -> bool:
     return bool(_SINK_TEMP.fullmatch(name))
+
+
+def spill_dir(output_dir: str, run_number: int) -> str:
+    """Where run K writes the members of compressed archives, decompressed once, for the workers that read them
+    (`beam_jobs.archives.units.SpillWriter`); removed when the run's shards are committed."""
+    return posixpath.join(output_dir, f"beam-temp-spill-run{run_number}")
+
+
+def is_spill_dir_name(name: str) -> bool:
+    return bool(re.fullmatch(r"beam-temp-spill-run\d+", name))
 
 
 def legacy_outputs_glob(output_dir: str) -> str:

@@ -236,16 +236,16 @@ def test_an_unexpected_exception_on_one_input_is_a_row(corpus, fake_bundle, tmp_
             raise RuntimeError("a bug that only this photo triggers")
         return original_prepare(data, image_size, max_pixels)
 
-    original_read = archives.read_archive
+    original_index = archives.index_archive
 
-    def read_or_fail(uri, *args, **kwargs):
-        for count, event in enumerate(original_read(uri, *args, **kwargs)):
+    def index_or_fail(uri, *args, **kwargs):
+        for count, event in enumerate(original_index(uri, *args, **kwargs)):
             if uri.endswith("bad_header.tar") and count == 2:
                 raise KeyError("a bug in the middle of an archive")
             yield event
 
     monkeypatch.setattr(images, "prepare_image", prepare_or_fail)
-    monkeypatch.setattr(archives, "read_archive", read_or_fail)
+    monkeypatch.setattr(archives, "index_archive", index_or_fail)
     prefix = str(tmp_path / "out" / "captions")
     result = caption_images.run(argv(patterns, fake_bundle, prefix, "--max_image_bytes", str(MAX_IMAGE_BYTES)),
                                 test_pipeline=local_test_pipeline(), models=FAKE_MODELS)

@@ -107,15 +107,34 @@ def test_a_link_given_as_an_input_is_followed(linked_folder, fake_bundle, tmp_pa
     ("dangling.jpg", ["dangling.jpg"], []),  # no glob: Beam looks up that one path
     ("a.jpg", [], []),
 ])
-def test_the_scan_finds_what_beams_match_passes_over(linked_folder, pattern, unreadable, links):
+def test_the_scan_finds_what_beams_match_finds_and_what_it_passes_over(linked_folder, pattern, unreadable, links):
+    """The walk gives every file Beam's match gives, plus what Beam passes over that looks like an input (each
+    then gets its row), and the links to directories it does not follow."""
     def under(names):
         return [os.path.join(linked_folder, name) for name in names]
-    assert inputs._passed_over(os.path.join(linked_folder, pattern)) == (under(unreadable), under(links))
+    full = os.path.join(linked_folder, pattern)
+    found_by_beam = sources.match_paths(full)
+    if sources.has_glob_characters(pattern):
+        walked = list(inputs._walk_local(full))
+        found = sorted(path for kind, path in walked if kind == inputs.INPUT)
+        found_links = sorted(path for kind, path in walked if kind == inputs.DIRECTORY_LINK_FOUND)
+    else:
+        found, found_links = sorted(found_by_beam + inputs._passed_over_path(full)), []
+    assert found == sorted(set(found_by_beam) | set(under(unreadable)))
+    assert found_links == under(links)
+
+
+def _scan(pattern):
+    walked = list(inputs._walk_local(pattern))
+    return ([path for kind, path in walked if kind == inputs.INPUT],
+            [path for kind, path in walked if kind == inputs.DIRECTORY_LINK_FOUND])
 
 
 def test_the_scan_of_a_relative_pattern_lists_from_the_same_directory(linked_folder, monkeypatch):
     monkeypatch.chdir(os.path.dirname(linked_folder))
-    assert inputs._passed_over("in/**") == (["in/album.tar", "in/dangling.jpg"], ["in/elsewhere", "in/loop"])
+    found, links = _scan("in/**")
+    assert "in/album.tar" in found and "in/dangling.jpg" in found and links == ["in/elsewhere", "in/loop"]
+    assert sorted(_scan("*/a.jpg")[0]) == ["in/a.jpg"]  # a glob in the first part: listed from "."
 
 
 def test_the_scan_does_not_follow_links_to_directories(tmp_path):
@@ -125,8 +144,8 @@ def test_the_scan_does_not_follow_links_to_directories(tmp_path):
         os.makedirs(level, exist_ok=True)
         for number in range(10):
             os.symlink(str(tmp_path / "in"), level / f"l{number}")
-    unreadable, links = inputs._passed_over(str(tmp_path / "in" / "**"))
-    assert unreadable == [] and len(links) == 30
+    found, links = _scan(str(tmp_path / "in" / "**"))
+    assert found == [] and len(links) == 30
 
 
 # ---------------------------------------------------------------------------------------------------------------

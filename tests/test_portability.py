@@ -100,7 +100,8 @@ def test_caption_pipeline_serializes_for_dataflow(resume):
         backbone="xception", weights=REMOTE_WEIGHTS, weights_sha256="0" * 64, image_size=299, beam_width=3,
         length_penalty=0.0, no_repeat_ngram_size=2, min_batch_size=8, max_batch_size=32, decode_batch_size=128,
         max_image_pixels=10 ** 8,
-        limits=archives.Limits(), read_threads=2, num_shards=0, checkpoint_rows=500, inference_backend="keras",
+        limits=archives.Limits(), read_threads=2, unit_members=32, num_shards=0, checkpoint_rows=500,
+        inference_backend="keras",
         int8_model=None,
         existing=outputs.ExistingOutputs(
             committed=(("gs://example-bucket/captions/run/captions/run1-00000-of-00001.parquet", "captions", 1),)

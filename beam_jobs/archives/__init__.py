@@ -29,16 +29,20 @@ from typing import Iterator
 
 from beam_jobs import sources
 from beam_jobs.archives.common import (BLOCK, DEFAULT_MAX_ARCHIVE_BYTES, DEFAULT_MAX_COMPRESSION_RATIO,
-                                       RATIO_FLOOR_BYTES, SKIPPED_DONE, SKIPPED_DUPLICATE, SKIPPED_UNWANTED, Event,
-                                       Limits, MemberData, MemberFailure, MemberSkipped, compression_of)
+                                       RATIO_FLOOR_BYTES, SKIPPED_DONE, SKIPPED_DUPLICATE, SKIPPED_UNWANTED,
+                                       SPILL_SPAN, STREAM_ERRORS, TAR_SPAN, ZIP_SPAN, Event, Limits, MemberData,
+                                       MemberFailure, MemberSkipped, MemberSpan, MemberText, Stop, Truncated,
+                                       compression_of)
 from beam_jobs.archives.tar import TarReader
 from beam_jobs.archives.tar_format import valid_header
-from beam_jobs.archives.zip import ZipReader
+from beam_jobs.archives.zip import ZipReader, read_zip_member
 from schemas import images
 from schemas.images import describe_error
 
 __all__ = ["DEFAULT_MAX_ARCHIVE_BYTES", "DEFAULT_MAX_COMPRESSION_RATIO", "RATIO_FLOOR_BYTES", "SKIPPED_DONE",
-           "SKIPPED_DUPLICATE", "SKIPPED_UNWANTED", "Event", "Limits", "MemberData", "MemberFailure", "MemberSkipped", "read_archive"]
+           "SKIPPED_DUPLICATE", "SKIPPED_UNWANTED", "SPILL_SPAN", "TAR_SPAN", "ZIP_SPAN", "Event", "Limits",
+           "MemberData", "MemberFailure", "MemberSkipped", "MemberSpan", "MemberText", "index_archive",
+           "read_archive", "read_spans"]
 
 
 def read_archive(uri: str, location: str | None = None, *, skip: typing.AbstractSet[str] = frozenset(),
@@ -49,6 +53,21 @@ def read_archive(uri: str, location: str | None = None, *, skip: typing.Abstract
     parts of URIs (after ``!``) already captioned; ``only``: when given, the member parts wanted. Members skipped or
     not wanted are passed over without being read (`MemberSkipped`: ``done`` or ``unwanted``).
     """
+    return _events(uri, location, skip, only, limits, None)
+
+
+def index_archive(uri: str, location: str | None = None, *, skip: typing.AbstractSet[str] = frozenset(),
+                  only: typing.AbstractSet[str] | None = None, limits: Limits = Limits(),
+                  spill: typing.Callable[[str, int, bytes], MemberSpan]) -> Iterator[Event]:
+    """The events of `read_archive`, but image members are `MemberSpan`s: where their bytes are, for `read_spans`
+    on any worker later. A zip's directory and an uncompressed tar's headers are read (the tar's data is seeked
+    over); a compressed tar is decompressed once, its image members handed to ``spill(uri, position, data)``, which
+    writes them where a later reader can seek and returns their span. Small members that may describe a
+    WebDataset sample are `MemberText` (the caller decides whether they are a sample's fields or rows)."""
+    return _events(uri, location, skip, only, limits, spill)
+
+
+def _events(uri, location, skip, only, limits, spill) -> Iterator[Event]:
     location = location or uri
 
     def open_stream():
@@ -73,14 +92,71 @@ def read_archive(uri: str, location: str | None = None, *, skip: typing.Abstract
             return
         if not valid_header(head) and (_looks_like_zip(head) or (sources.is_zip_name(uri)
                                                                    and not compression_of(head))):
-            events = ZipReader(uri, stream, skip, only, limits).events()
+            events = ZipReader(uri, stream, skip, only, limits, index=spill is not None).events()
         else:
-            events = TarReader(uri, open_stream, stream, head, skip, only, limits).events()
+            events = TarReader(uri, open_stream, stream, head, skip, only, limits, spill=spill).events()
         count = 0
         for count, event in enumerate(events, start=1):
             yield event
         if not count:  # entries, but none is an input: directories, volume labels
             yield MemberFailure(uri, images.EMPTY_FILE, "the archive holds no files (only directories)")
+
+
+def read_spans(spans: typing.Sequence[MemberSpan], location: str, limits: Limits = Limits(),
+               archive_size: int | None = None) -> Iterator[Event]:
+    """`MemberData` (or a `MemberFailure`) of each span, in order: the archive at ``location`` (or a spill file) is
+    opened once and each member read where its span says. ``archive_size``: the archive's size when it was indexed;
+    an archive that changed since is not read (each span gets a row saying so)."""
+    streams: dict[str, tuple] = {}  # the one source open at a time: (stream, size, why it cannot be read)
+    try:
+        for span in spans:
+            source = span.source or location
+            try:
+                if source not in streams:
+                    for stream, _, _ in streams.values():
+                        stream.close()
+                    streams.clear()
+                    opened = sources.open_raw(source)
+                    size = opened.seek(0, 2)
+                    changed = (source == location and archive_size is not None and size != archive_size)
+                    streams[source] = (opened, size, f"the archive changed since the job listed it ({size:,} bytes, "
+                                                     f"not {archive_size:,}); run the job again for it"
+                                       if changed else None)
+                stream, size, problem = streams[source]
+                if problem:
+                    raise Stop(images.READ_ERROR, problem)
+                yield MemberData(span.uri, span.position, _span_bytes(stream, size, span, limits))
+            except FileNotFoundError:
+                yield MemberFailure(span.uri, images.MISSING_FILE, f"the archive (or its spill file) is gone: {source}")
+            except Stop as stop:
+                yield MemberFailure(span.uri, stop.error_class, f"member #{span.position}: {stop.message}")
+            except Truncated:
+                yield MemberFailure(span.uri, images.CORRUPT_ARCHIVE,
+                                    f"member #{span.position} is truncated: the archive ends inside its data")
+            except STREAM_ERRORS as error:
+                error_class = images.READ_ERROR if isinstance(error, OSError) else images.CORRUPT_ARCHIVE
+                yield MemberFailure(span.uri, error_class,
+                                    f"member #{span.position} cannot be read: {describe_error(error)}")
+            except Exception as error:  # filesystems raise their own types (BeamIOError, ...)
+                yield MemberFailure(span.uri, images.READ_ERROR,
+                                    f"member #{span.position} cannot be read: {describe_error(error)}")
+    finally:
+        for stream, _, _ in streams.values():
+            stream.close()
+
+
+def _span_bytes(stream, size: int, span: MemberSpan, limits: Limits) -> bytes:
+    if span.format == ZIP_SPAN:
+        data, _ = read_zip_member(stream, size, span.offset, span.stored_size, span.size, span.method, span.crc,
+                                  limits)
+        return data
+    if span.offset + span.size > size:
+        raise Truncated()
+    stream.seek(span.offset)
+    data = stream.read(span.size)
+    if len(data) < span.size:
+        raise Truncated()
+    return data
 
 
 def _looks_like_zip(head: bytes) -> bool:

@@ -46,8 +46,44 @@ class MemberSkipped(typing.NamedTuple):
     reason: str  # SKIPPED_DONE, SKIPPED_DUPLICATE or SKIPPED_UNWANTED
 
 
+TAR_SPAN, ZIP_SPAN, SPILL_SPAN = "tar", "zip", "spill"
+
+
+class MemberSpan(typing.NamedTuple):
+    """Where an image member's bytes are, for a reader that comes later (an archive's index, `index_archive`).
+
+    ``tar``: ``size`` bytes at ``offset`` of the (uncompressed) archive; ``zip``: the member whose local header is at
+    ``offset``, ``stored_size`` bytes compressed with ``method`` to ``size`` bytes of CRC-32 ``crc``; ``spill``:
+    ``size`` bytes at ``offset`` of the file ``source`` (a compressed tar's members, decompressed once and written
+    there by the indexing reader). ``sample``: (field, value) pairs of the WebDataset sample it belongs to."""
+    uri: str
+    position: int
+    format: str
+    offset: int
+    size: int
+    stored_size: int = 0
+    method: int = 0
+    crc: int = 0
+    source: str = ""
+    sample: tuple = ()
+
+
+class MemberText(typing.NamedTuple):
+    """The bytes of a small member that is no image but may describe one (``000123.txt``, ``000123.json`` beside
+    ``000123.jpg`` in a WebDataset shard); if no image shares its key, it becomes a ``not_an_image`` row."""
+    uri: str
+    position: int
+    data: bytes
+
+
 SKIPPED_DONE, SKIPPED_DUPLICATE, SKIPPED_UNWANTED = "done", "duplicate", "unwanted"
-Event = typing.Union[MemberData, MemberFailure, MemberSkipped]
+Event = typing.Union[MemberData, MemberFailure, MemberSkipped, MemberSpan, MemberText]
+MAX_SAMPLE_FIELD_BYTES = 64 * 1024  # a .txt/.json of a sample larger than this is not kept as a field
+SAMPLE_FIELD_EXTENSIONS = (".txt", ".text", ".caption", ".json", ".cls", ".url")
+
+
+def is_sample_field_name(name: bytes) -> bool:
+    return name.decode("utf-8", "surrogateescape").lower().endswith(SAMPLE_FIELD_EXTENSIONS)
 
 
 def passed_over(uri: str, member: str, skip, only, seen: set) -> MemberSkipped | None:
@@ -77,7 +113,6 @@ class Truncated(Exception):
 
 # Decompressor and I/O failures of a compressed stream; any of them ends the reading of the stream.
 STREAM_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError, ValueError, struct.error)
-
 
 
 def compression_of(head: bytes) -> str | None:

@@ -1,12 +1,14 @@
 """Tar archives (plain, gzip, bzip2, xz) read as one stream: every entry accounted for, reading resumed after
-damaged headers, hard links resolved by a second pass, the expansion of compressed archives capped."""
+damaged headers, hard links resolved by a second pass (or from the index), the expansion of compressed archives
+capped. Read whole (`TarReader` without ``spill``) or indexed for readers that come later (with it)."""
 import tarfile
 from typing import Callable, Iterator
 
 from beam_jobs import sources
-from beam_jobs.archives.common import (BLOCK, STREAM_ERRORS, Event, Limits, MemberData, MemberFailure, MemberSkipped,
-                                       SKIPPED_DONE, Stop, Truncated, is_image_name, not_an_image_message, passed_over,
-                                       too_large_message)
+from beam_jobs.archives.common import (BLOCK, MAX_SAMPLE_FIELD_BYTES, SKIPPED_DONE, SKIPPED_DUPLICATE, STREAM_ERRORS,
+                                       TAR_SPAN, Event, Limits, MemberData, MemberFailure, MemberSkipped, MemberSpan,
+                                       MemberText, Stop, Truncated, is_image_name, is_sample_field_name,
+                                       not_an_image_message, passed_over, too_large_message)
 from beam_jobs.archives.tar_format import (NO_INPUT_TYPES, REGULAR_TYPES, SPECIAL_TYPES, TarDamage, TarEntry,
                                            TarStream, TarWalker)
 from schemas import images
@@ -14,9 +16,19 @@ from schemas.images import describe_error
 
 
 class TarReader:
-    def __init__(self, uri: str, open_stream: Callable, stream, head: bytes, skip, only, limits: Limits):
+    """``spill``: index the archive instead of reading it (`archives.index_archive`): image members are
+    `MemberSpan`s (where their bytes are) instead of `MemberData`, and a compressed tar's members, which no later
+    reader can seek to, are handed to ``spill(uri, position, data) -> MemberSpan`` on the way (it writes them where
+    a later reader can); small members that may describe a sample are `MemberText`. Hard links then resolve to
+    their target's span at once (no second pass)."""
+
+    def __init__(self, uri: str, open_stream: Callable, stream, head: bytes, skip, only, limits: Limits,
+                 spill: Callable | None = None):
         self._uri, self._open, self._stream, self._head = uri, open_stream, stream, head
         self._skip, self._only, self._limits = skip, only, limits
+        self._spill = spill
+        self._index = spill is not None
+        self._spans: dict[bytes, MemberSpan | MemberFailure] = {}  # index mode: what each name became, for links
 
     def events(self) -> Iterator[Event]:
         uri = self._uri
@@ -27,6 +39,7 @@ class TarReader:
             return
         walker = TarWalker(stream)
         kind = f"{stream.compression}-compressed tar" if stream.compression else "tar"
+        self._compressed = stream.compression is not None
         seen: set[str] = set()
         links: list[tuple[int, bytes, bytes]] = []  # (position, link name, target name) of hard links to resolve
         current = None  # the entry whose data is being read, for messages
@@ -118,12 +131,19 @@ class TarReader:
         where = f"member #{entry.position}"
         skipped = passed_over(uri, member, self._skip, self._only, seen)
         if skipped:
+            if self._index and skipped.reason != SKIPPED_DUPLICATE:
+                self._remember_passed_over(entry, uri, walker)
             return skipped
         if entry.problem:
             return MemberFailure(uri, images.CORRUPT_ARCHIVE, f"{where} has {entry.problem}; skipped")
         if not is_image_name(entry.name):
+            if (self._index and entry.type in REGULAR_TYPES and is_sample_field_name(entry.name)
+                    and entry.size <= MAX_SAMPLE_FIELD_BYTES):
+                return MemberText(uri, entry.position, walker.read_data(entry.size))
             return MemberFailure(uri, images.NOT_AN_IMAGE, not_an_image_message(entry.name))
         if entry.type == tarfile.LNKTYPE:
+            if self._index:
+                return self._link_span(entry, uri, where)
             links.append((entry.position, entry.name, entry.link))
             return None
         if entry.type in SPECIAL_TYPES:
@@ -134,8 +154,47 @@ class TarReader:
             return MemberFailure(uri, images.CORRUPT_ARCHIVE, f"{where} has an invalid type {entry.type!r}")
         # Regular files, and unknown types, which POSIX says to read as regular files.
         if entry.size > self._limits.max_member_bytes:
-            return MemberFailure(uri, images.TOO_LARGE, too_large_message(entry.size, self._limits.max_member_bytes))
-        return MemberData(uri, entry.position, walker.read_data(entry.size))
+            failure = MemberFailure(uri, images.TOO_LARGE, too_large_message(entry.size, self._limits.max_member_bytes))
+            self._spans[entry.name] = failure
+            return failure
+        if not self._index:
+            return MemberData(uri, entry.position, walker.read_data(entry.size))
+        if self._compressed:
+            span = self._spill(uri, entry.position, walker.read_data(entry.size))
+        else:
+            offset, size = walker.data_position, walker.stream_size
+            if size is not None and offset + entry.size > size:
+                raise Truncated()
+            span = MemberSpan(uri, entry.position, TAR_SPAN, offset, entry.size)
+        self._spans[entry.name] = span
+        return span
+
+    def _remember_passed_over(self, entry: TarEntry, uri: str, walker: TarWalker) -> None:
+        """Index mode: a member passed over (done by an earlier run, or not among those a list names) may still be
+        the target of a later hard link: its span is kept (its bytes, in a compressed tar, cannot be)."""
+        if entry.type not in REGULAR_TYPES or entry.problem or not is_image_name(entry.name):
+            return
+        if entry.size > self._limits.max_member_bytes:
+            self._spans[entry.name] = MemberFailure(uri, images.TOO_LARGE, "it is too large")
+        elif self._compressed:
+            self._spans[entry.name] = MemberFailure(uri, images.UNSUPPORTED_MEMBER, "it was passed over in a "
+                                                    "compressed stream, which is not read twice")
+        else:
+            self._spans[entry.name] = MemberSpan(uri, entry.position, TAR_SPAN, walker.data_position, entry.size)
+
+    def _link_span(self, entry: TarEntry, uri: str, where: str) -> Event:
+        """Index mode: a hard link is its target's bytes, if the target is an earlier member that was indexed."""
+        target = self._spans.get(entry.link)
+        name = sources.escape_member_name(entry.link)
+        if isinstance(target, MemberSpan):
+            span = target._replace(uri=uri, position=entry.position)
+            self._spans[entry.name] = span
+            return span
+        why = ("which is not an earlier member of the archive" if target is None else
+               f"which could not be read ({target.message})")
+        failure = MemberFailure(uri, images.UNSUPPORTED_MEMBER, f"{where} is a hard link to {name}, {why}")
+        self._spans[entry.name] = failure
+        return failure
 
     def _unresolved(self, links: list, why: str) -> Iterator[MemberFailure]:
         for position, name, target in links:

@@ -102,8 +102,22 @@ class XzReader(io.RawIOBase):
         return 0
 
 
+def _size_if_seekable(stream) -> int | None:
+    try:
+        if not stream.seekable():
+            return None
+        size = stream.seek(0, io.SEEK_END)
+        stream.seek(0)
+        return size
+    except Exception:  # a stream that says it seeks but cannot
+        return None
+
+
 class TarStream:
-    """The uncompressed tar bytes with a position, skipping and the expansion limits of compressed archives."""
+    """The uncompressed tar bytes with a position, skipping and the expansion limits of compressed archives.
+
+    An uncompressed tar on a seekable stream (a local file, a ranged object-store reader) skips data longer than
+    `CHUNK` by seeking, so that walking its headers reads headers only; ``size`` is then its length (else None)."""
 
     def __init__(self, uri: str, stream, head: bytes, limits: Limits):
         compression = None if valid_header(head) else compression_of(head)
@@ -112,11 +126,15 @@ class TarStream:
                                                    "xz, or an uncompressed tar")
         self.compression = compression
         self._raw = Prepended(head, stream)
-        buffered = io.BufferedReader(self._raw, buffer_size=CHUNK)
-        self._stream = {"gzip": lambda: gzip.GzipFile(fileobj=buffered, mode="rb"),
-                        "bzip2": lambda: bz2.BZ2File(buffered),
-                        "xz": lambda: io.BufferedReader(XzReader(buffered), buffer_size=CHUNK),
-                        None: lambda: buffered}[compression]()
+        self.size = _size_if_seekable(stream) if compression is None else None
+        if self.size is not None:  # read from the start again: the head's bytes are the file's first bytes
+            self._stream = stream
+        else:
+            buffered = io.BufferedReader(self._raw, buffer_size=CHUNK)
+            self._stream = {"gzip": lambda: gzip.GzipFile(fileobj=buffered, mode="rb"),
+                            "bzip2": lambda: bz2.BZ2File(buffered),
+                            "xz": lambda: io.BufferedReader(XzReader(buffered), buffer_size=CHUNK),
+                            None: lambda: buffered}[compression]()
         self._uri, self._limits = uri, limits
         self.position = 0
 
@@ -148,6 +166,15 @@ class TarStream:
 
     def skip(self, count: int) -> None:
         """Passes over ``count`` bytes; `Truncated` if the data ends first."""
+        if self.size is not None and count > CHUNK:
+            target = self.position + count
+            if target > self.size:
+                self._stream.seek(self.size)
+                self.position = self.size
+                raise Truncated()
+            self._stream.seek(target)
+            self.position = target
+            return
         while count > 0:
             part = self.read(min(count, CHUNK))
             if not part:
@@ -235,6 +262,15 @@ class TarWalker:
         self._data_left = 0
         self.position = 0
         self.entries_seen = 0
+
+    @property
+    def data_position(self) -> int:
+        """Where the data of the entry just yielded starts (while none of it is read)."""
+        return self._stream.position
+
+    @property
+    def stream_size(self) -> int | None:
+        return self._stream.size
 
     def read_data(self, count: int) -> bytes:
         count = min(count, self._data_left)

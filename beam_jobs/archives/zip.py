@@ -7,9 +7,10 @@ import zlib
 from typing import Iterator
 
 from beam_jobs import sources
-from beam_jobs.archives.common import (CHUNK, RATIO_FLOOR_BYTES, STREAM_ERRORS, Event, Limits, MemberData,
-                                       MemberFailure, Stop, Truncated, is_image_name, not_an_image_message, passed_over,
-                                       too_large_message)
+from beam_jobs.archives.common import (CHUNK, MAX_SAMPLE_FIELD_BYTES, RATIO_FLOOR_BYTES, STREAM_ERRORS, ZIP_SPAN,
+                                       Event, Limits, MemberData, MemberFailure, MemberSpan, MemberText, Stop,
+                                       Truncated, is_image_name, is_sample_field_name, not_an_image_message,
+                                       passed_over, too_large_message)
 from beam_jobs.archives.zip_format import (BZIP2, CENTRAL, DEFLATED, EOCD, EOCD64, EOCD64_LOCATOR, LOCAL, LZMA,
                                            METHOD_NAMES, STORED, UNIX_TYPES, Decompressor, ZipEntry, end_record_index,
                                            zip64_sizes)
@@ -18,10 +19,16 @@ from schemas.images import describe_error
 
 
 class ZipReader:
-    """Reads a zip from its central directory (streamed in chunks), each member by seeking to its data."""
+    """Reads a zip from its central directory (streamed in chunks), each member by seeking to its data.
 
-    def __init__(self, uri: str, stream, skip, only, limits: Limits):
+    ``index``: image members are `MemberSpan`s (where their data is, for `read_zip_member` later) instead of their
+    bytes; the archive's expansion limits are then checked on the sizes the directory states, and each member's
+    read checks its own (no more than its stated size, its CRC-32); small members that may describe a sample are
+    `MemberText`."""
+
+    def __init__(self, uri: str, stream, skip, only, limits: Limits, index: bool = False):
         self._uri, self._stream, self._skip, self._only, self._limits = uri, stream, skip, only, limits
+        self._index = index
         self._produced = 0  # decompressed bytes of all members so far
 
     def events(self) -> Iterator[Event]:
@@ -268,6 +275,12 @@ class ZipReader:
         if skipped:
             return skipped
         if not is_image_name(entry.name):
+            if (self._index and not unix_type and not entry.flags & 0x1 and entry.size <= MAX_SAMPLE_FIELD_BYTES
+                    and entry.method in (STORED, DEFLATED, BZIP2, LZMA) and is_sample_field_name(entry.name)):
+                try:
+                    return MemberText(uri, entry.position, self._read_member(entry))
+                except (Stop, Truncated, *STREAM_ERRORS):
+                    pass  # a sample's field that cannot be read: the member is reported as what it is
             return MemberFailure(uri, images.NOT_AN_IMAGE, not_an_image_message(entry.name))
         if unix_type in UNIX_TYPES:
             return MemberFailure(uri, images.UNSUPPORTED_MEMBER, f"{where} is {UNIX_TYPES[unix_type]}, not a file; "
@@ -289,6 +302,10 @@ class ZipReader:
             return MemberFailure(uri, images.EXPANSION_LIMIT,
                                  f"{where} states {entry.size:,} bytes from {entry.compressed_size:,} stored, a ratio "
                                  f"above {self._limits.max_ratio:g} (--max_compression_ratio)")
+        if self._index:
+            self._produced += entry.size
+            return MemberSpan(uri, entry.position, ZIP_SPAN, entry.header_offset, entry.size,
+                              stored_size=entry.compressed_size, method=entry.method, crc=entry.crc)
         try:
             data = self._read_member(entry)
         except Stop as stop:
@@ -301,45 +318,54 @@ class ZipReader:
         return MemberData(uri, entry.position, data)
 
     def _read_member(self, entry: ZipEntry) -> bytes:
-        self._stream.seek(entry.header_offset)
-        header = self._stream.read(LOCAL.size)
-        if len(header) < LOCAL.size or header[:4] != b"PK\x03\x04":
-            raise Stop(images.CORRUPT_ARCHIVE, f"no local header at byte {entry.header_offset:,}")
-        fields = LOCAL.unpack(header)
-        data_start = entry.header_offset + LOCAL.size + fields[10] + fields[11]
-        if data_start + entry.compressed_size > self._size:
-            raise Stop(images.CORRUPT_ARCHIVE, f"its data runs past the end of the file ({self._size:,} bytes): "
-                                                "a truncated archive")
-        self._stream.seek(data_start)
-        decompressor = Decompressor(entry.method)
-        output, produced, crc = [], 0, 0
-        left = entry.compressed_size
-        while left > 0 or decompressor.has_more():
-            chunk = b""
-            if left > 0 and not decompressor.has_more():
-                chunk = self._stream.read(min(left, CHUNK))
-                if not chunk:
-                    raise Truncated()
-                left -= len(chunk)
-            # never more than one byte past what the directory states: a lying header cannot inflate memory
-            part = decompressor.decompress(chunk, entry.size + 1 - produced)
-            produced += len(part)
-            self._produced += len(part)
-            if produced > entry.size:
-                raise Stop(images.CORRUPT_ARCHIVE, f"decompresses to more than the {entry.size:,} bytes its header "
-                                                    "states (a damaged archive or a zip bomb)")
-            if self._produced > RATIO_FLOOR_BYTES and self._produced > self._limits.max_ratio * max(self._size, 1):
-                raise Stop(images.EXPANSION_LIMIT,
-                            f"the archive expands more than {self._limits.max_ratio:g} times its {self._size:,} "
-                            "bytes (--max_compression_ratio)")
-            crc = zlib.crc32(part, crc)
-            output.append(part)
-        if not decompressor.finished() and not (entry.method == LZMA and produced == entry.size):
-            raise Stop(images.CORRUPT_ARCHIVE, "its compressed data ends before the end of its stream")
-        if produced != entry.size:
-            raise Stop(images.CORRUPT_ARCHIVE, f"decompresses to {produced:,} bytes, not the {entry.size:,} its "
-                                                "header states")
-        if crc != entry.crc:
-            raise Stop(images.CORRUPT_ARCHIVE, f"CRC-32 mismatch (stored {entry.crc:08x}, computed {crc:08x}): "
-                                                "the member's data is damaged")
-        return b"".join(output)
+        data, self._produced = read_zip_member(self._stream, self._size, entry.header_offset, entry.compressed_size,
+                                               entry.size, entry.method, entry.crc, self._limits, self._produced)
+        return data
+
+
+def read_zip_member(stream, file_size: int, header_offset: int, compressed_size: int, size: int, method: int,
+                    expected_crc: int, limits: Limits, produced: int = 0) -> tuple[bytes, int]:
+    """(the bytes of the zip member whose local header is at ``header_offset``, the archive's decompressed bytes so
+    far: ``produced`` plus this member's), decompressed with its stated size and CRC-32 checked and the archive's
+    expansion limit applied; raises `Stop`, `Truncated` or a decompressor's error. ``file_size``: the archive's."""
+    stream.seek(header_offset)
+    header = stream.read(LOCAL.size)
+    if len(header) < LOCAL.size or header[:4] != b"PK\x03\x04":
+        raise Stop(images.CORRUPT_ARCHIVE, f"no local header at byte {header_offset:,}")
+    fields = LOCAL.unpack(header)
+    data_start = header_offset + LOCAL.size + fields[10] + fields[11]
+    if data_start + compressed_size > file_size:
+        raise Stop(images.CORRUPT_ARCHIVE, f"its data runs past the end of the file ({file_size:,} bytes): "
+                                            "a truncated archive")
+    stream.seek(data_start)
+    decompressor = Decompressor(method)
+    output, made, crc = [], 0, 0
+    left = compressed_size
+    while left > 0 or decompressor.has_more():
+        chunk = b""
+        if left > 0 and not decompressor.has_more():
+            chunk = stream.read(min(left, CHUNK))
+            if not chunk:
+                raise Truncated()
+            left -= len(chunk)
+        # never more than one byte past what the directory states: a lying header cannot inflate memory
+        part = decompressor.decompress(chunk, size + 1 - made)
+        made += len(part)
+        produced += len(part)
+        if made > size:
+            raise Stop(images.CORRUPT_ARCHIVE, f"decompresses to more than the {size:,} bytes its header "
+                                                "states (a damaged archive or a zip bomb)")
+        if produced > RATIO_FLOOR_BYTES and produced > limits.max_ratio * max(file_size, 1):
+            raise Stop(images.EXPANSION_LIMIT,
+                        f"the archive expands more than {limits.max_ratio:g} times its {file_size:,} "
+                        "bytes (--max_compression_ratio)")
+        crc = zlib.crc32(part, crc)
+        output.append(part)
+    if not decompressor.finished() and not (method == LZMA and made == size):
+        raise Stop(images.CORRUPT_ARCHIVE, "its compressed data ends before the end of its stream")
+    if made != size:
+        raise Stop(images.CORRUPT_ARCHIVE, f"decompresses to {made:,} bytes, not the {size:,} its header states")
+    if crc != expected_crc:
+        raise Stop(images.CORRUPT_ARCHIVE, f"CRC-32 mismatch (stored {expected_crc:08x}, computed {crc:08x}): "
+                                            "the member's data is damaged")
+    return b"".join(output), produced
