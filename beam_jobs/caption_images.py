@@ -296,7 +296,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: CaptionConfig) -> None:
                     attention_maps=config.attention_maps, no_repeat_ngram_size=config.no_repeat_ngram_size),
                     config.model_id))
     errors = (selected.errors, prepared.errors) | "AllErrors" >> beam.Flatten()
-    _ = (captions, errors, prepared.spills) | "Write" >> WriteCaptionOutputs(
+    _ = (captions, errors) | "Write" >> WriteCaptionOutputs(
         config.output_dir, config.run_number, config.num_shards, config.checkpoint_rows, config.existing)
 
 

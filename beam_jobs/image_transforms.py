@@ -32,6 +32,9 @@ from schemas.tables import ErrorRow
 
 DEFAULT_READ_THREADS = 2
 _PENDING_BYTES = 256 * 1024 * 1024  # archive member bytes waiting for a decode thread, at most
+# archive members read ahead of the decoding: enough to keep the decode threads busy while the next is read, few
+# enough that a worker's memory reaches its plateau within a unit (8 photos of 12 MB: 96 MB)
+_READ_AHEAD_MEMBERS = 8
 
 
 def add_feature_flags(parser: argparse.ArgumentParser, auto_help: str, int8_help: str = "") -> None:
@@ -130,14 +133,19 @@ class _ReadAhead:
 
     _END = object()
 
-    def __init__(self, events, submit, depth: int):
+    def __init__(self, events, submit, depth: int, reader: ThreadPoolExecutor | None = None):
+        """``reader``: a one-thread executor to read on (one long-lived thread for every unit a worker reads: a new
+        thread per unit would make the allocator spread member buffers over new arenas, and memory grow with the
+        number of units); without it, a thread of its own."""
         self._events, self._submit = events, submit
         self._queue = queue.Queue(maxsize=max(depth, 1))
         self._pending_bytes = 0
         self._space = threading.Condition()
         self._stopped = False
-        self._thread = threading.Thread(target=self._produce, name="imcap-archive-reader", daemon=True)
-        self._thread.start()
+        if reader is not None:
+            reader.submit(self._produce)
+        else:
+            threading.Thread(target=self._produce, name="imcap-archive-reader", daemon=True).start()
 
     def _put(self, item) -> bool:
         while not self._stopped:
@@ -189,13 +197,10 @@ class _ReadAhead:
                 self._space.notify_all()
 
 
-SPILLS = "spills"  # the tag of the spill files an archive's indexing wrote (deleted when the run is committed)
-
-
 @beam.typehints.with_input_types(InputRef)
 @beam.typehints.with_output_types(WorkUnit)
 class ExpandInputs(beam.DoFn):
-    """`InputRef` -> `WorkUnit`s (main), `ErrorRow`s (``errors``) and the spill files written (``spills``).
+    """`InputRef` -> `WorkUnit`s (main) and `ErrorRow`s (``errors``).
 
     An image file is one unit. An archive is indexed here (`beam_jobs.archives.index_archive`: a zip's directory,
     a tar's headers; a compressed tar decompressed once into spill files) and cut into units of member references
@@ -277,8 +282,7 @@ class ExpandInputs(beam.DoFn):
         if unit is not None:
             yield unit
         counter("archive_units").inc(builder.units)
-        for path in spill.paths:
-            yield beam.pvalue.TaggedOutput(SPILLS, path)
+        counter("spill_files").inc(len(spill.paths))
         counter("duplicate_inputs").inc(len(set(ref.listed) & seen))  # listed, and read as part of the archive
         for part in sorted(listed - seen - done - claimed):
             yield beam.pvalue.TaggedOutput(ERRORS, self._unread_member(ref.uri, prefix + part, stop, damage))
@@ -312,15 +316,18 @@ class ReadUnits(beam.DoFn):
                  read_threads: int = DEFAULT_READ_THREADS, depth: int = 32):
         self._image_size, self._max_pixels, self._limits = image_size, max_pixels, limits
         self._threads, self._depth = read_threads, depth
-        self._pool = self._progress = None
+        self._pool = self._reader = self._progress = None
 
     def setup(self):
         self._pool = _OrderedPool(self._threads, self._depth)
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imcap-archive-reader")
         self._progress = runtime.ProgressLog("work units read (files and parts of archives)")
 
     def teardown(self):
         if self._pool is not None:
             self._pool.shutdown()
+        if self._reader is not None:
+            self._reader.shutdown(wait=True, cancel_futures=True)
 
     def _outputs(self, results):
         for result in results:
@@ -345,7 +352,8 @@ class ReadUnits(beam.DoFn):
         try:
             events = archives.read_spans(unit.spans, unit.path(), self._limits, unit.archive_size or None)
             read_ahead = _ReadAhead(events, lambda uri, data: self._pool.submit_unordered(
-                prepare_bytes, uri, data, self._image_size, self._max_pixels, samples.get(uri, ())), self._depth)
+                prepare_bytes, uri, data, self._image_size, self._max_pixels, samples.get(uri, ())),
+                min(self._depth, _READ_AHEAD_MEMBERS), self._reader)
             for event, prepared in read_ahead:
                 written.add(event.uri)
                 if isinstance(event, archives.MemberData):
@@ -415,11 +423,10 @@ def ExtractFeatures(keyed_pixels, handler: ModelHandler):  # pylint: disable=inv
 class _ReadImages(typing.NamedTuple):
     images: beam.PCollection  # PreparedImage
     errors: beam.PCollection  # ErrorRow
-    spills: beam.PCollection  # str: spill files written (to delete once the run is committed)
 
 
 class ReadImages(beam.PTransform):
-    """`InputRef`s -> (`PreparedImage`s, `ErrorRow`s, spill files): archives indexed and cut into work units,
+    """`InputRef`s -> (`PreparedImage`s, `ErrorRow`s): archives indexed and cut into work units,
     which are redistributed over the workers (references only), then files and members read and decoded.
 
     Why explicit units and a redistribution rather than a splittable DoFn: it is what Beam's own ReadAll file
@@ -437,13 +444,13 @@ class ReadImages(beam.PTransform):
         self._read = ReadUnits(image_size, max_pixels, limits, read_threads, depth)
 
     def expand(self, refs):
-        expanded = refs | "ExpandInputs" >> beam.ParDo(self._expand).with_outputs(ERRORS, SPILLS, main="units")
+        expanded = refs | "ExpandInputs" >> beam.ParDo(self._expand).with_outputs(ERRORS, main="units")
         work = expanded.units | "Redistribute" >> beam.Reshuffle()
         total = work | "CountUnits" >> beam.combiners.Count.Globally()  # known before any member is read
         read = work | "ReadUnits" >> beam.ParDo(self._read, beam.pvalue.AsSingleton(total)).with_outputs(
             ERRORS, main="images")
         errors = (expanded[ERRORS], read[ERRORS]) | "ReadErrors" >> beam.Flatten()
-        return _ReadImages(images=read.images, errors=errors, spills=expanded[SPILLS])
+        return _ReadImages(images=read.images, errors=errors)
 
 
 @beam.ptransform_fn

@@ -302,15 +302,15 @@ def _WriteShards(row_collections, output_dir: str, table: str, run_number: int, 
 
 
 def finish_run(checkpoint: str, output_dir: str, run_number: int, written_captions, written_errors,
-               caption_count: int, error_count: int, spills, *checkpointed) -> None:
+               caption_count: int, error_count: int, *checkpointed) -> None:
     """After the run's shards are committed (the side inputs are their names and row counts): removes the
     checkpoint and the spill files of compressed archives, and a table's shards of a run after the first when they
     hold no row (a rerun that found nothing new to caption adds no empty files; run 1 keeps its shards, empty or
     not, so that both tables exist)."""
     remove_checkpoint(checkpoint)
-    spill_dir = tables.spill_dir(output_dir, run_number)
-    sinks.delete_owned(output_dir, [path for path in spills if posixpath.dirname(path) == spill_dir
-                                    and units.is_spill_name(posixpath.basename(path))], [spill_dir])
+    spill_dir = tables.spill_dir(output_dir, run_number)  # this run's own folder: its segments, listed
+    sinks.delete_owned(output_dir, [path for path in _listing(spill_dir) if units.is_spill_name(
+        posixpath.basename(path))], [spill_dir])
     if run_number > 1:
         empty = (list(written_captions) if not caption_count else []) + (list(written_errors) if not error_count
                                                                          else [])
@@ -318,8 +318,8 @@ def finish_run(checkpoint: str, output_dir: str, run_number: int, written_captio
 
 
 class WriteCaptionOutputs(beam.PTransform):
-    """(caption rows, error rows, spill files) of this run -> checkpoint while running, then the run's shards, then
-    the checkpoint and spill files removed; returns the written shard names."""
+    """(caption rows, error rows) of this run -> checkpoint while running, then the run's shards, then the
+    checkpoint and the run's spill files removed; returns the written shard names."""
 
     def __init__(self, output_dir: str, run_number: int, num_shards: int, checkpoint_rows: int,
                  existing: ExistingOutputs):
@@ -328,7 +328,7 @@ class WriteCaptionOutputs(beam.PTransform):
         self._checkpoint_rows, self._existing = checkpoint_rows, existing
 
     def expand(self, rows):
-        captions, errors, spills = rows
+        captions, errors = rows
         pipeline = captions.pipeline
         captions = captions | "CountCaptions" >> beam.ParDo(CountRows())
         errors = errors | "CountErrors" >> beam.ParDo(CountRows())
@@ -355,6 +355,5 @@ class WriteCaptionOutputs(beam.PTransform):
                  finish_run, self._output_dir, self._run,
                  beam.pvalue.AsList(written_captions), beam.pvalue.AsList(written_errors),
                  beam.pvalue.AsSingleton(caption_count), beam.pvalue.AsSingleton(error_count),
-                 beam.pvalue.AsList(spills),
                  beam.pvalue.AsList(checkpointed[0]), beam.pvalue.AsList(checkpointed[1])))
         return written_captions, written_errors

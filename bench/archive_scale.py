@@ -7,8 +7,8 @@ loose files, big photos as fast as small ones.
 Photos: the first 4N Flickr8k train photos, upscaled to 2400x1800 with film grain and saved as JPEG quality 94
 (1.1-1.6 MB each, like a phone's 4-5 MP photo), written once under --work_dir.
 
-Default run: one .tar of N photos and one of 4N, and the same photos as loose files (a list file), each captioned by a
-fresh `python -m beam_jobs.caption_images` process; runs alternate N, 4N over --repeats. Prints peak RSS (getrusage
+Default run: one .tar, one .zip and one .tar.gz of N photos and of 4N, and the same photos as loose files (a list
+file), each captioned by a fresh `python -m beam_jobs.caption_images` process; runs alternate N, 4N over --repeats. Prints peak RSS (getrusage
 of the child) for N and 4N, and steady-state images/s = (4N - N) / (t(4N) - t(N)) for the archive and for the loose
 files. Without --model_dir a tiny bundle (random-init Xception at 71 px, trained for one epoch on generated images)
 is built, so that reading and decoding dominate, as in the issue's measurement.
@@ -22,6 +22,7 @@ import os
 import sys
 import tarfile
 import tempfile
+import zipfile
 
 import numpy as np
 from PIL import Image
@@ -75,11 +76,19 @@ def write_list(paths: list[str], path: str) -> str:
     return path
 
 
-def write_tar(paths: list[str], path: str) -> str:
+def write_tar(paths: list[str], path: str, mode: str = "w") -> str:
     if not os.path.exists(path):
-        with tarfile.open(path, "w") as archive:
+        with tarfile.open(path, mode) as archive:
             for item in paths:
                 archive.add(item, arcname=os.path.basename(item))
+    return path
+
+
+def write_zip(paths: list[str], path: str) -> str:
+    if not os.path.exists(path):
+        with zipfile.ZipFile(path, "w") as archive:  # deflate, as zip tools make them
+            for item in paths:
+                archive.write(item, arcname=os.path.basename(item), compress_type=zipfile.ZIP_DEFLATED)
     return path
 
 
@@ -160,6 +169,9 @@ def main() -> None:
         runs = {}
         for count in (small, large):
             runs[("tar", count)] = write_tar(photos[:count], os.path.join(args.work_dir, f"photos-{count}.tar"))
+            runs[("zip", count)] = write_zip(photos[:count], os.path.join(args.work_dir, f"photos-{count}.zip"))
+            runs[("tar.gz", count)] = write_tar(photos[:count], os.path.join(args.work_dir,
+                                                                              f"photos-{count}.tar.gz"), "w:gz")
             runs[("loose", count)] = write_list(photos[:count], os.path.join(lists, f"loose-{count}.txt"))
         results = measure(runs, model_dir, weights, args.repeats, scratch, args.code_dir)
     rows = [("input", "images", "input MiB", "peak RSS MiB", "wall s")]
@@ -168,11 +180,13 @@ def main() -> None:
                      f"{median([s for s, _ in values]):.1f}"))
     print_table(f"Caption job on {BIG[0]}x{BIG[1]} JPEGs (bundle {os.path.basename(model_dir.rstrip('/'))}), "
                 f"medians of {args.repeats}", rows)
-    for label in ("tar", "loose"):
+    for label in ("tar", "zip", "tar.gz", "loose"):
         growth = median([r for _, r in results[(label, large)]]) / median([r for _, r in results[(label, small)]])
         print(f"{label}: peak RSS {large} vs {small} images: {growth - 1:+.1%}")
-    tar_rate, loose_rate = steady_rate(results, "tar", small, large), steady_rate(results, "loose", small, large)
-    print(f"steady images/s: tar {tar_rate:.2f}, loose {loose_rate:.2f}; tar / loose = {tar_rate / loose_rate:.3f}")
+    loose_rate = steady_rate(results, "loose", small, large)
+    for label in ("tar", "zip", "tar.gz"):
+        rate = steady_rate(results, label, small, large)
+        print(f"steady images/s: {label} {rate:.2f}, loose {loose_rate:.2f}; {label} / loose = {rate / loose_rate:.3f}")
 
 
 if __name__ == "__main__":

@@ -55,6 +55,10 @@ class FakeFeatureHandler(ModelHandler[np.ndarray, np.ndarray, _Loaded]):
     def run_inference(self, batch, model, inference_args=None):
         for pixels in batch:
             assert pixels.shape == (self._image_size, self._image_size, 3) and pixels.dtype == np.uint8, pixels.shape
+        log = os.environ.get("FAKE_WORKER_LOG")
+        if log:  # which worker process featurized each image (tests of how work spreads over workers)
+            with open(log, "a", encoding="utf-8") as handle:
+                handle.write(f"{os.getpid()}\n" * len(batch))
         return [fake_features(pixels) for pixels in batch]
 
     def get_num_bytes(self, batch) -> int:
