@@ -86,8 +86,10 @@ def main() -> None:
         job = jobs[-1]
         rows = [("vertex (operators chained)", "records read per subtask")]
         for name, counts in subtask_records(job["jid"]):
-            if "ReadUnits" in name or "Redistribute" in name:
-                rows.append((name[:90] + ("..." if len(name) > 90 else ""), " / ".join(map(str, counts))))
+            # Beam's Flink runner names a fused stage by its transforms: the stage after the redistribution
+            # starts with ReadImages (ReadUnits) and goes on with Features
+            if "ReadImages" in name and "Features" in name:
+                rows.append((name[:110] + ("..." if len(name) > 110 else ""), " / ".join(map(str, counts))))
         local_rows, flink_rows = read_caption_outputs(local_out), read_caption_outputs(flink_out)
         same = sorted((r["image_uri"], r["caption"]) for r in local_rows[0]) == \
             sorted((r["image_uri"], r["caption"]) for r in flink_rows[0])
