@@ -43,7 +43,7 @@ from beam_jobs.image_transforms import (DEFAULT_READ_THREADS, FeaturesOfImages, 
                                         check_feature_flags)
 from beam_jobs.inference import (AUTO_BACKEND, INT8_BACKEND, MODELS, GenerateCaptions, Models, check_backend,
                                  check_int8_model)
-from beam_jobs.inputs import ResolveInputs, SelectInputs, effective_pattern, literal_paths
+from beam_jobs.inputs import ResolveInputs, SelectInputs, matches_anything
 from beam_jobs.outputs import ReadDoneUris, WriteCaptionOutputs
 from schemas import backbones, tables
 from schemas.bundle import BundleKeys
@@ -123,7 +123,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--weights", help="feature weights (default: the bundle's; a path when it was a file)")
     parser.add_argument("--skip_existing", action="store_true",
                         help="caption only images not yet in --output_dir's tables (resume or add to a run)")
-    parser.add_argument("--overwrite", action="store_true", help="delete the job's earlier outputs in --output_dir first (nothing else there)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete the job's earlier outputs in --output_dir first (nothing else there)")
     parser.add_argument("--max_image_bytes", "--max_member_bytes", dest="max_image_bytes", type=runtime.positive_int,
                         default=sources.DEFAULT_MAX_IMAGE_BYTES,
                         help="image files and archive members above this size are too_large (default 256 MiB)")
@@ -178,7 +179,7 @@ def _check_filesystem(flag: str, path: str) -> None:
 
 def _matches_something(pattern: str) -> bool:
     _check_filesystem("--input", pattern)
-    return bool(literal_paths(pattern) or sources.match_paths(effective_pattern(pattern)))
+    return matches_anything(pattern)
 
 
 def _backend_for(args: argparse.Namespace, bundle) -> tuple[str, str | None]:
@@ -271,7 +272,8 @@ def prepare(args: argparse.Namespace, models: Models = MODELS) -> CaptionConfig:
         decode_batch_size=args.decode_batch_size, max_image_pixels=args.max_image_pixels,
         limits=archives.Limits(max_member_bytes=args.max_image_bytes, max_archive_bytes=args.max_archive_bytes,
                                max_ratio=args.max_compression_ratio),
-        read_threads=args.read_threads, unit_members=args.archive_unit_members, num_shards=args.num_shards, checkpoint_rows=args.checkpoint_rows,
+        read_threads=args.read_threads, unit_members=args.archive_unit_members, num_shards=args.num_shards,
+        checkpoint_rows=args.checkpoint_rows,
         inference_backend=backend, int8_model=int8_model, existing=existing, models=models)
 
 

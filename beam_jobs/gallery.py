@@ -178,7 +178,8 @@ def render(caption_rows: list[dict], error_rows: list[dict], limit: int, size: i
 def main(argv=None) -> int:
     parser = cli.ArgumentParser(prog="imcap-gallery", description=__doc__.split("\n\n")[0])
     parser.add_argument("--captions", required=True, metavar="DIR",
-                        help="the caption job's --output_dir (or a glob of Parquet files, e.g. 'out/*/captions/*.parquet')")
+                        help="the caption job's --output_dir (or a glob of Parquet files, e.g. "
+                             "'out/*/captions/*.parquet')")
     parser.add_argument("--output", required=True, help="the HTML file to write")
     parser.add_argument("--limit", type=int, default=200, help="captioned images to show")
     parser.add_argument("--thumbnail_size", type=int, default=192)

@@ -178,6 +178,11 @@ class _ReadAhead:
             if close:
                 close()
 
+    def stop(self):
+        self._stopped = True
+        with self._space:
+            self._space.notify_all()
+
     def __iter__(self):
         try:
             while True:
@@ -192,9 +197,7 @@ class _ReadAhead:
                     self._space.notify_all()
                 yield item, result
         finally:
-            self._stopped = True
-            with self._space:
-                self._space.notify_all()
+            self.stop()
 
 
 @beam.typehints.with_input_types(InputRef)
@@ -221,9 +224,10 @@ class ExpandInputs(beam.DoFn):
 
     @staticmethod
     def _size(path: str) -> int | None:
+        """The archive's size now (its name is a name, never a glob: ``a[1].tar`` is that file)."""
         try:
-            return FileSystems.match([path])[0].metadata_list[0].size_in_bytes
-        except Exception:  # no such file, or a name that is a glob: reading it will tell
+            return FileSystems.get_filesystem(path).metadata(path).size_in_bytes
+        except Exception:  # no such file, or a filesystem that cannot say: reading it will tell
             return None
 
     def _archive(self, ref: InputRef):
@@ -260,6 +264,10 @@ class ExpandInputs(beam.DoFn):
                         yield unit
                 elif isinstance(event, units.SamplePart):
                     counter("sample_parts").inc()
+                    if part in listed and part not in done and first_time:  # a list named it: an input, so a row
+                        yield beam.pvalue.TaggedOutput(ERRORS, tables.error_row(
+                            event.uri, images.NOT_AN_IMAGE, "a part of a WebDataset sample (its text and JSON are "
+                                                            "in the caption row of the sample's image), not an image"))
                 elif isinstance(event, archives.MemberSkipped) and event.reason == archives.SKIPPED_DUPLICATE:
                     counter("duplicate_inputs").inc()
                 elif part in claimed:
@@ -270,6 +278,8 @@ class ExpandInputs(beam.DoFn):
                     archive_row_written = archive_row_written or part == sources.ITSELF
                     yield beam.pvalue.TaggedOutput(ERRORS, tables.error_row(event.uri, event.error_class,
                                                                             event.message))
+        except archives.SpillFailed:
+            raise  # not the archive's fault: the bundle fails and the runner retries it
         except Exception as error:
             if whole and not archive_row_written:
                 archive_row_written = True
@@ -316,7 +326,7 @@ class ReadUnits(beam.DoFn):
                  read_threads: int = DEFAULT_READ_THREADS, depth: int = 32):
         self._image_size, self._max_pixels, self._limits = image_size, max_pixels, limits
         self._threads, self._depth = read_threads, depth
-        self._pool = self._reader = self._progress = None
+        self._pool = self._reader = self._read_ahead = self._progress = None
 
     def setup(self):
         self._pool = _OrderedPool(self._threads, self._depth)
@@ -324,6 +334,8 @@ class ReadUnits(beam.DoFn):
         self._progress = runtime.ProgressLog("work units read (files and parts of archives)")
 
     def teardown(self):
+        if self._read_ahead is not None:
+            self._read_ahead.stop()  # a unit left unfinished (its consumer stopped) must not hold the reader thread
         if self._pool is not None:
             self._pool.shutdown()
         if self._reader is not None:
@@ -351,7 +363,7 @@ class ReadUnits(beam.DoFn):
         written = set()
         try:
             events = archives.read_spans(unit.spans, unit.path(), self._limits, unit.archive_size or None)
-            read_ahead = _ReadAhead(events, lambda uri, data: self._pool.submit_unordered(
+            read_ahead = self._read_ahead = _ReadAhead(events, lambda uri, data: self._pool.submit_unordered(
                 prepare_bytes, uri, data, self._image_size, self._max_pixels, samples.get(uri, ())),
                 min(self._depth, _READ_AHEAD_MEMBERS), self._reader)
             for event, prepared in read_ahead:

@@ -92,6 +92,18 @@ def literal_paths(given: str) -> list[str] | None:
     return sorted(os.path.join(directory, name) for directory, _, names in os.walk(local) for name in names)
 
 
+def matches_anything(given: str) -> bool:
+    """Whether an --input names or matches at least one file (the launcher's check; a local glob is walked only
+    until its first match)."""
+    if literal_paths(given):
+        return True
+    pattern = effective_pattern(given)
+    local = _local(pattern)
+    if local is not None and _listing_root(local + "*" if local.endswith("/") else local) is not None:
+        return any(kind == INPUT for kind, _ in _walk_local(pattern))
+    return bool(sources.match_paths(pattern))
+
+
 DIRECTORY_LINK = ("a symbolic link to a directory: not followed (links inside a folder may loop); give its target "
                   "as an --input to caption it")
 
@@ -110,7 +122,8 @@ class MatchPatterns(beam.DoFn):
         pattern = effective_pattern(given)
         local = _local(pattern)
         found, failure = False, None
-        if local is not None and _listing_root(local.rstrip("/") + "/*" if local.endswith("/") else local):
+        globbed = local is not None and _listing_root(local + "*" if local.endswith("/") else local) is not None
+        if globbed:
             walked = _walk_local(pattern)  # streamed: a folder of millions of files is never one list
         else:
             try:

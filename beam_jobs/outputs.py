@@ -156,6 +156,7 @@ def delete_outputs(output_dir: str, existing: ExistingOutputs) -> None:
     files, the sinks' temporary files; then their folders where they are left empty. Legacy shards beside the
     directory are not this layout's: they are left alone."""
     paths = [path for path, _, _ in existing.committed] + list(existing.checkpoint_parts) + list(existing.leftovers)
+
     def temporary_folder(name: str) -> bool:
         return tables.is_sink_temp_name(name) or tables.is_spill_dir_name(name)
 

@@ -303,3 +303,133 @@ def test_many_shards_and_loose_files_in_one_run(photos, fake_bundle, tmp_path):
     caption_images.run(argv([str(shard_dir), str(loose)], fake_bundle, out), test_pipeline=local_test_pipeline(),
                        models=FAKE_MODELS)
     check_every_input_once(*read_outputs(out), expected)
+
+
+# -- what a second reader found -----------------------------------------------------------------------------------
+
+def test_a_webdataset_shard_rerun_adds_no_rows_for_its_texts(photos, fake_bundle, tmp_path):
+    paths, expected, _ = _write_shards(str(tmp_path), photos, shards=2)
+    out = str(tmp_path / "out")
+    args = argv([str(tmp_path / "shard-*.tar")], fake_bundle, out)
+    caption_images.run(args, test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
+    result = caption_images.run(args + ["--skip_existing"], test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
+    assert runtime.metric_counters(result).get("errors_not_an_image", 0) == 0
+    check_every_input_once(*read_outputs(out), expected)
+
+
+def test_a_lone_surrogate_in_a_samples_json_is_escaped_not_a_crash(photos, fake_bundle, tmp_path):
+    path = str(tmp_path / "odd.tar")
+    document = b'{"url": "http://example.com/\\ud800.jpg"}'
+    open(path, "wb").write(tar_bytes([("k.jpg", next(iter(photos.values()))), ("k.json", document)]))
+    out = str(tmp_path / "out")
+    caption_images.run(argv([path], fake_bundle, out), test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
+    (row,), errors = read_outputs(out)
+    assert not errors and row[tables.SAMPLE_URL] == "http://example.com/\\ud800.jpg"
+
+
+def test_a_failed_spill_fails_the_run_and_the_rerun_loses_nothing(photos, fake_bundle, tmp_path, monkeypatch):
+    """A full disk is not the archive's fault: no corrupt_archive row, no member without a row; the run fails (the
+    runner retries), and a rerun captions everything."""
+    members = list(photos.items())[:6]
+    path = str(tmp_path / "one.tar.gz")
+    open(path, "wb").write(gzip.compress(tar_bytes(members)))
+    original = units.SpillWriter.__call__
+    calls = []
+
+    def full_disk(self, uri, position, data):
+        calls.append(uri)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return original(self, uri, position, data)
+    monkeypatch.setattr(units.SpillWriter, "__call__", full_disk)
+    out = str(tmp_path / "out")
+    with pytest.raises(Exception, match="spill file"):
+        caption_images.run(argv([path], fake_bundle, out), test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
+    monkeypatch.undo()
+    caption_images.run(argv([path], fake_bundle, out, "--skip_existing"), test_pipeline=local_test_pipeline(),
+                       models=FAKE_MODELS)
+    check_every_input_once(*read_outputs(out), {f"{path}!{name}": None for name, _ in members})
+
+
+def test_a_zip_directory_stating_more_than_the_expansion_limit_is_rows_when_indexed(tmp_path):
+    path = str(tmp_path / "bomb.zip")
+    open(path, "wb").write(_zip_bytes([(f"zeros{index}.jpg", bytes(1 << 20)) for index in range(100)]))
+    made, others = _units_of(path, 32, str(tmp_path / "spill"))
+    spans = sum(len(unit.spans) for unit in made)
+    limits = [event for event in others if event.error_class == images.EXPANSION_LIMIT]
+    assert spans == 64 and len(limits) == 36  # 64 MiB stated, then the ratio (~1,000 x the file) is judged
+    whole = list(archives.read_archive(path))
+    assert sum(isinstance(event, archives.MemberData) for event in whole) <= 65
+
+
+@pytest.mark.parametrize("suffix", [".tar", ".tar.gz"])
+def test_hard_links_to_passed_over_or_unnamed_targets_resolve_as_when_reading_whole(suffix, photos, tmp_path):
+    name, data = next(iter(photos.items()))
+    to_blob = tarfile.TarInfo("pic.jpg")
+    to_blob.type, to_blob.linkname = tarfile.LNKTYPE, "blob"
+    to_done = tarfile.TarInfo("again.jpg")
+    to_done.type, to_done.linkname = tarfile.LNKTYPE, name
+    path = str(tmp_path / f"links{suffix}")
+    open(path, "wb").write(COMPRESSORS[suffix](tar_bytes([("blob", data), (name, data), to_blob, to_done])))
+    made, others = _units_of(path, 10, str(tmp_path / "spill"), skip={name})  # `name` done by an earlier run
+    read = _read_units(made, path)
+    assert {uri: event.data == data for uri, event in read.items()} == {f"{path}!pic.jpg": True,
+                                                                       f"{path}!again.jpg": True}
+    assert [(event.uri, event.error_class) for event in others if isinstance(event, archives.MemberFailure)] == [
+        (f"{path}!blob", images.NOT_AN_IMAGE)]
+
+
+def test_an_archive_whose_name_is_a_glob_is_that_archive(photos, fake_bundle, tmp_path):
+    members = list(photos.items())
+    odd = str(tmp_path / "a[1].tar")
+    open(odd, "wb").write(tar_bytes(members[:3]))
+    open(str(tmp_path / "a1.tar"), "wb").write(tar_bytes(members))  # what the name matches as a glob
+    out = str(tmp_path / "out")
+    caption_images.run(argv([odd], fake_bundle, out), test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
+    check_every_input_once(*read_outputs(out), {f"{odd}!{name}": None for name, _ in members[:3]})
+
+
+def test_a_relative_glob_in_the_first_part_of_the_path(photos, fake_bundle, tmp_path, monkeypatch):
+    for folder in ("x", "y"):
+        (tmp_path / folder).mkdir()
+    name, data = next(iter(photos.items()))
+    (tmp_path / "x" / "a.jpg").write_bytes(data)
+    (tmp_path / "y" / "a.jpg").write_bytes(data)
+    monkeypatch.chdir(tmp_path)
+    caption_images.run(argv(["*/a.jpg"], fake_bundle, "out"), test_pipeline=local_test_pipeline(),
+                       models=FAKE_MODELS)
+    check_every_input_once(*read_outputs(str(tmp_path / "out")), {str(tmp_path / "x" / "a.jpg"): None,
+                                                                  str(tmp_path / "y" / "a.jpg"): None})
+
+
+def test_a_damaged_bzip2_zip_member_is_corrupt_as_when_reading_whole(photos, tmp_path):
+    members = list(photos.items())[:2]
+    data = bytearray(_zip_bytes(members, zipfile.ZIP_BZIP2))
+    start = data.find(b"BZh") + 200
+    data[start:start + 50] = bytes(50)
+    path = str(tmp_path / "bz.zip")
+    open(path, "wb").write(bytes(data))
+    made, _ = _units_of(path, 10, str(tmp_path / "spill"))
+    indexed = {uri: event.error_class for uri, event in _read_units(made, path).items()
+               if isinstance(event, archives.MemberFailure)}
+    whole = {event.uri: event.error_class for event in archives.read_archive(path)
+             if isinstance(event, archives.MemberFailure)}
+    assert indexed == whole == {f"{path}!{members[0][0]}": images.CORRUPT_ARCHIVE}
+
+
+def test_a_list_naming_sample_members_gets_their_rows_and_fields(photos, fake_bundle, tmp_path):
+    webdataset = pytest.importorskip("webdataset")
+    path = str(tmp_path / "shard.tar")
+    with webdataset.TarWriter(path) as writer:
+        for key, photo in (("000", list(photos)[0]), ("001", list(photos)[1])):
+            writer.write({"__key__": key, "jpg": photos[photo], "txt": f"text of {key}"})
+    listing = tmp_path / "wanted.txt"
+    listing.write_text(f"{path}!000.jpg\n{path}!000.txt\n{path}!001.jpg\n")
+    out = str(tmp_path / "out")
+    caption_images.run(argv([str(listing)], fake_bundle, out), test_pipeline=local_test_pipeline(),
+                       models=FAKE_MODELS)
+    captions, errors = read_outputs(out)
+    check_every_input_once(captions, errors, {f"{path}!000.jpg": None, f"{path}!001.jpg": None,
+                                              f"{path}!000.txt": images.NOT_AN_IMAGE})
+    assert {row[tables.IMAGE_URI][-7:]: row[tables.SAMPLE_TEXT] for row in captions} == {
+        "000.jpg": "text of 000", "001.jpg": "text of 001"}

@@ -31,8 +31,8 @@ from beam_jobs import sources
 from beam_jobs.archives.common import (BLOCK, DEFAULT_MAX_ARCHIVE_BYTES, DEFAULT_MAX_COMPRESSION_RATIO,
                                        RATIO_FLOOR_BYTES, SKIPPED_DONE, SKIPPED_DUPLICATE, SKIPPED_UNWANTED,
                                        SPILL_SPAN, STREAM_ERRORS, TAR_SPAN, ZIP_SPAN, Event, Limits, MemberData,
-                                       MemberFailure, MemberSkipped, MemberSpan, MemberText, Stop, Truncated,
-                                       compression_of)
+                                       MemberFailure, MemberSkipped, MemberSpan, MemberText, SpillFailed, Stop,
+                                       Truncated, compression_of)
 from beam_jobs.archives.tar import TarReader
 from beam_jobs.archives.tar_format import valid_header
 from beam_jobs.archives.zip import ZipReader, read_zip_member
@@ -41,7 +41,7 @@ from schemas.images import describe_error
 
 __all__ = ["DEFAULT_MAX_ARCHIVE_BYTES", "DEFAULT_MAX_COMPRESSION_RATIO", "RATIO_FLOOR_BYTES", "SKIPPED_DONE",
            "SKIPPED_DUPLICATE", "SKIPPED_UNWANTED", "SPILL_SPAN", "TAR_SPAN", "ZIP_SPAN", "Event", "Limits",
-           "MemberData", "MemberFailure", "MemberSkipped", "MemberSpan", "MemberText", "index_archive",
+           "MemberData", "MemberFailure", "MemberSkipped", "MemberSpan", "MemberText", "SpillFailed", "index_archive",
            "read_archive", "read_spans"]
 
 
@@ -134,9 +134,12 @@ def read_spans(spans: typing.Sequence[MemberSpan], location: str, limits: Limits
                 yield MemberFailure(span.uri, images.CORRUPT_ARCHIVE,
                                     f"member #{span.position} is truncated: the archive ends inside its data")
             except STREAM_ERRORS as error:
-                error_class = images.READ_ERROR if isinstance(error, OSError) else images.CORRUPT_ARCHIVE
-                yield MemberFailure(span.uri, error_class,
-                                    f"member #{span.position} cannot be read: {describe_error(error)}")
+                if span.format == ZIP_SPAN:  # as when the zip is read whole: its data does not decompress
+                    yield MemberFailure(span.uri, images.CORRUPT_ARCHIVE, f"member #{span.position} cannot be "
+                                                                          f"decompressed: {describe_error(error)}")
+                else:
+                    yield MemberFailure(span.uri, images.READ_ERROR,
+                                        f"member #{span.position} cannot be read: {describe_error(error)}")
             except Exception as error:  # filesystems raise their own types (BeamIOError, ...)
                 yield MemberFailure(span.uri, images.READ_ERROR,
                                     f"member #{span.position} cannot be read: {describe_error(error)}")

@@ -111,6 +111,12 @@ class Truncated(Exception):
     """The data ended before a member's stated size."""
 
 
+class SpillFailed(Exception):
+    """A compressed archive's member could not be written to its spill file (a full disk, an object store's error):
+    not the archive's fault, so no row; the step fails and the runner retries it (the spill's names are fixed, so a
+    retry rewrites the same files)."""
+
+
 # Decompressor and I/O failures of a compressed stream; any of them ends the reading of the stream.
 STREAM_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError, ValueError, struct.error)
 

@@ -5,9 +5,9 @@ import tarfile
 from typing import Callable, Iterator
 
 from beam_jobs import sources
-from beam_jobs.archives.common import (BLOCK, MAX_SAMPLE_FIELD_BYTES, SKIPPED_DONE, SKIPPED_DUPLICATE, STREAM_ERRORS,
+from beam_jobs.archives.common import (BLOCK, MAX_SAMPLE_FIELD_BYTES, SKIPPED_DONE, SKIPPED_UNWANTED, STREAM_ERRORS,
                                        TAR_SPAN, Event, Limits, MemberData, MemberFailure, MemberSkipped, MemberSpan,
-                                       MemberText, Stop, Truncated, is_image_name, is_sample_field_name,
+                                       MemberText, SpillFailed, Stop, Truncated, is_image_name, is_sample_field_name,
                                        not_an_image_message, passed_over, too_large_message)
 from beam_jobs.archives.tar_format import (NO_INPUT_TYPES, REGULAR_TYPES, SPECIAL_TYPES, TarDamage, TarEntry,
                                            TarStream, TarWalker)
@@ -19,8 +19,9 @@ class TarReader:
     """``spill``: index the archive instead of reading it (`archives.index_archive`): image members are
     `MemberSpan`s (where their bytes are) instead of `MemberData`, and a compressed tar's members, which no later
     reader can seek to, are handed to ``spill(uri, position, data) -> MemberSpan`` on the way (it writes them where
-    a later reader can); small members that may describe a sample are `MemberText`. Hard links then resolve to
-    their target's span at once (no second pass)."""
+    a later reader can; its failure is `SpillFailed`, which ends the work, to be retried, not a row); small members
+    that may describe a sample are `MemberText`. Hard links resolve, as when reading, by a second pass: to the
+    target's offset, or (compressed) to the target's bytes spilled then."""
 
     def __init__(self, uri: str, open_stream: Callable, stream, head: bytes, skip, only, limits: Limits,
                  spill: Callable | None = None):
@@ -28,7 +29,6 @@ class TarReader:
         self._skip, self._only, self._limits = skip, only, limits
         self._spill = spill
         self._index = spill is not None
-        self._spans: dict[bytes, MemberSpan | MemberFailure] = {}  # index mode: what each name became, for links
 
     def events(self) -> Iterator[Event]:
         uri = self._uri
@@ -61,8 +61,8 @@ class TarReader:
                 current = item
                 try:
                     event = self._entry_event(item, seen, links, walker)
-                except (Stop, Truncated, *STREAM_ERRORS):
-                    raise  # they end the reading: handled below
+                except (Stop, Truncated, SpillFailed, *STREAM_ERRORS):
+                    raise  # they end the reading: handled below (a failed spill: by the caller, which retries)
                 except Exception as error:  # e.g. MemoryError on one member: that member's row; the rest is read
                     event = MemberFailure(sources.member_uri(uri, item.name), images.INTERNAL_ERROR,
                                           f"member #{item.position}: {describe_error(error)}")
@@ -131,8 +131,10 @@ class TarReader:
         where = f"member #{entry.position}"
         skipped = passed_over(uri, member, self._skip, self._only, seen)
         if skipped:
-            if self._index and skipped.reason != SKIPPED_DUPLICATE:
-                self._remember_passed_over(entry, uri, walker)
+            if (self._index and skipped.reason == SKIPPED_UNWANTED and entry.type in REGULAR_TYPES
+                    and is_sample_field_name(entry.name) and entry.size <= MAX_SAMPLE_FIELD_BYTES):
+                # not an input, but maybe a field of a listed image's sample (the caller keeps it as that or nothing)
+                return MemberText(uri, entry.position, walker.read_data(entry.size))
             return skipped
         if entry.problem:
             return MemberFailure(uri, images.CORRUPT_ARCHIVE, f"{where} has {entry.problem}; skipped")
@@ -142,8 +144,6 @@ class TarReader:
                 return MemberText(uri, entry.position, walker.read_data(entry.size))
             return MemberFailure(uri, images.NOT_AN_IMAGE, not_an_image_message(entry.name))
         if entry.type == tarfile.LNKTYPE:
-            if self._index:
-                return self._link_span(entry, uri, where)
             links.append((entry.position, entry.name, entry.link))
             return None
         if entry.type in SPECIAL_TYPES:
@@ -154,47 +154,21 @@ class TarReader:
             return MemberFailure(uri, images.CORRUPT_ARCHIVE, f"{where} has an invalid type {entry.type!r}")
         # Regular files, and unknown types, which POSIX says to read as regular files.
         if entry.size > self._limits.max_member_bytes:
-            failure = MemberFailure(uri, images.TOO_LARGE, too_large_message(entry.size, self._limits.max_member_bytes))
-            self._spans[entry.name] = failure
-            return failure
+            return MemberFailure(uri, images.TOO_LARGE, too_large_message(entry.size, self._limits.max_member_bytes))
         if not self._index:
             return MemberData(uri, entry.position, walker.read_data(entry.size))
         if self._compressed:
-            span = self._spill(uri, entry.position, walker.read_data(entry.size))
-        else:
-            offset, size = walker.data_position, walker.stream_size
-            if size is not None and offset + entry.size > size:
-                raise Truncated()
-            span = MemberSpan(uri, entry.position, TAR_SPAN, offset, entry.size)
-        self._spans[entry.name] = span
-        return span
+            return self._spill_member(uri, entry.position, walker.read_data(entry.size))
+        offset, size = walker.data_position, walker.stream_size
+        if size is not None and offset + entry.size > size:
+            raise Truncated()
+        return MemberSpan(uri, entry.position, TAR_SPAN, offset, entry.size)
 
-    def _remember_passed_over(self, entry: TarEntry, uri: str, walker: TarWalker) -> None:
-        """Index mode: a member passed over (done by an earlier run, or not among those a list names) may still be
-        the target of a later hard link: its span is kept (its bytes, in a compressed tar, cannot be)."""
-        if entry.type not in REGULAR_TYPES or entry.problem or not is_image_name(entry.name):
-            return
-        if entry.size > self._limits.max_member_bytes:
-            self._spans[entry.name] = MemberFailure(uri, images.TOO_LARGE, "it is too large")
-        elif self._compressed:
-            self._spans[entry.name] = MemberFailure(uri, images.UNSUPPORTED_MEMBER, "it was passed over in a "
-                                                    "compressed stream, which is not read twice")
-        else:
-            self._spans[entry.name] = MemberSpan(uri, entry.position, TAR_SPAN, walker.data_position, entry.size)
-
-    def _link_span(self, entry: TarEntry, uri: str, where: str) -> Event:
-        """Index mode: a hard link is its target's bytes, if the target is an earlier member that was indexed."""
-        target = self._spans.get(entry.link)
-        name = sources.escape_member_name(entry.link)
-        if isinstance(target, MemberSpan):
-            span = target._replace(uri=uri, position=entry.position)
-            self._spans[entry.name] = span
-            return span
-        why = ("which is not an earlier member of the archive" if target is None else
-               f"which could not be read ({target.message})")
-        failure = MemberFailure(uri, images.UNSUPPORTED_MEMBER, f"{where} is a hard link to {name}, {why}")
-        self._spans[entry.name] = failure
-        return failure
+    def _spill_member(self, uri: str, position: int, data: bytes) -> MemberSpan:
+        try:
+            return self._spill(uri, position, data)
+        except Exception as error:
+            raise SpillFailed(f"cannot write the spill file of {self._uri}: {describe_error(error)}") from error
 
     def _unresolved(self, links: list, why: str) -> Iterator[MemberFailure]:
         for position, name, target in links:
@@ -217,15 +191,29 @@ class TarReader:
         for position, name, target in links:
             wanted.setdefault(final_target(target), []).append((position, name))
 
-        def outcome_for(target: bytes, target_position: int, data: bytes | None, why: str) -> Iterator[Event]:
+        def outcome_for(target: bytes, target_position: int, data, why: str) -> Iterator[Event]:
+            """``data``: the target's bytes, or (index mode) a callable giving a link's span from its URI and
+            position; None when the target cannot be read (``why``)."""
             for position, name in wanted.pop(target):
                 uri = sources.member_uri(self._uri, name)
                 if data is not None and target_position < position:
-                    yield MemberData(uri, position, data)
+                    yield data(uri, position) if callable(data) else MemberData(uri, position, data)
                 else:
                     yield MemberFailure(uri, images.UNSUPPORTED_MEMBER,
                                         f"member #{position} is a hard link to {sources.escape_member_name(target)}, "
                                         f"{why if data is None else 'which is not an earlier member'}")
+
+        def indexed(walker: TarWalker, item: TarEntry):
+            """Index mode: the spans of the links to ``item`` (its data's offset, or its bytes spilled once)."""
+            if walker.stream_size is not None:  # uncompressed: every link reads the target's own bytes
+                return lambda uri, position: MemberSpan(uri, position, TAR_SPAN, walker.data_position, item.size)
+            first = {}
+
+            def spilled(uri, position):
+                if "span" not in first:
+                    first["span"] = self._spill_member(uri, position, walker.read_data(item.size))
+                return first["span"]._replace(uri=uri, position=position)
+            return spilled
 
         reason = "which is not an earlier member of the archive"
         try:  # each target's bytes are read, handed out and dropped before the next one is read
@@ -239,7 +227,8 @@ class TarReader:
                     if item.position >= last_link:
                         break
                     if item.type in REGULAR_TYPES and item.size <= self._limits.max_member_bytes:
-                        yield from outcome_for(item.name, item.position, walker.read_data(item.size), "")
+                        data = indexed(walker, item) if self._index else walker.read_data(item.size)
+                        yield from outcome_for(item.name, item.position, data, "")
                     elif item.type in REGULAR_TYPES:
                         yield from outcome_for(item.name, item.position, None,
                                                too_large_message(item.size, self._limits.max_member_bytes))

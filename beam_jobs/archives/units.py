@@ -33,7 +33,8 @@ import typing
 from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs import sources
-from beam_jobs.archives.common import (SPILL_SPAN, MemberFailure, MemberSpan, MemberText, not_an_image_message)
+from beam_jobs.archives.common import (SPILL_SPAN, MemberFailure, MemberSkipped, MemberSpan, MemberText,
+                                       not_an_image_message)
 from beam_jobs.elements import WorkUnit
 from schemas import images, tables
 
@@ -80,7 +81,7 @@ def _fields(texts: list[MemberText], prefix: str, key: str) -> tuple:
                 continue  # not JSON: not kept as the sample's JSON
             fields.setdefault(SAMPLE_JSON, value)
             if isinstance(document, dict) and isinstance(document.get("url"), str):
-                fields.setdefault(SAMPLE_URL, document["url"])
+                fields.setdefault(SAMPLE_URL, tables.valid_text(document["url"]))  # JSON can escape lone surrogates
     return tuple(sorted(fields.items()))
 
 
@@ -91,14 +92,21 @@ def group_samples(events, archive_uri: str):
     prefix = archive_uri + tables.MEMBER_SEPARATOR
     group, group_key = [], None
 
+    def is_image(event) -> bool:
+        """A span, or an image member passed over (done by an earlier run) or failed (too large, ...)."""
+        return isinstance(event, MemberSpan) or (
+            not isinstance(event, MemberText) and sources.kind_of(event.uri[len(prefix):]) == sources.IMAGE)
+
     def flush():
-        spans = [event for event in group if isinstance(event, MemberSpan)]
+        has_image = any(is_image(event) for event in group)
         texts = [event for event in group if isinstance(event, MemberText)]
-        fields = _fields(texts, prefix, group_key) if spans else ()
+        fields = _fields(texts, prefix, group_key) if has_image else ()
         for event in group:
             if isinstance(event, MemberSpan):
                 yield event._replace(sample=fields)
-            elif spans:
+            elif is_image(event):
+                yield event  # its row (or its skip) as before
+            elif has_image:
                 yield SamplePart(event.uri)
             elif isinstance(event, MemberText):
                 name = sources.unescape_member_name(event.uri[len(prefix):])
@@ -111,9 +119,8 @@ def group_samples(events, archive_uri: str):
         for event in events:
             member = _member_part(event.uri, prefix)
             key = sample_key(member) if member is not None else None
-            groupable = key is not None and (isinstance(event, (MemberSpan, MemberText)) or (
-                isinstance(event, MemberFailure) and event.error_class == images.NOT_AN_IMAGE
-                and sources.kind_of(member) != sources.ARCHIVE))
+            groupable = key is not None and (isinstance(event, (MemberSpan, MemberText, MemberSkipped)) or (
+                isinstance(event, MemberFailure) and sources.kind_of(member) != sources.ARCHIVE))
             if not groupable:
                 yield event
                 continue

@@ -7,7 +7,8 @@ import zlib
 from typing import Iterator
 
 from beam_jobs import sources
-from beam_jobs.archives.common import (CHUNK, MAX_SAMPLE_FIELD_BYTES, RATIO_FLOOR_BYTES, STREAM_ERRORS, ZIP_SPAN,
+from beam_jobs.archives.common import (CHUNK, MAX_SAMPLE_FIELD_BYTES, RATIO_FLOOR_BYTES, SKIPPED_UNWANTED,
+                                       STREAM_ERRORS, ZIP_SPAN,
                                        Event, Limits, MemberData, MemberFailure, MemberSpan, MemberText, Stop,
                                        Truncated, is_image_name, is_sample_field_name, not_an_image_message,
                                        passed_over, too_large_message)
@@ -272,16 +273,17 @@ class ZipReader:
         if unix_type == 0o040000:
             return None
         skipped = passed_over(uri, member, self._skip, self._only, seen)
-        if skipped:
+        sample_field = (self._index and not unix_type and not entry.flags & 0x1 and entry.size <= MAX_SAMPLE_FIELD_BYTES
+                        and entry.method in (STORED, DEFLATED, BZIP2, LZMA) and is_sample_field_name(entry.name))
+        if skipped and not (sample_field and skipped.reason == SKIPPED_UNWANTED):
             return skipped
         if not is_image_name(entry.name):
-            if (self._index and not unix_type and not entry.flags & 0x1 and entry.size <= MAX_SAMPLE_FIELD_BYTES
-                    and entry.method in (STORED, DEFLATED, BZIP2, LZMA) and is_sample_field_name(entry.name)):
+            if sample_field:  # unwanted (not listed) too: maybe a field of a listed image's sample
                 try:
                     return MemberText(uri, entry.position, self._read_member(entry))
                 except (Stop, Truncated, *STREAM_ERRORS):
                     pass  # a sample's field that cannot be read: the member is reported as what it is
-            return MemberFailure(uri, images.NOT_AN_IMAGE, not_an_image_message(entry.name))
+            return skipped or MemberFailure(uri, images.NOT_AN_IMAGE, not_an_image_message(entry.name))
         if unix_type in UNIX_TYPES:
             return MemberFailure(uri, images.UNSUPPORTED_MEMBER, f"{where} is {UNIX_TYPES[unix_type]}, not a file; "
                                                                  "not followed")
@@ -303,6 +305,13 @@ class ZipReader:
                                  f"{where} states {entry.size:,} bytes from {entry.compressed_size:,} stored, a ratio "
                                  f"above {self._limits.max_ratio:g} (--max_compression_ratio)")
         if self._index:
+            # the archive's expansion, judged on the sizes its directory states (each member's read checks that it
+            # gives no more than that): a directory whose entries all point at one big member is a bomb too
+            if self._produced + entry.size > RATIO_FLOOR_BYTES and \
+                    self._produced + entry.size > self._limits.max_ratio * max(self._size, 1):
+                return MemberFailure(uri, images.EXPANSION_LIMIT,
+                                     f"{where} would take the archive past {self._limits.max_ratio:g} times its "
+                                     f"{self._size:,} bytes (--max_compression_ratio)")
             self._produced += entry.size
             return MemberSpan(uri, entry.position, ZIP_SPAN, entry.header_offset, entry.size,
                               stored_size=entry.compressed_size, method=entry.method, crc=entry.crc)
