@@ -27,36 +27,25 @@ from common import (DEFAULT_DATASET, DEFAULT_WEIGHTS, REPO_ROOT, image_paths, ma
                     write_split_file)
 
 
+def _archive(path: str, paths: list[str]) -> str:
+    """A tar (plain or gzip, by the name) or a zip of the photos, written once."""
+    if not os.path.exists(path):
+        if path.endswith(".zip"):
+            with zipfile.ZipFile(path, "w") as archive:
+                for item in paths:
+                    archive.write(item, arcname=os.path.basename(item))
+        else:
+            with tarfile.open(path, "w:gz" if path.endswith(".gz") else "w") as archive:
+                for item in paths:
+                    archive.add(item, arcname=os.path.basename(item))
+    return path
+
+
 def write_inputs(paths: list[str], directory: str) -> dict[str, list[str]]:
     os.makedirs(directory, exist_ok=True)
-    inputs = {}
-    one_tar = os.path.join(directory, "one.tar")
-    if not os.path.exists(one_tar):
-        with tarfile.open(one_tar, "w") as archive:
-            for path in paths:
-                archive.add(path, arcname=os.path.basename(path))
-    inputs["one .tar"] = [one_tar]
-    one_tgz = os.path.join(directory, "one.tar.gz")
-    if not os.path.exists(one_tgz):
-        with tarfile.open(one_tgz, "w:gz") as archive:
-            for path in paths:
-                archive.add(path, arcname=os.path.basename(path))
-    inputs["one .tar.gz"] = [one_tgz]
-    one_zip = os.path.join(directory, "one.zip")
-    if not os.path.exists(one_zip):
-        with zipfile.ZipFile(one_zip, "w") as archive:
-            for path in paths:
-                archive.write(path, arcname=os.path.basename(path))
-    inputs["one .zip"] = [one_zip]
-    quarters = []
-    for part in range(4):
-        path = os.path.join(directory, f"part{part}.tar")
-        if not os.path.exists(path):
-            with tarfile.open(path, "w") as archive:
-                for item in paths[part::4]:
-                    archive.add(item, arcname=os.path.basename(item))
-        quarters.append(path)
-    inputs["4 tars"] = quarters
+    inputs = {f"one {suffix}": [_archive(os.path.join(directory, f"one{suffix}"), paths)]
+              for suffix in (".tar", ".tar.gz", ".zip")}
+    inputs["4 tars"] = [_archive(os.path.join(directory, f"part{part}.tar"), paths[part::4]) for part in range(4)]
     return inputs
 
 

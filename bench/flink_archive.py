@@ -14,15 +14,13 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import sys
 import tarfile
 import tempfile
 import urllib.request
 
 from common import DEFAULT_DATASET, image_paths, machine, print_table, read_caption_outputs, split_names
-from scaleout import (FLINK_DIR, Background, free_port, run, sdist_virtualenv, start_flink_cluster,
-                      stop_flink_cluster, wait_for)
+from scaleout import FLINK_DIR, run, start_flink_cluster, start_worker_pool, stop_flink_cluster
 
 
 def rest(path: str):
@@ -61,16 +59,7 @@ def main() -> None:
     model_dir, weights = tiny_bundle(scratch)
     pool = cluster_conf = None
     try:
-        worker_python = sdist_virtualenv(scratch)
-        port = free_port()
-        worker_env = dict(os.environ, PATH=os.pathsep.join([os.path.dirname(worker_python),
-                                                             os.environ.get("PATH", "")]))
-        worker_env.pop("PYTHONPATH", None)
-        pool = Background([worker_python, "-m", "apache_beam.runners.worker.worker_pool_main",
-                           f"--service_port={port}"], os.path.join(scratch, "worker_pool.log"), cwd=scratch,
-                          env=worker_env)
-        wait_for(lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close() or True,
-                 "the SDK worker pool")
+        pool, port = start_worker_pool(scratch)
         cluster_conf = start_flink_cluster(scratch, flink_home)
         common = ["--input", archive, "--model_dir", model_dir, "--weights", weights, "--overwrite",
                   "--archive_unit_members", str(args.unit_members)]

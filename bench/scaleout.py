@@ -75,6 +75,20 @@ def sdist_virtualenv(scratch: str) -> str:
     return python
 
 
+def start_worker_pool(scratch: str):
+    """(the pool's process, its port): an external SDK worker pool whose workers run imcap installed from its sdist
+    in a clean virtualenv (`sdist_virtualenv`), as Dataflow installs --setup_file."""
+    worker_python = sdist_virtualenv(scratch)
+    port = free_port()
+    # The pool starts each SDK worker as `python -c ...`: the clean virtualenv's python must come first.
+    worker_env = dict(os.environ, PATH=os.pathsep.join([os.path.dirname(worker_python), os.environ.get("PATH", "")]))
+    worker_env.pop("PYTHONPATH", None)
+    pool = Background([worker_python, "-m", "apache_beam.runners.worker.worker_pool_main", f"--service_port={port}"],
+                      os.path.join(scratch, "worker_pool.log"), cwd=scratch, env=worker_env)
+    wait_for(lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close() or True, "the SDK worker pool")
+    return pool, port
+
+
 class Background:
     def __init__(self, command, log_path, cwd=None, env=None):
         self.log = open(log_path, "w", encoding="utf-8")
@@ -217,17 +231,7 @@ def main() -> None:
     try:
         flags = {"local": [], "multiprocess": ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]}
         if needs_workers:
-            worker_python = sdist_virtualenv(scratch)
-            port = free_port()
-            # The pool starts each SDK worker as `python -c ...`: the clean virtualenv's python must come first.
-            worker_env = dict(os.environ, PATH=os.pathsep.join([os.path.dirname(worker_python),
-                                                                 os.environ.get("PATH", "")]))
-            worker_env.pop("PYTHONPATH", None)
-            pool = Background([worker_python, "-m", "apache_beam.runners.worker.worker_pool_main",
-                               f"--service_port={port}"], os.path.join(scratch, "worker_pool.log"), cwd=scratch,
-                              env=worker_env)
-            wait_for(lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close() or True,
-                     "the SDK worker pool")
+            pool, port = start_worker_pool(scratch)
             external = ["--environment_type=EXTERNAL", f"--environment_config=localhost:{port}"]
             flags["external"] = ["--runner=PortableRunner", "--job_endpoint=embed", *external]
             flink = ["--runner=FlinkRunner", f"--flink_job_server_jar={jar}", "--parallelism=2", *external]
