@@ -32,7 +32,7 @@ from beam_jobs.datasets import TRAIN, Dataset, Naming
 from beam_jobs.elements import ERRORS, Tally
 from beam_jobs.image_transforms import read_error_row
 from beam_jobs.runtime import counter
-from schemas import captions, images, tables
+from schemas import captions, fileio, images, tables
 from schemas.records import MetadataKeys
 
 TALLIES = "tallies"
@@ -135,7 +135,7 @@ class HashImage(beam.DoFn):
     def process(self, item: WorkItem):
         digest = hashlib.sha256()
         try:
-            with sources.open_raw(item.uri) as handle:
+            with fileio.open_read(item.uri) as handle:
                 for chunk in iter(lambda: handle.read(HASH_CHUNK), b""):
                     digest.update(chunk)
         except Exception as error:  # pylint: disable=broad-except  (filesystems raise their own types)

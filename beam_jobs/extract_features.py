@@ -23,6 +23,7 @@ dev/test words. Counts for metadata.json travel as `Tally` elements and are summ
 Runner: `beam_jobs.runtime.LocalRunner` unless ``--runner`` says otherwise; every Beam option passes through.
 """
 import argparse
+import glob
 import logging
 import os
 import posixpath
@@ -32,13 +33,13 @@ import typing
 
 import apache_beam as beam
 
-from beam_jobs import dataset, datasets as datasets_lib, quantize, runtime, sinks, sources
+from beam_jobs import dataset, datasets as datasets_lib, quantize, runtime
 from beam_jobs.dataset_read import ReadDataset
 from beam_jobs.extract_outputs import MetadataSettings, WriteErrorTable, WriteMetadata, WriteSplits
 from beam_jobs.image_transforms import FeaturesOfItems, add_feature_flags, check_feature_flags
 from beam_jobs.inference import AUTO_BACKEND, INT8_BACKEND, MODELS, Models, check_backend, check_int8_model
 from beam_jobs.vocab import VOCAB_SPLIT, BuildVocabulary
-from schemas import backbones, fileio as schema_fileio, int8_model as int8_schema, records
+from schemas import backbones, fileio, int8_model as int8_schema, records
 from schemas.bundle import INT8_DIR
 from schemas.records import DatasetKeys, MetadataKeys, SplitKeys
 from schemas.captions import DEFAULT_MAX_CAPTION_WORDS
@@ -160,33 +161,33 @@ def _existing_outputs(output_dir: str, splits, keep: str | None = None) -> list[
     stems = "|".join(re.escape(records.split_file_stem(split)) for split in splits)
     shard = re.compile(rf"(?:{stems})-\d{{5}}-of-\d{{5}}" + re.escape(records.RECORD_SUFFIX))
     sink_temp = re.compile(rf"beam-temp-(?:{stems}|{re.escape(records.ERRORS_FILE)})-[0-9a-f]{{32}}")
-    found = [path for path in schema_fileio.glob(schema_fileio.join(output_dir, f"*{records.RECORD_SUFFIX}"))
+    found = [path for path in fileio.glob(fileio.join(output_dir, f"*{records.RECORD_SUFFIX}"))
              if shard.fullmatch(posixpath.basename(path))]
-    found.extend(path for path in sources.match_paths(posixpath.join(output_dir, "beam-temp-*", "*"))
+    found.extend(path for path in fileio.glob(posixpath.join(output_dir, "beam-temp-*", "*"))
                  if sink_temp.fullmatch(posixpath.basename(posixpath.dirname(path))))
     if "://" not in output_dir:  # a killed sink's empty directory (object stores have none)
-        found.extend(path for path in schema_fileio.glob(schema_fileio.join(output_dir, "beam-temp-*"))
+        found.extend(path for path in glob.glob(os.path.join(glob.escape(output_dir), "beam-temp-*"))
                      if os.path.isdir(path) and not os.listdir(path) and sink_temp.fullmatch(posixpath.basename(path)))
     for name in (records.METADATA_FILE, VOCAB_FILE, records.ERRORS_FILE):
-        found.extend(schema_fileio.glob(schema_fileio.join(output_dir, name)))
-    if not (keep and _same_path(keep, schema_fileio.join(output_dir, INT8_DIR))):  # --int8_model there: an input
+        found.extend(fileio.glob(fileio.join(output_dir, name)))
+    if not (keep and _same_path(keep, fileio.join(output_dir, INT8_DIR))):  # --int8_model there: an input
         for name in (int8_schema.MODEL_XML, int8_schema.MODEL_BIN, int8_schema.INFO_FILE):
-            found.extend(schema_fileio.glob(schema_fileio.join(output_dir, INT8_DIR, name)))
+            found.extend(fileio.glob(fileio.join(output_dir, INT8_DIR, name)))
     return found
 
 
 def _delete_existing(output_dir: str, existing: list[str]) -> None:
     """Removes an earlier run's files (`_existing_outputs`: the job's own names only), never through a symbolic
     link, then the sinks' temporary folders and extractor_int8/ where they are left empty."""
-    empty_folders = [path for path in existing if sinks.local_path(path) is not None
-                     and os.path.isdir(sinks.local_path(path)) and not os.path.islink(sinks.local_path(path))]
+    empty_folders = [path for path in existing if fileio.local_path(path) is not None
+                     and os.path.isdir(fileio.local_path(path)) and not os.path.islink(fileio.local_path(path))]
     files = [path for path in existing if path not in empty_folders]
     temp_folders = {posixpath.dirname(path) for path in files
                     if posixpath.basename(posixpath.dirname(path)).startswith("beam-temp-")}
-    refused = sinks.undeletable(output_dir, files)
+    refused = fileio.undeletable(output_dir, files)
     if not refused:
-        refused = sinks.delete_owned(output_dir, files, sorted(temp_folders | set(empty_folders))
-                                     + [schema_fileio.join(output_dir, INT8_DIR)])
+        refused = fileio.delete_owned(output_dir, files, sorted(temp_folders | set(empty_folders))
+                                     + [fileio.join(output_dir, INT8_DIR)])
     if refused:
         raise ValueError(f"--output_dir {output_dir}: not deleting {', '.join(refused[:3])}: symbolic links or not "
                       "regular files where the job's own outputs should be; remove them yourself")
@@ -242,7 +243,7 @@ def prepare(args: argparse.Namespace, models: Models = MODELS) -> ExtractConfig:
         if not quantize.available():
             raise ValueError("--inference_backend openvino-int8 without --int8_model calibrates an int8 model, which "
                              "needs NNCF: pip install nncf (or pass --int8_model)")
-    int8_target = schema_fileio.join(args.output_dir, INT8_DIR)
+    int8_target = fileio.join(args.output_dir, INT8_DIR)
     reusing = bool(args.int8_model) and _same_path(args.int8_model, int8_target)
     # only now that every check has passed (an --int8_model in OUTPUT_DIR is not among them)
     _delete_existing(args.output_dir, existing)
@@ -281,7 +282,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: ExtractConfig) -> None:
         vocabulary, total, config.output_dir, splits, config.num_shards)
     error_tallies = ((data.errors, featured.errors)
                      | "AllErrors" >> beam.Flatten()
-                     | "WriteErrors" >> WriteErrorTable(schema_fileio.join(config.output_dir, records.ERRORS_FILE)))
+                     | "WriteErrors" >> WriteErrorTable(fileio.join(config.output_dir, records.ERRORS_FILE)))
     _ = ((data.tallies, written.tallies, error_tallies)
          | "AllTallies" >> beam.Flatten()
          | "WriteMetadata" >> WriteMetadata(vocabulary, written.files, MetadataSettings(
@@ -328,10 +329,10 @@ def summarize(metadata: dict) -> str:
 
 
 def summarize_run(counters: dict, config: ExtractConfig) -> str:
-    metadata_path = schema_fileio.join(config.output_dir, records.METADATA_FILE)
-    if not schema_fileio.exists(metadata_path):
+    metadata_path = fileio.join(config.output_dir, records.METADATA_FILE)
+    if not fileio.exists(metadata_path):
         return f"extract job finished without metadata in {config.output_dir} (see the errors above)"
-    return f"{summarize(schema_fileio.read_json(metadata_path))}\n  output: {config.output_dir}"
+    return f"{summarize(fileio.read_json(metadata_path))}\n  output: {config.output_dir}"
 
 
 JOB = runtime.Job("extract job", parse_args, prepare, build_pipeline, summarize_run)

@@ -21,7 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 from tqdm import tqdm
 
 from beam_jobs import archives, sources
-from schemas import images, tables
+from schemas import fileio, images, tables
 from trainer import cli, pictures
 
 PAGE = """<!doctype html>
@@ -57,14 +57,14 @@ def _parquet_files(given: str) -> list[str]:
     folder, or a glob of files."""
     if not sources.has_glob_characters(given):
         base = given.rstrip("/")
-        in_tables = (sources.match_paths(posixpath.join(tables.table_dir(base, tables.CAPTIONS_TABLE), "*.parquet"))
-                     + sources.match_paths(posixpath.join(tables.table_dir(base, tables.ERRORS_TABLE), "*.parquet")))
+        in_tables = (fileio.glob(posixpath.join(tables.table_dir(base, tables.CAPTIONS_TABLE), "*.parquet"))
+                     + fileio.glob(posixpath.join(tables.table_dir(base, tables.ERRORS_TABLE), "*.parquet")))
         if in_tables:
             return in_tables
-        in_folder = sources.match_paths(posixpath.join(base, "*.parquet"))
+        in_folder = fileio.glob(posixpath.join(base, "*.parquet"))
         if in_folder:
             return in_folder
-    return [path for path in sources.match_paths(given) if "://" in path or not os.path.isdir(path)]
+    return [path for path in fileio.glob(given) if "://" in path or not os.path.isdir(path)]
 
 
 def read_outputs(given: str) -> tuple[list[dict], list[dict]]:
@@ -126,7 +126,7 @@ def thumbnails(uris: list[str], size: int, looks: dict | None = None) -> dict:
     with tqdm(total=len(uris), desc="thumbnails", unit="img", disable=None) as progress:  # no bar in a log file
         for uri in sorted(by_archive.pop(None, ())):
             try:
-                out[uri] = _thumbnail(sources.read_bytes(paths[uri]), size, looks.get(uri))
+                out[uri] = _thumbnail(fileio.read_bytes(paths[uri]), size, looks.get(uri))
             except Exception:  # moved, deleted or unreadable since the job ran: shown as unavailable
                 out[uri] = None
             progress.update()

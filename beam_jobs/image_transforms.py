@@ -27,7 +27,7 @@ from beam_jobs.archives import units
 from beam_jobs.elements import ERRORS, ImageKey, InputRef, PreparedImage, WorkUnit
 from beam_jobs.inference import AUTO_BACKEND, INFERENCE_BACKENDS
 from beam_jobs.runtime import counter
-from schemas import images, tables
+from schemas import fileio, images, tables
 from schemas.tables import ErrorRow
 
 DEFAULT_READ_THREADS = 2
@@ -61,9 +61,9 @@ def read_error_row(uri: str, error: Exception) -> ErrorRow:
     """The error row of a file that could not be read (missing, too large, not a regular file, ...)."""
     if isinstance(error, FileNotFoundError):
         return tables.error_row(uri, images.MISSING_FILE, "no such file")
-    if isinstance(error, sources.FileTooLarge):
+    if isinstance(error, fileio.FileTooLarge):
         return tables.error_row(uri, images.TOO_LARGE, f"the file is {error} (raise --max_image_bytes to accept it)")
-    if isinstance(error, sources.NotARegularFile):
+    if isinstance(error, fileio.NotARegularFile):
         return tables.error_row(uri, images.READ_ERROR, f"cannot read it: {error}")
     return tables.error_row(uri, images.READ_ERROR, f"cannot read the file: {images.describe_error(error)}")
 
@@ -85,7 +85,7 @@ def read_and_prepare(uri: str, path: str, image_size: int, max_pixels: int,
                      max_bytes: int | None) -> PreparedImage | ErrorRow:
     """An image file read (at most ``max_bytes``) and prepared, or its error row; never raises."""
     try:
-        data = sources.read_bytes(path, max_bytes)
+        data = fileio.read_bytes(path, max_bytes)
     except Exception as error:  # filesystems raise their own types (BeamIOError, OSError, ...)
         return read_error_row(uri, error)
     return prepare_bytes(uri, data, image_size, max_pixels)

@@ -7,63 +7,21 @@ between the threads of a worker), never pickled; a remote weights file (``gs://.
 first. The forward pass is one `tf.function` with a dynamic batch dimension, so the variable batch sizes of
 Beam's adaptive batching do not retrace it.
 """
-import hashlib
 import logging
-import os
-import tempfile
 from typing import Any, Iterable, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 
-from beam_jobs import sources
 from trainer import cli
 from schemas import backbones, fileio, int8_model as int8_schema, records, tables
-
-
-def localize(path: str) -> str:
-    """A local copy of a file on any Beam filesystem (the path itself when it is local).
-
-    The copy is named after the file's path and its version (size and modification time, where the filesystem
-    reports one), so a file replaced under the same name is copied again; the copies of older versions of the same
-    path are removed then."""
-    if "://" not in path:
-        return path
-    from apache_beam.io.filesystems import FileSystems
-    try:
-        metadata = FileSystems.get_filesystem(path).metadata(path)  # the path itself, never a glob
-    except Exception as error:
-        if not FileSystems.exists(path):
-            raise FileNotFoundError(f"{path}: no such file") from None
-        raise ValueError(f"{path}: cannot read its size and modification time ({error})") from None
-    if not metadata.last_updated_in_seconds:
-        logging.info("%s: its filesystem reports no modification time; a replacement of the same size is not "
-                     "noticed by the local copy", path)
-    version = f"{metadata.size_in_bytes}\0{metadata.last_updated_in_seconds}"
-    stem = "imcap-" + hashlib.sha256(path.encode("utf-8")).hexdigest()[:16]
-    suffix = "-" + os.path.basename(path)
-    target = os.path.join(tempfile.gettempdir(),
-                          f"{stem}-{hashlib.sha256(version.encode('utf-8')).hexdigest()[:8]}{suffix}")
-    if not os.path.exists(target):
-        handle, partial = tempfile.mkstemp(dir=os.path.dirname(target), suffix=".partial")
-        with sources.open_raw(path) as source, os.fdopen(handle, "wb") as sink:
-            while chunk := source.read(1 << 24):
-                sink.write(chunk)
-        os.replace(partial, target)  # atomic: concurrent copies of the same file are harmless
-        for older in os.listdir(os.path.dirname(target)):
-            if older.startswith(stem + "-") and older.endswith(suffix) and older != os.path.basename(target):
-                try:
-                    os.remove(os.path.join(os.path.dirname(target), older))
-                except OSError:  # another process removed it first
-                    pass
-    return target
 
 
 def load_feature_model(backbone: backbones.Backbone, weights: str, image_size: int, spatial: bool = False):
     """(Keras feature extractor, SHA-256 of its weights) for ``weights`` imagenet, none or a weights file on any
     Beam filesystem (copied to local disk first). ``spatial``: it also outputs the convolutional map."""
-    local = weights if weights in (backbones.IMAGENET, backbones.RANDOM_INIT) else localize(weights)
+    local = weights if weights in (backbones.IMAGENET, backbones.RANDOM_INIT) else fileio.local_copy(weights)
     model = backbones.build_feature_extractor(backbone, local, image_size, spatial=spatial)
     return model, backbones.weights_digest(model)
 
@@ -157,10 +115,10 @@ def load_int8_model(int8_model: str, backbone: str, image_size: int, weights_sha
     import openvino
 
     info = check_int8_model(int8_model, backbone, image_size, weights_sha256)
-    weights_file = localize(fileio.join(int8_model, int8_schema.MODEL_BIN))
+    weights_file = fileio.local_copy(fileio.join(int8_model, int8_schema.MODEL_BIN))
     with open(weights_file, "rb") as handle:
         int8_schema.check_bin(handle.read(), info, int8_model)
-    network = openvino.Core().read_model(localize(fileio.join(int8_model, int8_schema.MODEL_XML)), weights_file)
+    network = openvino.Core().read_model(fileio.local_copy(fileio.join(int8_model, int8_schema.MODEL_XML)), weights_file)
     return network, info["weights_sha256"]
 
 

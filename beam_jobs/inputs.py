@@ -26,7 +26,7 @@ from apache_beam.io.filesystems import FileSystems
 from beam_jobs import runtime, sources
 from beam_jobs.elements import ERRORS, InputRef, MemberReference
 from beam_jobs.runtime import counter
-from schemas import images, tables
+from schemas import fileio, images, tables
 
 LISTS, NESTED_LISTS, MEMBERS = "lists", "nested_lists", "members"
 MAX_LIST_LINE_BYTES = 64 * 1024
@@ -77,7 +77,7 @@ def effective_pattern(pattern: str) -> str:
     local = _local(pattern)
     if local is not None:
         return pattern.rstrip("/") + "/**" if os.path.isdir(local) else pattern
-    return pattern if sources.match_paths(pattern) else pattern.rstrip("/") + "/**"
+    return pattern if fileio.glob(pattern) else pattern.rstrip("/") + "/**"
 
 
 def literal_paths(given: str) -> list[str] | None:
@@ -101,7 +101,7 @@ def matches_anything(given: str) -> bool:
     local = _local(pattern)
     if local is not None and _listing_root(local + "*" if local.endswith("/") else local) is not None:
         return any(kind == INPUT for kind, _ in _walk_local(pattern))
-    return bool(sources.match_paths(pattern))
+    return bool(fileio.glob(pattern))
 
 
 DIRECTORY_LINK = ("a symbolic link to a directory: not followed (links inside a folder may loop); give its target "
@@ -350,7 +350,7 @@ class ReadListFiles(beam.DoFn):
         yield beam.pvalue.TaggedOutput(LISTS, uri)
         probe, entries, line_number, bad_lines = [], 0, 0, []
         try:
-            with sources.open_raw(path) as stream:
+            with fileio.open_read(path) as stream:
                 for line in _lines(stream, MAX_LIST_LINE_BYTES):
                     line_number += 1
                     if line is TOO_LONG or b"\0" in line:

@@ -6,7 +6,7 @@
 
 `existing_outputs` finds what an earlier run left (by these exact names: anything else in these folders is not
 the job's, and the job refuses to write beside it); `delete_outputs` removes it (``--overwrite``), with
-`sinks.delete_owned`: the job's own files only, never through a symbolic link. Both work on filesystems where
+`fileio.delete_owned`: the job's own files only, never through a symbolic link. Both work on filesystems where
 directories are only name prefixes (GCS, S3): they list and delete files, never a directory.
 
 `WriteCaptionOutputs` writes a run: rows are committed to the checkpoint every ``checkpoint_rows`` while the run
@@ -29,10 +29,10 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
-from beam_jobs import sinks, sources
+from beam_jobs import sinks
 from beam_jobs.archives import units
 from beam_jobs.runtime import counter
-from schemas import tables
+from schemas import fileio, tables
 from schemas.tables import CAPTIONS_TABLE, ERRORS_TABLE, CaptionRow
 
 CAPTIONS, ERRORS = CAPTIONS_TABLE, ERRORS_TABLE
@@ -59,9 +59,9 @@ class ForeignFiles(ValueError):
 def _listing(directory: str) -> list[str]:
     """The files directly in a folder, any Beam filesystem (none when it does not exist). Locally, symbolic links
     and other non-directories are listed too (so that they are seen), and nothing is listed below the folder."""
-    local = sinks.local_path(directory)
+    local = fileio.local_path(directory)
     if local is None:  # a "folder" placeholder object (DIR/, as consoles and gcsfuse make) is no file
-        return [path for path in sources.match_paths(posixpath.join(directory, "*"))
+        return [path for path in fileio.glob(posixpath.join(directory, "*"))
                 if posixpath.dirname(path) == directory.rstrip("/") and not path.endswith("/")]
     if os.path.islink(local) or not os.path.isdir(local):
         return []
@@ -71,23 +71,23 @@ def _listing(directory: str) -> list[str]:
 
 def _regular(path: str) -> bool:
     """Whether a listed path is a file the job could have written (locally: a regular file, not a link)."""
-    local = sinks.local_path(path)
+    local = fileio.local_path(path)
     return local is None or (os.path.isfile(local) and not os.path.islink(local))
 
 
 def _nested(directory: str) -> list[str]:
     """What lies below a folder's own files: local subfolders (not through a link), or on an object store the
     objects whose names go on below it (readers such as pyarrow read those as part of the table)."""
-    local = sinks.local_path(directory)
+    local = fileio.local_path(directory)
     if local is None:
-        return [path for path in sources.match_paths(posixpath.join(directory, "**"))
+        return [path for path in fileio.glob(posixpath.join(directory, "**"))
                 if posixpath.dirname(path) != directory.rstrip("/") and not path.endswith("/")]
     return _local_subfolders(directory)
 
 
 def _local_subfolders(directory: str) -> list[str]:
     """Folders directly in a local folder (not through a link); none on object stores, which have no folders."""
-    local = sinks.local_path(directory)
+    local = fileio.local_path(directory)
     if local is None or os.path.islink(local) or not os.path.isdir(local):
         return []
     return [posixpath.join(directory, name) for name in sorted(os.listdir(local))
@@ -97,13 +97,13 @@ def _local_subfolders(directory: str) -> list[str]:
 def check_own_folders(output_dir: str) -> None:
     """Refuses an output directory whose table or checkpoint folders are symbolic links or hold files the job did
     not write: the job would mix its rows with them, or delete inside a folder that is someone else's."""
-    local = sinks.local_path(output_dir)
+    local = fileio.local_path(output_dir)
     if local is not None and os.path.exists(local) and not os.path.isdir(local):
         raise ForeignFiles(f"--output_dir {output_dir} is a file, not a directory: the job writes a folder of "
                            "tables there; choose another --output_dir")
     for folder in (tables.table_dir(output_dir, CAPTIONS), tables.table_dir(output_dir, ERRORS),
                    tables.checkpoint_dir(output_dir)):
-        if local is not None and os.path.islink(sinks.local_path(folder).rstrip("/")):
+        if local is not None and os.path.islink(fileio.local_path(folder).rstrip("/")):
             raise ForeignFiles(f"--output_dir {output_dir}: {folder} is a symbolic link; the job writes and deletes "
                                "only in folders of its own: remove the link or choose another --output_dir")
         is_checkpoint = folder == tables.checkpoint_dir(output_dir)
@@ -132,14 +132,14 @@ def existing_outputs(output_dir: str) -> ExistingOutputs:
         name = posixpath.basename(path)
         if tables.checkpoint_part_table(name):
             (leftovers if name.endswith(tables.INCOMPLETE_SUFFIX) else parts).append(path)
-    if sinks.local_path(output_dir) is None:  # object stores: the temporary folders are name prefixes
-        leftovers += [path for path in sources.match_paths(posixpath.join(output_dir, "beam-temp-*", "*"))
+    if fileio.local_path(output_dir) is None:  # object stores: the temporary folders are name prefixes
+        leftovers += [path for path in fileio.glob(posixpath.join(output_dir, "beam-temp-*", "*"))
                       if _is_temporary(path)]
     for folder in _local_subfolders(output_dir):
         if tables.is_sink_temp_name(posixpath.basename(folder)) or tables.is_spill_dir_name(posixpath.basename(folder)):
             files = [path for path in _listing(folder) if _is_temporary(path)]
             leftovers += files or [folder]  # a killed run's files, or its empty folder
-    legacy = tuple(path for path in sources.match_paths(tables.legacy_outputs_glob(output_dir))
+    legacy = tuple(path for path in fileio.glob(tables.legacy_outputs_glob(output_dir))
                    if tables.legacy_output_table(output_dir, path))
     return ExistingOutputs(tuple(sorted(committed)), tuple(sorted(parts)), tuple(sorted(leftovers)), legacy)
 
@@ -164,9 +164,9 @@ def delete_outputs(output_dir: str, existing: ExistingOutputs) -> None:
     files = [path for path in paths if path not in temp_folders]
     folders = {posixpath.dirname(path) for path in files
                if temporary_folder(posixpath.basename(posixpath.dirname(path)))} | set(temp_folders)
-    refused = sinks.undeletable(output_dir, files)
+    refused = fileio.undeletable(output_dir, files)
     if not refused:
-        refused = sinks.delete_owned(output_dir, files, sorted(folders) + [tables.checkpoint_dir(output_dir)])
+        refused = fileio.delete_owned(output_dir, files, sorted(folders) + [tables.checkpoint_dir(output_dir)])
     if refused:
         raise ValueError(f"--output_dir {output_dir}: not deleting {', '.join(refused[:3])}: symbolic links or not "
                          "regular files where the job's own files should be; remove them yourself")
@@ -177,7 +177,7 @@ def remove_checkpoint(directory: str, *committed) -> None:
     shards are committed (its side inputs are their file names). Files that are not checkpoint parts stay."""
     files = [path for path in _listing(directory)
              if tables.checkpoint_part_table(posixpath.basename(path))]
-    sinks.delete_owned(posixpath.dirname(directory.rstrip("/")), files, [directory])
+    fileio.delete_owned(posixpath.dirname(directory.rstrip("/")), files, [directory])
     if files:
         logging.info("removed %d checkpoint files in %s: their rows are in the committed shards", len(files),
                      directory)
@@ -310,12 +310,12 @@ def finish_run(checkpoint: str, output_dir: str, run_number: int, written_captio
     not, so that both tables exist)."""
     remove_checkpoint(checkpoint)
     spill_dir = tables.spill_dir(output_dir, run_number)  # this run's own folder: its segments, listed
-    sinks.delete_owned(output_dir, [path for path in _listing(spill_dir) if units.is_spill_name(
+    fileio.delete_owned(output_dir, [path for path in _listing(spill_dir) if units.is_spill_name(
         posixpath.basename(path))], [spill_dir])
     if run_number > 1:
         empty = (list(written_captions) if not caption_count else []) + (list(written_errors) if not error_count
                                                                          else [])
-        sinks.delete_owned(output_dir, empty)
+        fileio.delete_owned(output_dir, empty)
 
 
 class WriteCaptionOutputs(beam.PTransform):

@@ -48,7 +48,7 @@ def calibration_candidates(args: argparse.Namespace) -> tuple[list[str], str]:
     paths = []
     from beam_jobs.inputs import effective_pattern
     for pattern in map(effective_pattern, args.images):  # a directory means every file under it, as for --input
-        matched = [path for path in sources.match_paths(pattern) if sources.kind_of(path) == sources.IMAGE]
+        matched = [path for path in fileio.glob(pattern) if sources.kind_of(path) == sources.IMAGE]
         if not matched:
             raise QuantizationError(f"--images {pattern}: matches no image file")
         paths.extend(matched)
@@ -69,7 +69,7 @@ def load_calibration(paths: list[str], image_size: int) -> tuple[list[np.ndarray
     pixels, used, skipped = [], [], {}
     for path in paths:
         try:
-            prepared, _ = images.prepare_image(sources.read_bytes(path), image_size)
+            prepared, _ = images.prepare_image(fileio.read_bytes(path), image_size)
         except images.ImageError as error:
             skipped[path] = f"{error.error_class}: {error.message}"
             continue
@@ -108,14 +108,8 @@ def write(quantized, info: dict, output_dir: str) -> None:
                 data = source.read()
             if name == MODEL_BIN:
                 info["bin_sha256"] = hashlib.sha256(data).hexdigest()
-            _write_bytes(fileio.join(output_dir, name), data)
+            fileio.write_bytes(fileio.join(output_dir, name), data)
     fileio.write_json(fileio.join(output_dir, INFO_FILE), info)
-
-
-def _write_bytes(path: str, data: bytes) -> None:
-    from apache_beam.io.filesystems import FileSystems
-    with FileSystems.create(path) as sink:
-        sink.write(data)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

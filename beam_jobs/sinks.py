@@ -1,8 +1,7 @@
-"""How both jobs write shards and remove files: nothing they did not write is ever touched.
+"""How both jobs write shards: no file they did not write is ever touched.
 
     records | WriteTFRecordShards(prefix, coder, suffix, num_shards)       # the extract job's splits
     rows | WriteParquetShards(prefix, schema, num_shards, temp_parent=...)  # Parquet tables of both jobs
-    delete_owned(root, paths)                                              # --overwrite, leftovers, checkpoints
 
 Beam's file sinks, before renaming their temporary files, delete every existing file that matches
 ``PREFIX*-of-NNNNN<suffix>``: a sink writing ``out/val-`` deletes ``out/val-hard-00000-of-00004.tfrecord`` of
@@ -10,19 +9,16 @@ another split, and a prefix deletes a neighbouring prefix's shards. The sinks he
 names no other output has (the caption job's tables each have a folder of their own; the extract job's splits have
 distinct ``<split>-SSSSS-of-NNNNN`` names), and a file with a name this run writes can only be left by an earlier
 attempt of the same write, which the rename replaces.
-
-`delete_owned` deletes files the way the jobs must: only the paths it is given (names the caller matched against
-its own naming rules), only regular files, never through a symbolic link (a link named like an output is left
-alone, and so is anything under a linked folder), and directories only when empty.
+(Deleting follows the same rule: `schemas.fileio.delete_owned`.)
 """
-import logging
 import os
-import stat
 import uuid
 
 import apache_beam as beam
 from apache_beam.io import parquetio, tfrecordio
 from apache_beam.io.filesystems import FileSystems
+
+from schemas.fileio import local_path
 
 PARQUET_SUFFIX = ".parquet"
 
@@ -93,84 +89,3 @@ def WriteTFRecordShards(prefix: str, coder, file_name_suffix: str, num_shards: i
     """Encoded elements -> TFRecord shards ``<prefix>SSSSS-of-NNNNN<suffix>``; the written file names."""
     return _own_files_only(beam.io.WriteToTFRecord(prefix, coder=coder, file_name_suffix=file_name_suffix,
                                                    num_shards=num_shards))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Deleting
-
-
-def local_path(path: str) -> str | None:
-    if path.startswith("file://"):
-        return path[len("file://"):]
-    return None if "://" in path else path
-
-
-def _linked_component(root: str, path: str) -> str | None:
-    """The first component of ``path`` below ``root`` that is a symbolic link (the file itself included), if any;
-    ``root`` itself may be a link (the user named it)."""
-    root, path = os.path.abspath(root), os.path.abspath(path)
-    relative = os.path.relpath(path, root)
-    if relative == os.curdir or relative.startswith(os.pardir):
-        return path if os.path.islink(path) else None
-    current = root
-    for part in relative.split(os.sep):
-        current = os.path.join(current, part)
-        if os.path.islink(current):
-            return current
-    return None
-
-
-def _refusal(root: str, path: str) -> str | None:
-    """Why ``path`` must not be deleted (a link on the way, or not a regular file), or None (gone, or deletable)."""
-    local = local_path(path)
-    if local is None:
-        return None
-    try:
-        mode = os.lstat(local).st_mode
-    except FileNotFoundError:
-        return None
-    link = _linked_component(local_path(root) or root, local)
-    if link is not None:
-        return f"{link} is a symbolic link"
-    return None if stat.S_ISREG(mode) else "not a regular file"
-
-
-def undeletable(root: str, paths) -> list[str]:
-    """The paths `delete_owned` would refuse: check them all before deleting any."""
-    return [path for path in paths if _refusal(root, path)]
-
-
-def delete_owned(root: str, paths, directories=()) -> list[str]:
-    """Deletes the given files under ``root`` (then ``directories``, deepest first, where they are left empty);
-    returns the paths it refused to delete (a symbolic link, something under a linked folder, not a regular file).
-
-    Local paths are checked with lstat, component by component below ``root``; object stores have no links and no
-    directories (their "folders" vanish with their last object)."""
-    refused = []
-    for path in paths:
-        local = local_path(path)
-        if local is None:
-            try:
-                FileSystems.delete([path])
-            except Exception as error:  # already gone (a concurrent cleanup), or the filesystem's own error
-                if FileSystems.exists(path):
-                    raise OSError(f"cannot delete {path}: {error}") from error
-            continue
-        why = _refusal(root, path)
-        if why:
-            refused.append(path)
-            logging.warning("not deleting %s: %s", path, why)
-            continue
-        try:
-            os.unlink(local)
-        except FileNotFoundError:  # gone meanwhile
-            pass
-    for directory in sorted(directories, key=lambda d: -d.count("/")):
-        local = local_path(directory)
-        if local is None or os.path.islink(local) or not os.path.isdir(local):
-            continue
-        try:
-            os.rmdir(local)  # only when empty: a file someone else put there keeps it
-        except OSError:
-            pass
-    return refused

@@ -21,14 +21,9 @@ URIs (the ``image_uri`` of every output row):
 - a file path that is not valid UTF-8 (possible on local disks) becomes a percent-encoded ``file://`` URI
   (`text_path`); the job keeps the real path beside it to read the file.
 """
-import os
 import posixpath
 import re
-import stat
 import urllib.parse
-
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 
 from schemas import tables
 
@@ -194,61 +189,3 @@ def resolve_listed(list_uri: str, line: str) -> str | None:
         path = posixpath.join(posixpath.dirname(list_uri), path)
     path = normalize_uri(path)
     return path if member is None else f"{path}{tables.MEMBER_SEPARATOR}{member}"
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Opening and reading
-
-
-def match_paths(pattern: str) -> list[str]:
-    """The paths a glob matches on any Beam filesystem, sorted; none when nothing matches (some filesystems raise)."""
-    try:
-        return sorted(metadata.path for metadata in FileSystems.match([pattern])[0].metadata_list)
-    except Exception:  # BeamIOError when nothing matches on some filesystems
-        return []
-
-
-class NotARegularFile(OSError):
-    """A local path that is a directory, device, FIFO or socket: reading it could block or never end."""
-
-
-def _local_path(uri: str) -> str | None:
-    if uri.startswith("file://"):
-        return uri[len("file://"):]
-    return None if "://" in uri else uri
-
-
-def check_regular_file(uri: str) -> None:
-    """Raises FileNotFoundError or `NotARegularFile` for a local path that cannot be read as a file."""
-    path = _local_path(uri)
-    if path is None:
-        return
-    mode = os.stat(path).st_mode  # follows symbolic links: a link to /dev/zero is a device
-    if not stat.S_ISREG(mode):
-        what = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else
-                "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
-                else "not a regular file")
-        raise NotARegularFile(f"{what}, not a regular file")
-
-
-def open_raw(uri: str):
-    """A binary, seekable stream of the stored bytes (no decompression by file extension)."""
-    check_regular_file(uri)
-    return FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED)
-
-
-class FileTooLarge(ValueError):
-    def __init__(self, size: int, limit: int):
-        super().__init__(f"{size:,} bytes or more is above the limit of {limit:,}")
-        self.size, self.limit = size, limit
-
-
-def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
-    """All bytes of a file on any Beam filesystem, as stored; `FileTooLarge` past ``max_bytes``."""
-    with open_raw(uri) as handle:
-        if max_bytes is None:
-            return handle.read()
-        data = handle.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise FileTooLarge(len(data), max_bytes)
-    return data

@@ -50,11 +50,11 @@ def load_lines(implementation: str):
 def run_case(implementation: str, path: str) -> dict:
     """Reads one list with one implementation, in this process (a fresh one per case)."""
     lines, max_bytes = load_lines(implementation)
-    from beam_jobs import sources
+    from schemas import fileio
     before_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     count = too_long = 0
-    with sources.open_raw(path) as stream:  # as the job opens a list
+    with fileio.open_read(path) as stream:  # as the job opens a list
         for line in lines(stream, max_bytes):
             count += 1
             too_long += line is None

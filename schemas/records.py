@@ -286,6 +286,6 @@ def read_records(output_dir: str, split: str, grid: tuple | None = None) -> list
     """All records of a split, decoded, sorted by image id (small datasets, tools and tests)."""
     import tensorflow as tf
     from schemas import fileio
-    files = fileio.glob(split_pattern(output_dir, split))
+    files = [fileio.local_copy(path) for path in fileio.glob(split_pattern(output_dir, split))]
     records = [decode_example(raw.numpy(), grid) for raw in tf.data.TFRecordDataset(files)] if files else []
     return sorted(records, key=lambda record: record[IMAGE_ID])

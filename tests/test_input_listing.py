@@ -14,7 +14,7 @@ import pytest
 
 from beam_jobs import caption_images, inputs, sources
 from beam_jobs.elements import ERRORS
-from schemas import images, tables
+from schemas import fileio, images, tables
 from tests.caption_helpers import argv, check_every_input_once, read_outputs
 from tests.conftest import REPO_ROOT, local_test_pipeline
 from tests.fakes import FAKE_MODELS
@@ -62,7 +62,7 @@ def test_links_that_loop_do_not_hang_the_job(tmp_path, fake_bundle, sample_datas
     os.symlink(".", folder / "l1")  # two loops: a scan that follows them lists 2**depth paths
     os.symlink(".", folder / "l2")
     in_folder = {str(folder / "a.jpg"), str(folder / "sub" / "b.jpg")}
-    assert set(sources.match_paths(inputs.effective_pattern(str(folder)))) == in_folder  # the launcher's check
+    assert set(fileio.glob(inputs.effective_pattern(str(folder)))) == in_folder  # the launcher's check
     prefix = str(tmp_path / "out" / "c")
     done = subprocess.run([sys.executable, "-m", "tests.fakes", "caption", *argv([str(folder)], fake_bundle, prefix)],
                           check=False, cwd=REPO_ROOT, capture_output=True, text=True, timeout=JOB_TIMEOUT_S)
@@ -113,7 +113,7 @@ def test_the_scan_finds_what_beams_match_finds_and_what_it_passes_over(linked_fo
     def under(names):
         return [os.path.join(linked_folder, name) for name in names]
     full = os.path.join(linked_folder, pattern)
-    found_by_beam = sources.match_paths(full)
+    found_by_beam = fileio.glob(full)
     if sources.has_glob_characters(pattern):
         walked = list(inputs._walk_local(full))
         found = sorted(path for kind, path in walked if kind == inputs.INPUT)

@@ -13,6 +13,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.portability import common_urns
 from apache_beam.portability.api import beam_runner_api_pb2
 
+from schemas import fileio
 from beam_jobs import archives, caption_images, extract_features, outputs
 from beam_jobs.datasets import load_datasets, output_splits
 
@@ -117,24 +118,23 @@ def test_caption_pipeline_serializes_for_dataflow(resume):
 
 
 def test_a_remote_file_replaced_under_its_name_is_copied_again(tmp_path, monkeypatch):
-    """`inference.localize` keeps local copies of remote weights; a new file at the same URI must not be served
+    """`fileio.local_copy` keeps local copies of remote weights; a new file at the same URI must not be served
     from the copy of the old one (the launcher would check, and a local worker use, stale weights), and the old
     copy goes. A name with glob characters is that file, not a pattern."""
     import time
 
-    from beam_jobs.inference import localize
     from tests import prefixfs
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     remote = "prefixfs://weights-bucket/replaced[1].weights.h5"
     prefixfs.put("prefixfs://weights-bucket/replaced1.weights.h5", b"another file that the glob would match")
     prefixfs.put(remote, b"the first weights")
-    first = localize(remote)
-    assert open(first, "rb").read() == b"the first weights" and localize(remote) == first  # copied once
+    first = fileio.local_copy(remote)
+    assert open(first, "rb").read() == b"the first weights" and fileio.local_copy(remote) == first  # copied once
     time.sleep(0.01)
     prefixfs.put(remote, b"the other weights")  # the same size: only the modification time tells
-    second = localize(remote)
+    second = fileio.local_copy(remote)
     assert second != first and open(second, "rb").read() == b"the other weights"
     prefixfs.put(remote, b"the third weights, longer")
-    third = localize(remote)
+    third = fileio.local_copy(remote)
     assert open(third, "rb").read() == b"the third weights, longer"
     assert os.listdir(tmp_path) == [os.path.basename(third)]  # older copies removed

@@ -5,6 +5,7 @@ import urllib.parse
 import pytest
 
 from beam_jobs import sources
+from schemas import fileio
 
 
 @pytest.mark.parametrize("name, kind", [
@@ -92,14 +93,14 @@ def test_glob_characters_are_found():
 def test_reading_with_a_limit_and_refusing_non_files(tmp_path):
     path = tmp_path / "a.jpg"
     path.write_bytes(b"x" * 100)
-    assert sources.read_bytes(str(path), 100) == b"x" * 100
-    with pytest.raises(sources.FileTooLarge):
-        sources.read_bytes(str(path), 99)
-    with pytest.raises(sources.NotARegularFile, match="a directory"):
-        sources.read_bytes(str(tmp_path))
+    assert fileio.read_bytes(str(path), 100) == b"x" * 100
+    with pytest.raises(fileio.FileTooLarge):
+        fileio.read_bytes(str(path), 99)
+    with pytest.raises(fileio.NotARegularFile, match="a directory"):
+        fileio.read_bytes(str(tmp_path))
     fifo = tmp_path / "pipe.jpg"
     os.mkfifo(fifo)
-    with pytest.raises(sources.NotARegularFile, match="a FIFO"):  # opening it would block forever
-        sources.read_bytes(str(fifo))
+    with pytest.raises(fileio.NotARegularFile, match="a FIFO"):  # opening it would block forever
+        fileio.read_bytes(str(fifo))
     with pytest.raises(FileNotFoundError):
-        sources.read_bytes(str(tmp_path / "gone.jpg"))
+        fileio.read_bytes(str(tmp_path / "gone.jpg"))

@@ -51,9 +51,8 @@ def export_bundle(model_dir: str, decoder, vocabulary: Vocabulary, metadata: dic
         local = os.path.join(scratch, bundle_schema.DECODER_FILE)
         decoder.save(local)
         weights_digest = backbones.weights_digest(decoder)
-        target = fileio.join(model_dir, bundle_schema.DECODER_FILE)
-        import tensorflow as tf
-        tf.io.gfile.copy(local, target, overwrite=True)
+        with open(local, "rb") as handle:
+            fileio.write_bytes(fileio.join(model_dir, bundle_schema.DECODER_FILE), handle.read())
     vocabulary.save(fileio.join(model_dir, VOCAB_FILE))
     identity = hashlib.sha256((weights_digest + vocabulary.to_text() + metadata[MetadataKeys.WEIGHTS_SHA256]
                                ).encode("utf-8")).hexdigest()
@@ -117,13 +116,12 @@ INT8_BACKEND = int8_schema.BACKEND
 
 def copy_int8_model(source: str, target: str) -> None:
     """Copies an int8 extractor directory (extractor.xml/.bin, quantization.json) between any filesystems."""
-    import tensorflow as tf
     int8_schema.read_info(source)  # a complete one, or a clear error
     if source.rstrip("/") == target.rstrip("/"):
         return
     fileio.makedirs(target)
     for name in (int8_schema.MODEL_XML, int8_schema.MODEL_BIN, int8_schema.INFO_FILE):
-        tf.io.gfile.copy(fileio.join(source, name), fileio.join(target, name), overwrite=True)
+        fileio.write_bytes(fileio.join(target, name), fileio.read_bytes(fileio.join(source, name)))
 
 
 class Bundle:
@@ -261,15 +259,9 @@ def load_bundles(model_dirs, with_decoder: bool = True) -> Bundle:
 def load_decoder(path: str):
     import keras
     from trainer import attention  # noqa: F401  (registers the attention decoder's layers with Keras)
-    if "://" in path:
-        import tensorflow as tf
-        with tempfile.TemporaryDirectory() as scratch:
-            local = os.path.join(scratch, os.path.basename(path))
-            tf.io.gfile.copy(path, local)
-            return keras.saving.load_model(local, compile=False)
-    if not os.path.exists(path):
+    if not fileio.exists(path):
         raise FileNotFoundError(f"{path}: no such file")
-    return keras.saving.load_model(path, compile=False)
+    return keras.saving.load_model(fileio.local_copy(path), compile=False)  # Keras opens local files only
 
 
 def feature_weights_for(config: dict, override: str | None) -> str:

@@ -25,11 +25,13 @@ def read_metadata(data_dir: str) -> dict:
 
 
 def split_files(data_dir: str, split: str) -> list[str]:
+    """The split's record shards, as local files tf.data can read: shards on another filesystem (any scheme Beam
+    reads) are copied to a local cache first, once per version (`fileio.local_copy`)."""
     files = fileio.glob(records.split_pattern(data_dir, split))
     if not files:
         raise FileNotFoundError(f"no {split} records in {data_dir} ({records.split_pattern(data_dir, split)}); "
                                 "run the extract job with that split")
-    return files
+    return [fileio.local_copy(path) for path in files]
 
 
 def parse_record(serialized, feature_dim: int) -> dict:

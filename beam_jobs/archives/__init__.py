@@ -36,7 +36,7 @@ from beam_jobs.archives.common import (BLOCK, DEFAULT_MAX_ARCHIVE_BYTES, DEFAULT
 from beam_jobs.archives.tar import TarReader
 from beam_jobs.archives.tar_format import valid_header
 from beam_jobs.archives.zip import ZipReader, read_zip_member
-from schemas import images
+from schemas import fileio, images
 from schemas.images import describe_error
 
 __all__ = ["DEFAULT_MAX_ARCHIVE_BYTES", "DEFAULT_MAX_COMPRESSION_RATIO", "RATIO_FLOOR_BYTES", "SKIPPED_DONE",
@@ -71,7 +71,7 @@ def _events(uri, location, skip, only, limits, spill) -> Iterator[Event]:
     location = location or uri
 
     def open_stream():
-        return sources.open_raw(location)
+        return fileio.open_read(location)
 
     try:
         stream = open_stream()
@@ -116,7 +116,7 @@ def read_spans(spans: typing.Sequence[MemberSpan], location: str, limits: Limits
                     for stream, _, _ in streams.values():
                         stream.close()
                     streams.clear()
-                    opened = sources.open_raw(source)
+                    opened = fileio.open_read(source)
                     size = opened.seek(0, 2)
                     changed = (source == location and archive_size is not None and size != archive_size)
                     streams[source] = (opened, size, f"the archive changed since the job listed it ({size:,} bytes, "
