@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal tests
 
 demo: $(STAMP)
-	$(BIN)/python -m beam_jobs.demo --output_dir $(DEMO_DIR)
+	$(BIN)/python -m beam_jobs.tools.demo --output_dir $(DEMO_DIR)
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache build dist *.egg-info

@@ -18,7 +18,7 @@ from setuptools import find_packages, setup
 #   matplotlib         the trainer's training-curve PNG
 #   openvino, nncf     the default feature backend on CPU workers: Xception quantized to int8 (NNCF post-training
 #                      quantization, calibrated at launch) and run by OpenVINO, 3.5x Keras float32 at the same
-#                      caption quality (BENCHMARKS.md §12); also the bfloat16/f32 OpenVINO backends
+#                      caption quality (BENCHMARKS.md, feature backends); also the bfloat16/f32 OpenVINO backends
 #   pycocoevalcap      CIDEr-D, the caption metric of record next to BLEU (the COCO evaluation's own code; a
 #                      104 MB wheel because it bundles Java tools for SPICE and METEOR that imcap does not run)
 INSTALL_REQUIRES = [
@@ -59,12 +59,12 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "imcap-extract=beam_jobs.extract_features:main",
-            "imcap-sample-data=beam_jobs.sample_dataset:main",
-            "imcap-demo=beam_jobs.demo:main",
-            "imcap-caption=beam_jobs.caption_images:main",
-            "imcap-gallery=beam_jobs.gallery:main",
-            "imcap-quantize=beam_jobs.quantize:main",
+            "imcap-extract=beam_jobs.extract.job:main",
+            "imcap-sample-data=beam_jobs.tools.sample_dataset:main",
+            "imcap-demo=beam_jobs.tools.demo:main",
+            "imcap-caption=beam_jobs.caption.job:main",
+            "imcap-gallery=beam_jobs.tools.gallery:main",
+            "imcap-quantize=beam_jobs.tools.quantize:main",
             "imcap-train=trainer.task:main",
             "imcap-scst=trainer.scst:main",
             "imcap-evaluate=trainer.evaluate:main",

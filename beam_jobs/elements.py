@@ -19,7 +19,7 @@ class InputRef(typing.NamedTuple):
 
     ``uri`` is the text of output rows; ``location`` the path to open when it differs from ``uri`` (a local path
     that is not UTF-8, as bytes), else empty. For an archive, ``done`` holds the member parts of URIs already in
-    the outputs (`beam_jobs.sources.ITSELF`: the archive's own URI) and ``claimed`` the member parts that loose inputs already name;
+    the outputs (`beam_jobs.naming.ITSELF`: the archive's own URI) and ``claimed`` the member parts that loose inputs already name;
     both are passed over while streaming. ``listed``: member parts that lists name (each gets a row, if only to
     say the archive has no such member). ``only``: when not empty, the archive is no input itself and only these
     members (named by a list) are read.
@@ -38,7 +38,7 @@ class InputRef(typing.NamedTuple):
 
 class WorkUnit(typing.NamedTuple):
     """What one worker reads: a loose image file (``kind`` image, no spans), or up to a few dozen members of an
-    archive as references (`beam_jobs.archives.MemberSpan`: where each member's bytes are), so that one archive's
+    archive as references (`beam_jobs.caption.archives.MemberSpan`: where each member's bytes are), so that one archive's
     members spread over every worker. ``archive_size``: the archive's size when it was indexed (a changed archive
     is not read); ``number``: the unit's place among its archive's units."""
     uri: str

@@ -94,7 +94,7 @@ class Job:
 
     def run(self, argv=None, test_pipeline=None, models=None):
         """Flags, checks, the graph, the run, the counters, the summary; returns the PipelineResult. Tests pass a
-        TestPipeline, and fake `beam_jobs.inference.Models` where the models are beside the point."""
+        TestPipeline, and fake `beam_jobs.models.Models` where the models are beside the point."""
         args, beam_args = self.parse_args(argv)
         options = pipeline_options(beam_args)  # before prepare: a mistyped flag fails before any model is loaded
         config = self.prepare(args) if models is None else self.prepare(args, models=models)

@@ -98,11 +98,12 @@ def tiny_bundle(directory: str) -> tuple[str, str]:
     model_dir = os.path.join(directory, "tiny_bundle")
     if os.path.exists(os.path.join(model_dir, "bundle.json")):
         return model_dir, "none"
-    from beam_jobs import extract_features, sample_dataset
+    from beam_jobs.extract import job as extract_job
+    from beam_jobs.tools import sample_dataset
     from trainer import task
     dataset, features = os.path.join(directory, "tiny_dataset"), os.path.join(directory, "tiny_features")
     sample_dataset.write_sample_dataset(dataset, num_images=12, image_size=96, seed=3)
-    extract_features.run(["--dataset_dir", dataset, "--output_dir", features, "--weights", "none",
+    extract_job.run(["--dataset_dir", dataset, "--output_dir", features, "--weights", "none",
                           "--image_size", "71", "--min_word_count", "1", "--overwrite"])
     task.train(task.parse_args(["--data_dir", features, "--model_dir", model_dir, "--epochs", "1",
                                 "--embedding_dim", "32", "--units", "64", "--verbose", "0"]))

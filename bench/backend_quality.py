@@ -32,14 +32,14 @@ LATENCY = "inference_batch_latency_micro_secs"
 
 
 def run_caption(list_file, model_dir, weights, prefix, backend, int8_model, beam_width):
-    from beam_jobs import caption_images
+    from beam_jobs.caption import job as caption_job
     argv = ["--model_dir", model_dir, "--output_dir", prefix, "--weights", weights, "--input", list_file,
             "--inference_backend", backend, "--overwrite"]
     if beam_width:
         argv += ["--beam_width", str(beam_width)]
     if backend == "openvino-int8":
         argv += ["--int8_model", int8_model]
-    result = caption_images.run(argv)
+    result = caption_job.run(argv)
     rows, errors = read_caption_outputs(prefix)
     return rows, errors, _latency_seconds(result)
 
@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--features_dir", required=True, help="the extract job's records of Flickr8k (references)")
     parser.add_argument("--model_dir", action="append", required=True, help="a bundle; repeat for several")
     parser.add_argument("--weights", default=DEFAULT_WEIGHTS)
-    parser.add_argument("--int8_model", help="the int8 extractor (python -m beam_jobs.quantize) for openvino-int8")
+    parser.add_argument("--int8_model", help="the int8 extractor (imcap-quantize) for openvino-int8")
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--beam_width", type=int, default=0, help="0: the bundle's default")
@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     if "openvino-int8" in args.backends and not args.int8_model:
-        parser.error("openvino-int8 needs --int8_model (python -m beam_jobs.quantize writes one)")
+        parser.error("openvino-int8 needs --int8_model (imcap-quantize writes one)")
 
     import logging
     from beam_jobs.runtime import setup_logging

@@ -1,10 +1,10 @@
 """Xception on this CPU through Keras/TensorFlow, OpenVINO (its default precision: bfloat16 on CPUs that have it),
-OpenVINO forced to f32 and the int8 model of `beam_jobs.quantize`: images/s side by side in one run, and how close
+OpenVINO forced to f32 and the int8 model of `beam_jobs.tools.quantize`: images/s side by side in one run, and how close
 the features are to Keras'.
 
     python bench/backends.py [--images 128] [--batch_size 32] [--repeats 3] [--weights PATH] [--int8_model DIR]
 
-Each backend is the jobs' own (`beam_jobs.inference.FeatureExtractorHandler` with ``backend=...``), fed the same
+Each backend is the jobs' own (`beam_jobs.features.FeatureExtractorHandler` with ``backend=...``), fed the same
 preprocessed Flickr8k photos in batches; the order of the backends rotates between repeats.
 """
 import argparse
@@ -20,10 +20,11 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=128)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--int8_model", help="also openvino-int8, with this model (python -m beam_jobs.quantize)")
+    parser.add_argument("--int8_model", help="also openvino-int8, with this model (imcap-quantize)")
     args = parser.parse_args()
 
-    from beam_jobs.inference import INFERENCE_BACKENDS, INT8_BACKEND, FeatureExtractorHandler
+    from trainer.features import INFERENCE_BACKENDS, INT8_BACKEND, FeatureSpec
+    from beam_jobs.features import FeatureExtractorHandler
     backends = tuple(b for b in INFERENCE_BACKENDS if b != INT8_BACKEND or args.int8_model)
     from schemas.images import prepare_image
 
@@ -35,8 +36,8 @@ def main() -> None:
             pixels.append(prepare_image(handle.read(), 299)[0])
     handlers, models, load_seconds = {}, {}, {}
     for backend in backends:
-        handlers[backend] = FeatureExtractorHandler("xception", args.weights, 299, backend=backend,
-                                                    int8_model=args.int8_model if backend == INT8_BACKEND else None)
+        handlers[backend] = FeatureExtractorHandler(FeatureSpec(
+            "xception", args.weights, 299, backend=backend, int8_model=args.int8_model if backend == INT8_BACKEND else None))
         load_seconds[backend], models[backend] = timed(handlers[backend].load_model)
         handlers[backend].run_inference(pixels[:args.batch_size], models[backend])  # warm up
 
@@ -59,7 +60,7 @@ def main() -> None:
     for backend in backends:
         got = features[backend]
         cosine = ((got * reference).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(reference, axis=1))).min()
-        rows.append((backend, getattr(models[backend], "precision", "f32 (TF)"), f"{median(rates[backend]):.2f}",
+        rows.append((backend, models[backend].description, f"{median(rates[backend]):.2f}",
                      f"{median(rates[backend]) / median(rates['keras']):.2f}", f"{cosine:.6f}",
                      f"{np.abs(got - reference).max():.1e}", f"{load_seconds[backend]:.1f}"))
     print_table(f"Xception 299px, batch {args.batch_size}, {len(pixels)} Flickr8k dev photos, medians of "

@@ -25,22 +25,22 @@ from common import (DEFAULT_DATASET, DEFAULT_WEIGHTS, image_paths, machine, medi
 
 
 def run_extract(dataset_dir, names, weights, scratch, grid="none"):
-    from beam_jobs import extract_features
+    from beam_jobs.extract import job as extract_job
     split_file = write_split_file(os.path.join(scratch, "splits"), "dev", names)
     out = os.path.join(scratch, f"extract-{len(names)}")
-    extract_features.run(["--dataset_dir", dataset_dir, "--split_file", f"dev={split_file}", "--output_dir", out,
+    extract_job.run(["--dataset_dir", dataset_dir, "--split_file", f"dev={split_file}", "--output_dir", out,
                           "--weights", weights, "--overwrite", "--vocab_file",
                           os.path.join(scratch, "vocab.txt"), "--spatial_grid", grid])
     return out
 
 
 def run_caption(inputs, model_dir, weights, prefix, beam_width):
-    from beam_jobs import caption_images
+    from beam_jobs.caption import job as caption_job
     argv = ["--model_dir", model_dir, "--output_dir", prefix, "--weights", weights, "--beam_width", str(beam_width),
             "--overwrite"]
     for pattern in inputs:
         argv += ["--input", pattern]
-    caption_images.run(argv)
+    caption_job.run(argv)
     return read_caption_outputs(prefix)
 
 

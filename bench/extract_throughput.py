@@ -70,11 +70,11 @@ def seed_loop(model, paths, image_size):
 
 
 def pipeline_run(dataset_dir, names, weights, image_size, batch_size, scratch):
-    from beam_jobs import extract_features
+    from beam_jobs.extract import job as extract_job
     split_file = write_split_file(os.path.join(scratch, "splits"), "train", names)
     output_dir = os.path.join(scratch, f"out-{len(names)}")
     shutil.rmtree(output_dir, ignore_errors=True)
-    extract_features.run(["--dataset_dir", dataset_dir, "--split_file", f"train={split_file}", "--output_dir",
+    extract_job.run(["--dataset_dir", dataset_dir, "--split_file", f"train={split_file}", "--output_dir",
                           output_dir, "--weights", weights, "--image_size", str(image_size), "--min_batch_size",
                           str(batch_size), "--max_batch_size", str(batch_size)])
 

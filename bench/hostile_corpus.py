@@ -384,12 +384,12 @@ def main() -> int:
     failures += [f"in {count} rows: {uri}" for uri, count in uris.items() if count > 1]
     classes = collections.Counter(row.get("error", "captioned") for row in rows)
     print(json.dumps(dict(sorted(classes.items())), indent=1))
-    from beam_jobs import sources
+    from beam_jobs import naming
     corpus = os.path.join(args.work_dir, "corpus")
     for kind in ("files", "archives"):
         directory = os.path.join(corpus, kind)
         for name in sorted(os.listdir(directory.encode())):
-            path = sources.text_path(os.path.join(directory, os.fsdecode(name)))
+            path = naming.text_path(os.path.join(directory, os.fsdecode(name)))
             related = sorted(uri for uri in uris if uri == path or uri.startswith(path + "!"))
             outcome = collections.Counter(next(row.get("error", "captioned") for row in rows if row["image_uri"] == u)
                                           for u in related)

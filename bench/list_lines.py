@@ -1,4 +1,4 @@
-"""Reading list files: seconds and peak RSS of `beam_jobs.inputs._lines` over a ~96 MB list with LF, CRLF or CR
+"""Reading list files: seconds and peak RSS of `beam_jobs.caption.inputs._lines` over a ~96 MB list with LF, CRLF or CR
 line ends, before and after its rewrite (a CR-only list used to defeat the 64 KiB line cap: it was held whole and
 grown chunk by chunk).
 
@@ -39,7 +39,7 @@ def load_lines(implementation: str):
     """`_lines` of this checkout ("new") or of the checkout at ``implementation`` (a directory)."""
     sys.path.insert(0, REPO_ROOT)
     if implementation == "new":
-        from beam_jobs import inputs
+        from beam_jobs.caption import inputs
         return inputs._lines, inputs.MAX_LIST_LINE_BYTES
     spec = importlib.util.spec_from_file_location("old_inputs", os.path.join(implementation, "beam_jobs", "inputs.py"))
     module = importlib.util.module_from_spec(spec)

@@ -4,7 +4,7 @@
 
 Runs the caption job (tiny random-init bundle, as bench/hostile_corpus.py builds it) on a few photos, a broken
 file and an archive, in an output directory that already holds a neighbour's files, then runs the README's
-reading examples, extracted from README.md itself (the indented block after "Read each folder as one table"), with
+reading examples, extracted from docs/captioning.md itself (the indented block after "Read each folder as one table"), with
 ``out/run1`` replaced by the job's output directory. Prints, per reader, the rows it read from each table, and
 checks: captions + errors = every input; no reader sees an error row among the captions or the other way round;
 the neighbour's files are untouched. A reader whose library is not installed is reported as skipped. Exit status
@@ -33,7 +33,7 @@ README_MARKER = "Read each folder as one table:"
 
 def readme_examples() -> list[str]:
     """The README's reading examples: blocks of code separated by blank lines, one per library."""
-    with open(os.path.join(REPO_ROOT, "README.md"), encoding="utf-8") as handle:
+    with open(os.path.join(REPO_ROOT, "docs", "captioning.md"), encoding="utf-8") as handle:
         text = handle.read()
     block = text.split(README_MARKER, 1)[1].lstrip("\n")
     lines = []

@@ -48,7 +48,7 @@ class DecodingKeys:
     NO_REPEAT_NGRAM_SIZE = "no_repeat_ngram_size"
 
 
-# The product's default (BENCHMARKS §13: Flickr8k dev with and without blocking).
+# The product's default (BENCHMARKS.md, caption quality: Flickr8k dev with and without blocking).
 DEFAULT_NO_REPEAT_NGRAM_SIZE = 2
 
 

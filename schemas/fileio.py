@@ -18,6 +18,7 @@ import os
 import posixpath
 import stat
 import tempfile
+import urllib.parse
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -40,6 +41,13 @@ def exists(path: str) -> bool:
         return FileSystems.exists(path)
     except Exception:  # no filesystem for its scheme, or one that cannot say
         return False
+
+
+def path_of(uri: str) -> str:
+    """The path to open for a file URI as the outputs spell it (the inverse of `text_path`)."""
+    if uri.startswith("file://"):
+        return urllib.parse.unquote_to_bytes(uri[len("file://"):]).decode("utf-8", "surrogateescape")
+    return uri
 
 
 def glob(pattern: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""The int8 extractor directory (`beam_jobs.quantize` writes it; the jobs and bundles read it): OpenVINO IR
+"""The int8 extractor directory (`beam_jobs.tools.quantize` writes it; the jobs and bundles read it): OpenVINO IR
 ``extractor.xml``/``extractor.bin`` of the spatial extractor (outputs: pooled vector, last convolutional map) and
 ``quantization.json`` (backbone, image size, the Keras weights' SHA-256, calibration set, versions, bin_sha256)."""
 from schemas import fileio
@@ -23,7 +23,7 @@ def read_info(model_dir: str) -> dict:
     path = fileio.join(model_dir, INFO_FILE)
     if not fileio.exists(path):
         raise ValueError(f"{model_dir}: no {INFO_FILE} there, so no int8 model; write one with "
-                         "python -m beam_jobs.quantize")
+                         "imcap-quantize")
     try:
         info = fileio.read_json(path)
     except ValueError as error:
@@ -61,4 +61,4 @@ def check_matches(info: dict, model_dir: str, backbone: str, image_size: int, we
         problems.append(f"weights sha256 {info['weights_sha256'][:12]}, not {weights_sha256[:12]}")
     if problems:
         raise ValueError(f"--int8_model {model_dir} was quantized from another extractor ({'; '.join(problems)}): "
-                         "quantize these weights with python -m beam_jobs.quantize")
+                         "quantize these weights with imcap-quantize")

@@ -149,7 +149,7 @@ EVAL_SPLIT_NAMES = ("dev", "val")  # the split a trainer watches and evaluates o
 def split_file_stem(split: str) -> str:
     """The file name stem of a split's shards: the split's name, with the '/' of a dataset's split in records of
     several datasets (e.g. ``coco/val``) as '.' (``coco.val-00000-of-00001.tfrecord``). Split and dataset names are
-    letters, digits, '_' and '-' (`beam_jobs.dataset_formats.check_split_name`), so stems never collide."""
+    letters, digits, '_' and '-' (`beam_jobs.extract.layouts.check_split_name`), so stems never collide."""
     return split.replace("/", ".")
 
 

@@ -87,7 +87,7 @@ class ErrorRow(typing.NamedTuple):
 
 def valid_text(text: str) -> str:
     """Text any coder and Parquet can write: lone surrogates (bytes of a non-UTF-8 path that Python decoded with
-    surrogateescape, quoted in an exception's message) become %XX, as `beam_jobs.sources` escapes such paths."""
+    surrogateescape, quoted in an exception's message) become %XX, as `beam_jobs.naming` escapes such paths."""
     try:
         text.encode("utf-8")
         return text
@@ -172,7 +172,7 @@ def is_sink_temp_name(name: str) -> bool:
 
 def spill_dir(output_dir: str, run_number: int) -> str:
     """Where run K writes the members of compressed archives, decompressed once, for the workers that read them
-    (`beam_jobs.archives.units.SpillWriter`); removed when the run's shards are committed."""
+    (`beam_jobs.caption.archives.units.SpillWriter`); removed when the run's shards are committed."""
     return posixpath.join(output_dir, f"beam-temp-spill-run{run_number}")
 
 

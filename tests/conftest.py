@@ -44,7 +44,7 @@ def local_test_pipeline(argv=()):
 @pytest.fixture(scope="session")
 def sample_dataset(tmp_path_factory):
     """12 generated images in the Flickr8k layout (train 8, dev 2, test 2). Read-only: copy to modify."""
-    from beam_jobs.sample_dataset import write_sample_dataset
+    from beam_jobs.tools.sample_dataset import write_sample_dataset
     return built_once(tmp_path_factory, "sample", lambda directory: write_sample_dataset(
         directory, num_images=12, image_size=96, seed=3))
 
@@ -66,8 +66,8 @@ def requires_flickr8k():
 def sample_features(sample_dataset, tmp_path_factory):
     """The extract job's output for the sample dataset (random-init Xception at 71 px, min word count 1), with the
     full 3x3 spatial grids; Keras features (the reference the other backends are compared with)."""
-    from beam_jobs import extract_features
-    return built_once(tmp_path_factory, "sample_features", lambda output_dir: extract_features.run(
+    from beam_jobs.extract import job as extract_job
+    return built_once(tmp_path_factory, "sample_features", lambda output_dir: extract_job.run(
         ["--dataset_dir", sample_dataset, "--output_dir", output_dir, "--weights", "none",
          "--image_size", str(TEST_IMAGE_SIZE), "--min_word_count", "1", "--spatial_grid", "full",
          "--inference_backend", "keras"],

@@ -1,7 +1,7 @@
 """Fake models for the tests of graph routing, resume and counting (as Beam's own ``ml/inference/base_test.py``
 fakes its model handlers): the jobs run end to end on real runners, files and archives, but no TensorFlow.
 
-`FakeModels` plugs into both jobs' ``run(..., models=FAKE_MODELS)`` (`beam_jobs.inference.Models`):
+`FakeModels` plugs into both jobs' ``run(..., models=FAKE_MODELS)`` (`beam_jobs.models.Models`):
 
 - features: the means of a 4x4 grid of the pixels per channel, scaled to [-1, 1] (48 float32), an exact function
   of the decoded pixels, so two paths that decode a photo differently give different features;
@@ -21,7 +21,7 @@ import sys
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler
 
-from beam_jobs.inference import Models
+from beam_jobs.models import Models
 
 FAKE_WEIGHTS_SHA256 = hashlib.sha256(b"imcap fake features").hexdigest()
 FAKE_FEATURE_DIM = 48
@@ -95,15 +95,15 @@ class FakeModels(Models):
         return "keras"  # the fakes compute no real features
 
     def feature_weights(self, backbone, weights, image_size):
-        from beam_jobs.inference import ExtractorInfo
+        from trainer.features import ExtractorInfo
         return ExtractorInfo(FAKE_WEIGHTS_SHA256, FAKE_FEATURE_DIM, GRID)
 
     def open_bundle(self, model_dirs):
         from trainer.bundle import load_bundles
         return load_bundles(model_dirs, with_decoder=False)
 
-    def feature_handler(self, backbone_name, weights, image_size, *, min_batch_size=1, max_batch_size=32, **_):
-        return FakeFeatureHandler(image_size, min_batch_size=min_batch_size, max_batch_size=max_batch_size)
+    def feature_handler(self, spec, *, min_batch_size=1, max_batch_size=32):
+        return FakeFeatureHandler(spec.image_size, min_batch_size=min_batch_size, max_batch_size=max_batch_size)
 
     def caption_handler(self, model_dirs, beam_width, length_penalty, *, max_batch_size=128, **_):
         first = model_dirs if isinstance(model_dirs, str) else model_dirs[0]
@@ -132,9 +132,10 @@ def write_fake_bundle(model_dir: str, image_size: int = 71) -> str:
 
 
 def main(argv=None) -> int:
-    from beam_jobs import caption_images, extract_features
+    from beam_jobs.caption import job as caption_job
+    from beam_jobs.extract import job as extract_job
     job, *args = sys.argv[1:] if argv is None else argv
-    module = {"caption": caption_images, "extract": extract_features}[job]
+    module = {"caption": caption_job, "extract": extract_job}[job]
     return module.JOB.main(args, models=FAKE_MODELS, tensorflow=False)
 
 

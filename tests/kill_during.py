@@ -32,7 +32,7 @@ def _on_call(owner, name, call_number):
 def main():
     moment, args = sys.argv[1], sys.argv[2:]
     if moment == "expansion":
-        from beam_jobs.archives.tar import TarReader
+        from beam_jobs.caption.archives.tar import TarReader
         _on_call(TarReader, "_entry_event", 3)  # pylint: disable=protected-access
     elif moment == "captioning":
         from tests.fakes import FakeCaptionHandler

@@ -12,8 +12,9 @@ import zlib
 
 import pytest
 
-from beam_jobs import archives, sources
-from beam_jobs.archives import Limits, MemberData, MemberFailure, MemberSkipped
+from beam_jobs.caption import archives
+from beam_jobs import naming
+from beam_jobs.caption.archives import Limits, MemberData, MemberFailure, MemberSkipped
 from schemas import images
 from tests.caption_helpers import tar_bytes
 
@@ -565,7 +566,7 @@ def test_an_empty_member_name_is_not_the_archive_itself(tmp_path):
                                        (_member(path, "p0.jpg"), "data", b"0" * 600),
                                        (_member(path, "p1.jpg"), images.CORRUPT_ARCHIVE, None)]
     first = _events(path)  # and a rerun that passes over what was reported adds nothing
-    done = {event.uri[len(path) + 1:] if event.uri != path else sources.ITSELF for event in first}
+    done = {event.uri[len(path) + 1:] if event.uri != path else naming.ITSELF for event in first}
     assert all(isinstance(event, MemberSkipped) for event in _events(path, skip=done))
 
 
@@ -624,7 +625,7 @@ def test_a_streamed_bomb_in_a_truncated_zip_is_measured_without_keeping_it(tmp_p
 
 
 def test_an_unexpected_exception_on_one_zip_member_costs_only_that_member(tmp_path, monkeypatch):
-    from beam_jobs.archives import zip_format
+    from beam_jobs.caption.archives import zip_format
     path = _zip(tmp_path / "z.zip", ZIP_MEMBERS)
     original = zip_format.Decompressor.decompress
 
@@ -641,7 +642,7 @@ def test_an_unexpected_exception_on_one_zip_member_costs_only_that_member(tmp_pa
 def test_a_tar_whose_first_name_looks_like_a_compression_signature(tmp_path):
     for name in ("BZh91AY&SY.jpg", "\x1f\x8b.jpg", "PK\x03\x04.jpg"):
         path = _write(tmp_path / "odd.zip", _tar_bytes([(name, b"x" * 100)]))
-        assert _summary(_events(path)) == [(_member(path, sources.escape_member_name(name)), "data", b"x" * 100)]
+        assert _summary(_events(path)) == [(_member(path, naming.escape_member_name(name)), "data", b"x" * 100)]
 
 
 def test_xz_padding_trailing_data_and_a_dictionary_too_large(tmp_path):

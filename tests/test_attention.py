@@ -71,9 +71,9 @@ def test_extract_job_writes_grids_that_round_trip_through_the_spec(sample_featur
 
 
 def test_extract_job_pools_the_grid_and_checks_its_size(sample_dataset, sample_features, tmp_path, capsys):
-    from beam_jobs import extract_features
+    from beam_jobs.extract import job as extract_job
     out = str(tmp_path / "pooled")
-    extract_features.run(["--dataset_dir", sample_dataset, "--output_dir", out, "--weights", "none",
+    extract_job.run(["--dataset_dir", sample_dataset, "--output_dir", out, "--weights", "none",
                           "--image_size", str(TEST_IMAGE_SIZE), "--spatial_grid", "2", "--inference_backend", "keras"],
                          test_pipeline=local_test_pipeline())
     from trainer import data
@@ -89,10 +89,10 @@ def test_extract_job_pools_the_grid_and_checks_its_size(sample_dataset, sample_f
         np.testing.assert_array_equal(record[records.IMAGE_FEATURES], full[record[records.IMAGE_ID]][
             records.IMAGE_FEATURES])
     with pytest.raises(ValueError, match="the grid can be at most 3"):
-        extract_features.run(["--dataset_dir", sample_dataset, "--output_dir", str(tmp_path / "big"),
+        extract_job.run(["--dataset_dir", sample_dataset, "--output_dir", str(tmp_path / "big"),
                               "--weights", "none", "--image_size", str(TEST_IMAGE_SIZE), "--spatial_grid", "4"])
     with pytest.raises(SystemExit):
-        extract_features.parse_args(["--output_dir", "x", "--spatial_grid", "0"])
+        extract_job.parse_args(["--output_dir", "x", "--spatial_grid", "0"])
     assert "--spatial_grid" in capsys.readouterr().err
 
 
@@ -339,7 +339,7 @@ def test_caption_job_serves_an_attention_bundle_and_an_ensemble(sample_dataset, 
                                                                 attention_bundle, tmp_path):
     """Real Xception and decoders on the workers: each photo gets the caption the bundle (or the ensemble of the
     attention and the merge bundle) gives to the extract job's features of that photo."""
-    from beam_jobs import caption_images
+    from beam_jobs.caption import job as caption_job
     from schemas import tables
     from tests.caption_helpers import argv, read_outputs
     dev = records.read_records(sample_features, "dev", (3, 3, 2048))
@@ -349,7 +349,7 @@ def test_caption_job_serves_an_attention_bundle_and_an_ensemble(sample_dataset, 
     for model_dirs in ([attention_bundle], [attention_bundle, sample_bundle]):
         prefix = str(tmp_path / f"captions{len(model_dirs)}")
         extra = [item for model_dir in model_dirs[1:] for item in ("--model_dir", model_dir)]
-        caption_images.run(argv(paths, model_dirs[0], prefix, "--weights", "none", "--beam_width", "2", *extra),
+        caption_job.run(argv(paths, model_dirs[0], prefix, "--weights", "none", "--beam_width", "2", *extra),
                            test_pipeline=local_test_pipeline())
         captions, errors = read_outputs(prefix)
         assert not errors and len(captions) == len(paths)
@@ -366,7 +366,8 @@ def test_caption_job_serves_an_attention_bundle_and_an_ensemble(sample_dataset, 
 def test_attention_pictures_from_predict_and_the_gallery(sample_dataset, attention_bundle, sample_bundle, tmp_path):
     from PIL import Image
 
-    from beam_jobs import caption_images, gallery
+    from beam_jobs.caption import job as caption_job
+    from beam_jobs.tools import gallery
     from schemas import images, tables
     from tests.caption_helpers import argv, read_outputs
     from trainer import pictures, predict
@@ -389,12 +390,12 @@ def test_attention_pictures_from_predict_and_the_gallery(sample_dataset, attenti
         assert picture.size == (pictures.COLUMNS * pictures.PANEL, rows * (pictures.PANEL + pictures.LABEL_HEIGHT))
 
     prefix = str(tmp_path / "captions")
-    caption_images.run(argv(paths, attention_bundle, prefix, "--weights", "none", "--attention_maps"),
+    caption_job.run(argv(paths, attention_bundle, prefix, "--weights", "none", "--attention_maps"),
                        test_pipeline=local_test_pipeline())
     captions, errors = read_outputs(prefix)
     assert not errors and len(captions) == 2
     decoder = Bundle(attention_bundle).decoder
-    extractor = predict.FeatureExtractor(Bundle(attention_bundle).config, "none")
+    extractor = predict.load_bundle_extractor(Bundle(attention_bundle).config, "none")
     dev = {}
     for path in paths:
         with open(path, "rb") as handle:
@@ -414,7 +415,7 @@ def test_attention_pictures_from_predict_and_the_gallery(sample_dataset, attenti
     page = gallery.render(captions, errors, limit=10, size=96, title="t")
     assert page.count("where each word looked") == 2 and page.count("data:image/png;base64,") == 2
     with pytest.raises(ValueError, match="--attention_maps needs an attention bundle"):
-        caption_images.run(argv(paths, sample_bundle, str(tmp_path / "m"), "--weights", "none", "--attention_maps"))
+        caption_job.run(argv(paths, sample_bundle, str(tmp_path / "m"), "--weights", "none", "--attention_maps"))
     with pytest.raises(ValueError, match="--attention_png needs an attention bundle"):
         predict.caption_files(paths, sample_bundle, weights="none", attention_png=pictures_dir)
 

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from beam_jobs import archives, caption_images, gallery, runtime
+from beam_jobs.caption import archives, job as caption_job
+from beam_jobs.tools import gallery
+from beam_jobs import runtime
 from schemas import images
 from tests.caption_helpers import argv, check_every_input_once, png_claiming, read_outputs, tar_bytes
 from tests.fakes import FAKE_MODELS
@@ -202,7 +204,7 @@ def corpus(sample_dataset, tmp_path_factory):
 def test_every_hostile_input_is_exactly_one_row(corpus, fake_bundle, tmp_path):
     patterns, expected = corpus
     prefix = str(tmp_path / "out" / "captions")
-    result = caption_images.run(argv(patterns, fake_bundle, prefix, "--max_image_bytes", str(MAX_IMAGE_BYTES)),
+    result = caption_job.run(argv(patterns, fake_bundle, prefix, "--max_image_bytes", str(MAX_IMAGE_BYTES)),
                                 test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     captions, errors = read_outputs(prefix)
     check_every_input_once(captions, errors, expected)
@@ -210,7 +212,7 @@ def test_every_hostile_input_is_exactly_one_row(corpus, fake_bundle, tmp_path):
     page = str(tmp_path / "gallery.html")
     assert gallery.main(["--captions", prefix, "--output", page, "--limit", "1000"]) == 0
     assert open(page, encoding="utf-8").read().count("data:image/jpeg;base64,") == len(captions)  # every one found
-    rerun = caption_images.run(argv(patterns, fake_bundle, prefix, "--max_image_bytes", str(MAX_IMAGE_BYTES),
+    rerun = caption_job.run(argv(patterns, fake_bundle, prefix, "--max_image_bytes", str(MAX_IMAGE_BYTES),
                                     "--skip_existing"), test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     check_every_input_once(*read_outputs(prefix), expected)  # the rerun found everything done, damage included
     assert runtime.metric_counters(rerun).get("images_captioned", 0) == 0
@@ -247,7 +249,7 @@ def test_an_unexpected_exception_on_one_input_is_a_row(corpus, fake_bundle, tmp_
     monkeypatch.setattr(images, "prepare_image", prepare_or_fail)
     monkeypatch.setattr(archives, "index_archive", index_or_fail)
     prefix = str(tmp_path / "out" / "captions")
-    result = caption_images.run(argv(patterns, fake_bundle, prefix, "--max_image_bytes", str(MAX_IMAGE_BYTES)),
+    result = caption_job.run(argv(patterns, fake_bundle, prefix, "--max_image_bytes", str(MAX_IMAGE_BYTES)),
                                 test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     captions, errors = read_outputs(prefix)
     packs = os.path.dirname(next(uri for uri in expected if uri.endswith("bad_header.tar!m0.jpg")))
@@ -272,7 +274,7 @@ def test_a_hostile_list_cannot_make_a_loop_or_escape_its_rows(tmp_path, fake_bun
     (tmp_path / "a.txt").write_text("a.txt\nb.txt\np.jpg\n./p.jpg\nsub/../p.jpg\n" + str(tmp_path / "p.jpg") + "\n")
     (tmp_path / "b.txt").write_text("a.txt\np.jpg\n")
     prefix = str(tmp_path / "out" / "c")
-    caption_images.run(argv([str(tmp_path / "a.txt"), str(tmp_path / "b.txt")], fake_bundle, prefix),
+    caption_job.run(argv([str(tmp_path / "a.txt"), str(tmp_path / "b.txt")], fake_bundle, prefix),
                        test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     captions, errors = read_outputs(prefix)
     check_every_input_once(captions, errors, {str(tmp_path / "p.jpg"): None})
@@ -294,7 +296,7 @@ def test_a_list_can_name_archive_members_by_their_uris(tmp_path, fake_bundle, sa
         "damaged.tar!m2.jpg", "gone.tar!x.jpg", "q.tar!x.jpg", "q.tar!nothing.jpg", "p.tar!../../b.jpg"]) + "\n"
         + "p.tar!#\udcff\np.tar!caf\udce9.jpg\n", encoding="utf-8", errors="surrogateescape")
     prefix = str(tmp_path / "out" / "c")
-    caption_images.run(argv([str(tmp_path / "members.txt"), q_tar], fake_bundle, prefix),
+    caption_job.run(argv([str(tmp_path / "members.txt"), q_tar], fake_bundle, prefix),
                        test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     captions, errors = read_outputs(prefix)
     check_every_input_once(captions, errors, {
@@ -313,7 +315,7 @@ def test_a_directory_input_means_every_file_under_it(tmp_path, fake_bundle, samp
     shutil.copy(photo, tmp_path / "photos" / "2024" / "june" / "b.jpg")
     (tmp_path / "photos" / "2024" / "notes.md").write_text("x")
     prefix = str(tmp_path / "out" / "c")
-    caption_images.run(argv([str(tmp_path / "photos")], fake_bundle, prefix), test_pipeline=local_test_pipeline(),
+    caption_job.run(argv([str(tmp_path / "photos")], fake_bundle, prefix), test_pipeline=local_test_pipeline(),
                        models=FAKE_MODELS)
     check_every_input_once(*read_outputs(prefix), {
         str(tmp_path / "photos" / "a.jpg"): None, str(tmp_path / "photos" / "2024" / "june" / "b.jpg"): None,

@@ -7,7 +7,9 @@ import tarfile
 import pyarrow.parquet as pq
 import pytest
 
-from beam_jobs import caption_images, gallery, runtime
+from beam_jobs.caption import job as caption_job
+from beam_jobs.tools import gallery
+from beam_jobs import runtime
 from schemas import tables
 from schemas.bundle import BundleKeys
 from schemas import fileio
@@ -26,7 +28,7 @@ def inputs(sample_dataset, tmp_path_factory):
 def captioned(inputs, fake_bundle, tmp_path_factory):
     patterns, _ = inputs
     prefix = os.path.join(str(tmp_path_factory.mktemp("captioned")), "captions")
-    result = caption_images.run(argv(patterns, fake_bundle, prefix), test_pipeline=local_test_pipeline(),
+    result = caption_job.run(argv(patterns, fake_bundle, prefix), test_pipeline=local_test_pipeline(),
                                 models=FAKE_MODELS)
     return prefix, runtime.metric_counters(result)
 
@@ -78,11 +80,11 @@ def test_job_logging_survives_a_library_configuring_logging_first():
 def test_resume_captions_only_new_images(inputs, fake_bundle, tmp_path):
     patterns, expected = inputs
     prefix = str(tmp_path / "captions")
-    caption_images.run(argv(patterns[:1], fake_bundle, prefix), test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
+    caption_job.run(argv(patterns[:1], fake_bundle, prefix), test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     first, _ = read_outputs(prefix)
     with pytest.raises(ValueError, match="already has outputs.*--skip_existing"):
-        caption_images.run(argv(patterns, fake_bundle, prefix), models=FAKE_MODELS)
-    result = caption_images.run(argv(patterns, fake_bundle, prefix, "--skip_existing"),
+        caption_job.run(argv(patterns, fake_bundle, prefix), models=FAKE_MODELS)
+    result = caption_job.run(argv(patterns, fake_bundle, prefix, "--skip_existing"),
                                 test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     counters = runtime.metric_counters(result)
     assert counters["skipped_existing"] == 8  # the folder's 4 images and 4 error rows
@@ -95,7 +97,7 @@ def test_resume_captions_only_new_images(inputs, fake_bundle, tmp_path):
 
     # A third run with nothing new writes no shards at all (no empty run-3 files), and loses nothing.
     before = {table: shard_paths(prefix, table) for table in (tables.CAPTIONS_TABLE, tables.ERRORS_TABLE)}
-    result = caption_images.run(argv(patterns, fake_bundle, prefix, "--skip_existing"),
+    result = caption_job.run(argv(patterns, fake_bundle, prefix, "--skip_existing"),
                                 test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     assert runtime.metric_counters(result)["skipped_existing"] == len(expected)
     assert {table: shard_paths(prefix, table) for table in before} == before
@@ -109,14 +111,14 @@ def test_rerun_after_an_interruption_does_only_the_rest(inputs, fake_bundle, tmp
     args = argv(patterns, fake_bundle, prefix, "--decode_batch_size", "2", "--checkpoint_rows", "1",
                 "--min_batch_size", "1")
     with pytest.raises(Exception, match="simulated worker loss"):
-        caption_images.run(args, test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
+        caption_job.run(args, test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     assert not shard_paths(prefix, tables.CAPTIONS_TABLE) and not shard_paths(prefix, tables.ERRORS_TABLE)
     parts = fileio.glob(os.path.join(tables.checkpoint_dir(prefix), "*.parquet"))  # nothing committed by the sinks...
     checkpointed = sum(pq.read_table(p).num_rows for p in parts if os.path.basename(p).startswith("captions-"))
     assert checkpointed == sum(calls[:2]) > 0  # ...but the rows of the two finished batches are kept
 
     monkeypatch.undo()
-    result = caption_images.run(args + ["--skip_existing"], test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
+    result = caption_job.run(args + ["--skip_existing"], test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     counters = runtime.metric_counters(result)
     assert counters["images_captioned"] == 12 - checkpointed
     captions, errors = read_outputs(prefix)
@@ -127,7 +129,7 @@ def test_rerun_after_an_interruption_does_only_the_rest(inputs, fake_bundle, tmp
 def test_bundle_weights_are_enforced(inputs, sample_bundle, other_weights, tmp_path):
     other = other_weights
     with pytest.raises(ValueError, match="captions would be meaningless"):
-        caption_images.run(argv(inputs[0], sample_bundle, str(tmp_path / "c"), "--weights", other))
+        caption_job.run(argv(inputs[0], sample_bundle, str(tmp_path / "c"), "--weights", other))
 
 
 def test_the_real_models_caption_what_the_decoder_says_of_the_extract_jobs_features(sample_dataset, sample_features,
@@ -146,7 +148,7 @@ def test_the_real_models_caption_what_the_decoder_says_of_the_extract_jobs_featu
         for index, path in enumerate(paths):
             archive.add(path, arcname=f"m{index}.jpg")
     prefix = str(tmp_path / "captions")
-    caption_images.run(argv([*paths, tar_path], sample_bundle, prefix, "--beam_width", "2"),
+    caption_job.run(argv([*paths, tar_path], sample_bundle, prefix, "--beam_width", "2"),
                        test_pipeline=local_test_pipeline())
     captions, errors = read_outputs(prefix)
     assert not errors and len(captions) == 2 * len(paths) == 4
@@ -162,7 +164,7 @@ def test_the_real_models_caption_what_the_decoder_says_of_the_extract_jobs_featu
 
 def test_inputs_that_match_nothing_fail_fast(fake_bundle, tmp_path):
     with pytest.raises(FileNotFoundError, match="--input .*nothing.*matches no file"):
-        caption_images.run(argv([str(tmp_path / "nothing" / "*.jpg")], fake_bundle, str(tmp_path / "c")),
+        caption_job.run(argv([str(tmp_path / "nothing" / "*.jpg")], fake_bundle, str(tmp_path / "c")),
                            models=FAKE_MODELS)
 
 
@@ -185,7 +187,7 @@ def test_gallery_shows_every_caption_and_error(inputs, captioned, tmp_path):
 @pytest.mark.parametrize("output", ["out/*", "out/[ab]", "out/c{1,2}", " "])
 def test_output_directories_with_glob_characters_are_refused(output, capsys):
     with pytest.raises(SystemExit):
-        caption_images.parse_args(["--input", "x.jpg", "--model_dir", "m", "--output_dir", output])
+        caption_job.parse_args(["--input", "x.jpg", "--model_dir", "m", "--output_dir", output])
     assert "--output_dir" in capsys.readouterr().err
 
 

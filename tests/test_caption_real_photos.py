@@ -4,7 +4,7 @@ import os
 import tarfile
 import zipfile
 
-from beam_jobs import caption_images
+from beam_jobs.caption import job as caption_job
 from tests.caption_helpers import argv, check_every_input_once, read_outputs
 from tests.fakes import FAKE_MODELS
 from tests.conftest import FLICKR8K_DIR, local_test_pipeline, requires_flickr8k
@@ -27,7 +27,7 @@ def test_the_same_photo_gets_the_same_row_loose_and_in_every_archive(fake_bundle
             handle.write(path, arcname=f"d/{name}")
     prefix = str(tmp_path / "out" / "c")
     inputs = [str(listed)] + [str(tmp_path / archive) for archive in (*archives, "p.zip")]
-    caption_images.run(argv(inputs, fake_bundle, prefix), test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
+    caption_job.run(argv(inputs, fake_bundle, prefix), test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     captions, errors = read_outputs(prefix)
     expected = {path: None for path in paths}
     for archive in (*archives, "p.zip"):

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.io.filesystems import FileSystems
 
-from beam_jobs import caption_images, outputs
+from beam_jobs.caption import job as caption_job, outputs
 from schemas import tables
 from tests import prefixfs
 from tests.caption_helpers import (argv, build_inputs, check_every_input_once, crash_on_third_caption_batch,
@@ -47,7 +47,7 @@ def test_killed_runs_resume_to_each_input_once(moment, inputs, fake_bundle, tmp_
         assert any(tables.shard_run(os.path.basename(path)) for path in left)  # one shard made it...
         assert any(path.startswith(checkpoint + "/") for path in left)  # ...and the checkpoint is still there
 
-    caption_images.run(args + ["--skip_existing"], test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
+    caption_job.run(args + ["--skip_existing"], test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     captions, errors = read_outputs(prefix)
     check_every_input_once(captions, errors, expected)
     assert not os.path.exists(tables.checkpoint_dir(prefix))
@@ -69,13 +69,13 @@ def test_checkpoint_removal_and_overwrite_without_directories(inputs, fake_bundl
 
     crash_on_third_caption_batch(monkeypatch)
     with pytest.raises(Exception, match="simulated worker loss"):
-        caption_images.run(args, test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
+        caption_job.run(args, test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     parts = prefixfs.paths(checkpoint + "/")
     assert parts and not FileSystems.exists(checkpoint)  # rows were committed; the "directory" is no object
     assert not read_outputs(prefix)[0]
 
     monkeypatch.undo()
-    caption_images.run(args + ["--skip_existing"], test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
+    caption_job.run(args + ["--skip_existing"], test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     assert prefixfs.paths(checkpoint) == []  # adopted into the shards, then every object removed
     check_every_input_once(*read_outputs(prefix), expected)
 
@@ -87,13 +87,13 @@ def test_checkpoint_removal_and_overwrite_without_directories(inputs, fake_bundl
     prefixfs.put(f"{prefix}/{tables.sink_temp_name('captions', 2, '0123abcd' * 4)}/part", b"partial")
     prefixfs.put(f"prefixfs://bucket/out/beam-temp-captions-other--{'0123abcd' * 4}/part", b"another prefix's")
     seen_when_the_run_starts = []
-    original_build = caption_images.build_pipeline
+    original_build = caption_job.build_pipeline
 
     def build(pipeline, config):
         seen_when_the_run_starts.extend(prefixfs.paths())
         original_build(pipeline, config)
-    monkeypatch.setattr(caption_images.JOB, "build_pipeline", build)
-    caption_images.run(args + ["--overwrite"], test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
+    monkeypatch.setattr(caption_job.JOB, "build_pipeline", build)
+    caption_job.run(args + ["--overwrite"], test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     other = f"prefixfs://bucket/out/beam-temp-captions-other--{'0123abcd' * 4}/part"
     assert seen_when_the_run_starts == [other]  # all of this prefix's files gone; another prefix's untouched
     prefixfs.delete_object(other)
@@ -107,7 +107,7 @@ def test_rows_of_a_checkpoint_already_in_committed_shards_are_not_written_twice(
     patterns, expected = inputs
     prefix = str(tmp_path / "captions")
     args = argv(patterns, fake_bundle, prefix)
-    caption_images.run(args, test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
+    caption_job.run(args, test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     captions, errors = read_outputs(prefix)
     os.makedirs(tables.checkpoint_dir(prefix))
     for kind, rows, schema in (("captions", captions, tables.CAPTION_SCHEMA), ("errors", errors, tables.ERROR_SCHEMA)):
@@ -116,6 +116,6 @@ def test_rows_of_a_checkpoint_already_in_committed_shards_are_not_written_twice(
             handle.write(_parquet_bytes(rows, schema))
     existing = outputs.existing_outputs(prefix)
     assert len(existing.checkpoint_parts) == 2
-    caption_images.run(args + ["--skip_existing"], test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
+    caption_job.run(args + ["--skip_existing"], test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     check_every_input_once(*read_outputs(prefix), expected)
     assert not os.path.exists(tables.checkpoint_dir(prefix))

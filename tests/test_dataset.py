@@ -4,12 +4,12 @@ import os
 
 import pytest
 
-from beam_jobs import dataset, dataset_formats
-from beam_jobs.dataset_formats import CSV_FORMAT, TOKEN_FORMAT, DatasetError
+from beam_jobs.extract import discovery, layouts
+from beam_jobs.extract.layouts import CSV_FORMAT, DatasetError, TOKEN_FORMAT
 
 
 def _csv_rows(text):
-    return [(entry.key, entry.index, entry.caption) for entry in dataset_formats.csv_entries("captions.txt", text)]
+    return [(entry.key, entry.index, entry.caption) for entry in layouts.csv_entries("captions.txt", text)]
 
 
 def _write(path, text):
@@ -20,13 +20,13 @@ def _write(path, text):
 
 
 def test_token_line():
-    parsed = dataset_formats.parse_token_line("1000_ab.jpg#3\tA dog runs .\n")
+    parsed = layouts.parse_token_line("1000_ab.jpg#3\tA dog runs .\n")
     assert (parsed.key, parsed.index, parsed.caption) == ("1000_ab.jpg", 3, "A dog runs .")
 
 
 def test_token_line_keeps_stray_image_ids():
     # Real Flickr8k has "2258277193_586949ec62.jpg.1#0": the id is kept as is (it names no image file).
-    parsed = dataset_formats.parse_token_line("2258277193_586949ec62.jpg.1#0\tA man .")
+    parsed = layouts.parse_token_line("2258277193_586949ec62.jpg.1#0\tA man .")
     assert parsed.key == "2258277193_586949ec62.jpg.1"
 
 
@@ -37,7 +37,7 @@ def test_csv_line_with_unquoted_and_quoted_commas():
 
 
 def test_blank_lines_are_skipped():
-    assert dataset_formats.parse_token_line("   \r\n") is None
+    assert layouts.parse_token_line("   \r\n") is None
     assert _csv_rows("image,caption\n\n , \na.jpg,x\n") == [("a.jpg", 4, "x")]
 
 
@@ -49,7 +49,7 @@ def test_blank_lines_are_skipped():
 ])
 def test_malformed_token_lines(line, problem):
     with pytest.raises(ValueError, match=problem):
-        dataset_formats.parse_token_line(line)
+        layouts.parse_token_line(line)
 
 
 def _layout(tmp_path, captions_text, captions_name="Flickr8k.token.txt", splits=None):
@@ -58,44 +58,44 @@ def _layout(tmp_path, captions_text, captions_name="Flickr8k.token.txt", splits=
     _write(root / "Images" / "a.jpg", "")  # tables: the images directory is where the first images are
     _write(root / captions_name, captions_text)
     for split, names in (splits or {"train": ["a.jpg"]}).items():
-        _write(root / dataset.SPLIT_FILES[split], "".join(f"{n}\n" for n in names))
+        _write(root / discovery.SPLIT_FILES[split], "".join(f"{n}\n" for n in names))
     return str(root)
 
 
 def test_resolves_token_layout(tmp_path):
     root = _layout(tmp_path, "a.jpg#0\tA dog .\n", splits={"train": ["a.jpg"], "dev": []})
-    layout = dataset.resolve_layout(root)
+    layout = discovery.resolve_layout(root)
     assert layout.images_dir.endswith("Images")
     assert layout.caption_format == TOKEN_FORMAT
     assert list(layout.split_files) == ["train", "dev"]
-    summary = dataset.validate_layout(layout)
+    summary = discovery.validate_layout(layout)
     assert (summary.caption_lines, summary.captioned_images, summary.split_sizes) == (1, 1, {"train": 1, "dev": 0})
 
 
 def test_resolves_kaggle_csv_layout(tmp_path):
     root = _layout(tmp_path, "image,caption\na.jpg,A dog .\na.jpg,\"A dog, again\"\n", captions_name="captions.txt")
-    layout = dataset.resolve_layout(root)
+    layout = discovery.resolve_layout(root)
     assert layout.caption_format == CSV_FORMAT
-    assert dataset.validate_layout(layout).caption_lines == 2
+    assert discovery.validate_layout(layout).caption_lines == 2
 
 
 def test_malformed_captions_file_names_file_and_line(tmp_path):
     root = _layout(tmp_path, "a.jpg#0\tA dog .\na.jpg#1\tA dog .\na.jpg#2 no tab here\n")
-    layout = dataset.resolve_layout(root)
+    layout = discovery.resolve_layout(root)
     with pytest.raises(DatasetError, match=r"Flickr8k.token.txt:3: no TAB"):
-        dataset.validate_layout(layout)
+        discovery.validate_layout(layout)
 
 
 def test_malformed_csv_names_line(tmp_path):
     root = _layout(tmp_path, "image,caption\na.jpg,A dog .\nonly-one-field\n", captions_name="captions.txt")
     with pytest.raises(DatasetError, match=r"captions.txt:3: expected 'image,caption'"):
-        dataset.validate_layout(dataset.resolve_layout(root))
+        discovery.validate_layout(discovery.resolve_layout(root))
 
 
 def test_unrecognised_captions_format(tmp_path):
     root = _layout(tmp_path, "just some text\n")
     with pytest.raises(DatasetError, match="cannot tell the captions format"):
-        dataset.resolve_layout(root)
+        discovery.resolve_layout(root)
 
 
 def test_binary_captions_file(tmp_path):
@@ -103,30 +103,30 @@ def test_binary_captions_file(tmp_path):
     with open(os.path.join(root, "Flickr8k.token.txt"), "ab") as handle:
         handle.write(b"b.jpg#0\t\xff\xfe broken\n")
     with pytest.raises(DatasetError, match=r"Flickr8k.token.txt:2: not UTF-8"):
-        dataset.validate_layout(dataset.resolve_layout(root))
+        discovery.validate_layout(discovery.resolve_layout(root))
 
 
 def test_missing_files_say_what_to_pass(tmp_path):
     with pytest.raises(DatasetError, match="no such directory"):
-        dataset.resolve_layout(str(tmp_path / "nowhere"))
+        discovery.resolve_layout(str(tmp_path / "nowhere"))
     empty = tmp_path / "empty"
     os.makedirs(empty / "Images")
     with pytest.raises(DatasetError, match="no captions file .* pass --captions_file"):
-        dataset.resolve_layout(str(empty))
+        discovery.resolve_layout(str(empty))
     with pytest.raises(DatasetError, match="--captions_file .*: no such file"):
-        dataset.resolve_layout(str(empty), captions_file=str(tmp_path / "missing.txt"))
+        discovery.resolve_layout(str(empty), captions_file=str(tmp_path / "missing.txt"))
 
 
 def test_image_in_two_splits_is_an_error(tmp_path):
     root = _layout(tmp_path, "a.jpg#0\tA dog .\n", splits={"train": ["a.jpg"], "dev": ["a.jpg"]})
     with pytest.raises(DatasetError, match="a.jpg is also in the train split"):
-        dataset.validate_layout(dataset.resolve_layout(root))
+        discovery.validate_layout(discovery.resolve_layout(root))
 
 
 def test_duplicate_in_split_list_names_line(tmp_path):
     root = _layout(tmp_path, "a.jpg#0\tA dog .\n", splits={"train": ["a.jpg", "b.jpg", "a.jpg"]})
     with pytest.raises(DatasetError, match=r"trainImages.txt:3: a.jpg is listed twice \(first on line 1\)"):
-        dataset.validate_layout(dataset.resolve_layout(root))
+        discovery.validate_layout(discovery.resolve_layout(root))
 
 
 def test_custom_layout_flags(tmp_path):
@@ -134,6 +134,6 @@ def test_custom_layout_flags(tmp_path):
     os.makedirs(images)
     captions = _write(tmp_path / "caps" / "mine.txt", "x.jpg#0\tA cat .\n")
     split = _write(tmp_path / "lists" / "val.txt", "x.jpg\n")
-    layout = dataset.resolve_layout(images_dir=str(images), captions_file=captions, split_files={"val": split})
+    layout = discovery.resolve_layout(images_dir=str(images), captions_file=captions, split_files={"val": split})
     assert layout.split_files == {"val": split}
-    assert dataset.validate_layout(layout).split_sizes == {"val": 1}
+    assert discovery.validate_layout(layout).split_sizes == {"val": 1}

@@ -11,9 +11,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from beam_jobs import extract_features
-from beam_jobs.dataset_formats import DatasetError
-from beam_jobs.datasets import load_datasets
+from beam_jobs.extract import job as extract_job
+from beam_jobs.extract.layouts import DatasetError
+from beam_jobs.extract.datasets import load_datasets
 from schemas import fileio, records
 from schemas.records import DatasetKeys, MetadataKeys, SplitKeys
 from tests.conftest import FLICKR8K_DIR, TEST_IMAGE_SIZE, local_test_pipeline
@@ -117,7 +117,7 @@ def _extract(dataset_dirs, output_dir, *extra):
             "--min_word_count", "1", "--inference_backend", "keras", *extra]
     for directory in dataset_dirs:
         argv += ["--dataset_dir", directory]
-    extract_features.run(argv, test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
+    extract_job.run(argv, test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     return fileio.read_json(os.path.join(output_dir, records.METADATA_FILE))
 
 
@@ -350,12 +350,12 @@ def test_a_bundle_is_evaluated_on_each_datasets_split_side_by_side(sample_datase
                                                                    tmp_path, capsys):
     """Records of two datasets (real random-init Xception features, as the bundle's): trainer.evaluate scores the
     bundle on one split of each, side by side; trainer.task watches the first dataset's dev split."""
-    from beam_jobs.sample_dataset import write_sample_dataset
+    from beam_jobs.tools.sample_dataset import write_sample_dataset
     from trainer import evaluate, task
     other = str(tmp_path / "other")
     write_sample_dataset(other, num_images=6, image_size=80, seed=11)
     output = tmp_path / "combined"
-    extract_features.run(["--dataset_dir", f"shapes={sample_dataset}", "--dataset_dir", f"more={other}",
+    extract_job.run(["--dataset_dir", f"shapes={sample_dataset}", "--dataset_dir", f"more={other}",
                           "--output_dir", str(output), "--weights", "none", "--image_size", str(TEST_IMAGE_SIZE),
                           "--min_word_count", "1", "--inference_backend", "keras"],
                          test_pipeline=local_test_pipeline())
@@ -512,12 +512,12 @@ def test_evaluations_without_an_evaluation_split_say_to_pass_split(sample_featur
 @pytest.mark.parametrize("kind", ["karpathy", "coco", "jsonl"])
 def test_int8_calibration_photos_come_from_the_train_split_of_any_layout(kind, sample_dataset, tmp_path):
     import argparse
-    from beam_jobs import quantize
+    from beam_jobs.tools import quantize
     images_dir, _, splits = source = _read_flickr(sample_dataset)
     directory = write_layout(kind, source, tmp_path / kind)
     candidates, where = quantize.calibration_candidates(argparse.Namespace(dataset_dir=directory, split="train",
-                                                                           images=None))
+                                                                           input=None))
     assert sorted(os.path.basename(path) for path in candidates) == sorted(splits["train"])  # each once
     assert all(os.path.exists(path) for path in candidates) and where == f"train split of {directory}"
     with pytest.raises(quantize.QuantizationError, match="--split dev: .* has the splits train, test"):
-        quantize.calibration_candidates(argparse.Namespace(dataset_dir=directory, split="dev", images=None))
+        quantize.calibration_candidates(argparse.Namespace(dataset_dir=directory, split="dev", input=None))

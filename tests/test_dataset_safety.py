@@ -6,9 +6,9 @@ import os
 import pyarrow.parquet as pq
 import pytest
 
-from beam_jobs import extract_features
-from beam_jobs.dataset_formats import DatasetError
-from beam_jobs.datasets import load_datasets
+from beam_jobs.extract import job as extract_job
+from beam_jobs.extract.layouts import DatasetError
+from beam_jobs.extract.datasets import load_datasets
 from schemas import captions, fileio, records
 from schemas.records import MetadataKeys
 from schemas.vocabulary import VOCAB_FILE, Vocabulary
@@ -82,7 +82,7 @@ def test_the_extract_job_stops_at_launch_on_a_lone_surrogate(tmp_path):
     root = _dataset(tmp_path / "ds", {"captions.jsonl": '{"image": "a.jpg", "caption": "A \\ud800 cat", '
                                                         '"split": "train"}\n'})
     out = tmp_path / "out"
-    status = extract_features.main(["--dataset_dir", root, "--output_dir", str(out), "--weights", "none",
+    status = extract_job.main(["--dataset_dir", root, "--output_dir", str(out), "--weights", "none",
                                     "--inference_backend", "keras"], models=FAKE_MODELS, tensorflow=False)
     assert status == 2
     assert not out.exists() or not os.listdir(out)
@@ -110,7 +110,7 @@ def test_overlong_captions_are_left_out_counted_and_never_set_max_length(sample_
     (root / "captions.jsonl").write_text("".join(json.dumps({"image": image, "caption": caption, "split": "train"})
                                                  + "\n" for image, caption in rows), encoding="utf-8")
     out = tmp_path / "out"
-    extract_features.run(["--dataset_dir", str(root), "--output_dir", str(out), "--weights", "none",
+    extract_job.run(["--dataset_dir", str(root), "--output_dir", str(out), "--weights", "none",
                           "--image_size", str(TEST_IMAGE_SIZE), "--min_word_count", "1",
                           "--inference_backend", "keras"], test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     metadata = fileio.read_json(os.path.join(out, records.METADATA_FILE))

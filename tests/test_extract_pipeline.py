@@ -10,11 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
-from beam_jobs import extract_features
-from beam_jobs.dataset_read import ClassifyImages, WorkItem
-from beam_jobs.datasets import Naming
+from beam_jobs.extract import job as extract_job
+from beam_jobs.extract.reading import ClassifyImages, WorkItem
+from beam_jobs.extract.datasets import Naming
 from beam_jobs.elements import Tally
-from beam_jobs.vocab import CountWords
+from beam_jobs.extract.vocabulary import CountWords
 from schemas import backbones, captions, fileio, images, records
 from schemas.images import prepare_image
 from schemas.records import MetadataKeys
@@ -130,7 +130,7 @@ def test_bad_inputs_go_to_errors_and_the_rest_is_written(sample_copy, tmp_path):
         handle.write(data)
 
     output_dir = str(tmp_path / "out")
-    extract_features.run(_argv(sample_copy, output_dir), test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
+    extract_job.run(_argv(sample_copy, output_dir), test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
 
     errors = pq.read_table(os.path.join(output_dir, records.ERRORS_FILE)).to_pylist()
     by_name = {os.path.basename(row["image_uri"]): row for row in errors}
@@ -206,31 +206,31 @@ def test_word_counts_combine_across_bundles():
 
 def test_bad_flags_fail_fast(sample_dataset, tmp_path):
     with pytest.raises(SystemExit):
-        extract_features.run(_argv(sample_dataset, str(tmp_path / "o"), "--image_size", "zero"))
+        extract_job.run(_argv(sample_dataset, str(tmp_path / "o"), "--image_size", "zero"))
     with pytest.raises(ValueError, match="too small for xception"):
-        extract_features.run(_argv(sample_dataset, str(tmp_path / "o"), "--image_size", "32"))
+        extract_job.run(_argv(sample_dataset, str(tmp_path / "o"), "--image_size", "32"))
     with pytest.raises(ValueError, match="--weights .*no such file"):
-        extract_features.run(["--dataset_dir", sample_dataset, "--output_dir", str(tmp_path / "o"),
+        extract_job.run(["--dataset_dir", sample_dataset, "--output_dir", str(tmp_path / "o"),
                               "--weights", str(tmp_path / "nope.h5")])
     with pytest.raises(SystemExit) as stopped:  # as argparse stops on any bad flag: usage, the message, status 2
-        extract_features.run(_argv(sample_dataset, str(tmp_path / "o"), "--no_such_flag=1"))
+        extract_job.run(_argv(sample_dataset, str(tmp_path / "o"), "--no_such_flag=1"))
     assert stopped.value.code == 2
 
 
 def test_an_expected_failure_is_one_line_and_exit_status_2(sample_dataset, tmp_path, capsys):
     with pytest.raises(SystemExit) as stopped:
-        extract_features.main(_argv(sample_dataset, str(tmp_path / "o"), "--no_such_flag=1"))
+        extract_job.main(_argv(sample_dataset, str(tmp_path / "o"), "--no_such_flag=1"))
     assert stopped.value.code == 2
     flag_error = capsys.readouterr().err.strip().splitlines()[-1]
     assert flag_error.startswith("imcap-extract: error: unrecognized flag --no_such_flag")
-    assert extract_features.main(["--dataset_dir", str(tmp_path / "nothing"), "--output_dir", str(tmp_path)]) == 2
+    assert extract_job.main(["--dataset_dir", str(tmp_path / "nothing"), "--output_dir", str(tmp_path)]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if " ERROR " in line or "Traceback" in line]
     assert len(errors) == 1 and not any("Traceback" in line for line in errors)
 
 
 def test_refuses_to_mix_with_an_earlier_run(extracted, sample_dataset):
     with pytest.raises(ValueError, match="already holds the output of a run.*--overwrite"):
-        extract_features.run(_argv(sample_dataset, extracted))
+        extract_job.run(_argv(sample_dataset, extracted))
 
 
 def test_kaggle_layout_gives_the_same_captions(sample_dataset, extracted, tmp_path):
@@ -246,7 +246,7 @@ def test_kaggle_layout_gives_the_same_captions(sample_dataset, extracted, tmp_pa
     for split in ("train", "dev"):
         os.symlink(os.path.join(text_dir, f"Flickr_8k.{split}Images.txt"), root / f"Flickr_8k.{split}Images.txt")
     output_dir = str(tmp_path / "out")
-    extract_features.run(_argv(str(root), output_dir), test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
+    extract_job.run(_argv(str(root), output_dir), test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     for split in ("train", "dev"):
         kaggle, token = records.read_records(output_dir, split), records.read_records(extracted, split)
         assert [r[records.IMAGE_ID] for r in kaggle] == [r[records.IMAGE_ID] for r in token]
@@ -262,11 +262,11 @@ def test_overwrite_deletes_only_its_own_files_and_only_once_every_check_passed(e
     (output_dir / "other-00000-of-00001.tfrecord").write_bytes(b"not a split of this dataset")
     before = sorted(os.listdir(output_dir))
     with pytest.raises(ValueError, match="--weights .*no such file"):
-        extract_features.run(["--dataset_dir", sample_dataset, "--output_dir", str(output_dir), "--overwrite",
+        extract_job.run(["--dataset_dir", sample_dataset, "--output_dir", str(output_dir), "--overwrite",
                               "--weights", str(tmp_path / "missing.weights.h5")])
     assert sorted(os.listdir(output_dir)) == before  # a failed check deletes nothing
-    args, _ = extract_features.parse_args(_argv(sample_dataset, str(output_dir), "--overwrite"))
-    extract_features.prepare(args, models=FAKE_MODELS)
+    args, _ = extract_job.parse_args(_argv(sample_dataset, str(output_dir), "--overwrite"))
+    extract_job.prepare(args, models=FAKE_MODELS)
     assert sorted(os.listdir(output_dir)) == ["notes.txt", "other-00000-of-00001.tfrecord"]
 
 
@@ -278,10 +278,10 @@ def test_overwrite_also_removes_what_the_sinks_of_a_killed_run_left(sample_datas
     (output_dir / f"beam-temp-errors.parquet-{uuid}").mkdir()  # killed before it wrote anything
     (output_dir / f"beam-temp-other-{uuid}").mkdir()  # not a split of this dataset: not this job's
     (output_dir / f"beam-temp-other-{uuid}" / "x.tfrecord").write_bytes(b"someone else's")
-    args, _ = extract_features.parse_args(_argv(sample_dataset, str(output_dir)))
+    args, _ = extract_job.parse_args(_argv(sample_dataset, str(output_dir)))
     with pytest.raises(ValueError, match="already holds the output of a run .*--overwrite"):
-        extract_features.prepare(args, models=FAKE_MODELS)
-    args, _ = extract_features.parse_args(_argv(sample_dataset, str(output_dir), "--overwrite"))
-    extract_features.prepare(args, models=FAKE_MODELS)
+        extract_job.prepare(args, models=FAKE_MODELS)
+    args, _ = extract_job.parse_args(_argv(sample_dataset, str(output_dir), "--overwrite"))
+    extract_job.prepare(args, models=FAKE_MODELS)
     assert sorted(os.listdir(output_dir)) == [f"beam-temp-other-{uuid}"]
     assert os.listdir(output_dir / f"beam-temp-other-{uuid}") == ["x.tfrecord"]

@@ -12,7 +12,8 @@ import tracemalloc
 
 import pytest
 
-from beam_jobs import caption_images, inputs, sources
+from beam_jobs.caption import inputs, job as caption_job
+from beam_jobs import naming
 from beam_jobs.elements import ERRORS
 from schemas import fileio, images, tables
 from tests.caption_helpers import argv, check_every_input_once, read_outputs
@@ -75,7 +76,7 @@ def test_links_that_loop_do_not_hang_the_job(tmp_path, fake_bundle, sample_datas
 
 def test_links_inside_a_folder_get_one_row_each_and_are_not_followed(linked_folder, fake_bundle, tmp_path):
     prefix = str(tmp_path / "out" / "c")
-    caption_images.run(argv([linked_folder], fake_bundle, prefix), test_pipeline=local_test_pipeline(),
+    caption_job.run(argv([linked_folder], fake_bundle, prefix), test_pipeline=local_test_pipeline(),
                        models=FAKE_MODELS)
     captions, errors = read_outputs(prefix)
     check_every_input_once(captions, errors, {  # nothing under loop/ or elsewhere/, nothing twice
@@ -93,7 +94,7 @@ def test_links_inside_a_folder_get_one_row_each_and_are_not_followed(linked_fold
 def test_a_link_given_as_an_input_is_followed(linked_folder, fake_bundle, tmp_path):
     prefix = str(tmp_path / "out" / "c")
     given = [os.path.join(linked_folder, "elsewhere"), os.path.join(linked_folder, "linked.jpg")]
-    caption_images.run(argv(given, fake_bundle, prefix), test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
+    caption_job.run(argv(given, fake_bundle, prefix), test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     check_every_input_once(*read_outputs(prefix), {
         os.path.join(linked_folder, "elsewhere", "c.jpg"): None, os.path.join(linked_folder, "linked.jpg"): None})
 
@@ -114,7 +115,7 @@ def test_the_scan_finds_what_beams_match_finds_and_what_it_passes_over(linked_fo
         return [os.path.join(linked_folder, name) for name in names]
     full = os.path.join(linked_folder, pattern)
     found_by_beam = fileio.glob(full)
-    if sources.has_glob_characters(pattern):
+    if naming.has_glob_characters(pattern):
         walked = list(inputs._walk_local(full))
         found = sorted(path for kind, path in walked if kind == inputs.INPUT)
         found_links = sorted(path for kind, path in walked if kind == inputs.DIRECTORY_LINK_FOUND)

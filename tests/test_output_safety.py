@@ -6,7 +6,9 @@ import shutil
 import pyarrow.dataset as ds
 import pytest
 
-from beam_jobs import caption_images, extract_features, runtime
+from beam_jobs.caption import job as caption_job
+from beam_jobs.extract import job as extract_job
+from beam_jobs import runtime
 from schemas import tables
 from tests.caption_helpers import argv, check_every_input_once, read_outputs, shard_paths
 from tests.conftest import local_test_pipeline
@@ -31,7 +33,7 @@ def test_an_unquoted_glob_the_shell_expanded_captions_every_file(photos, fake_bu
     paths, expected = photos
     out = str(tmp_path / "out")
     # imcap-caption --input photos/*.jpg ...: the shell passes four paths after one --input
-    caption_images.run(["--input", *paths, "--model_dir", fake_bundle, "--output_dir", out],
+    caption_job.run(["--input", *paths, "--model_dir", fake_bundle, "--output_dir", out],
                        test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     check_every_input_once(*read_outputs(out), expected)
 
@@ -42,36 +44,37 @@ def test_an_unquoted_glob_the_shell_expanded_captions_every_file(photos, fake_bu
 ])
 def test_a_path_no_flag_takes_is_an_error_that_names_it(args, capsys):
     with pytest.raises(SystemExit) as stopped:
-        caption_images.parse_args(args)
+        caption_job.parse_args(args)
     assert stopped.value.code == 2
     message = capsys.readouterr().err
     assert "b.jpg" in message and "--input takes several paths" in message
 
 
 def test_extract_job_takes_several_dataset_dirs_and_refuses_stray_ones(capsys):
-    args, _ = extract_features.parse_args(["--dataset_dir", "d1", "d2", "--output_dir", "o", "--dataset_dir", "d3"])
+    args, _ = extract_job.parse_args(["--dataset_dir", "d1", "d2", "--output_dir", "o", "--dataset_dir", "d3"])
     assert args.dataset_dir == ["d1", "d2", "d3"]
     with pytest.raises(SystemExit):
-        extract_features.parse_args(["--dataset_dir", "d1", "--output_dir", "o", "d2"])
+        extract_job.parse_args(["--dataset_dir", "d1", "--output_dir", "o", "d2"])
     assert "d2" in capsys.readouterr().err
 
 
 def test_dashed_flags_are_the_underscored_ones_and_typos_name_the_flag(capsys):
-    args, beam_args = caption_images.parse_args(
+    args, beam_args = caption_job.parse_args(
         ["--input", "a.jpg", "--model-dir", "M", "--output-dir=O", "--beam-width", "2",
          "--direct-running-mode", "multi_processing", "--direct-num-workers=2"])
     assert (args.model_dir, args.output_dir, args.beam_width) == (["M"], "O", 2)
     options = runtime.pipeline_options(beam_args).get_all_options()
     assert (options["direct_running_mode"], options["direct_num_workers"]) == ("multi_processing", 2)
     with pytest.raises(SystemExit):
-        caption_images.parse_args(["--input", "a.jpg", "--model_dir", "M", "--output_dir", "O", "--beam_widht", "2"])
+        caption_job.parse_args(["--input", "a.jpg", "--model_dir", "M", "--output_dir", "O", "--beam_widht", "2"])
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert "--beam_widht" in error and "did you mean --beam_width" in error
     assert "unexpected argument" not in error  # "2" is the unknown flag's value, not a stray path
 
 
 @pytest.mark.parametrize("command", ["trainer.task", "trainer.evaluate", "trainer.predict", "trainer.scst",
-                                     "beam_jobs.gallery", "beam_jobs.quantize", "beam_jobs.sample_dataset"])
+                                     "beam_jobs.tools.gallery", "beam_jobs.tools.quantize",
+                                     "beam_jobs.tools.sample_dataset"])
 def test_every_command_takes_dashed_flags_and_names_an_unknown_one(command, capsys):
     import importlib
     module = importlib.import_module(command)
@@ -118,9 +121,9 @@ def test_outputs_never_touch_a_neighbours_files(runner, photos, fake_bundle, tmp
     out = str(folder / "captions")
     args = argv([str(tmp_path / "photos" / "*")], fake_bundle, out)
     if runner:
-        caption_images.run(args + [f"--runner={runner}"], models=FAKE_MODELS)
+        caption_job.run(args + [f"--runner={runner}"], models=FAKE_MODELS)
     else:
-        caption_images.run(args, test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
+        caption_job.run(args, test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     check_every_input_once(*read_outputs(out), expected)
     for name, data in neighbours.items():
         assert (folder / name).read_bytes() == data, name
@@ -136,7 +139,7 @@ def test_files_the_job_did_not_write_in_its_folders_are_refused_and_kept(photos,
         (out / folder / name).write_bytes(b"someone else's")
         for flags in ((), ("--overwrite",), ("--skip_existing",)):
             with pytest.raises(ValueError, match=f"{folder} holds files the caption job did not write.*{name}"):
-                caption_images.run(argv(paths, fake_bundle, str(out), *flags), models=FAKE_MODELS)
+                caption_job.run(argv(paths, fake_bundle, str(out), *flags), models=FAKE_MODELS)
         assert (out / folder / name).read_bytes() == b"someone else's"
         shutil.rmtree(out / folder)
 
@@ -147,9 +150,9 @@ def test_a_relative_output_dir_as_the_readme_writes_it(runner, photos, fake_bund
     monkeypatch.chdir(tmp_path)
     args = argv(paths, fake_bundle, "out/run1")
     if runner:
-        caption_images.run(args + [f"--runner={runner}"], models=FAKE_MODELS)
+        caption_job.run(args + [f"--runner={runner}"], models=FAKE_MODELS)
     else:
-        caption_images.run(args, test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
+        caption_job.run(args, test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     check_every_input_once(*read_outputs(str(tmp_path / "out" / "run1")), expected)
     assert sorted(os.listdir(tmp_path / "out" / "run1")) == ["captions", "errors"]
 
@@ -158,7 +161,7 @@ def test_an_output_dir_that_is_a_file_is_refused_at_launch(photos, fake_bundle, 
     paths, _ = photos
     (tmp_path / "out").write_bytes(b"the user's file")
     with pytest.raises(ValueError, match="is a file, not a directory"):
-        caption_images.run(argv(paths, fake_bundle, str(tmp_path / "out")), models=FAKE_MODELS)
+        caption_job.run(argv(paths, fake_bundle, str(tmp_path / "out")), models=FAKE_MODELS)
     assert (tmp_path / "out").read_bytes() == b"the user's file"
 
 
@@ -174,13 +177,13 @@ def test_a_symbolic_link_in_the_jobs_folders_is_never_followed(photos, fake_bund
     os.symlink(elsewhere, out / "checkpoint")  # the checkpoint folder itself a link to someone's folder
     for flags in ((), ("--overwrite",)):
         with pytest.raises(ValueError, match="checkpoint is a symbolic link"):
-            caption_images.run(argv(paths, fake_bundle, str(out), *flags), models=FAKE_MODELS)
+            caption_job.run(argv(paths, fake_bundle, str(out), *flags), models=FAKE_MODELS)
     os.unlink(out / "checkpoint")
     (out / "checkpoint").mkdir()
     # a link inside it, named like a checkpoint part: not the job's file
     os.symlink(elsewhere / "data.bin", out / "checkpoint" / tables.checkpoint_part_name("errors", "1" * 64))
     with pytest.raises(ValueError, match="checkpoint holds files the caption job did not write"):
-        caption_images.run(argv(paths, fake_bundle, str(out), "--overwrite"), models=FAKE_MODELS)
+        caption_job.run(argv(paths, fake_bundle, str(out), "--overwrite"), models=FAKE_MODELS)
     for name, data in precious.items():
         assert (elsewhere / name).read_bytes() == data
 
@@ -188,7 +191,7 @@ def test_a_symbolic_link_in_the_jobs_folders_is_never_followed(photos, fake_bund
 def test_overwrite_and_leftovers_delete_only_the_jobs_files(photos, fake_bundle, tmp_path):
     paths, expected = photos
     out = tmp_path / "out"
-    caption_images.run(argv(paths, fake_bundle, str(out)), test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
+    caption_job.run(argv(paths, fake_bundle, str(out)), test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     # what a killed run leaves: a sink's temporary folder and an incomplete checkpoint part; and a stranger's folder
     killed = out / tables.sink_temp_name("captions", 2, "ab" * 16)
     killed.mkdir()
@@ -199,7 +202,7 @@ def test_overwrite_and_leftovers_delete_only_the_jobs_files(photos, fake_bundle,
     stranger = out / "beam-temp-captions-run2-not-hex"
     stranger.mkdir()
     (stranger / "theirs").write_bytes(b"theirs")
-    caption_images.run(argv(paths, fake_bundle, str(out), "--overwrite"), test_pipeline=local_test_pipeline(),
+    caption_job.run(argv(paths, fake_bundle, str(out), "--overwrite"), test_pipeline=local_test_pipeline(),
                        models=FAKE_MODELS)
     check_every_input_once(*read_outputs(str(out)), expected)
     assert sorted(os.listdir(out)) == ["beam-temp-captions-run2-not-hex", "captions", "errors"]
@@ -223,7 +226,7 @@ def test_extract_job_overwrite_never_deletes_through_a_link_and_splits_named_ali
             "--split_file", f"train={os.path.join(text, 'Flickr_8k.trainImages.txt')}",
             "--split_file", f"val={os.path.join(text, 'val.txt')}",
             "--split_file", f"val-hard={os.path.join(text, 'val-hard.txt')}"]
-    extract_features.run(args, test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
+    extract_job.run(args, test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     names = sorted(os.listdir(out))
     assert "val-00000-of-00001.tfrecord" in names and "val-hard-00000-of-00001.tfrecord" in names, names
 
@@ -232,7 +235,7 @@ def test_extract_job_overwrite_never_deletes_through_a_link_and_splits_named_ali
     (elsewhere / "extractor.xml").write_bytes(b"someone's model")
     os.symlink(elsewhere, out / "extractor_int8")
     with pytest.raises(ValueError, match="not deleting .*extractor_int8/extractor.xml: symbolic links"):
-        extract_features.run(args + ["--overwrite"], test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
+        extract_job.run(args + ["--overwrite"], test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     assert (elsewhere / "extractor.xml").read_bytes() == b"someone's model"
     assert "val-hard-00000-of-00001.tfrecord" in os.listdir(out)
 
@@ -262,7 +265,7 @@ def captioned_with_errors(photos, fake_bundle, tmp_path):
     broken = tmp_path / "photos" / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n broken")
     out = str(tmp_path / "out")
-    caption_images.run(argv([str(tmp_path / "photos")], fake_bundle, out), test_pipeline=local_test_pipeline(),
+    caption_job.run(argv([str(tmp_path / "photos")], fake_bundle, out), test_pipeline=local_test_pipeline(),
                        models=FAKE_MODELS)
     return out, len(paths), 1
 
@@ -310,13 +313,13 @@ def test_shards_of_the_earlier_layout_are_resumed_from_and_never_deleted(photos,
     old_shard.parent.mkdir()
     pq.write_table(pa.Table.from_pylist([tables.as_record(done)], schema=tables.CAPTION_SCHEMA), str(old_shard))
     with pytest.raises(ValueError, match="1 shards of an earlier imcap beside it"):
-        caption_images.run(argv(paths, fake_bundle, str(out)), models=FAKE_MODELS)
-    result = caption_images.run(argv(paths, fake_bundle, str(out), "--skip_existing"),
+        caption_job.run(argv(paths, fake_bundle, str(out)), models=FAKE_MODELS)
+    result = caption_job.run(argv(paths, fake_bundle, str(out), "--skip_existing"),
                                 test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     assert runtime.metric_counters(result)["skipped_existing"] == 1
     captions, errors = read_outputs(str(out))
     assert sorted(row[tables.IMAGE_URI] for row in captions) == paths[1:] and not errors
-    caption_images.run(argv(paths, fake_bundle, str(out), "--overwrite"), test_pipeline=local_test_pipeline(),
+    caption_job.run(argv(paths, fake_bundle, str(out), "--overwrite"), test_pipeline=local_test_pipeline(),
                        models=FAKE_MODELS)
     assert old_shard.exists()
     check_every_input_once(*read_outputs(str(out)), expected)
@@ -331,7 +334,7 @@ def test_files_the_shell_expanded_whose_names_hold_glob_characters(photos, fake_
     folder = tmp_path / "odd [folder]"
     shutil.copytree(os.path.dirname(paths[0]), folder)
     out = str(tmp_path / "out")
-    caption_images.run(["--input", *odd, paths[3], str(folder), "--model_dir", fake_bundle, "--output_dir", out],
+    caption_job.run(["--input", *odd, paths[3], str(folder), "--model_dir", fake_bundle, "--output_dir", out],
                        test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     expected = {path: None for path in odd + [paths[3]]}
     expected.update({str(folder / name): None for name in os.listdir(folder)})
@@ -344,20 +347,20 @@ def test_on_an_object_store_nested_objects_are_foreign_and_folder_placeholders_a
     prefixfs.clear()
     out = "prefixfs://bucket/out"
     prefixfs.put(f"{out}/captions/", b"")  # a console's folder placeholder: nobody's table
-    caption_images.run(argv(paths, fake_bundle, out), test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
+    caption_job.run(argv(paths, fake_bundle, out), test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     check_every_input_once(*read_outputs(out), expected)
     prefixfs.put(f"{out}/captions/sub/x.parquet", b"a reader of captions/ would read this too")
     with pytest.raises(ValueError, match="holds files the caption job did not write .*x.parquet"):
-        caption_images.run(argv(paths, fake_bundle, out, "--skip_existing"), models=FAKE_MODELS)
+        caption_job.run(argv(paths, fake_bundle, out, "--skip_existing"), models=FAKE_MODELS)
     assert prefixfs.get(f"{out}/captions/sub/x.parquet").startswith(b"a reader")
 
 
 def test_flag_values_argparse_takes_are_not_taken_for_flags(capsys):
     from trainer import task
-    args, beam_args = caption_images.parse_args(["--input", "a.jpg", "--model_dir", "M", "--output_dir", "O",
+    args, beam_args = caption_job.parse_args(["--input", "a.jpg", "--model_dir", "M", "--output_dir", "O",
                                                  "--length_penalty", "-0.5", "--environment_config", "-v /a:/b im"])
     assert args.length_penalty == -0.5 and beam_args == ["--environment_config", "-v /a:/b im"]
     assert task.parse_args(["--data_dir", "d", "--model_dir", "m", "--epoch", "2"]).epochs == 2  # an abbreviation
     with pytest.raises(SystemExit):
-        caption_images.parse_args(["--input", "a.jpg", "--model_dir", "M", "--output_dir", "O", "--", "b.jpg"])
+        caption_job.parse_args(["--input", "a.jpg", "--model_dir", "M", "--output_dir", "O", "--", "b.jpg"])
     assert "'--' ends the flags" in capsys.readouterr().err

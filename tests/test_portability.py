@@ -9,13 +9,15 @@ import zlib
 
 import apache_beam as beam
 import pytest
+from trainer.features import FeatureSpec
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.portability import common_urns
 from apache_beam.portability.api import beam_runner_api_pb2
 
 from schemas import fileio
-from beam_jobs import archives, caption_images, extract_features, outputs
-from beam_jobs.datasets import load_datasets, output_splits
+from beam_jobs.caption import archives, job as caption_job, outputs
+from beam_jobs.extract import job as extract_job
+from beam_jobs.extract.datasets import load_datasets, output_splits
 
 # The options a Dataflow launch carries, minus --runner=DataflowRunner itself: constructing that runner contacts
 # Google Cloud (credentials, the temp bucket), which is out of reach offline. The graph does not depend on it.
@@ -55,15 +57,15 @@ def _round_trip(pipeline: beam.Pipeline) -> bytes:
 
 def _extract_config(sample_dataset):
     datasets = load_datasets([sample_dataset])
-    return extract_features.ExtractConfig(
-        datasets=tuple(datasets), splits=tuple(output_splits(datasets)), output_dir="gs://example-bucket/features", backbone="xception", weights=REMOTE_WEIGHTS,
-        weights_sha256="0" * 64, image_size=299, feature_dim=2048, min_batch_size=8, max_batch_size=32,
-        min_word_count=5, vocab_tokens=None, num_shards=0, max_image_pixels=10 ** 8, inference_backend="keras")
+    return extract_job.ExtractConfig(
+        datasets=tuple(datasets), splits=tuple(output_splits(datasets)), output_dir="gs://example-bucket/features",
+        features=FeatureSpec("xception", REMOTE_WEIGHTS, 299, "0" * 64), feature_dim=2048, min_batch_size=8,
+        max_batch_size=32, min_word_count=5, vocab_tokens=None, num_shards=0, max_image_pixels=10 ** 8)
 
 
 def test_extract_pipeline_serializes_for_dataflow(sample_dataset):
     pipeline = beam.Pipeline(options=PipelineOptions(DATAFLOW_FLAGS))
-    extract_features.build_pipeline(pipeline, _extract_config(sample_dataset))
+    extract_job.build_pipeline(pipeline, _extract_config(sample_dataset))
     serialized = _round_trip(pipeline)
     assert REMOTE_WEIGHTS.encode() in serialized
     assert b"gs://example-bucket/features" in serialized
@@ -78,14 +80,14 @@ def test_workers_get_the_remote_weights_not_the_launchers_copy(sample_dataset, o
     local = other_weights
     remote = "prefixfs://weights-bucket/w.weights.h5"
     prefixfs.put(remote, open(local, "rb").read())
-    args, _ = extract_features.parse_args(["--dataset_dir", sample_dataset, "--output_dir", str(tmp_path / "out"),
+    args, _ = extract_job.parse_args(["--dataset_dir", sample_dataset, "--output_dir", str(tmp_path / "out"),
                                            "--weights", remote, "--image_size", "71"])
-    config = extract_features.prepare(args)
+    config = extract_job.prepare(args)
     copies = [name for name in os.listdir(tempfile.gettempdir()) if name.startswith("imcap-")
               and name.endswith("w.weights.h5")]
     assert copies  # the launcher did make its local copy...
     pipeline = beam.Pipeline(options=PipelineOptions(DATAFLOW_FLAGS))
-    extract_features.build_pipeline(pipeline, config)
+    extract_job.build_pipeline(pipeline, config)
     serialized = _round_trip(pipeline)
     assert remote.encode() in serialized
     for copy in copies:  # ...and no worker is told to read it
@@ -94,16 +96,13 @@ def test_workers_get_the_remote_weights_not_the_launchers_copy(sample_dataset, o
 
 @pytest.mark.parametrize("resume", [False, True])
 def test_caption_pipeline_serializes_for_dataflow(resume):
-    config = caption_images.CaptionConfig(
+    config = caption_job.CaptionConfig(
         inputs=("gs://example-bucket/photos/*.jpg", "gs://example-bucket/batches/*.tar.gz"),
         output_dir="gs://example-bucket/captions/run", model_dirs=("gs://example-bucket/model",), model_id="imcap-0",
-        grid=10, attention_maps=True,
-        backbone="xception", weights=REMOTE_WEIGHTS, weights_sha256="0" * 64, image_size=299, beam_width=3,
+        features=FeatureSpec("xception", REMOTE_WEIGHTS, 299, "0" * 64, grid=10), attention_maps=True, beam_width=3,
         length_penalty=0.0, no_repeat_ngram_size=2, min_batch_size=8, max_batch_size=32, decode_batch_size=128,
         max_image_pixels=10 ** 8,
         limits=archives.Limits(), read_threads=2, unit_members=32, num_shards=0, checkpoint_rows=500,
-        inference_backend="keras",
-        int8_model=None,
         existing=outputs.ExistingOutputs(
             committed=(("gs://example-bucket/captions/run/captions/run1-00000-of-00001.parquet", "captions", 1),)
             if resume else (),
@@ -111,7 +110,7 @@ def test_caption_pipeline_serializes_for_dataflow(resume):
             if resume else (),
             leftovers=()))
     pipeline = beam.Pipeline(options=PipelineOptions(DATAFLOW_FLAGS))
-    caption_images.build_pipeline(pipeline, config)
+    caption_job.build_pipeline(pipeline, config)
     serialized = _round_trip(pipeline)
     for reference in (REMOTE_WEIGHTS, "gs://example-bucket/model", "gs://example-bucket/captions/run"):
         assert reference.encode() in serialized

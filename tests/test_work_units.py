@@ -13,8 +13,9 @@ import zipfile
 
 import pytest
 
-from beam_jobs import archives, caption_images, runtime
-from beam_jobs.archives import units
+from beam_jobs.caption import archives, job as caption_job
+from beam_jobs import runtime
+from beam_jobs.caption.archives import units
 from schemas import images, tables
 from tests import prefixfs
 from tests.caption_helpers import (argv, check_every_input_once, crash_on_third_caption_batch, read_outputs,
@@ -139,7 +140,7 @@ def test_the_job_captions_every_member_once_whatever_the_unit_size(suffix, photo
     captions = {}
     for size in ("2", "1000"):
         out = str(tmp_path / f"out{size}")
-        result = caption_images.run(argv([path], fake_bundle, out, "--archive_unit_members", size),
+        result = caption_job.run(argv([path], fake_bundle, out, "--archive_unit_members", size),
                                     test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
         rows, errors = read_outputs(out)
         check_every_input_once(rows, errors, expected)
@@ -183,7 +184,7 @@ def test_a_run_killed_inside_an_archive_resumes_at_member_granularity(suffix, ph
     assert killed.returncode == -9, killed.stderr[-3000:]
     committed = sum(1 for name in os.listdir(os.path.join(out, "checkpoint")))
     assert committed >= 1
-    result = caption_images.run(args + ["--skip_existing"], test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
+    result = caption_job.run(args + ["--skip_existing"], test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     counters = runtime.metric_counters(result)
     assert counters["skipped_existing"] >= 2 and counters["images_captioned"] < len(members)
     check_every_input_once(*read_outputs(out), {f"{path}!{name}": None for name, _ in members})
@@ -200,10 +201,10 @@ def test_resume_inside_an_archive_on_an_object_store(photos, fake_bundle, monkey
                 "--checkpoint_rows", "1", "--min_batch_size", "1", "--max_batch_size", "2")
     crash_on_third_caption_batch(monkeypatch)
     with pytest.raises(Exception, match="simulated worker loss"):
-        caption_images.run(args, test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
+        caption_job.run(args, test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     assert prefixfs.paths(f"{out}/beam-temp-spill-run1/")  # the spill of the compressed tar is still there
     monkeypatch.undo()
-    result = caption_images.run(args + ["--skip_existing"], test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
+    result = caption_job.run(args + ["--skip_existing"], test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     assert runtime.metric_counters(result)["skipped_existing"] >= 2
     check_every_input_once(*read_outputs(out), {f"{path}!{name}": None for name, _ in members})
     left = [p for p in prefixfs.paths(out + "/") if "/captions/" not in p and "/errors/" not in p]
@@ -218,7 +219,7 @@ def test_a_killed_runs_spill_is_removed_and_foreign_files_there_are_not(photos, 
     spill.mkdir(parents=True)
     (spill / f"{'a' * 20}-000000.bin").write_bytes(b"a killed run's spill")
     (spill / "notes.txt").write_bytes(b"someone's notes")
-    caption_images.run(argv([path], fake_bundle, str(out)), test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
+    caption_job.run(argv([path], fake_bundle, str(out)), test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     assert os.listdir(spill) == ["notes.txt"]
     check_every_input_once(*read_outputs(str(out)), {f"{path}!{name}": None for name in list(photos)[:3]})
 
@@ -253,7 +254,7 @@ def _write_shards(directory, photos, shards=3, samples=4):
 def test_webdataset_samples_carry_their_fields_and_their_parts_are_no_rows(photos, fake_bundle, tmp_path):
     paths, expected, keys = _write_shards(str(tmp_path), photos, shards=5)
     out = str(tmp_path / "out")
-    result = caption_images.run(argv([str(tmp_path / "shard-*.tar")], fake_bundle, out, "--archive_unit_members", "3"),
+    result = caption_job.run(argv([str(tmp_path / "shard-*.tar")], fake_bundle, out, "--archive_unit_members", "3"),
                                 test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     captions, errors = read_outputs(out)
     check_every_input_once(captions, errors, expected)
@@ -270,7 +271,7 @@ def test_plain_archives_get_the_member_key_and_no_fields(photos, fake_bundle, tm
     path = str(tmp_path / "plain.zip")
     open(path, "wb").write(_zip_bytes([("dir/a.b.jpg", photos[list(photos)[0]]), ("notes.txt", b"not a sample")]))
     out = str(tmp_path / "out")
-    caption_images.run(argv([path], fake_bundle, out), test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
+    caption_job.run(argv([path], fake_bundle, out), test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     captions, errors = read_outputs(out)
     assert [(row[tables.SAMPLE_KEY], row[tables.SAMPLE_TEXT], row[tables.SAMPLE_JSON]) for row in captions] == [
         ("dir/a", None, None)]
@@ -300,7 +301,7 @@ def test_many_shards_and_loose_files_in_one_run(photos, fake_bundle, tmp_path):
         (loose / name).write_bytes(data)
         expected[str(loose / name)] = None
     out = str(tmp_path / "out")
-    caption_images.run(argv([str(shard_dir), str(loose)], fake_bundle, out), test_pipeline=local_test_pipeline(),
+    caption_job.run(argv([str(shard_dir), str(loose)], fake_bundle, out), test_pipeline=local_test_pipeline(),
                        models=FAKE_MODELS)
     check_every_input_once(*read_outputs(out), expected)
 
@@ -311,8 +312,8 @@ def test_a_webdataset_shard_rerun_adds_no_rows_for_its_texts(photos, fake_bundle
     paths, expected, _ = _write_shards(str(tmp_path), photos, shards=2)
     out = str(tmp_path / "out")
     args = argv([str(tmp_path / "shard-*.tar")], fake_bundle, out)
-    caption_images.run(args, test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
-    result = caption_images.run(args + ["--skip_existing"], test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
+    caption_job.run(args, test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
+    result = caption_job.run(args + ["--skip_existing"], test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     assert runtime.metric_counters(result).get("errors_not_an_image", 0) == 0
     check_every_input_once(*read_outputs(out), expected)
 
@@ -322,7 +323,7 @@ def test_a_lone_surrogate_in_a_samples_json_is_escaped_not_a_crash(photos, fake_
     document = b'{"url": "http://example.com/\\ud800.jpg"}'
     open(path, "wb").write(tar_bytes([("k.jpg", next(iter(photos.values()))), ("k.json", document)]))
     out = str(tmp_path / "out")
-    caption_images.run(argv([path], fake_bundle, out), test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
+    caption_job.run(argv([path], fake_bundle, out), test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     (row,), errors = read_outputs(out)
     assert not errors and row[tables.SAMPLE_URL] == "http://example.com/\\ud800.jpg"
 
@@ -344,9 +345,9 @@ def test_a_failed_spill_fails_the_run_and_the_rerun_loses_nothing(photos, fake_b
     monkeypatch.setattr(units.SpillWriter, "__call__", full_disk)
     out = str(tmp_path / "out")
     with pytest.raises(Exception, match="spill file"):
-        caption_images.run(argv([path], fake_bundle, out), test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
+        caption_job.run(argv([path], fake_bundle, out), test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     monkeypatch.undo()
-    caption_images.run(argv([path], fake_bundle, out, "--skip_existing"), test_pipeline=local_test_pipeline(),
+    caption_job.run(argv([path], fake_bundle, out, "--skip_existing"), test_pipeline=local_test_pipeline(),
                        models=FAKE_MODELS)
     check_every_input_once(*read_outputs(out), {f"{path}!{name}": None for name, _ in members})
 
@@ -385,7 +386,7 @@ def test_an_archive_whose_name_is_a_glob_is_that_archive(photos, fake_bundle, tm
     open(odd, "wb").write(tar_bytes(members[:3]))
     open(str(tmp_path / "a1.tar"), "wb").write(tar_bytes(members))  # what the name matches as a glob
     out = str(tmp_path / "out")
-    caption_images.run(argv([odd], fake_bundle, out), test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
+    caption_job.run(argv([odd], fake_bundle, out), test_pipeline=local_test_pipeline(), models=FAKE_MODELS)
     check_every_input_once(*read_outputs(out), {f"{odd}!{name}": None for name, _ in members[:3]})
 
 
@@ -396,7 +397,7 @@ def test_a_relative_glob_in_the_first_part_of_the_path(photos, fake_bundle, tmp_
     (tmp_path / "x" / "a.jpg").write_bytes(data)
     (tmp_path / "y" / "a.jpg").write_bytes(data)
     monkeypatch.chdir(tmp_path)
-    caption_images.run(argv(["*/a.jpg"], fake_bundle, "out"), test_pipeline=local_test_pipeline(),
+    caption_job.run(argv(["*/a.jpg"], fake_bundle, "out"), test_pipeline=local_test_pipeline(),
                        models=FAKE_MODELS)
     check_every_input_once(*read_outputs(str(tmp_path / "out")), {str(tmp_path / "x" / "a.jpg"): None,
                                                                   str(tmp_path / "y" / "a.jpg"): None})
@@ -426,7 +427,7 @@ def test_a_list_naming_sample_members_gets_their_rows_and_fields(photos, fake_bu
     listing = tmp_path / "wanted.txt"
     listing.write_text(f"{path}!000.jpg\n{path}!000.txt\n{path}!001.jpg\n")
     out = str(tmp_path / "out")
-    caption_images.run(argv([str(listing)], fake_bundle, out), test_pipeline=local_test_pipeline(),
+    caption_job.run(argv([str(listing)], fake_bundle, out), test_pipeline=local_test_pipeline(),
                        models=FAKE_MODELS)
     captions, errors = read_outputs(out)
     check_every_input_once(captions, errors, {f"{path}!000.jpg": None, f"{path}!001.jpg": None,

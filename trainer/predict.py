@@ -15,50 +15,37 @@ import sys
 
 import numpy as np
 
-from schemas import backbones, images, records
-from schemas.bundle import BundleKeys
+from schemas import images
+from schemas.bundle import BundleKeys, grid_shape
 from trainer import cli
+from trainer.bundle import check_feature_weights, feature_weights_for, load_bundles
+from trainer.features import INT8_BACKEND, KERAS_BACKEND, FeatureExtractor, FeatureSpec, load_extractor
 
 
-class FeatureExtractor:
-    """The bundle's backbone, checked against the weights the decoder was trained on; for a bundle trained on int8
-    features (``int8_model``: its extractor_int8/), that int8 model through OpenVINO, as the caption job runs it."""
-
-    def __init__(self, config: dict, weights_override: str | None = None, int8_model: str | None = None):
-        from schemas.bundle import grid_shape
-        from trainer.bundle import check_feature_weights, feature_weights_for
-        self.backbone = backbones.get_backbone(config[BundleKeys.BACKBONE])
-        self.image_size = config[BundleKeys.IMAGE_SIZE]
-        self.grid = grid_shape(config)
-        weights = feature_weights_for(config, weights_override)
-        self.model = backbones.build_feature_extractor(self.backbone, weights, self.image_size,
-                                                       spatial=self.grid is not None)
-        check_feature_weights(config, backbones.weights_digest(self.model), weights)
-        self._run = self.model.predict_on_batch
-        if int8_model:
-            from beam_jobs.inference import _OpenVinoExtractor, load_int8_model
-            network, digest = load_int8_model(int8_model, self.backbone.name, self.image_size,
-                                              config[BundleKeys.WEIGHTS_SHA256])
-            self._run = _OpenVinoExtractor(network, digest, None, outputs=2 if self.grid else 1)
-
-    def __call__(self, pixels: np.ndarray):
-        """Pooled vectors [B, D], or `records.SpatialFeatures` for a bundle that reads grids."""
-        outputs = self._run(backbones.preprocess(self.backbone, pixels))
-        if self.grid is None:
-            return outputs
-        vectors, maps = outputs
-        return records.SpatialFeatures(vectors, records.stored_grid(backbones.pool_grid(maps, self.grid[0])))
+def load_bundle_extractor(config: dict, weights_override: str | None = None,
+                          int8_model: str | None = None) -> FeatureExtractor:
+    """The bundle's feature extractor (`trainer.features`), checked against the weights the decoder was trained on;
+    for a bundle trained on int8 features (``int8_model``: its extractor_int8/), that int8 model through OpenVINO,
+    as the caption job runs it."""
+    grid = grid_shape(config)
+    weights = feature_weights_for(config, weights_override)
+    spec = FeatureSpec(config[BundleKeys.BACKBONE], weights, config[BundleKeys.IMAGE_SIZE],
+                       backend=INT8_BACKEND if int8_model else KERAS_BACKEND, grid=grid[0] if grid else 0,
+                       int8_model=int8_model,
+                       weights_sha256=config[BundleKeys.WEIGHTS_SHA256] if int8_model else None)
+    extractor = load_extractor(spec)
+    check_feature_weights(config, extractor.weights_sha256, weights)
+    return extractor
 
 
 def caption_files(paths: list[str], model_dir, beam_width: int | None = None, weights: str | None = None,
                   batch_size: int = 16, attention_png: str | None = None, no_repeat_ngram_size: int | None = None
                   ) -> list[tuple[str, str | None, float | None, str | None]]:
     """(path, caption, log_prob, error) per path, in order. ``model_dir``: a bundle, or a list (an ensemble)."""
-    from trainer.bundle import load_bundles
     bundle = load_bundles(model_dir)
     if attention_png and not bundle.grid_shape:
         raise ValueError("--attention_png needs an attention bundle (trainer.task --decoder attention)")
-    extractor = FeatureExtractor(bundle.config, weights, bundle.int8_model)
+    extractor = load_bundle_extractor(bundle.config, weights, bundle.int8_model)
     names = _picture_names(paths) if attention_png else {}
     beam_width, length_penalty, no_repeat_ngram_size = bundle.decoding_for(
         beam_width, no_repeat_ngram_size=no_repeat_ngram_size)
@@ -71,7 +58,7 @@ def caption_files(paths: list[str], model_dir, beam_width: int | None = None, we
                 try:
                     with open(path, "rb") as handle:
                         data = handle.read()
-                    pixels, _ = images.prepare_image(data, extractor.image_size)
+                    pixels, _ = images.prepare_image(data, extractor.spec.image_size)
                     ready.append((path, pixels, data if attention_png else None))
                 except images.ImageError as error:
                     results[path] = (path, None, None, f"{error.error_class}: {error.message}")
@@ -85,7 +72,7 @@ def caption_files(paths: list[str], model_dir, beam_width: int | None = None, we
                     results[path] = (path, text, hypothesis.log_prob, None)
                     if attention_png:
                         _write_picture(os.path.join(attention_png, names[path]), data, text, hypothesis.attention,
-                                       extractor.grid)
+                                       bundle.grid_shape)
             bar.update(len(paths[start:start + batch_size]))
     return [results[path] for path in paths]
 

@@ -125,7 +125,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--length_penalty", type=float, default=0.0, help="default length penalty for the bundle")
     parser.add_argument("--no_repeat_ngram_size", type=cli.non_negative_int, default=DEFAULT_NO_REPEAT_NGRAM_SIZE,
                         metavar="N", help="the bundle's default n-gram blocking: captions never repeat an n-gram of "
-                        f"N words (0: none; default {DEFAULT_NO_REPEAT_NGRAM_SIZE}, see BENCHMARKS.md §13)")
+                        f"N words (0: none; default {DEFAULT_NO_REPEAT_NGRAM_SIZE}, see BENCHMARKS.md, caption quality)")
     parser.add_argument("--restart", action="store_true", help="discard an interrupted run's state in --model_dir")
     parser.add_argument("--verbose", type=int, default=None, choices=(0, 1, 2),
                         help="Keras progress output: 1 a bar (default on a terminal), 2 one line per epoch (default "
