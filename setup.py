@@ -51,7 +51,7 @@ setup(
         # pytest-xdist: the suite on every core (2 here: about 2.3x less wall time than one process); pandas and
         # duckdb: the README's examples of reading the caption job's tables run in the tests; webdataset: the tests
         # write WebDataset shards with the library's own writer
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "pandas>=2", "duckdb>=1.0", "webdataset>=0.2"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "pandas>=2", "duckdb>=1.0", "webdataset>=0.2", "ruff>=0.6"],
         # OpenVINO is now installed by default; the extra stays so that 'imcap[openvino]' still installs
         "openvino": [],
         # gs:// paths and the Dataflow runner

@@ -1,8 +1,14 @@
-"""Apache Beam pipelines of the image-captioning system.
+"""The Beam jobs of imcap, and the commands around them.
 
-- `beam_jobs.extract_features`: a captioned image dataset -> Xception features + tokenized captions (TFRecords).
-- `beam_jobs.tools.sample_dataset`: writes a small synthetic dataset in the Flickr8k layout (demo, tests).
+    extract/   imcap-extract (python -m beam_jobs.extract_features): captioned datasets -> features + captions
+    (TFRecords)
+    caption/   imcap-caption (python -m beam_jobs.caption_images): photos, lists, archives -> captions (Parquet)
+    tools/     imcap-demo, imcap-sample-data, imcap-gallery, imcap-quantize: commands that are not Beam jobs
+
+What both jobs share: `runtime` (Beam options, the local runner, counters, the end-of-run report), `elements` (what
+crosses the steps), `naming` (URIs of files, archive members and list entries), `sinks` (shard writers that touch
+nothing they did not write), `features` (image bytes -> pixels -> features under RunInference; the extractor itself
+is `trainer.features`) and `models` (the seam through which tests pass fake models). The jobs import `trainer` and
+`schemas`; neither imports the jobs.
 """
-from trainer.cli import install_noise_filter
-
-install_noise_filter()  # before Beam is imported: its GCP modules log "apitools not found" as they load
+import schemas  # noqa: F401  (installs the filter of known log noise before Beam is imported)

@@ -17,15 +17,15 @@ ERRORS = "errors"  # the output tag of the error rows of every step that can fai
 class InputRef(typing.NamedTuple):
     """A file chosen to be read: an image, or an archive whose members are read as a stream.
 
-    ``uri`` is the text of output rows; ``location`` the path to open when it differs from ``uri`` (a local path
-    that is not UTF-8, as bytes), else empty. For an archive, ``done`` holds the member parts of URIs already in
-    the outputs (`beam_jobs.naming.ITSELF`: the archive's own URI) and ``claimed`` the member parts that loose inputs already name;
-    both are passed over while streaming. ``listed``: member parts that lists name (each gets a row, if only to
-    say the archive has no such member). ``only``: when not empty, the archive is no input itself and only these
-    members (named by a list) are read.
+    ``uri`` is the text of output rows; ``location`` the path to open when it differs from ``uri`` (a local path that is
+    not UTF-8, as bytes), else empty. For an archive, ``done`` holds the member parts of URIs already in the outputs
+    (`beam_jobs.naming.ITSELF`: the archive's own URI) and ``claimed`` the member parts that loose inputs already name;
+    both are passed over while streaming. ``listed``: member parts that lists name (each gets a row, if only to say the
+    archive has no such member). ``only``: when not empty, the archive is no input itself and only these members (named
+    by a list) are read.
     """
     uri: str
-    kind: str  # sources.IMAGE or sources.ARCHIVE
+    kind: str  # naming.IMAGE or naming.ARCHIVE
     location: bytes = b""
     done: typing.Sequence[str] = ()
     claimed: typing.Sequence[str] = ()
@@ -37,12 +37,12 @@ class InputRef(typing.NamedTuple):
 
 
 class WorkUnit(typing.NamedTuple):
-    """What one worker reads: a loose image file (``kind`` image, no spans), or up to a few dozen members of an
-    archive as references (`beam_jobs.caption.archives.MemberSpan`: where each member's bytes are), so that one archive's
-    members spread over every worker. ``archive_size``: the archive's size when it was indexed (a changed archive
-    is not read); ``number``: the unit's place among its archive's units."""
+    """What one worker reads: a loose image file (``kind`` image, no spans), or up to a few dozen members of an archive
+    as references (`beam_jobs.caption.archives.MemberSpan`: where each member's bytes are), so that one archive's
+    members spread over every worker. ``archive_size``: the archive's size when it was indexed (a changed archive is not
+    read); ``number``: the unit's place among its archive's units."""
     uri: str
-    kind: str  # sources.IMAGE or sources.ARCHIVE
+    kind: str  # naming.IMAGE or naming.ARCHIVE
     location: bytes = b""  # as InputRef.location
     spans: tuple = ()
     archive_size: int = 0

@@ -13,11 +13,13 @@ import logging
 import sys
 import time
 import typing
+
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.portability.fn_api_runner import fn_runner
 
+from schemas import images, tables
 from trainer import cli
 
 LOCAL_RUNNER = "beam_jobs.runtime.LocalRunner"
@@ -182,7 +184,6 @@ def internal_error_row(uri: str, error: BaseException):
 
     Safe on any thread (it counts nothing: Beam counters only count on the bundle's own thread; the rows are
     counted by class where they are written)."""
-    from schemas import images, tables
     logging.warning("internal error on %s", uri, exc_info=error)
     return tables.error_row(uri, images.INTERNAL_ERROR, f"{images.describe_error(error)} (an unexpected failure while "
                                                         "handling this input; the job went on without it)")

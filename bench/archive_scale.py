@@ -7,10 +7,11 @@ loose files, big photos as fast as small ones.
 Photos: the first 4N Flickr8k train photos, upscaled to 2400x1800 with film grain and saved as JPEG quality 94
 (1.1-1.6 MB each, like a phone's 4-5 MP photo), written once under --work_dir.
 
-Default run: one .tar, one .zip and one .tar.gz of N photos and of 4N, and the same photos as loose files (a list
-file), each captioned by a fresh `python -m beam_jobs.caption_images` process; runs alternate N, 4N over --repeats. Prints peak RSS (getrusage
-of the child) for N and 4N, and steady-state images/s = (4N - N) / (t(4N) - t(N)) for the archive and for the loose
-files. Without --model_dir a tiny bundle (random-init Xception at 71 px, trained for one epoch on generated images)
+Default run: one .tar, one .zip and one .tar.gz of N photos and of 4N, and the same photos as loose files (a list file),
+each captioned by a fresh `python -m beam_jobs.caption_images` process; runs alternate N, 4N over --repeats. Prints peak
+RSS (getrusage of the child) for N and 4N, and steady-state images/s = (4N - N) / (t(4N) - t(N)) for the archive and for
+the loose files. Without --model_dir a tiny bundle (random-init Xception at 71 px, trained for one epoch on generated
+images)
 is built, so that reading and decoding dominate, as in the issue's measurement.
 
 --sizes: the same 4N photos at 2400x1800 and at 224x224 (Flickr8k's size), as loose files, captioned with the given
@@ -25,10 +26,18 @@ import tempfile
 import zipfile
 
 import numpy as np
+from common import (
+    DEFAULT_DATASET,
+    DEFAULT_WEIGHTS,
+    REPO_ROOT,
+    image_paths,
+    machine,
+    median,
+    peak_rss_of_command,
+    print_table,
+    split_names,
+)
 from PIL import Image
-
-from common import (DEFAULT_DATASET, DEFAULT_WEIGHTS, REPO_ROOT, image_paths, machine, median,
-                    peak_rss_of_command, print_table, split_names)
 
 BIG = (2400, 1800)
 
@@ -123,7 +132,8 @@ def measure(runs: dict, model_dir: str, weights: str, repeats: int, scratch: str
             output = os.path.join(scratch, "out", f"{key[0]}-{key[1]}", "captions")
             seconds, rss = peak_rss_of_command(caption_command(source, model_dir, weights, output), cwd=code_dir)
             results[key].append((seconds, rss))
-            print(f"repeat {repeat + 1}: {key[0]:>8} x{key[1]:<4} {seconds:6.1f} s  peak RSS {rss:7.0f} MiB", flush=True)
+            print(f"repeat {repeat + 1}: {key[0]:>8} x{key[1]:<4} {seconds:6.1f} s  peak RSS {rss:7.0f} MiB",
+                  flush=True)
     return results
 
 

@@ -23,8 +23,16 @@ import threading
 import time
 import zipfile
 
-from common import (DEFAULT_DATASET, DEFAULT_WEIGHTS, REPO_ROOT, image_paths, machine, print_table, split_names,
-                    write_split_file)
+from common import (
+    DEFAULT_DATASET,
+    DEFAULT_WEIGHTS,
+    REPO_ROOT,
+    image_paths,
+    machine,
+    print_table,
+    split_names,
+    write_split_file,
+)
 
 
 def _archive(path: str, paths: list[str]) -> str:

@@ -23,9 +23,17 @@ import json
 import os
 import tempfile
 
-
-from common import (DEFAULT_DATASET, DEFAULT_WEIGHTS, image_paths, machine, median, print_table, read_caption_outputs,
-                    split_names, timed)
+from common import (
+    DEFAULT_DATASET,
+    DEFAULT_WEIGHTS,
+    image_paths,
+    machine,
+    median,
+    print_table,
+    read_caption_outputs,
+    split_names,
+    timed,
+)
 
 BACKENDS = ("keras", "openvino-f32", "openvino", "openvino-int8")
 LATENCY = "inference_batch_latency_micro_secs"
@@ -75,6 +83,7 @@ def main() -> None:
         parser.error("openvino-int8 needs --int8_model (imcap-quantize writes one)")
 
     import logging
+
     from beam_jobs.runtime import setup_logging
     from trainer import data, evaluate
     setup_logging(logging.WARNING)

@@ -10,8 +10,8 @@ preprocessed Flickr8k photos in batches; the order of the backends rotates betwe
 import argparse
 
 import numpy as np
-
 from common import DEFAULT_DATASET, DEFAULT_WEIGHTS, image_paths, machine, median, print_table, split_names, timed
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -23,12 +23,12 @@ def main() -> None:
     parser.add_argument("--int8_model", help="also openvino-int8, with this model (imcap-quantize)")
     args = parser.parse_args()
 
-    from trainer.features import INFERENCE_BACKENDS, INT8_BACKEND, FeatureSpec
     from beam_jobs.features import FeatureExtractorHandler
+    from trainer.features import INFERENCE_BACKENDS, INT8_BACKEND, FeatureSpec
     backends = tuple(b for b in INFERENCE_BACKENDS if b != INT8_BACKEND or args.int8_model)
-    from schemas.images import prepare_image
-
     from tqdm import tqdm
+
+    from schemas.images import prepare_image
     pixels = []
     for path in tqdm(image_paths(args.dataset_dir, split_names(args.dataset_dir, "dev")[:args.images]),
                      desc="decoding dev photos", unit="img", disable=None):
@@ -36,8 +36,9 @@ def main() -> None:
             pixels.append(prepare_image(handle.read(), 299)[0])
     handlers, models, load_seconds = {}, {}, {}
     for backend in backends:
+        int8_model = args.int8_model if backend == INT8_BACKEND else None
         handlers[backend] = FeatureExtractorHandler(FeatureSpec(
-            "xception", args.weights, 299, backend=backend, int8_model=args.int8_model if backend == INT8_BACKEND else None))
+            "xception", args.weights, 299, backend=backend, int8_model=int8_model))
         load_seconds[backend], models[backend] = timed(handlers[backend].load_model)
         handlers[backend].run_inference(pixels[:args.batch_size], models[backend])  # warm up
 

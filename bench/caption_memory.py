@@ -12,8 +12,16 @@ import sys
 import tarfile
 import tempfile
 
-from common import (DEFAULT_DATASET, DEFAULT_WEIGHTS, image_paths, machine, median, peak_rss_of_command,
-                    print_table, split_names)
+from common import (
+    DEFAULT_DATASET,
+    DEFAULT_WEIGHTS,
+    image_paths,
+    machine,
+    median,
+    peak_rss_of_command,
+    print_table,
+    split_names,
+)
 
 
 def main() -> None:

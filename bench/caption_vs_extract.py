@@ -19,9 +19,18 @@ import os
 import tarfile
 import tempfile
 
-
-from common import (DEFAULT_DATASET, DEFAULT_WEIGHTS, image_paths, machine, median, print_table, read_caption_outputs,
-                    split_names, timed, write_split_file)
+from common import (
+    DEFAULT_DATASET,
+    DEFAULT_WEIGHTS,
+    image_paths,
+    machine,
+    median,
+    print_table,
+    read_caption_outputs,
+    split_names,
+    timed,
+    write_split_file,
+)
 
 
 def run_extract(dataset_dir, names, weights, scratch, grid="none"):
@@ -56,10 +65,10 @@ def main() -> None:
     args = parser.parse_args()
 
     import logging
+
     from beam_jobs.runtime import setup_logging
     from schemas.vocabulary import Vocabulary
-    from trainer import evaluate
-    from trainer import data
+    from trainer import data, evaluate
     setup_logging(logging.WARNING)
 
     names = split_names(args.dataset_dir, "dev")[:args.images]

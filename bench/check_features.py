@@ -15,10 +15,13 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from schemas import backbones, records  # noqa: E402
+from schemas import (  # noqa: E402
+    backbones,
+    fileio,  # noqa: E402
+    records,
+)
 from schemas.images import prepare_image  # noqa: E402
 from schemas.records import MetadataKeys  # noqa: E402
-from schemas import fileio  # noqa: E402
 
 
 def main() -> int:

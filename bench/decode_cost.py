@@ -21,9 +21,8 @@ import tempfile
 import time
 
 import numpy as np
-from PIL import Image
-
 from common import DEFAULT_DATASET, REPO_ROOT, image_paths, machine, median, print_table, split_names
+from PIL import Image
 
 PROBE = r"""
 import importlib.util, json, sys

@@ -18,9 +18,17 @@ import shutil
 import tempfile
 
 import numpy as np
-
-from common import (DEFAULT_DATASET, DEFAULT_WEIGHTS, image_paths, machine, median, print_table, split_names,
-                    timed, write_split_file)
+from common import (
+    DEFAULT_DATASET,
+    DEFAULT_WEIGHTS,
+    image_paths,
+    machine,
+    median,
+    print_table,
+    split_names,
+    timed,
+    write_split_file,
+)
 
 
 def xception_flops(model, image_size: int) -> float:
@@ -91,7 +99,9 @@ def main() -> None:
     args = parser.parse_args()
 
     import logging
+
     import tensorflow as tf
+
     from beam_jobs.runtime import setup_logging
     from schemas import backbones
     setup_logging(logging.WARNING)

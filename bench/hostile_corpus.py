@@ -33,12 +33,11 @@ import zipfile
 import zlib
 
 import numpy as np
+from common import REPO_ROOT, read_caption_outputs
 from PIL import Image
 
-from common import REPO_ROOT, read_caption_outputs
-
 sys.path.insert(0, REPO_ROOT)
-from tests.caption_helpers import png_claiming, tar_bytes  # noqa: E402  (the same builders as the tests')
+from tests.support.builders import png_claiming, tar_bytes  # noqa: E402  (the same builders as the tests')
 
 
 def encode(image, fmt, **kwargs):
@@ -151,8 +150,8 @@ def files_corpus(write):
     write("gray16.png", encode(gray16, "PNG"))
     write("float.tif", encode(Image.fromarray(np.random.default_rng(0).random((50, 60), dtype=np.float32)), "TIFF"))
     write("rle.bmp", encode(photo(12).convert("P"), "BMP"))
-    write("bad_header.bmp", b"BM" + struct.pack("<IHHI", 10 ** 9, 0, 0, 54) + struct.pack("<IiiHH", 40, -9999999,
-                                                                                              9999999, 1, 24) + bytes(100))
+    write("bad_header.bmp", b"BM" + struct.pack("<IHHI", 10 ** 9, 0, 0, 54)
+          + struct.pack("<IiiHH", 40, -9999999, 9999999, 1, 24) + bytes(100))
     write("icon.ico", encode(photo(13), "ICO"))
     write("animated.webp", webp_anim.getvalue())
     write("truncated.webp", encode(photo(14), "WEBP")[:100])
@@ -360,8 +359,8 @@ def main() -> int:
     parser.add_argument("--work_dir", default=os.path.join(tempfile.gettempdir(), "imcap-hostile"))
     parser.add_argument("--model_dir")
     parser.add_argument("--weights", default="none")
-    parser.add_argument("beam_args", nargs="*", help="Beam options for the job, after --, e.g. "
-                                                      "-- --direct_running_mode=multi_processing --direct_num_workers=2")
+    parser.add_argument("beam_args", nargs="*", help="Beam options for the job, after --, e.g. -- "
+                        "--direct_running_mode=multi_processing --direct_num_workers=2")
     args = parser.parse_args()
     os.makedirs(args.work_dir, exist_ok=True)
     patterns = build(args.work_dir)

@@ -22,9 +22,8 @@ import tempfile
 import time
 
 import numpy as np
-from PIL import Image
-
 from common import REPO_ROOT, machine, print_table
+from PIL import Image
 
 Image.MAX_IMAGE_PIXELS = None  # this script makes its 99 MP images itself: Pillow's bomb warning is noise here
 

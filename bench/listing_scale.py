@@ -4,8 +4,8 @@
 
 Writes --files empty ``.jpg`` files (1,000 per folder) under --work_dir once, then in a fresh process per case
 lists ``DIR/**`` and counts the paths: Beam's ``FileSystems.match`` (what the job used: one list of every match,
-held by the worker that lists), and ``beam_jobs.caption.inputs._walk_local`` (what it uses now: paths handed on one by one
-as found, one folder's names held at a time). Prints seconds and the peak RSS each added over the process after
+held by the worker that lists), and ``beam_jobs.caption.inputs._walk_local`` (what it uses now: paths handed on one by
+one as found, one folder's names held at a time). Prints seconds and the peak RSS each added over the process after
 imports, and the same for ``DIR/f00*/*.jpg`` (the walk descends only into the folders the glob can match).
 """
 import argparse

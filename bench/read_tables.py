@@ -4,8 +4,8 @@
 
 Runs the caption job (tiny random-init bundle, as bench/hostile_corpus.py builds it) on a few photos, a broken
 file and an archive, in an output directory that already holds a neighbour's files, then runs the README's
-reading examples, extracted from docs/captioning.md itself (the indented block after "Read each folder as one table"), with
-``out/run1`` replaced by the job's output directory. Prints, per reader, the rows it read from each table, and
+reading examples, extracted from docs/captioning.md itself (the indented block after "Read each folder as one table"),
+with ``out/run1`` replaced by the job's output directory. Prints, per reader, the rows it read from each table, and
 checks: captions + errors = every input; no reader sees an error row among the captions or the other way round;
 the neighbour's files are untouched. A reader whose library is not installed is reported as skipped. Exit status
 1 if a check fails.
@@ -21,9 +21,8 @@ import tarfile
 import tempfile
 
 import numpy as np
-from PIL import Image
-
 from common import REPO_ROOT
+from PIL import Image
 
 sys.path.insert(0, REPO_ROOT)
 from archive_scale import tiny_bundle  # noqa: E402  (the benches' tiny bundle recipe)

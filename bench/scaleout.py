@@ -32,10 +32,17 @@ import urllib.request
 
 import numpy as np
 import yaml
-
-from common import (DEFAULT_DATASET, DEFAULT_WEIGHTS, REPO_ROOT, image_paths, machine, print_table, read_caption_outputs,
-                    split_names,
-                    write_split_file)
+from common import (
+    DEFAULT_DATASET,
+    DEFAULT_WEIGHTS,
+    REPO_ROOT,
+    image_paths,
+    machine,
+    print_table,
+    read_caption_outputs,
+    split_names,
+    write_split_file,
+)
 
 RUNNERS = ("local", "multiprocess", "external", "flink_local", "flink_cluster")
 FLINK_DIR = os.environ.get("IMCAP_FLINK_DIR", os.path.expanduser("~/.cache/imcap/flink"))

@@ -19,7 +19,6 @@ import math
 import os
 
 import numpy as np
-
 from common import machine, median, print_table, timed
 
 
@@ -68,7 +67,8 @@ def main() -> None:
     from schemas import records
     from schemas.records import MetadataKeys
     from schemas.vocabulary import Vocabulary
-    from trainer import data, model as model_lib
+    from trainer import data
+    from trainer import model as model_lib
 
     metadata = data.read_metadata(args.data_dir)
     vocabulary = Vocabulary.load(os.path.join(args.data_dir, "vocab.txt"))

@@ -11,8 +11,16 @@ import os
 import sys
 import tempfile
 
-from common import (DEFAULT_DATASET, DEFAULT_WEIGHTS, machine, median, peak_rss_of_command, print_table,
-                    split_names, write_split_file)
+from common import (
+    DEFAULT_DATASET,
+    DEFAULT_WEIGHTS,
+    machine,
+    median,
+    peak_rss_of_command,
+    print_table,
+    split_names,
+    write_split_file,
+)
 
 MODES = {
     "in-process (LocalRunner)": [],

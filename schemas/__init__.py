@@ -11,5 +11,10 @@ Every file one stage writes and another reads is defined here, once:
 - `tables`: the Parquet schemas of the caption job's outputs and of error rows.
 - `bundle`: the model bundle the trainer writes and the caption job reads.
 
+- `fileio`: the file layer: every path of every stage goes through Beam's FileSystems.
+
 Stages import from here; they never re-declare a format.
 """
+from schemas.logs import install_noise_filter
+
+install_noise_filter()  # before Beam is imported: its GCP modules log "apitools not found" as they load

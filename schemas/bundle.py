@@ -11,6 +11,8 @@ A bundle directory holds::
 The feature-extractor keys repeat the extract job's metadata (`schemas.records.MetadataKeys`), so a caption job
 builds exactly the network the decoder was trained on and refuses any other (``weights_sha256``).
 """
+from schemas.records import checked_grid_shape
+
 DECODER_FILE = "decoder.keras"
 INT8_DIR = "extractor_int8"  # the int8 extractor the training features came from (openvino-int8 bundles)
 CONFIG_FILE = "bundle.json"
@@ -66,7 +68,6 @@ def grid_shape(config: dict) -> tuple | None:
     shape = config.get(BundleKeys.GRID_SHAPE)
     if not shape:
         return None
-    from schemas.records import checked_grid_shape
     return checked_grid_shape(shape, config.get(BundleKeys.FEATURE_DIM), "bundle.json")
 
 

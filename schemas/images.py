@@ -68,8 +68,8 @@ class ImageError(ValueError):
         self.message = message
 
 
-# The formats the jobs decode (`sources.IMAGE_EXTENSIONS`); Pillow's other plugins (EPS, which runs Ghostscript,
-# PSD, FITS, ...) are never tried on untrusted bytes. JPEG includes the MPO variant some cameras write.
+# The formats the jobs decode (`beam_jobs.naming.IMAGE_EXTENSIONS`); Pillow's other plugins (EPS, which runs
+# Ghostscript, PSD, FITS, ...) are never tried on untrusted bytes. JPEG includes the MPO variant some cameras write.
 SUPPORTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "ICO")
 _GRAY_MODES = ("1", "L", "I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 _ROWS_PER_CHUNK = 256
@@ -332,7 +332,7 @@ def _squash_by_blocks(image: Image.Image, image_size: int) -> Image.Image:
     then down, which resizes every column on its own -- or down first for a picture more than 100 times as tall as
     it is wide (`Image.resize` in Pillow 12). So blocks of rows (of columns, down first) are made RGB (`to_rgb`
     works pixel by pixel) and given the first pass alone, into a strip that then gets the second pass.
-    tests/test_images.py checks that the pixels are the same for every mode and shape.
+    tests/schemas/test_images.py checks that the pixels are the same for every mode and shape.
     """
     width, height = image.size
     bilinear = Image.Resampling.BILINEAR

@@ -28,6 +28,7 @@ import typing
 
 import numpy as np
 
+from schemas import fileio
 from schemas.fileio import join
 
 IMAGE_ID = "image_id"
@@ -285,7 +286,6 @@ def decode_example(serialized: bytes, grid: tuple | None = None) -> dict:
 def read_records(output_dir: str, split: str, grid: tuple | None = None) -> list[dict]:
     """All records of a split, decoded, sorted by image id (small datasets, tools and tests)."""
     import tensorflow as tf
-    from schemas import fileio
     files = [fileio.local_copy(path) for path in fileio.glob(split_pattern(output_dir, split))]
     records = [decode_example(raw.numpy(), grid) for raw in tf.data.TFRecordDataset(files)] if files else []
     return sorted(records, key=lambda record: record[IMAGE_ID])

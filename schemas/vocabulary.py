@@ -17,6 +17,7 @@ give the same file.
 import collections
 from typing import Iterable, Mapping
 
+from schemas import fileio
 from schemas.captions import END_TOKEN, START_TOKEN
 
 PAD_TOKEN = "<pad>"
@@ -84,10 +85,8 @@ class Vocabulary:
             raise ValueError(f"{source}: {error}") from None
 
     def save(self, path: str) -> None:
-        from schemas import fileio
         fileio.write_text(path, self.to_text())
 
     @classmethod
     def load(cls, path: str) -> "Vocabulary":
-        from schemas import fileio
         return cls.from_text(fileio.read_text(path), source=path)

@@ -1,4 +1,9 @@
-"""Shared fixtures: a generated sample dataset, local test pipelines, the real Flickr8k where present."""
+"""Shared fixtures: a generated sample dataset, local test pipelines, the real Flickr8k where present.
+
+Tests marked ``integration`` (everything under tests/integration/, and the slow end-to-end tests elsewhere: whole
+jobs with real Xception, training runs, worker processes, kills) run in ``make test-integration``; ``make test``
+runs the others, real models included, in under 90 s on 2 cores. CI runs both.
+"""
 import os
 import shutil
 
@@ -12,6 +17,16 @@ IMAGENET_WEIGHTS = os.path.expanduser("~/.cache/imcap/xception_imagenet_notop.we
 
 # Small and fast: Xception's smallest input, random-init weights.
 TEST_IMAGE_SIZE = 71
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "integration: a slow end-to-end test (make test-integration runs these)")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if f"{os.sep}integration{os.sep}" in str(item.path):
+            item.add_marker(pytest.mark.integration)
 
 
 def built_once(tmp_path_factory, name: str, build) -> str:
@@ -93,7 +108,8 @@ def write_feature_records(output_dir, splits, feature_dim=16, shards=1, grid_sha
     """
     import tensorflow as tf
 
-    from schemas import captions as caption_rules, fileio, records
+    from schemas import captions as caption_rules
+    from schemas import fileio, records
     from schemas.records import MetadataKeys, SplitKeys
     from schemas.vocabulary import Vocabulary
 
@@ -131,8 +147,8 @@ def write_feature_records(output_dir, splits, feature_dim=16, shards=1, grid_sha
 
 @pytest.fixture(scope="session")
 def fake_bundle(tmp_path_factory):
-    """A bundle for `tests.fakes.FAKE_MODELS` (no decoder; jobs run with it need ``models=FAKE_MODELS``)."""
-    from tests.fakes import write_fake_bundle
+    """A bundle for `tests.support.fakes.FAKE_MODELS` (no decoder; jobs run with it need ``models=FAKE_MODELS``)."""
+    from tests.support.fakes import write_fake_bundle
     return write_fake_bundle(str(tmp_path_factory.mktemp("fake_bundle")))
 
 

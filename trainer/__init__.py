@@ -1,7 +1,10 @@
-"""The caption decoder: tf.data input from the extract job's records, the CNN-RNN merge model, training,
-decoding (greedy and beam search), evaluation (BLEU) and the model bundle.
+"""The models, without Beam: what the jobs run inside their steps, and the trainer's own commands.
 
-- `trainer.task`: ``python -m trainer.task --data_dir FEATURES --model_dir MODEL`` trains and writes a bundle.
-- `trainer.evaluate`: corpus BLEU of a bundle on a split.
-- `trainer.predict`: captions for image files (runs the feature extractor itself).
+- `features`, `quantization`: the image feature extractor (Keras, OpenVINO, int8) and its int8 quantization.
+- `data`, `model`, `attention`: tf.data input from the extract job's records; the merge and attention decoders.
+- `task` (imcap-train), `scst` (imcap-scst): teacher-forced training, then self-critical fine-tuning.
+- `decoding`, `evaluate` (imcap-evaluate): greedy and beam search; BLEU and CIDEr-D on a split.
+- `bundle`: the model bundle (decoder, vocabulary, config naming the feature extractor) and ensembles.
+- `predict` (imcap-predict): captions for a few image files without Beam; `pictures`: where each word looked.
+- `cli`: what every command shares (flags, logging, a quiet TensorFlow).
 """

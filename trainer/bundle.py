@@ -4,8 +4,9 @@ import os
 import tempfile
 import typing
 
-from schemas import backbones, bundle as bundle_schema
-from schemas import fileio, int8_model as int8_schema
+from schemas import backbones, fileio
+from schemas import bundle as bundle_schema
+from schemas import int8_model as int8_schema
 from schemas.bundle import DEFAULT_NO_REPEAT_NGRAM_SIZE, BundleKeys, DecodingKeys
 from schemas.records import MetadataKeys
 from schemas.vocabulary import VOCAB_FILE, Vocabulary
@@ -258,6 +259,7 @@ def load_bundles(model_dirs, with_decoder: bool = True) -> Bundle:
 
 def load_decoder(path: str):
     import keras
+
     from trainer import attention  # noqa: F401  (registers the attention decoder's layers with Keras)
     if not fileio.exists(path):
         raise FileNotFoundError(f"{path}: no such file")

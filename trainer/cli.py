@@ -1,11 +1,11 @@
 """What every imcap command shares at start-up: logging, and a TensorFlow that does not shout.
 
-TensorFlow's C++ layers print start-up lines straight to the process's stderr before any logging is set up
-(``oneDNN custom operations are on``, ``Could not find cuda drivers``, ``E0000 ... failed call to cuInit`` on a
-machine without a GPU, and ``oneDNN supports DT_HALF only ...`` at the first float16 op): alarming, and noise in every log. `quiet_tensorflow` imports TensorFlow and Keras and
-initializes the devices with that stderr redirected (its lines are shown if the import fails); set
-``IMCAP_VERBOSE=1`` to see them. Beam's import logs ``apitools not found`` when the GCP extras are absent, which
-only matters to gs:// users (who install ``imcap[gcp]``); `KnownNoise` drops it.
+TensorFlow's C++ layers print start-up lines straight to the process's stderr before any logging is set up (``oneDNN
+custom operations are on``, ``Could not find cuda drivers``, ``E0000 ... failed call to cuInit`` on a machine without a
+GPU, and ``oneDNN supports DT_HALF only ...`` at the first float16 op): alarming, and noise in every log.
+`quiet_tensorflow` imports TensorFlow and Keras and initializes the devices with that stderr redirected (its lines are
+shown if the import fails); set ``IMCAP_VERBOSE=1`` to see them. Beam's import logs ``apitools not found`` when the GCP
+extras are absent, which only matters to gs:// users (who install ``imcap[gcp]``); `schemas.logs.KnownNoise` drops it.
 """
 import argparse
 import difflib
@@ -13,6 +13,8 @@ import logging
 import os
 import sys
 import tempfile
+
+from schemas.logs import install_noise_filter
 
 VERBOSE_ENV = "IMCAP_VERBOSE"
 STRAY_HINT = ("an unquoted glob the shell expanded, or a flag's value after a space in a place that takes none? "
@@ -23,24 +25,6 @@ _quiet_done = False
 
 def verbose() -> bool:
     return os.environ.get(VERBOSE_ENV, "").lower() not in ("", "0", "false", "no")
-
-
-class KnownNoise(logging.Filter):
-    """Messages libraries log at every run that say nothing about the run."""
-    PREFIXES = (
-        "apitools not found",  # Beam's GCP modules, when google-apitools (imcap[gcp]) is not installed
-        # Beam 2.77's RunInference, on every batch, when torch is absent (its `resource` import is tied to torch)
-        "Resource module is not available",
-    )
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.PREFIXES)
-
-
-def install_noise_filter() -> None:
-    root = logging.getLogger()
-    if not any(isinstance(existing, KnownNoise) for existing in root.filters):
-        root.addFilter(KnownNoise())
 
 
 def quiet_tensorflow() -> None:
@@ -157,12 +141,24 @@ def unrecognized(extras: list[str], known, hint: str = STRAY_HINT) -> str:
     return "; ".join(parts) + " (see --help)"
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Every flag's help ends with its default, unless the help already says it (or there is none to say)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if "default" in text.lower() or default in (None, False, argparse.SUPPRESS) or default == []:
+            return text
+        return f"{text} (default {default})".strip()
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with what every imcap command does: a dashed spelling of a flag (``--beam-width``) is the flag
-    (``--beam_width``), and an argument no flag takes fails with the closest real flag, or, for stray values (an
-    unquoted glob the shell expanded), with what to do."""
+    (``--beam_width``), an argument no flag takes fails with the closest real flag, or, for stray values (an
+    unquoted glob the shell expanded), with what to do; every flag's help shows its default."""
 
     def __init__(self, *args, stray_hint: str = STRAY_HINT, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
         self.stray_hint = stray_hint
 

@@ -93,8 +93,8 @@ def caption_dataset(data_dir: str, split: str, feature_dim: int, batch_size: int
     ``training`` shuffles (images fully, then pairs within a window so an image's captions spread over batches)
     and caches the parsed records in memory after the first epoch. With ``bucket_boundaries`` (e.g.
     `DEFAULT_BUCKETS`) a batch holds captions of similar length, so little of it is padding: epochs are ~1.7x
-    faster on Flickr8k, but the model came out worse in our runs (see `trainer.task --length_buckets`). ``batches`` (from `count_batches`) declares the cardinality so that Keras shows
-    a progress bar with a total.
+    faster on Flickr8k, but the model came out worse in our runs (see `trainer.task --length_buckets`). ``batches``
+    (from `count_batches`) declares the cardinality so that Keras shows a progress bar with a total.
     """
     images = image_dataset(data_dir, split, feature_dim, shuffle_files=training, seed=seed).cache()
     if training:

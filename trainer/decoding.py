@@ -30,8 +30,8 @@ import numpy as np
 import tensorflow as tf
 
 from schemas.captions import strip_boundaries
-from schemas.vocabulary import END_ID, PAD_ID, START_ID, UNKNOWN_ID, Vocabulary
 from schemas.records import SpatialFeatures
+from schemas.vocabulary import END_ID, PAD_ID, START_ID, UNKNOWN_ID, Vocabulary
 from trainer import attention as attention_lib
 from trainer import model as model_lib
 

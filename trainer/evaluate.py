@@ -151,7 +151,7 @@ def parse_args(argv=None):
     parser.add_argument("--length_penalty", type=float, help="default: the bundle's")
     parser.add_argument("--no_repeat_ngram_size", type=cli.non_negative_int, metavar="N",
                         help="never repeat an n-gram of N words; 0: no blocking (default: the bundle's)")
-    parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--batch_size", type=cli.positive_int, default=256, help="images decoded per batch")
     args = parser.parse_args(argv)
     if args.beam_width is not None and args.beam_width < 1:
         parser.error("--beam_width must be at least 1")

@@ -16,7 +16,8 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from schemas import backbones, fileio, int8_model as int8_schema, records
+from schemas import backbones, fileio, records
+from schemas import int8_model as int8_schema
 
 KERAS_BACKEND = "keras"
 INT8_BACKEND = int8_schema.BACKEND

@@ -3,7 +3,7 @@ forcing over whole sequences.
 
     image features [D] -> scaling -> dropout -> dense(units, relu) ─────────────────┐
     caption tokens [T] -> embedding -> dropout -> LSTM(units, sequences) ──────────── add -> dense(units, relu)
-                                                                                     -> dense(vocab) = next-token logits [T, V]
+                                                                        -> dense(vocab) = next-token logits [T, V]
 
 The image never enters the LSTM: it is merged with the language state after it, at every time step. The features
 can be rescaled by constants fitted on the train features and saved inside the model (`fitted_feature_scaling`):

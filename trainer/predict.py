@@ -113,7 +113,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no_repeat_ngram_size", type=cli.non_negative_int, metavar="N",
                         help="never repeat an n-gram of N words; 0: no blocking (default: the bundle's)")
     parser.add_argument("--weights", help="feature weights, when the bundle's were a local file")
-    parser.add_argument("images", nargs="+", metavar="IMAGE")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files to caption")
     args = parser.parse_args(argv)
     if args.beam_width is not None and args.beam_width < 1:
         parser.error("--beam_width must be at least 1")

@@ -33,11 +33,11 @@ import time
 
 import numpy as np
 
-from schemas import fileio, int8_model as int8_schema, records
+from schemas import fileio, records
+from schemas import int8_model as int8_schema
 from schemas.records import MetadataKeys
 from schemas.vocabulary import END_ID, START_ID
 from trainer import cli
-
 
 BASELINES = ("mean", "greedy")
 
@@ -103,6 +103,7 @@ class SelfCriticalTrainer:
         self.baseline = baseline
         import keras
         import tensorflow as tf
+
         from trainer.decoding import CaptionDecoder
         self.model, self.reward, self.samples = model, reward, samples
         self.decoder = CaptionDecoder(model, vocabulary, max_length)  # runs the model's own (trained) layers
@@ -258,18 +259,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data_dir", required=True, help="the extract job's records the bundle was trained on")
     parser.add_argument("--init_model_dir", required=True, help="a trained attention bundle to start from")
     parser.add_argument("--model_dir", required=True, help="where the fine-tuned bundle goes")
-    parser.add_argument("--train_split", default="train")
+    parser.add_argument("--train_split", default="train", help="the split of --data_dir to fine-tune on")
     parser.add_argument("--eval_split", help="default: dev, else val, else the first dataset's (as trainer.task)")
-    parser.add_argument("--epochs", type=cli.positive_int, default=3)
-    parser.add_argument("--patience", type=cli.positive_int, default=1)
-    parser.add_argument("--learning_rate", type=float, default=5e-5)
+    parser.add_argument("--epochs", type=cli.positive_int, default=3, help="self-critical epochs, at most")
+    parser.add_argument("--patience", type=cli.positive_int, default=1,
+                        help="stop after this many epochs without a better dev CIDEr-D")
+    parser.add_argument("--learning_rate", type=float, default=5e-5, help="Adam's learning rate")
     parser.add_argument("--samples", type=cli.positive_int, default=5, help="sampled captions per image")
-    parser.add_argument("--images_per_batch", type=cli.positive_int, default=16)
+    parser.add_argument("--images_per_batch", type=cli.positive_int, default=16,
+                        help="images per update (each with --samples sampled captions)")
     parser.add_argument("--baseline", default="mean", choices=BASELINES,
                         help="mean (default): the mean reward of the image's other samples; greedy: the reward of "
                              "the model's greedy caption (Rennie et al.)")
-    parser.add_argument("--clipnorm", type=float, default=5.0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--clipnorm", type=float, default=5.0, help="gradient norm clipping (0: none)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the sampling and shuffling (repeatable runs)")
     return parser.parse_args(argv)
 
 

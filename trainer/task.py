@@ -22,7 +22,8 @@ import sys
 import time
 import warnings
 
-from schemas import bundle as bundle_schema, fileio, records
+from schemas import bundle as bundle_schema
+from schemas import fileio, records
 from schemas.bundle import DEFAULT_NO_REPEAT_NGRAM_SIZE, DecodingKeys
 from schemas.records import MetadataKeys
 from schemas.vocabulary import VOCAB_FILE, Vocabulary
@@ -84,13 +85,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = cli.ArgumentParser(prog="imcap-train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data_dir", required=True, help="--output_dir of the extract job")
     parser.add_argument("--model_dir", required=True, help="where the bundle, checkpoints and logs go")
-    parser.add_argument("--train_split", default="train")
+    parser.add_argument("--train_split", default="train", help="the split of --data_dir to train on")
     parser.add_argument("--eval_split", help="split for the dev loss (early stopping, best model); default: dev, "
                         "else val, else (records of several datasets) the first dataset's, e.g. flickr8k/dev")
-    parser.add_argument("--epochs", type=cli.positive_int, default=30)
+    parser.add_argument("--epochs", type=cli.positive_int, default=30, help="training epochs, at most (see --patience)")
     parser.add_argument("--batch_size", type=cli.positive_int, default=64,
                         help="captions per batch (attention: whole images with all their captions, about this many)")
-    parser.add_argument("--embedding_dim", type=cli.positive_int, default=256)
+    parser.add_argument("--embedding_dim", type=cli.positive_int, default=256, help="word embedding width")
     parser.add_argument("--decoder", default=AUTO_DECODER, choices=(AUTO_DECODER, "merge", "attention"),
                         help="auto (default): attention where the records hold spatial grids (the extract job's "
                              "--spatial_grid), else merge; merge: the pooled vector joins the LSTM's output; "
@@ -102,13 +103,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--cache_dir", default=None,
                         help="attention decoder: cache the parsed grids in files here instead of in memory (for "
                              "train splits larger than RAM: Flickr8k's takes 2.4 GB at 10x10, COCO's 45 GB)")
-    parser.add_argument("--dropout", type=_fraction, default=0.5)
-    parser.add_argument("--recurrent_dropout", type=_fraction, default=0.0)
-    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--dropout", type=_fraction, default=0.5, help="dropout on the features and the LSTM's output")
+    parser.add_argument("--recurrent_dropout", type=_fraction, default=0.0, help="dropout on the LSTM's state")
+    parser.add_argument("--learning_rate", type=float, default=1e-3, help="Adam's learning rate")
     parser.add_argument("--lr_decay", type=_fraction, default=0.0,
-                        help="multiply the learning rate by this after an epoch without a better dev score (--select_by; "
-                             "the train loss without a dev split) (Keras' ReduceLROnPlateau, patience 1, floor "
-                             "learning_rate / 16); 0: constant (default)")
+                        help="multiply the learning rate by this after an epoch without a better dev score "
+                             "(--select_by; the train loss without a dev split) (Keras' ReduceLROnPlateau, patience 1, "
+                             "floor learning_rate / 16); 0: constant")
     parser.add_argument("--clipnorm", type=float, default=5.0, help="gradient norm clipping (0: none)")
     parser.add_argument("--patience", type=cli.positive_int, default=3,
                         help="stop after this many epochs without a better dev score (--select_by)")
@@ -125,7 +126,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--length_penalty", type=float, default=0.0, help="default length penalty for the bundle")
     parser.add_argument("--no_repeat_ngram_size", type=cli.non_negative_int, default=DEFAULT_NO_REPEAT_NGRAM_SIZE,
                         metavar="N", help="the bundle's default n-gram blocking: captions never repeat an n-gram of "
-                        f"N words (0: none; default {DEFAULT_NO_REPEAT_NGRAM_SIZE}, see BENCHMARKS.md, caption quality)")
+                        "N words (0: none; see BENCHMARKS.md, caption quality)")
     parser.add_argument("--restart", action="store_true", help="discard an interrupted run's state in --model_dir")
     parser.add_argument("--verbose", type=int, default=None, choices=(0, 1, 2),
                         help="Keras progress output: 1 a bar (default on a terminal), 2 one line per epoch (default "
@@ -265,7 +266,8 @@ def train(args: argparse.Namespace) -> dict:
     warnings.filterwarnings("ignore", message="`shuffle=True` was passed")
 
     from trainer import bundle as bundle_lib
-    from trainer import data, model as model_lib
+    from trainer import data
+    from trainer import model as model_lib
 
     metadata = data.read_metadata(args.data_dir)
     args.eval_split = args.eval_split or records.default_eval_split(metadata) or "dev"
@@ -330,7 +332,8 @@ def train(args: argparse.Namespace) -> dict:
     if attention:
         train_images, _ = data.split_sizes(metadata, args.train_split)
         images_per_batch = max(1, round(args.batch_size * train_images / train_pairs))
-        cache = (lambda split: os.path.join(args.cache_dir, f"grids-{records.split_file_stem(split)}")) if args.cache_dir else (lambda _: "")
+        def cache(split):
+            return os.path.join(args.cache_dir, f"grids-{records.split_file_stem(split)}") if args.cache_dir else ""
         if args.cache_dir:
             os.makedirs(args.cache_dir, exist_ok=True)
             remove_stale_cache(args.cache_dir, (args.train_split, args.eval_split))
@@ -412,7 +415,8 @@ def train(args: argparse.Namespace) -> dict:
         "median_captions_per_second": sorted(r["captions_per_second"] for r in history)[len(history) // 2],
         "hyperparameters": {key: getattr(args, key) for key in (
             "batch_size", "embedding_dim", "units", "dropout", "recurrent_dropout", "learning_rate", "clipnorm",
-            "patience", "seed", "epochs", "feature_scaling", "decoder", "lr_decay", "select_by")} | {"length_buckets": args.length_buckets}
+            "patience", "seed", "epochs", "feature_scaling", "decoder", "lr_decay", "select_by")}
+        | {"length_buckets": args.length_buckets}
         | ({"attention_dim": args.attention_dim} if attention else {}),
     }
     config_written = bundle_lib.export_bundle(

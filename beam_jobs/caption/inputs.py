@@ -12,7 +12,7 @@ for those members only.
 `SelectNewInputs` is the job's only join, and it is on URIs: candidates, the URIs already in the outputs
 (``--skip_existing``) and the member URIs that loose files already name meet in one CoGroupByKey keyed by the file
 URI (an archive member's done URI is keyed by its archive). Each URI comes out once; an archive comes out with
-the member names to pass over while it is streamed. Image bytes are read after this, by `image_transforms`.
+the member names to pass over while it is streamed. Image bytes are read after this, by `beam_jobs.caption.reading`.
 """
 import codecs
 import os

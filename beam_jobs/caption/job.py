@@ -1,9 +1,9 @@
 """Caption job: image folders, lists and archives -> captions in Parquet, with every failure as an error row.
 
-    python -m beam_jobs.caption_images --input 'photos/*.jpg' --input batch.tar.gz --input more.txt \
+    imcap-caption --input 'photos/*.jpg' --input batch.tar.gz --input more.txt \
         --model_dir MODEL --output_dir out/captions [--beam_width K] [--weights ...] [--skip_existing] [Beam options]
 
-(also installed as ``imcap-caption``). Inputs are globs on any Beam filesystem; each matched file is an image, an
+(or ``python -m beam_jobs.caption_images``). Inputs are globs on any Beam filesystem; each matched file is an image, an
 archive (``.tar``, ``.tar.gz``/``.tgz``/``.tar.bz2``/``.tar.xz``, ``.zip``; streamed, never extracted) or a list of
 URIs (`beam_jobs.naming`). Output (`beam_jobs.caption.outputs`, `schemas.tables`): two tables, each a folder of Parquet
 shards, ``OUT/captions/`` (caption rows) and ``OUT/errors/`` (error rows); every input image -- every archive
@@ -12,7 +12,7 @@ member, damaged or not -- is in exactly one of them, and no input can stop the r
 The pipeline, one composite per concern::
 
     Patterns ─ ResolveInputs ─ SelectInputs ─ ReadImages ─ Features ─ Captions ─ Write
-               (inputs: match,   (inputs: one    (image_transforms:  (inference:          (outputs: checkpoint,
+               (inputs: match,   (inputs: one    (reading, archives: (features, decoding:  (outputs: checkpoint,
                route, lists)     join on URIs    archives cut into   RunInference x2)     shards, resume)
                                  with done URIs) work units, spread,
                                                  read and decoded)
@@ -37,19 +37,21 @@ import typing
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from beam_jobs.caption import archives, outputs
 from beam_jobs import naming, runtime
+from beam_jobs.caption import archives, outputs
 from beam_jobs.caption.archives import units
-from beam_jobs.caption.reading import DEFAULT_READ_THREADS, ReadImages
-from beam_jobs.features import FeaturesOfImages, add_feature_flags, check_feature_flags
-from trainer.features import AUTO_BACKEND, INT8_BACKEND, FeatureSpec, check_backend, check_int8_model
-from beam_jobs.models import MODELS, Models
 from beam_jobs.caption.decoding import GenerateCaptions
 from beam_jobs.caption.inputs import ResolveInputs, SelectInputs, matches_anything
 from beam_jobs.caption.outputs import ReadDoneUris, WriteCaptionOutputs
+from beam_jobs.caption.reading import DEFAULT_READ_THREADS, ReadImages
+from beam_jobs.features import FeaturesOfImages, add_feature_flags, check_feature_flags
+from beam_jobs.models import MODELS, Models
 from schemas import backbones, tables
+from schemas import int8_model as int8_schema
 from schemas.bundle import BundleKeys
 from trainer import cli
+from trainer.bundle import check_feature_weights, feature_weights_for
+from trainer.features import AUTO_BACKEND, INT8_BACKEND, FeatureSpec, check_backend, check_int8_model
 
 DEFAULT_CHECKPOINT_ROWS = 500
 
@@ -188,7 +190,6 @@ def _backend_for(args: argparse.Namespace, bundle) -> tuple[str, str | None]:
     check_backend(backend, args.int8_model)
     int8_model = args.int8_model
     if int8_model and trained_on == INT8_BACKEND:
-        from schemas import int8_model as int8_schema
         given = int8_schema.read_info(int8_model).get("bin_sha256")
         if given != int8_schema.identity(bundle.config):
             logging.warning("--int8_model %s is not the int8 model %s was trained with (bin sha256 %s): its features "
@@ -200,15 +201,14 @@ def _backend_for(args: argparse.Namespace, bundle) -> tuple[str, str | None]:
                              f"trained on {trained_on} features and has no int8 model of its own (python -m "
                              "beam_jobs.tools.quantize writes one)")
     if backend != trained_on:
-        logging.info("features from %s, while %s was trained on %s features (BENCHMARKS.md, feature backends measures what that "
-                     "costs in caption quality)", backend, bundle.model_id, trained_on)
+        logging.info("features from %s, while %s was trained on %s features (BENCHMARKS.md, feature backends "
+                     "measures what that costs in caption quality)", backend, bundle.model_id, trained_on)
     logging.info("feature backend: %s%s", backend, f" ({int8_model})" if int8_model else "")
     return backend, int8_model
 
 
 def prepare(args: argparse.Namespace, models: Models = MODELS) -> CaptionConfig:
     """Checks everything on the launching machine; raises ValueError/FileNotFoundError with what to fix."""
-    from trainer.bundle import check_feature_weights, feature_weights_for
 
     bundle = models.open_bundle(args.model_dir)  # one --model_dir, or an ensemble's
     config = bundle.config
@@ -259,7 +259,8 @@ def prepare(args: argparse.Namespace, models: Models = MODELS) -> CaptionConfig:
                      if existing.legacy else "")
     decoding = bundle.decoding_for(args.beam_width, args.length_penalty, args.no_repeat_ngram_size)
     return CaptionConfig(
-        inputs=tuple(args.input), output_dir=args.output_dir, model_dirs=tuple(args.model_dir), model_id=bundle.model_id,
+        inputs=tuple(args.input), output_dir=args.output_dir, model_dirs=tuple(args.model_dir),
+        model_id=bundle.model_id,
         features=FeatureSpec(backbone.name, weights, config[BundleKeys.IMAGE_SIZE], digest, backend, grid, int8_model),
         attention_maps=args.attention_maps,
         beam_width=decoding.beam_width, length_penalty=decoding.length_penalty,

@@ -20,8 +20,8 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
-from beam_jobs.caption import archives
 from beam_jobs import naming, runtime
+from beam_jobs.caption import archives
 from beam_jobs.caption.archives import units
 from beam_jobs.elements import ERRORS, InputRef, PreparedImage, WorkUnit
 from beam_jobs.features import prepare_bytes, read_and_prepare
@@ -150,10 +150,11 @@ class _ReadAhead:
 class ExpandInputs(beam.DoFn):
     """`InputRef` -> `WorkUnit`s (main) and `ErrorRow`s (``errors``).
 
-    An image file is one unit. An archive is indexed here (`beam_jobs.caption.archives.index_archive`: a zip's directory,
-    a tar's headers; a compressed tar decompressed once into spill files) and cut into units of member references
-    (`beam_jobs.caption.archives.units`), passing over the members its ref marks as done or claimed; every entry that is no
-    image to read gets its row here. No member's bytes leave this step (those of a compressed tar go to files).
+    An image file is one unit. An archive is indexed here (`beam_jobs.caption.archives.index_archive`: a zip's
+    directory, a tar's headers; a compressed tar decompressed once into spill files) and cut into units of member
+    references (`beam_jobs.caption.archives.units`), passing over the members its ref marks as done or claimed; every
+    entry that is no image to read gets its row here. No member's bytes leave this step (those of a compressed tar go to
+    files).
     """
 
     def __init__(self, limits: archives.Limits, spill_dir: str, unit_members: int = units.DEFAULT_UNIT_MEMBERS,

@@ -13,7 +13,8 @@ import posixpath
 import re
 import typing
 
-from beam_jobs.extract import discovery, layouts as formats
+from beam_jobs.extract import discovery
+from beam_jobs.extract import layouts as formats
 from beam_jobs.extract.layouts import DatasetError
 
 TRAIN = "train"

@@ -11,11 +11,11 @@
                   split column or split lists as for Flickr8k; paths relative to the images directory
 
 Which layout a directory holds is detected from its files; a directory with captions in two layouts (say
-Flickr8k.token.txt and dataset_flickr8k.json) is refused, since which is meant cannot be told, and
-``--captions_file`` chooses (its format is detected from its content). Each file's format is parsed by `beam_jobs.extract.layouts`. `resolve_layout` finds the files (or
-takes them from flags) and `validate_layout` parses all of them once on the launching machine, so that a malformed
-file fails before any worker starts, with the file, the position and what is wrong; the pipeline parses them again
-on a worker (`beam_jobs.extract.reading`).
+Flickr8k.token.txt and dataset_flickr8k.json) is refused, since which is meant cannot be told, and ``--captions_file``
+chooses (its format is detected from its content). Each file's format is parsed by `beam_jobs.extract.layouts`.
+`resolve_layout` finds the files (or takes them from flags) and `validate_layout` parses all of them once on the
+launching machine, so that a malformed file fails before any worker starts, with the file, the position and what is
+wrong; the pipeline parses them again on a worker (`beam_jobs.extract.reading`).
 """
 import dataclasses
 import posixpath
@@ -25,7 +25,17 @@ from typing import Optional
 from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs.extract import layouts as formats
-from beam_jobs.extract.layouts import CaptionEntry, COCO_FORMAT, CSV_FORMAT, DatasetError, JSONL_FORMAT, KARPATHY_FORMAT, SourceFile, SPLIT_LIST, TOKEN_FORMAT
+from beam_jobs.extract.layouts import (
+    COCO_FORMAT,
+    CSV_FORMAT,
+    JSONL_FORMAT,
+    KARPATHY_FORMAT,
+    SPLIT_LIST,
+    TOKEN_FORMAT,
+    CaptionEntry,
+    DatasetError,
+    SourceFile,
+)
 
 IMAGE_DIR_CANDIDATES = ("Flicker8k_Dataset", "Flickr8k_Dataset", "flickr30k_images", "Images", "images")
 TEXT_DIR_CANDIDATES = ("", "Flickr8k_text")
@@ -45,7 +55,7 @@ __all__ = ["DatasetError", "DatasetLayout", "DatasetSummary", "resolve_layout", 
 class DatasetLayout:
     images_dir: str  # image keys are paths relative to it ("" until validate_layout finds it, for some layouts)
     captions_file: str  # token, table and Karpathy layouts; COCO: the first annotation file
-    caption_format: str  # `dataset_formats`: token, table-csv, table-jsonl, coco or karpathy
+    caption_format: str  # `beam_jobs.extract.layouts`: token, table-csv, table-jsonl, coco or karpathy
     split_files: dict  # split -> split list (token, tables without a split column) or COCO annotation file
     name: str = ""  # the dataset's name where several are combined (`beam_jobs.extract.datasets`)
     restval: str = RESTVAL_TO_TRAIN  # Karpathy: the split restval images go to
@@ -282,7 +292,8 @@ def _found_caption_files(dataset_dir: str) -> list[str]:
              for names in kinds]
     present = [paths for paths in found if paths]
     if len(present) > 1:
-        raise DatasetError(f"{dataset_dir} holds captions in more than one layout ({', '.join(p[0] for p in present)}): "
+        layouts = ", ".join(p[0] for p in present)
+        raise DatasetError(f"{dataset_dir} holds captions in more than one layout ({layouts}): "
                            "pass --captions_file to say which to read")
     return present[0] if present else []
 

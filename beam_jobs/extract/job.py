@@ -1,24 +1,24 @@
 """Extract job: captioned image datasets (Flickr8k, COCO, Karpathy or table layouts) -> Xception features +
 tokenized captions.
 
-    python -m beam_jobs.extract_features --dataset_dir [NAME=]DIR [--dataset_dir ...] --output_dir OUT \
+    imcap-extract --dataset_dir [NAME=]DIR [--dataset_dir ...] --output_dir OUT \
         [--weights imagenet|none|PATH] [--image_size 299] [--min_word_count 5] [Beam options]
 
-(also installed as ``imcap-extract``). Writes, per split, sharded TFRecords with one tf.train.Example per image,
+(or ``python -m beam_jobs.extract_features``). Writes, per split, sharded TFRecords with one tf.train.Example per image,
 plus ``vocab.txt``, ``metadata.json`` and ``errors.parquet`` (see `schemas.records`).
 
 The pipeline, one composite per concern::
 
     ReadDataset ──items──┬─ BuildVocabulary (train captions; longest caption) ─────────────┐ (side inputs)
-    (dataset_read:       ├─ FeaturesOfItems (image_transforms: read, decode, Xception) ──── WriteSplits ─┐
+    (reading:            ├─ FeaturesOfItems (reading, features: read, decode, Xception) ─── WriteSplits ─┐
      captions, splits,   └─ CountItems ───────────────────────────────── (progress: n of N, ETA) ┘       │
      files, joined)  errors ── WriteErrorTable ──────── tallies ──── WriteMetadata (after the records) ◀─┘
-                                                                      (extract_outputs: vocab.txt, metadata.json)
+                                                                      (writing: vocab.txt, metadata.json)
 
-The layouts and how several datasets combine are described in `beam_jobs.extract.discovery` and `beam_jobs.extract.datasets`
-(ReadDataset parses, joins and, for several datasets, finds duplicate images by content). The vocabulary is
-counted inside the pipeline from the train split only (a CombineFn), so it scales with the data and never sees
-dev/test words. Counts for metadata.json travel as `Tally` elements and are summed once.
+The layouts and how several datasets combine are described in `beam_jobs.extract.discovery` and
+`beam_jobs.extract.datasets` (ReadDataset parses, joins and, for several datasets, finds duplicate images by content).
+The vocabulary is counted inside the pipeline from the train split only (a CombineFn), so it scales with the data and
+never sees dev/test words. Counts for metadata.json travel as `Tally` elements and are summed once.
 
 Runner: `beam_jobs.runtime.LocalRunner` unless ``--runner`` says otherwise; every Beam option passes through.
 """
@@ -33,21 +33,22 @@ import typing
 
 import apache_beam as beam
 
-from beam_jobs.extract import datasets as datasets_lib, discovery
 from beam_jobs import runtime
-from beam_jobs.extract.reading import ReadDataset
+from beam_jobs.extract import datasets as datasets_lib
+from beam_jobs.extract import discovery
+from beam_jobs.extract.reading import FeaturesOfItems, ReadDataset
+from beam_jobs.extract.vocabulary import VOCAB_SPLIT, BuildVocabulary
 from beam_jobs.extract.writing import MetadataSettings, WriteErrorTable, WriteMetadata, WriteSplits
-from beam_jobs.extract.reading import FeaturesOfItems
 from beam_jobs.features import add_feature_flags, check_feature_flags
-from trainer.features import AUTO_BACKEND, INT8_BACKEND, FeatureSpec, check_backend, check_int8_model
 from beam_jobs.models import MODELS, Models
-from beam_jobs.extract.vocabulary import BuildVocabulary, VOCAB_SPLIT
-from schemas import backbones, fileio, int8_model as int8_schema, records
+from schemas import backbones, fileio, records
+from schemas import int8_model as int8_schema
 from schemas.bundle import INT8_DIR
-from schemas.records import DatasetKeys, MetadataKeys, SplitKeys
 from schemas.captions import DEFAULT_MAX_CAPTION_WORDS
+from schemas.records import DatasetKeys, MetadataKeys, SplitKeys
 from schemas.vocabulary import VOCAB_FILE, Vocabulary
 from trainer import cli, quantization
+from trainer.features import AUTO_BACKEND, INT8_BACKEND, FeatureSpec, check_backend, check_int8_model
 
 DEFAULT_MIN_WORD_COUNT = 5
 
@@ -97,14 +98,16 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
                         help="delete the records, vocabulary, metadata and errors of an earlier run in --output_dir")
     parser.add_argument("--weights", default=backbones.IMAGENET,
                         help="imagenet (Keras download), none (random init, tests) or a Keras weights file")
-    parser.add_argument("--backbone", default=backbones.DEFAULT_BACKBONE, choices=sorted(backbones.BACKBONES))
+    parser.add_argument("--backbone", default=backbones.DEFAULT_BACKBONE, choices=sorted(backbones.BACKBONES),
+                        help="the image feature network")
     parser.add_argument("--image_size", type=runtime.positive_int, default=None,
                         help="backbone input size in pixels (default 299 for xception; at least 71)")
     add_feature_flags(parser, "auto (default): openvino-int8 where NNCF and OpenVINO are installed, the int8 model "
-                      "calibrated at launch on --int8_calibration_images photos of the train split and written to "
+                      "calibrated at launch on --calibration_images photos of the train split and written to "
                       "OUTPUT_DIR/extractor_int8 (bundles trained on these records carry it), else keras",
                       "; without it the int8 model is made at launch (see auto)")
-    parser.add_argument("--int8_calibration_images", type=runtime.positive_int,
+    parser.add_argument("--calibration_images", "--int8_calibration_images", dest="calibration_images",
+                        type=runtime.positive_int, metavar="N",
                         default=quantization.DEFAULT_CALIBRATION_IMAGES,
                         help="train photos the int8 model is calibrated on when this job makes it (default "
                              f"{quantization.DEFAULT_CALIBRATION_IMAGES})")
@@ -252,7 +255,7 @@ def prepare(args: argparse.Namespace, models: Models = MODELS) -> ExtractConfig:
         elif calibrate:
             models.quantize(int8_model, backbone, args.weights, image_size,
                             datasets_lib.split_image_uris(datasets, VOCAB_SPLIT),
-                            f"{VOCAB_SPLIT} split of the dataset", args.int8_calibration_images)
+                            f"{VOCAB_SPLIT} split of the dataset", args.calibration_images)
         int8_info = check_int8_model(int8_model, backbone.name, image_size, digest)
     dedupe = args.dedupe == "yes" or (args.dedupe == "auto" and len(datasets) > 1)
     return ExtractConfig(datasets=tuple(datasets), splits=tuple(splits), dedupe=dedupe, output_dir=args.output_dir,

@@ -20,8 +20,8 @@ written in any layout give the same records.
 
 Each parser raises `DatasetError` with the file and the position of the first problem (``file:line``,
 ``file:line:column`` for JSON syntax, ``file: annotations[12]`` for JSON structure) and what to fix. The launching
-machine runs them once over every file (`beam_jobs.extract.discovery.validate_layout`); the pipeline runs them again on a
-worker (`beam_jobs.extract.reading`).
+machine runs them once over every file (`beam_jobs.extract.discovery.validate_layout`); the pipeline runs them again on
+a worker (`beam_jobs.extract.reading`).
 """
 import csv
 import io

@@ -25,18 +25,19 @@ import posixpath
 import typing
 
 import apache_beam as beam
-from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.ml.inference.base import ModelHandler
 
-from beam_jobs.extract import discovery, layouts as formats
 from beam_jobs import naming
-from beam_jobs.extract.datasets import Dataset, Naming, TRAIN
 from beam_jobs.elements import ERRORS, Tally
+from beam_jobs.extract import discovery
+from beam_jobs.extract import layouts as formats
+from beam_jobs.extract.datasets import TRAIN, Dataset, Naming
 from beam_jobs.features import ExtractFeatures, read_and_prepare, read_error_row
 from beam_jobs.runtime import counter
 from schemas import captions, fileio, images, tables
-from schemas.tables import ErrorRow
 from schemas.records import MetadataKeys
+from schemas.tables import ErrorRow
 
 TALLIES = "tallies"
 SPLITS = "splits"

@@ -15,14 +15,14 @@ import apache_beam as beam
 import numpy as np
 
 from beam_jobs import runtime, sinks
-from beam_jobs.extract.reading import WorkItem
 from beam_jobs.elements import Tally
+from beam_jobs.extract.reading import WorkItem
+from beam_jobs.extract.vocabulary import VOCAB_SPLIT, SumCounts, VocabularyInfo
 from beam_jobs.runtime import counter
-from beam_jobs.extract.vocabulary import SumCounts, VOCAB_SPLIT, VocabularyInfo
-from trainer.features import FeatureSpec
 from schemas import backbones, captions, fileio, records, tables
 from schemas.records import DatasetKeys, MetadataKeys, SplitKeys
 from schemas.vocabulary import VOCAB_FILE, Vocabulary
+from trainer.features import FeatureSpec
 
 
 def _example_class():
@@ -68,8 +68,8 @@ class _Written(typing.NamedTuple):
 @beam.ptransform_fn
 @beam.typehints.with_input_types(typing.Tuple[WorkItem, typing.Any])
 def WriteSplits(featured, vocabulary, total, output_dir: str, splits: list, num_shards: int):  # pylint: disable=invalid-name
-    """(WorkItem, features or `records.SpatialFeatures`) -> TFRecord shards per split, given the vocabulary (one `VocabularyInfo`) and the number
-    of items (for progress)."""
+    """(WorkItem, features or `records.SpatialFeatures`) -> TFRecord shards per split, given the vocabulary (one
+    `VocabularyInfo`) and the number of items (for progress)."""
     encoded = featured | "EncodeRecords" >> beam.ParDo(
         EncodeRecords(), beam.pvalue.AsSingleton(vocabulary), beam.pvalue.AsSingleton(total)).with_outputs(
             DATASET_TALLIES, *splits)

@@ -1,6 +1,6 @@
 """The demo: every stage of the system on a generated sample dataset, offline.
 
-    python -m beam_jobs.tools.demo [--output_dir demo_out] [--images 300]      (what `make demo` runs)
+    python -m beam_jobs.tools.demo [--output_dir demo_out] [--num_images 300]      (what `make demo` runs)
 
 1. writes the synthetic Flickr8k-layout dataset (`beam_jobs.tools.sample_dataset`);
 2. runs the extract job on it (features, their 10x10 spatial grids and tokenized captions in TFRecords);
@@ -20,13 +20,13 @@ import os
 import sys
 import tarfile
 
+from beam_jobs import runtime
 from beam_jobs.caption import job as caption_job
 from beam_jobs.extract import job as extract_job
 from beam_jobs.tools import gallery, sample_dataset
-from beam_jobs import runtime
 from schemas import backbones
 from schemas.records import MetadataKeys, SplitKeys
-from trainer import cli
+from trainer import cli, evaluate, task
 
 LOCAL_IMAGENET_FILE = os.path.expanduser("~/.cache/imcap/xception_imagenet_notop.weights.h5")
 
@@ -61,24 +61,25 @@ def main(argv=None) -> int:
     runtime.setup_logging()
     cli.quiet_tensorflow()
     parser = cli.ArgumentParser(prog="imcap-demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output_dir", default="demo_out")
-    parser.add_argument("--images", type=runtime.positive_int, default=300)
+    parser.add_argument("--output_dir", default="demo_out", metavar="DIR",
+                        help="where the dataset, features, model, captions and gallery go")
+    parser.add_argument("--num_images", "--images", dest="num_images", type=runtime.positive_int, default=300,
+                        metavar="N", help="photos in the generated sample dataset")
     parser.add_argument("--weights", help="feature weights (default: ImageNet if available, else none)")
-    parser.add_argument("--epochs", type=runtime.positive_int, default=40)
+    parser.add_argument("--epochs", type=runtime.positive_int, default=40, help="training epochs of the demo model")
     args = parser.parse_args(argv)
     return cli.exit_status(lambda: _demo(args))
 
 
 def _demo(args) -> None:
     """The five steps, each logged."""
-    from trainer import evaluate, task
 
     out = args.output_dir
     dataset_dir, features_dir = os.path.join(out, "dataset"), os.path.join(out, "features")
     model_dir, captions_dir = os.path.join(out, "model"), os.path.join(out, "captions")
     gallery_path = os.path.join(out, "gallery.html")
 
-    splits = sample_dataset.write_sample_dataset(dataset_dir, num_images=args.images)
+    splits = sample_dataset.write_sample_dataset(dataset_dir, num_images=args.num_images)
     logging.info("[1/5] sample dataset: %s (%s)", dataset_dir, ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
 
     weights = choose_weights(args.weights)
@@ -120,7 +121,8 @@ def _demo(args) -> None:
         out, dataset_dir, features_dir,
         ", ".join(f"{s} {c[SplitKeys.IMAGES]} images" for s, c in metadata[MetadataKeys.SPLITS].items()),
         metadata[MetadataKeys.WEIGHTS],
-        model_dir, scores["bleu_4"], f"{captions_dir}/captions/ and {captions_dir}/errors/ (Parquet tables)", gallery_path)
+        model_dir, scores["bleu_4"], f"{captions_dir}/captions/ and {captions_dir}/errors/ (Parquet tables)",
+        gallery_path)
 
 
 if __name__ == "__main__":

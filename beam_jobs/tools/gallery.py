@@ -1,11 +1,12 @@
 """Renders the caption job's Parquet outputs as one self-contained HTML page, for a person to look at.
 
-    imcap-gallery --captions out/captions --output gallery.html [--limit 200]
+    imcap-gallery --captions out/captions --output_file gallery.html [--limit 200]
 
 (also installed as ``imcap-gallery``). Caption rows are shown as thumbnails (embedded as JPEG data URIs, so the page
 needs nothing else) with their caption, log-probability and size; error rows are listed in a table with their
 class and message. ``--captions`` is the caption job's output directory (both tables are read), one table's folder,
-or a glob of Parquet files (told apart by their schema, `schemas.tables`). Images inside archives are read by streaming each archive once.
+or a glob of Parquet files (told apart by their schema, `schemas.tables`). Images inside archives are read by streaming
+each archive once.
 """
 import argparse
 import base64
@@ -20,8 +21,8 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from tqdm import tqdm
 
-from beam_jobs.caption import archives
 from beam_jobs import naming
+from beam_jobs.caption import archives
 from schemas import fileio, images, tables
 from trainer import cli, pictures
 
@@ -181,10 +182,12 @@ def main(argv=None) -> int:
     parser.add_argument("--captions", required=True, metavar="DIR",
                         help="the caption job's --output_dir (or a glob of Parquet files, e.g. "
                              "'out/*/captions/*.parquet')")
-    parser.add_argument("--output", required=True, help="the HTML file to write")
-    parser.add_argument("--limit", type=int, default=200, help="captioned images to show")
-    parser.add_argument("--thumbnail_size", type=int, default=192)
-    parser.add_argument("--title", default="imcap captions")
+    parser.add_argument("--output_file", "--output", dest="output", required=True, metavar="FILE",
+                        help="the HTML file to write (any filesystem)")
+    parser.add_argument("--limit", type=cli.positive_int, default=200, help="captioned images to show")
+    parser.add_argument("--thumbnail_size", type=cli.positive_int, default=192,
+                        help="the longer side of each photo on the page, in pixels")
+    parser.add_argument("--title", default="imcap captions", help="the page's title")
     args = parser.parse_args(argv)
     return cli.exit_status(lambda: write_gallery(args))
 

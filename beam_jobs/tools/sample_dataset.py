@@ -1,6 +1,6 @@
 """Writes a small synthetic captioned dataset in the Flickr8k layout: drawn scenes with compositional captions.
 
-    python -m beam_jobs.tools.sample_dataset OUT_DIR [--images 300] [--image_size 128] [--seed 0]
+    python -m beam_jobs.tools.sample_dataset --output_dir OUT_DIR [--num_images 300] [--image_size 128] [--seed 0]
 
 Each picture shows one or two shapes (circle, square, triangle) in one of four colours on a plain background, with
 five captions built from what was drawn ("a red circle above a blue square", "a blue square below a red circle",
@@ -113,11 +113,16 @@ def write_sample_dataset(out_dir: str, num_images: int = 300, image_size: int = 
 
 def main(argv=None) -> int:
     parser = cli.ArgumentParser(prog="imcap-sample-data", description=__doc__.split("\n\n")[0])
-    parser.add_argument("out_dir")
-    parser.add_argument("--images", type=int, default=300)
-    parser.add_argument("--image_size", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("out_dir", nargs="?", metavar="OUTPUT_DIR", help="where the dataset goes (or --output_dir)")
+    parser.add_argument("--output_dir", dest="output_dir", metavar="DIR", help="where the dataset goes")
+    parser.add_argument("--num_images", "--images", dest="images", type=cli.positive_int, default=300,
+                        metavar="N", help="photos to draw")
+    parser.add_argument("--image_size", type=cli.positive_int, default=128, help="their width and height in pixels")
+    parser.add_argument("--seed", type=int, default=0, help="which scenes are drawn")
     args = parser.parse_args(argv)
+    if bool(args.out_dir) == bool(args.output_dir):
+        parser.error("give the output directory once: OUTPUT_DIR or --output_dir DIR")
+    args.out_dir = args.out_dir or args.output_dir
     splits = write_sample_dataset(args.out_dir, args.images, args.image_size, args.seed)
     print(f"wrote {args.images} images to {args.out_dir} ({', '.join(f'{k} {len(v)}' for k, v in splits.items())})")
     return 0

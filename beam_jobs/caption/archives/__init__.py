@@ -28,7 +28,30 @@ import typing
 from typing import Iterator
 
 from beam_jobs import naming
-from beam_jobs.caption.archives.common import BLOCK, DEFAULT_MAX_ARCHIVE_BYTES, DEFAULT_MAX_COMPRESSION_RATIO, Event, Limits, MemberData, MemberFailure, MemberSkipped, MemberSpan, MemberText, RATIO_FLOOR_BYTES, SKIPPED_DONE, SKIPPED_DUPLICATE, SKIPPED_UNWANTED, SPILL_SPAN, SpillFailed, Stop, STREAM_ERRORS, TAR_SPAN, Truncated, ZIP_SPAN, compression_of
+from beam_jobs.caption.archives.common import (
+    BLOCK,
+    DEFAULT_MAX_ARCHIVE_BYTES,
+    DEFAULT_MAX_COMPRESSION_RATIO,
+    RATIO_FLOOR_BYTES,
+    SKIPPED_DONE,
+    SKIPPED_DUPLICATE,
+    SKIPPED_UNWANTED,
+    SPILL_SPAN,
+    STREAM_ERRORS,
+    TAR_SPAN,
+    ZIP_SPAN,
+    Event,
+    Limits,
+    MemberData,
+    MemberFailure,
+    MemberSkipped,
+    MemberSpan,
+    MemberText,
+    SpillFailed,
+    Stop,
+    Truncated,
+    compression_of,
+)
 from beam_jobs.caption.archives.tar import TarReader
 from beam_jobs.caption.archives.tar_format import valid_header
 from beam_jobs.caption.archives.zip import ZipReader, read_zip_member

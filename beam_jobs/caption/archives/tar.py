@@ -5,8 +5,38 @@ import tarfile
 from typing import Callable, Iterator
 
 from beam_jobs import naming
-from beam_jobs.caption.archives.common import BLOCK, Event, Limits, MAX_SAMPLE_FIELD_BYTES, MemberData, MemberFailure, MemberSkipped, MemberSpan, MemberText, SKIPPED_DONE, SKIPPED_UNWANTED, SpillFailed, Stop, STREAM_ERRORS, TAR_SPAN, Truncated, is_image_name, is_sample_field_name, not_an_image_message, passed_over, too_large_message
-from beam_jobs.caption.archives.tar_format import NO_INPUT_TYPES, REGULAR_TYPES, SPECIAL_TYPES, TarDamage, TarEntry, TarStream, TarWalker
+from beam_jobs.caption.archives.common import (
+    BLOCK,
+    MAX_SAMPLE_FIELD_BYTES,
+    SKIPPED_DONE,
+    SKIPPED_UNWANTED,
+    STREAM_ERRORS,
+    TAR_SPAN,
+    Event,
+    Limits,
+    MemberData,
+    MemberFailure,
+    MemberSkipped,
+    MemberSpan,
+    MemberText,
+    SpillFailed,
+    Stop,
+    Truncated,
+    is_image_name,
+    is_sample_field_name,
+    not_an_image_message,
+    passed_over,
+    too_large_message,
+)
+from beam_jobs.caption.archives.tar_format import (
+    NO_INPUT_TYPES,
+    REGULAR_TYPES,
+    SPECIAL_TYPES,
+    TarDamage,
+    TarEntry,
+    TarStream,
+    TarWalker,
+)
 from schemas import images
 from schemas.images import describe_error
 

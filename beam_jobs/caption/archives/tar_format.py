@@ -8,7 +8,16 @@ import tarfile
 import typing
 from typing import Iterator
 
-from beam_jobs.caption.archives.common import BLOCK, CHUNK, Limits, MAX_LZMA_DICTIONARY, RATIO_FLOOR_BYTES, Stop, Truncated, compression_of
+from beam_jobs.caption.archives.common import (
+    BLOCK,
+    CHUNK,
+    MAX_LZMA_DICTIONARY,
+    RATIO_FLOOR_BYTES,
+    Limits,
+    Stop,
+    Truncated,
+    compression_of,
+)
 from schemas import images
 
 _ZERO_BLOCK = bytes(BLOCK)

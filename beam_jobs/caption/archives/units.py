@@ -8,8 +8,8 @@
 Work units (`beam_jobs.elements.WorkUnit`) are references, not bytes: an archive URI and the spans (offset, size)
 of up to `DEFAULT_UNIT_MEMBERS` members or `DEFAULT_UNIT_BYTES` bytes, so that one archive's members spread over
 every worker after a redistribution, and each worker range-reads only its own members. A unit of 32 members is
-about 2 s of one vCPU's work at the int8 rate (15 images/s per vCPU, BENCHMARKS.md, feature backends): small enough that a
-1,000-photo archive makes 32 units for a handful of workers, large enough that opening the archive once per unit
+about 2 s of one vCPU's work at the int8 rate (15 images/s per vCPU, BENCHMARKS.md, feature backends): small enough
+that a 1,000-photo archive makes 32 units for a handful of workers, large enough that opening the archive once per unit
 (one request on an object store) is noise. The byte cap keeps a unit of big members (12 MB photos) at a few seconds
 too.
 
@@ -33,7 +33,14 @@ import typing
 from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs import naming
-from beam_jobs.caption.archives.common import MemberFailure, MemberSkipped, MemberSpan, MemberText, SPILL_SPAN, not_an_image_message
+from beam_jobs.caption.archives.common import (
+    SPILL_SPAN,
+    MemberFailure,
+    MemberSkipped,
+    MemberSpan,
+    MemberText,
+    not_an_image_message,
+)
 from beam_jobs.elements import WorkUnit
 from schemas import images, tables
 

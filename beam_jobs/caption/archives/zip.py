@@ -7,8 +7,44 @@ import zlib
 from typing import Iterator
 
 from beam_jobs import naming
-from beam_jobs.caption.archives.common import CHUNK, Event, Limits, MAX_SAMPLE_FIELD_BYTES, MemberData, MemberFailure, MemberSpan, MemberText, RATIO_FLOOR_BYTES, SKIPPED_UNWANTED, Stop, STREAM_ERRORS, Truncated, ZIP_SPAN, is_image_name, is_sample_field_name, not_an_image_message, passed_over, too_large_message
-from beam_jobs.caption.archives.zip_format import BZIP2, CENTRAL, Decompressor, DEFLATED, EOCD, EOCD64, EOCD64_LOCATOR, LOCAL, LZMA, METHOD_NAMES, STORED, UNIX_TYPES, ZipEntry, end_record_index, zip64_sizes
+from beam_jobs.caption.archives.common import (
+    CHUNK,
+    MAX_SAMPLE_FIELD_BYTES,
+    RATIO_FLOOR_BYTES,
+    SKIPPED_UNWANTED,
+    STREAM_ERRORS,
+    ZIP_SPAN,
+    Event,
+    Limits,
+    MemberData,
+    MemberFailure,
+    MemberSpan,
+    MemberText,
+    Stop,
+    Truncated,
+    is_image_name,
+    is_sample_field_name,
+    not_an_image_message,
+    passed_over,
+    too_large_message,
+)
+from beam_jobs.caption.archives.zip_format import (
+    BZIP2,
+    CENTRAL,
+    DEFLATED,
+    EOCD,
+    EOCD64,
+    EOCD64_LOCATOR,
+    LOCAL,
+    LZMA,
+    METHOD_NAMES,
+    STORED,
+    UNIX_TYPES,
+    Decompressor,
+    ZipEntry,
+    end_record_index,
+    zip64_sizes,
+)
 from schemas import images
 from schemas.images import describe_error
 

@@ -12,12 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from beam_jobs.extract import job as extract_job
-from beam_jobs.extract.layouts import DatasetError
 from beam_jobs.extract.datasets import load_datasets
+from beam_jobs.extract.layouts import DatasetError
 from schemas import fileio, records
 from schemas.records import DatasetKeys, MetadataKeys, SplitKeys
 from tests.conftest import FLICKR8K_DIR, TEST_IMAGE_SIZE, local_test_pipeline
-from tests.fakes import FAKE_MODELS
+from tests.support.fakes import FAKE_MODELS
 
 LAYOUTS = ("token", "kaggle", "coco", "karpathy", "csv", "jsonl")
 
@@ -142,6 +142,7 @@ def flickr_source(request, sample_dataset):
     return _read_flickr(sample_dataset)
 
 
+@pytest.mark.integration
 def test_every_layout_gives_identical_records(flickr_source, tmp_path):
     outputs = {}
     for kind in LAYOUTS:
@@ -223,7 +224,8 @@ def test_a_malformed_file_names_file_and_position(kind, sample_dataset, tmp_path
     ("image,caption,split\na.jpg,A dog .,dev set\n", r"captions.csv:2: split name 'dev set' must be"),
     ("image,caption,split\na.jpg,,train\n", r"captions.csv:2: image 'a.jpg' has an empty caption"),
     ("picture,words\na.jpg,A dog .\n", r"captions.csv:1: no image column \(one of image, image_path"),
-    ('{"image": "a.jpg", "caption": "A dog .", "split": "train"}\n[1, 2]\n', r"captions.jsonl:2: expected a JSON object"),
+    ('{"image": "a.jpg", "caption": "A dog .", "split": "train"}\n[1, 2]\n',
+     r"captions.jsonl:2: expected a JSON object"),
     ('{"image": "a.jpg", "caption": "A dog .", "split": "train"}\n{"image": "b.jpg", "split": "train"}\n',
      r"captions.jsonl:2: no 'caption' key"),
     ('{"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [{"image_id": 1}]}',
@@ -346,6 +348,7 @@ def test_several_datasets_need_distinct_names_and_their_own_files(sample_dataset
 
 
 # -- evaluation per dataset -------------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_a_bundle_is_evaluated_on_each_datasets_split_side_by_side(sample_dataset, sample_features, sample_bundle,
                                                                    tmp_path, capsys):
     """Records of two datasets (real random-init Xception features, as the bundle's): trainer.evaluate scores the
@@ -400,7 +403,7 @@ def test_a_dataset_on_an_object_store_and_names_that_look_like_globs(sample_data
     """A dataset whose directories exist only as name prefixes (as on GCS), with '[' and '*' in its directory
     names: found, listed and read like a local one; a missing image is one error row, however many captions name
     it."""
-    from tests import prefixfs
+    from tests.support import prefixfs
     prefixfs.clear()
     images_dir, captions, splits = _read_flickr(sample_dataset)
     root = "prefixfs://bucket/my [data]*"
@@ -512,6 +515,7 @@ def test_evaluations_without_an_evaluation_split_say_to_pass_split(sample_featur
 @pytest.mark.parametrize("kind", ["karpathy", "coco", "jsonl"])
 def test_int8_calibration_photos_come_from_the_train_split_of_any_layout(kind, sample_dataset, tmp_path):
     import argparse
+
     from beam_jobs.tools import quantize
     images_dir, _, splits = source = _read_flickr(sample_dataset)
     directory = write_layout(kind, source, tmp_path / kind)

@@ -10,6 +10,7 @@ from PIL import Image
 
 from schemas import images
 from schemas.images import ImageError, prepare_image
+from tests.conftest import REPO_ROOT
 
 
 def _encode(image, fmt, **kwargs):
@@ -269,6 +270,7 @@ print(kib("VmHWM") - before)
 """
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux's resettable peak RSS")
 @pytest.mark.parametrize("mode, options", [("RGBA", {}), ("P", {"transparency": 5})])
 def test_a_transparent_picture_is_prepared_without_a_full_size_rgba_copy(mode, options, tmp_path):
@@ -279,8 +281,7 @@ def test_a_transparent_picture_is_prepared_without_a_full_size_rgba_copy(mode, o
     rgba = Image.fromarray(np.stack([x % 256, y % 256, (x + y) % 256, (7 * x + y) % 256], -1).astype(np.uint8))
     path = tmp_path / "big.png"
     path.write_bytes(_encode(_in_mode(mode, rgba), "PNG", compress_level=1, **options))
-    repository = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    done = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(path)], cwd=repository, check=True,
+    done = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(path)], cwd=REPO_ROOT, check=True,
                           capture_output=True, text=True)
     decoded_mib = 2400 * 2400 * (4 if mode == "RGBA" else 1) / 2**20
     assert int(done.stdout.split()[-1]) / 1024 < decoded_mib + 30

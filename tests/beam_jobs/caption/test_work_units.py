@@ -13,15 +13,15 @@ import zipfile
 
 import pytest
 
-from beam_jobs.caption import archives, job as caption_job
 from beam_jobs import runtime
+from beam_jobs.caption import archives
+from beam_jobs.caption import job as caption_job
 from beam_jobs.caption.archives import units
 from schemas import images, tables
-from tests import prefixfs
-from tests.caption_helpers import (argv, check_every_input_once, crash_on_third_caption_batch, read_outputs,
-                                   tar_bytes)
 from tests.conftest import REPO_ROOT, local_test_pipeline
-from tests.fakes import FAKE_MODELS
+from tests.support import prefixfs
+from tests.support.builders import argv, check_every_input_once, crash_on_third_caption_batch, read_outputs, tar_bytes
+from tests.support.fakes import FAKE_MODELS
 
 COMPRESSORS = {".tar": lambda data: data, ".tar.gz": gzip.compress, ".tar.bz2": bz2.compress,
                ".tar.xz": lzma.compress}
@@ -131,6 +131,7 @@ def test_an_archive_changed_after_its_index_is_not_read(photos, tmp_path):
     assert "changed since the job listed it" in events[0].message
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("suffix", [".tar", ".tar.gz", ".tar.bz2", ".tar.xz", ".zip"])
 def test_the_job_captions_every_member_once_whatever_the_unit_size(suffix, photos, fake_bundle, tmp_path):
     members = list(photos.items())
@@ -150,6 +151,7 @@ def test_the_job_captions_every_member_once_whatever_the_unit_size(suffix, photo
     assert captions["2"] == captions["1000"]
 
 
+@pytest.mark.integration
 def test_units_spread_over_worker_processes(photos, fake_bundle, tmp_path):
     """With 2 worker processes, the units of one archive are read by both (each worker writes its pid per image
     through the fakes' FAKE_WORKER_LOG)."""
@@ -159,7 +161,8 @@ def test_units_spread_over_worker_processes(photos, fake_bundle, tmp_path):
     log = tmp_path / "workers.log"
     out = str(tmp_path / "out")
     done = subprocess.run(
-        [sys.executable, "-m", "tests.fakes", "caption", *argv([path], fake_bundle, out, "--archive_unit_members", "4"),
+        [sys.executable, "-m", "tests.support.fakes", "caption",
+         *argv([path], fake_bundle, out, "--archive_unit_members", "4"),
          "--direct_running_mode=multi_processing", "--direct_num_workers=2"],
         cwd=REPO_ROOT, capture_output=True, text=True, env={**os.environ, "FAKE_WORKER_LOG": str(log)}, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -171,6 +174,7 @@ def test_units_spread_over_worker_processes(photos, fake_bundle, tmp_path):
                                                 for name in photos})
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("suffix", [".tar", ".tar.gz"])
 def test_a_run_killed_inside_an_archive_resumes_at_member_granularity(suffix, photos, fake_bundle, tmp_path):
     members = [(f"{index}-{name}", data) for index in range(2) for name, data in photos.items()]
@@ -179,7 +183,7 @@ def test_a_run_killed_inside_an_archive_resumes_at_member_granularity(suffix, ph
     out = str(tmp_path / "out")
     args = argv([path], fake_bundle, out, "--archive_unit_members", "2", "--decode_batch_size", "2",
                 "--checkpoint_rows", "1", "--min_batch_size", "1", "--max_batch_size", "2")
-    killed = subprocess.run([sys.executable, os.path.join("tests", "kill_during.py"), "captioning", *args],
+    killed = subprocess.run([sys.executable, os.path.join("tests", "support", "kill_during.py"), "captioning", *args],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert killed.returncode == -9, killed.stderr[-3000:]
     committed = sum(1 for name in os.listdir(os.path.join(out, "checkpoint")))
@@ -191,6 +195,7 @@ def test_a_run_killed_inside_an_archive_resumes_at_member_granularity(suffix, ph
     assert sorted(os.listdir(out)) == ["captions", "errors"]  # the killed run's spill and checkpoint removed
 
 
+@pytest.mark.integration
 def test_resume_inside_an_archive_on_an_object_store(photos, fake_bundle, monkeypatch):
     prefixfs.clear()
     members = list(photos.items())
@@ -308,6 +313,7 @@ def test_many_shards_and_loose_files_in_one_run(photos, fake_bundle, tmp_path):
 
 # -- what a second reader found -----------------------------------------------------------------------------------
 
+@pytest.mark.integration
 def test_a_webdataset_shard_rerun_adds_no_rows_for_its_texts(photos, fake_bundle, tmp_path):
     paths, expected, _ = _write_shards(str(tmp_path), photos, shards=2)
     out = str(tmp_path / "out")
@@ -328,6 +334,7 @@ def test_a_lone_surrogate_in_a_samples_json_is_escaped_not_a_crash(photos, fake_
     assert not errors and row[tables.SAMPLE_URL] == "http://example.com/\\ud800.jpg"
 
 
+@pytest.mark.integration
 def test_a_failed_spill_fails_the_run_and_the_rerun_loses_nothing(photos, fake_bundle, tmp_path, monkeypatch):
     """A full disk is not the archive's fault: no corrupt_archive row, no member without a row; the run fails (the
     runner retries), and a rerun captions everything."""

@@ -74,7 +74,7 @@ def test_an_images_captions_are_spread_over_the_epoch(tmp_path):
 def test_length_buckets_group_similar_lengths(tmp_path):
     data_dir, _ = _write(tmp_path)
     # Target lengths (words + <end>): 4, 6, 8, 2, 3, 4 -> buckets [<4], [4, 6), [>=6] with boundaries (4, 6).
-    lengths = [sorted(int(l) for l in (targets.numpy() != 0).sum(axis=1)) for (_, _), targets in
+    lengths = [sorted(int(n) for n in (targets.numpy() != 0).sum(axis=1)) for (_, _), targets in
                data.caption_dataset(data_dir, "train", 16, batch_size=8, training=True, seed=0,
                                     bucket_boundaries=(4, 6))]
     assert sorted(lengths) == [[2, 3], [4, 4], [6, 8]]

@@ -12,7 +12,7 @@ fakes its model handlers): the jobs run end to end on real runners, files and ar
 Run as a module, it runs a job's command line with the fakes (the handlers pickle by their importable names for
 worker processes)::
 
-    python -m tests.fakes caption|extract JOB_ARGS...
+    python -m tests.support.fakes caption|extract JOB_ARGS...
 """
 import hashlib
 import os
@@ -115,7 +115,8 @@ FAKE_MODELS = FakeModels()
 
 def write_fake_bundle(model_dir: str, image_size: int = 71) -> str:
     """A bundle for the fake features: bundle.json and vocab.txt as trainer.task writes them, no decoder."""
-    from schemas import bundle as bundle_schema, fileio
+    from schemas import bundle as bundle_schema
+    from schemas import fileio
     from schemas.bundle import BundleKeys, DecodingKeys
     from schemas.vocabulary import VOCAB_FILE, Vocabulary
     os.makedirs(model_dir, exist_ok=True)
@@ -127,7 +128,7 @@ def write_fake_bundle(model_dir: str, image_size: int = 71) -> str:
         BundleKeys.IMAGE_SIZE: image_size, BundleKeys.PREPROCESSING: "fake: grid means",
         BundleKeys.FEATURE_DIM: FAKE_FEATURE_DIM, BundleKeys.MAX_LENGTH: 8, BundleKeys.VOCAB_SIZE: len(vocabulary),
         BundleKeys.DECODING: {DecodingKeys.BEAM_WIDTH: 2, DecodingKeys.LENGTH_PENALTY: 0.0},
-        BundleKeys.TRAINING: {"note": "fake bundle of tests/fakes.py"}})
+        BundleKeys.TRAINING: {"note": "fake bundle of tests/support/fakes.py"}})
     return model_dir
 
 
@@ -140,5 +141,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from tests.fakes import main as package_main  # the handlers must pickle as tests.fakes.*, not __main__.*
+    from tests.support.fakes import (
+        main as package_main,  # the handlers must pickle as tests.support.fakes.*, not __main__.*
+    )
     sys.exit(package_main())

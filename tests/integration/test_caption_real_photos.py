@@ -5,9 +5,9 @@ import tarfile
 import zipfile
 
 from beam_jobs.caption import job as caption_job
-from tests.caption_helpers import argv, check_every_input_once, read_outputs
-from tests.fakes import FAKE_MODELS
 from tests.conftest import FLICKR8K_DIR, local_test_pipeline, requires_flickr8k
+from tests.support.builders import argv, check_every_input_once, read_outputs
+from tests.support.fakes import FAKE_MODELS
 
 
 @requires_flickr8k()

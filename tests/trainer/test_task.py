@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from schemas import fileio
-from tests.conftest import TINY_CAPTIONS as TINY, write_feature_records
+from tests.conftest import TINY_CAPTIONS as TINY
+from tests.conftest import write_feature_records
 from trainer import evaluate, predict, task
 from trainer.bundle import Bundle
 
@@ -29,6 +30,7 @@ def _history(model_dir):
         return json.load(handle)
 
 
+@pytest.mark.integration
 def test_overfits_a_tiny_set_and_greedy_decoding_reproduces_captions(tiny_records, tmp_path):
     model_dir = str(tmp_path / "model")
     summary = task.train(task.parse_args(["--data_dir", tiny_records, "--model_dir", model_dir, "--epochs", "30",
@@ -56,6 +58,7 @@ class _Interrupt(Exception):
     pass
 
 
+@pytest.mark.integration
 def test_a_resumed_run_is_the_run_that_was_not_interrupted(tiny_records, tmp_path, monkeypatch):
     """Same seed, same run; and a run killed after epoch 2 and resumed does only epochs 3-4 and ends where an
     uninterrupted run of the same seed ends (up to float rounding of the running loss mean)."""
@@ -111,6 +114,7 @@ def test_bleu_matches_nltk_documented_values():
     assert evaluate.bleu_scores([["a dog runs"]], ["a dog runs"])["bleu_1"] == pytest.approx(1.0)
 
 
+@pytest.mark.integration
 def test_predict_captions_image_files_with_the_bundle(sample_dataset, sample_bundle, other_weights, tmp_path,
                                                      capsys):
     model_dir = sample_bundle

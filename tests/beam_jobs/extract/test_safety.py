@@ -7,13 +7,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from beam_jobs.extract import job as extract_job
-from beam_jobs.extract.layouts import DatasetError
 from beam_jobs.extract.datasets import load_datasets
+from beam_jobs.extract.layouts import DatasetError
 from schemas import captions, fileio, records
 from schemas.records import MetadataKeys
 from schemas.vocabulary import VOCAB_FILE, Vocabulary
 from tests.conftest import TEST_IMAGE_SIZE, local_test_pipeline
-from tests.fakes import FAKE_MODELS
+from tests.support.fakes import FAKE_MODELS
 
 
 def _dataset(root, files: dict, images=("a.jpg", "b.jpg"), image_bytes=b""):

@@ -10,7 +10,8 @@ import pytest
 from schemas import backbones, records
 from schemas.records import MetadataKeys
 from schemas.vocabulary import END_ID, RESERVED_TOKENS, START_ID, Vocabulary
-from tests.conftest import TEST_IMAGE_SIZE, TINY_CAPTIONS as TINY, local_test_pipeline, write_feature_records
+from tests.conftest import TEST_IMAGE_SIZE, local_test_pipeline, write_feature_records
+from tests.conftest import TINY_CAPTIONS as TINY
 from trainer import attention, evaluate, task
 from trainer.bundle import Bundle, Ensemble, export_bundle, load_bundles
 from trainer.decoding import CaptionDecoder
@@ -33,6 +34,7 @@ def test_grid_pooling_matrix_is_adaptive_average_pooling():
         backbones.grid_pooling_matrix(3, 4)
 
 
+@pytest.mark.integration
 def test_spatial_extractor_gives_the_pooled_model_s_vector_and_its_map():
     model = backbones.build_feature_extractor(backbones.XCEPTION, backbones.RANDOM_INIT, TEST_IMAGE_SIZE)
     spatial = backbones.build_feature_extractor(backbones.XCEPTION, backbones.RANDOM_INIT, TEST_IMAGE_SIZE,
@@ -45,6 +47,7 @@ def test_spatial_extractor_gives_the_pooled_model_s_vector_and_its_map():
     np.testing.assert_allclose(feature_map.mean(axis=(1, 2)), vector, rtol=1e-5, atol=1e-9)
 
 
+@pytest.mark.integration
 def test_extract_job_writes_grids_that_round_trip_through_the_spec(sample_features):
     import tensorflow as tf
 
@@ -70,6 +73,7 @@ def test_extract_job_writes_grids_that_round_trip_through_the_spec(sample_featur
         data.parse_grid_record(plain.SerializeToString(), 2048, grid)
 
 
+@pytest.mark.integration
 def test_extract_job_pools_the_grid_and_checks_its_size(sample_dataset, sample_features, tmp_path, capsys):
     from beam_jobs.extract import job as extract_job
     out = str(tmp_path / "pooled")
@@ -138,6 +142,7 @@ def tiny_grid_records(tmp_path_factory):
     return directory
 
 
+@pytest.mark.integration
 def test_attention_decoder_overfits_a_tiny_set_and_decodes_its_captions(tiny_grid_records, tmp_path):
     model_dir = str(tmp_path / "model")
     task.train(task.parse_args([  # --decoder auto (the default) on records with grids: the attention decoder
@@ -166,6 +171,7 @@ def test_attention_decoder_overfits_a_tiny_set_and_decodes_its_captions(tiny_gri
         bundle.decoder.caption(features.vector)
 
 
+@pytest.mark.integration
 def test_attention_needs_grids_in_the_records(tmp_path):
     rng = np.random.default_rng(0)
     items = [(name, rng.normal(size=16).astype(np.float32), [caption]) for name, caption in TINY.items()]
@@ -204,10 +210,12 @@ def test_an_interrupted_run_resumes_only_with_its_own_settings(tmp_path):
     task._check_resumed_run(run_file, changed, resume=True)
 
 
+@pytest.mark.integration
 def test_a_bundle_whose_decoder_is_not_its_config_is_refused(attention_bundle, tmp_path):
     import shutil
     for edit, message in (
-            (lambda c: c.update(decoder="merge", grid_shape=None), "holds the attention decoder, bundle.json says merge"),
+            (lambda c: c.update(decoder="merge", grid_shape=None),
+             "holds the attention decoder, bundle.json says merge"),
             (lambda c: c.update(grid_shape=[1, 1, c["feature_dim"]]), "reads grids of shape \\(None, 9, 2048\\)"),
             (lambda c: c.update(grid_shape=[3, 3, 16]), "has depth 16, but the pooled vectors have 2048")):
         copy = str(tmp_path / f"copy{len(os.listdir(tmp_path))}")
@@ -280,6 +288,7 @@ def _export(model, vocabulary, directory, sha="abc"):
     return directory
 
 
+@pytest.mark.integration
 def test_ensembles_of_one_and_of_two(tmp_path):
     first = _export(*_random_attention_model(0), str(tmp_path / "first"))
     second = _export(*_random_attention_model(1), str(tmp_path / "second"))
@@ -335,13 +344,14 @@ def test_ensembles_of_one_and_of_two(tmp_path):
 
 
 # -- the caption job ------------------------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_caption_job_serves_an_attention_bundle_and_an_ensemble(sample_dataset, sample_features, sample_bundle,
                                                                 attention_bundle, tmp_path):
     """Real Xception and decoders on the workers: each photo gets the caption the bundle (or the ensemble of the
     attention and the merge bundle) gives to the extract job's features of that photo."""
     from beam_jobs.caption import job as caption_job
     from schemas import tables
-    from tests.caption_helpers import argv, read_outputs
+    from tests.support.builders import argv, read_outputs
     dev = records.read_records(sample_features, "dev", (3, 3, 2048))
     paths = [os.path.join(sample_dataset, "Flicker8k_Dataset", record[records.IMAGE_ID]) for record in dev]
     features = records.SpatialFeatures(np.stack([r[records.IMAGE_FEATURES] for r in dev]),
@@ -363,13 +373,14 @@ def test_caption_job_serves_an_attention_bundle_and_an_ensemble(sample_dataset, 
             assert got[path][tables.MODEL_ID] == bundle.model_id
 
 
+@pytest.mark.integration
 def test_attention_pictures_from_predict_and_the_gallery(sample_dataset, attention_bundle, sample_bundle, tmp_path):
     from PIL import Image
 
     from beam_jobs.caption import job as caption_job
     from beam_jobs.tools import gallery
     from schemas import images, tables
-    from tests.caption_helpers import argv, read_outputs
+    from tests.support.builders import argv, read_outputs
     from trainer import pictures, predict
     photos = os.path.join(sample_dataset, "Flicker8k_Dataset")
     paths = [os.path.join(photos, name) for name in sorted(os.listdir(photos))[:2]]
@@ -420,6 +431,7 @@ def test_attention_pictures_from_predict_and_the_gallery(sample_dataset, attenti
         predict.caption_files(paths, sample_bundle, weights="none", attention_png=pictures_dir)
 
 
+@pytest.mark.integration
 def test_select_by_dev_cider_keeps_the_epoch_with_the_best_captions(tiny_grid_records, tmp_path):
     model_dir = str(tmp_path / "model")
     summary = task.train(task.parse_args([
@@ -493,6 +505,7 @@ def test_sampling_is_repeatable_and_scored_as_the_training_graph_would():
     assert mask.sum(axis=1).tolist() == [h.length for h in first]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("advantage", [1.0, -1.0])
 def test_a_self_critical_update_moves_a_caption_s_probability_with_its_advantage(advantage):
     import tensorflow as tf
@@ -519,6 +532,7 @@ def test_a_self_critical_update_moves_a_caption_s_probability_with_its_advantage
     assert moved[0] * advantage > 1e-3  # the sampled caption's log-probability went the advantage's way
 
 
+@pytest.mark.integration
 def test_scst_fine_tunes_an_attention_bundle_on_dev_cider(tiny_grid_records, tmp_path):
     from trainer import scst
     initial = str(tmp_path / "initial")
@@ -550,6 +564,7 @@ def test_scst_fine_tunes_an_attention_bundle_on_dev_cider(tiny_grid_records, tmp
     # Records of another extractor (here: claiming int8 features) would give a bundle labelled with an extractor
     # it was not fine-tuned on.
     import shutil
+
     from schemas import fileio
     int8_records = str(tmp_path / "int8_records")
     shutil.copytree(tiny_grid_records, int8_records)

@@ -10,13 +10,19 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.io.filesystems import FileSystems
 
-from beam_jobs.caption import job as caption_job, outputs
+from beam_jobs.caption import job as caption_job
+from beam_jobs.caption import outputs
 from schemas import tables
-from tests import prefixfs
-from tests.caption_helpers import (argv, build_inputs, check_every_input_once, crash_on_third_caption_batch,
-                                   read_outputs)
-from tests.fakes import FAKE_MODELS
 from tests.conftest import REPO_ROOT, local_test_pipeline
+from tests.support import prefixfs
+from tests.support.builders import (
+    argv,
+    build_inputs,
+    check_every_input_once,
+    crash_on_third_caption_batch,
+    read_outputs,
+)
+from tests.support.fakes import FAKE_MODELS
 
 SMALL_BATCHES = ["--decode_batch_size", "2", "--checkpoint_rows", "1", "--min_batch_size", "1",
                  "--max_batch_size", "2"]
@@ -36,7 +42,7 @@ def test_killed_runs_resume_to_each_input_once(moment, inputs, fake_bundle, tmp_
     patterns, expected = inputs
     prefix = str(tmp_path / "out" / "captions")
     args = argv(patterns, fake_bundle, prefix, *SMALL_BATCHES)
-    killed = subprocess.run([sys.executable, os.path.join("tests", "kill_during.py"), moment, *args],
+    killed = subprocess.run([sys.executable, os.path.join("tests", "support", "kill_during.py"), moment, *args],
                             cwd=REPO_ROOT, capture_output=True, text=True)
     assert killed.returncode == -9, killed.stderr[-3000:]
     left = _files_under(tmp_path / "out")

@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from beam_jobs.caption import archives, job as caption_job
-from beam_jobs.tools import gallery
 from beam_jobs import runtime
+from beam_jobs.caption import archives
+from beam_jobs.caption import job as caption_job
+from beam_jobs.tools import gallery
 from schemas import images
-from tests.caption_helpers import argv, check_every_input_once, png_claiming, read_outputs, tar_bytes
-from tests.fakes import FAKE_MODELS
 from tests.conftest import local_test_pipeline
+from tests.support.builders import argv, check_every_input_once, png_claiming, read_outputs, tar_bytes
+from tests.support.fakes import FAKE_MODELS
 
 MAX_IMAGE_BYTES = 200_000
 
@@ -201,6 +202,7 @@ def corpus(sample_dataset, tmp_path_factory):
     return patterns, expected
 
 
+@pytest.mark.integration
 def test_every_hostile_input_is_exactly_one_row(corpus, fake_bundle, tmp_path):
     patterns, expected = corpus
     prefix = str(tmp_path / "out" / "captions")

@@ -1,5 +1,11 @@
-from schemas.captions import (END_TOKEN, START_TOKEN, caption_tokens, normalize_caption, strip_boundaries,
-                              with_boundaries)
+from schemas.captions import (
+    END_TOKEN,
+    START_TOKEN,
+    caption_tokens,
+    normalize_caption,
+    strip_boundaries,
+    with_boundaries,
+)
 
 
 def test_lowercases_and_strips_punctuation():

@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 
 from beam_jobs.extract import job as extract_job
-from trainer import quantization
-from trainer.features import INFERENCE_BACKENDS, FeatureSpec, OpenVinoExtractor, check_backend, load_feature_model
-from schemas import int8_model as int8_schema, records
+from schemas import int8_model as int8_schema
+from schemas import records
 from schemas.images import prepare_image
 from tests.conftest import FLICKR8K_DIR, TEST_IMAGE_SIZE, local_test_pipeline, requires_flickr8k
+from trainer import quantization
+from trainer.features import INFERENCE_BACKENDS, FeatureSpec, OpenVinoExtractor, check_backend, load_feature_model
 
 openvino = pytest.importorskip("openvino")
 
@@ -48,6 +49,7 @@ def _openvino_features(keras_model, precision, pixels):
     return compiled(backbones.preprocess(backbones.XCEPTION, np.stack(pixels))), compiled
 
 
+@pytest.mark.integration
 def test_openvino_f32_matches_keras(pixels, keras_features, keras_model):
     openvino_features, model = _openvino_features(keras_model, INFERENCE_BACKENDS["openvino-f32"], pixels)
     assert model.precision == "f32"
@@ -61,6 +63,7 @@ def test_openvino_default_precision_is_within_tolerance(pixels, keras_features, 
     assert _cosines(openvino_features, keras_features).min() >= 0.999
 
 
+@pytest.mark.integration
 def test_extract_job_with_openvino_records_match(sample_dataset, sample_features, tmp_path):
     """With --spatial_grid the compiled network has two outputs (vector, map): both must land where Keras' do."""
     output_dir = str(tmp_path / "ov")
@@ -102,10 +105,12 @@ def int8_model(sample_dataset, tmp_path_factory):
     return output_dir, info
 
 
+@pytest.mark.integration
 def test_quantize_records_its_calibration_and_weights(int8_model, keras_model, sample_dataset):
     from beam_jobs.extract.discovery import read_split_list, resolve_layout
     output_dir, info = int8_model
-    assert sorted(os.listdir(output_dir)) == sorted([int8_schema.MODEL_XML, int8_schema.MODEL_BIN, int8_schema.INFO_FILE])
+    written = sorted(os.listdir(output_dir))
+    assert written == sorted([int8_schema.MODEL_XML, int8_schema.MODEL_BIN, int8_schema.INFO_FILE])
     saved = int8_schema.read_info(output_dir)
     assert saved == info and saved["weights_sha256"] == keras_model[1] and saved["image_size"] == TEST_IMAGE_SIZE
     train = read_split_list(resolve_layout(sample_dataset).split_files["train"])
@@ -135,10 +140,11 @@ def test_int8_features_are_within_tolerance_of_keras(int8_model, pixels, keras_f
     assert both[0].grid.shape == (3, 3, 2048)
 
 
+@pytest.mark.integration
 def test_extract_and_caption_jobs_run_on_int8(int8_model, sample_dataset, sample_features, sample_bundle, tmp_path):
     from beam_jobs.caption import job as caption_job
     from schemas import fileio
-    from tests.caption_helpers import read_outputs
+    from tests.support.builders import read_outputs
     output_dir = str(tmp_path / "int8")
     extract_job.run(["--dataset_dir", sample_dataset, "--output_dir", output_dir, "--weights", "none",
                           "--image_size", str(TEST_IMAGE_SIZE), "--min_word_count", "1", "--inference_backend",
@@ -162,13 +168,15 @@ def test_extract_and_caption_jobs_run_on_int8(int8_model, sample_dataset, sample
     assert len(captions) == len(os.listdir(photos)) and all(row["caption"] for row in captions) and not errors
 
 
+@pytest.mark.integration
 def test_int8_flags_fail_fast_with_what_to_do(int8_model, other_weights, sample_dataset, sample_bundle, tmp_path):
     from beam_jobs.caption import job as caption_job
     from beam_jobs.tools import quantize
     with pytest.raises(ValueError, match="needs --int8_model DIR: .* was trained on keras features and has no int8"):
         caption_job.run(["--model_dir", sample_bundle, "--input", sample_dataset, "--output", str(tmp_path / "c"),
                             "--weights", "none", "--inference_backend", "openvino-int8"])
-    with pytest.raises(ValueError, match="--int8_model is the model of --inference_backend openvino-int8, not of keras"):
+    with pytest.raises(ValueError,
+                       match="--int8_model is the model of --inference_backend openvino-int8, not of keras"):
         check_backend("keras", int8_model[0])
     base = ["--dataset_dir", sample_dataset, "--output_dir", str(tmp_path / "out"), "--image_size",
             str(TEST_IMAGE_SIZE), "--min_word_count", "1", "--inference_backend", "openvino-int8"]
@@ -196,15 +204,16 @@ GENUINE_WEIGHTS = os.environ.get("IMCAP_XCEPTION_WEIGHTS",
 REAL_COSINE = {"openvino-f32": 0.99999, "openvino": 0.999, "openvino-int8": 0.97}  # stated in the README
 
 
+@pytest.mark.integration
 @requires_flickr8k()
 @pytest.mark.skipif(not os.path.exists(GENUINE_WEIGHTS), reason="the genuine ImageNet Xception weights are not on "
                     "this machine (python ../shared/tools/get_xception_weights.py writes them)")
 def test_every_backend_stays_within_its_tolerance_on_real_photos(tmp_path):
     """Genuine weights at 299 px, 8 Flickr8k dev photos; int8 calibrated on 24 train photos (the product's default
     is 300: BENCHMARKS.md, feature backends measures it on 128 dev photos)."""
-    from beam_jobs.tools import quantize
     from beam_jobs.extract.discovery import read_split_list, resolve_layout
     from beam_jobs.features import FeatureExtractorHandler
+    from beam_jobs.tools import quantize
     layout = resolve_layout(FLICKR8K_DIR)
     dev = read_split_list(layout.split_files["dev"])[:8]
     photos = [prepare_image(open(os.path.join(layout.images_dir, name), "rb").read(), 299)[0] for name in dev]
@@ -220,17 +229,19 @@ def test_every_backend_stays_within_its_tolerance_on_real_photos(tmp_path):
         assert _cosines(features[backend], features["keras"]).min() >= tolerance, backend
 
 
+@pytest.mark.integration
 def test_the_default_path_is_int8_from_extract_to_caption(sample_dataset, sample_bundle, tmp_path):
     """--inference_backend auto: the extract job calibrates an int8 model on its train photos and keeps it with the
     records, the bundle trained on them carries it, and the caption job computes its features with it."""
     from beam_jobs.caption import job as caption_job
-    from schemas import bundle as bundle_schema, fileio
+    from schemas import bundle as bundle_schema
+    from schemas import fileio
     from trainer import task
     from trainer.bundle import Bundle, load_bundles
     features = str(tmp_path / "features")
     extract_job.run(["--dataset_dir", sample_dataset, "--output_dir", features, "--weights", "none",
                           "--image_size", str(TEST_IMAGE_SIZE), "--min_word_count", "1",
-                          "--int8_calibration_images", "5"], test_pipeline=local_test_pipeline())
+                          "--calibration_images", "5"], test_pipeline=local_test_pipeline())
     metadata = fileio.read_json(os.path.join(features, records.METADATA_FILE))
     assert metadata[records.MetadataKeys.INFERENCE_BACKEND] == "openvino-int8"
     assert metadata[records.MetadataKeys.INT8_MODEL]["calibration"]["images"] == 5
@@ -250,7 +261,7 @@ def test_the_default_path_is_int8_from_extract_to_caption(sample_dataset, sample
     caption_job.run(["--model_dir", model_dir, "--input", os.path.join(sample_dataset, "Flicker8k_Dataset"),
                         "--output", str(tmp_path / "run" / "c"),
                         "--weights", "none"], test_pipeline=local_test_pipeline())
-    from tests.caption_helpers import read_outputs
+    from tests.support.builders import read_outputs
     from trainer import predict
     captions, errors = read_outputs(str(tmp_path / "run" / "c"))
     rows = {row["image_uri"]: row["caption"] for row in captions}
@@ -268,12 +279,16 @@ def test_the_default_path_is_int8_from_extract_to_caption(sample_dataset, sample
                               "--image_size", str(TEST_IMAGE_SIZE)])
 
 
+@pytest.mark.integration
 def test_an_int8_model_kept_in_the_output_directory_is_an_input_not_an_output(int8_model, sample_dataset,
                                                                                 sample_features, tmp_path):
     """imcap-quantize --output_dir OUT/extractor_int8, then the extract job into OUT with that model: nothing of
     it is deleted, with or without --overwrite; an extractor_int8/ left there by a run is an output (refused)."""
     import shutil
-    from schemas import bundle as bundle_schema, fileio, int8_model as int8_schema
+
+    from schemas import bundle as bundle_schema
+    from schemas import fileio
+    from schemas import int8_model as int8_schema
     from trainer import task
     out = tmp_path / "out"
     shutil.copytree(int8_model[0], out / bundle_schema.INT8_DIR)

@@ -6,10 +6,10 @@ import keras
 import numpy as np
 import pytest
 
+from schemas.bundle import DEFAULT_NO_REPEAT_NGRAM_SIZE
 from schemas.vocabulary import END_ID, RESERVED_TOKENS, Vocabulary
 from trainer import model as model_lib
 from trainer.bundle import Bundle, export_bundle
-from schemas.bundle import DEFAULT_NO_REPEAT_NGRAM_SIZE
 from trainer.decoding import CaptionDecoder, Hypothesis, repeated_ngram_blocks
 
 FEATURE_DIM = 12

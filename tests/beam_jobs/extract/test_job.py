@@ -10,17 +10,17 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
-from beam_jobs.extract import job as extract_job
-from beam_jobs.extract.reading import ClassifyImages, WorkItem
-from beam_jobs.extract.datasets import Naming
 from beam_jobs.elements import Tally
+from beam_jobs.extract import job as extract_job
+from beam_jobs.extract.datasets import Naming
+from beam_jobs.extract.reading import ClassifyImages, WorkItem
 from beam_jobs.extract.vocabulary import CountWords
 from schemas import backbones, captions, fileio, images, records
 from schemas.images import prepare_image
 from schemas.records import MetadataKeys
 from schemas.vocabulary import Vocabulary
-from tests.fakes import FAKE_MODELS
 from tests.conftest import REPO_ROOT, TEST_IMAGE_SIZE, local_test_pipeline
+from tests.support.fakes import FAKE_MODELS
 
 
 def _argv(dataset_dir, output_dir, *extra):
@@ -154,6 +154,7 @@ def test_bad_inputs_go_to_errors_and_the_rest_is_written(sample_copy, tmp_path):
     assert recorded | set(by_name) == listed and not recorded & set(by_name)
 
 
+@pytest.mark.integration
 def test_multi_processing_command_gives_the_same_records(sample_dataset, extracted, tmp_path):
     # The command line, as a user runs it: its classes must pickle by importable names for a worker process, which
     # builds the same random-init Xception as the launcher (its weights digest is checked there). Real models in a

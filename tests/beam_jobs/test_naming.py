@@ -41,7 +41,8 @@ def test_member_names_are_text_and_reversible(raw):
 
 
 def test_valid_names_stay_readable():
-    assert naming.escape_member_name("photos/\u00e9t\u00e9 2024/IMG_0001.JPG") == "photos/\u00e9t\u00e9 2024/IMG_0001.JPG"
+    name = "photos/\u00e9t\u00e9 2024/IMG_0001.JPG"
+    assert naming.escape_member_name(name) == name
     assert naming.escape_member_name(b"caf\xe9.jpg") == "caf%E9.jpg"
 
 

@@ -12,11 +12,11 @@ import zlib
 
 import pytest
 
-from beam_jobs.caption import archives
 from beam_jobs import naming
+from beam_jobs.caption import archives
 from beam_jobs.caption.archives import Limits, MemberData, MemberFailure, MemberSkipped
 from schemas import images
-from tests.caption_helpers import tar_bytes
+from tests.support.builders import tar_bytes
 
 
 def _tar_bytes(members, fmt=tarfile.GNU_FORMAT, encoding="utf-8"):
@@ -153,7 +153,8 @@ def test_links_devices_and_directories(tmp_path):
         (_member(path, "dir/dangling.jpg"), images.UNSUPPORTED_MEMBER, None),
         (_member(path, "dir/b.jpg"), "data", b"BB"),
         (_member(path, "dir/etc.jpg"), images.UNSUPPORTED_MEMBER, None),
-        (_member(path, "dir/chain.jpg"), "data", b"AAAA"), (_member(path, "dir/self.jpg"), images.UNSUPPORTED_MEMBER, None),
+        (_member(path, "dir/chain.jpg"), "data", b"AAAA"),
+        (_member(path, "dir/self.jpg"), images.UNSUPPORTED_MEMBER, None),
     ])
 
 
@@ -636,7 +637,8 @@ def test_an_unexpected_exception_on_one_zip_member_costs_only_that_member(tmp_pa
     monkeypatch.setattr(zip_format.Decompressor, "decompress", decompress)
     summary = _summary(_events(path))
     assert (_member(path, "c.jpg"), images.INTERNAL_ERROR, None) in summary
-    assert [uri for uri, kind, _ in summary if kind == "data"] == [_member(path, n) for n in ("a.jpg", "b.jpg", "d.jpg")]
+    data_uris = [uri for uri, kind, _ in summary if kind == "data"]
+    assert data_uris == [_member(path, n) for n in ("a.jpg", "b.jpg", "d.jpg")]
 
 
 def test_a_tar_whose_first_name_looks_like_a_compression_signature(tmp_path):

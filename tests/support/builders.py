@@ -2,8 +2,8 @@
 import io
 import os
 import posixpath
-import struct
 import shutil
+import struct
 import tarfile
 import zipfile
 import zlib
@@ -118,7 +118,8 @@ def check_every_input_once(captions, errors, expected):
     outcomes.update({row[tables.IMAGE_URI]: row[tables.ERROR] for row in errors})
     missing = {uri: expected[uri] for uri in expected if uri not in outcomes}
     unexpected = {uri: outcomes[uri] for uri in outcomes if uri not in expected}
-    wrong = {uri: (outcomes[uri], expected[uri]) for uri in outcomes if uri in expected and outcomes[uri] != expected[uri]}
+    wrong = {uri: (outcomes[uri], expected[uri]) for uri in outcomes
+             if uri in expected and outcomes[uri] != expected[uri]}
     assert not (missing or unexpected or wrong), f"missing {missing}; unexpected {unexpected}; (got, wanted) {wrong}"
 
 
@@ -129,7 +130,7 @@ class SimulatedCrash(Exception):
 def crash_on_third_caption_batch(monkeypatch) -> list:
     """Makes the (fake) caption decoder fail on its third batch, as a lost worker would; returns the sizes of the
     batches it was called with. Undo with ``monkeypatch.undo()``."""
-    from tests.fakes import FakeCaptionHandler
+    from tests.support.fakes import FakeCaptionHandler
     original = FakeCaptionHandler.run_inference
     calls = []
 

@@ -1,11 +1,11 @@
 """Reading the Flickr8k layout: both caption formats, custom layouts, and clear errors for malformed files.
-(COCO, Karpathy and tables: tests/test_dataset_layouts.py.)"""
+(COCO, Karpathy and tables: tests/beam_jobs/extract/test_layouts.py.)"""
 import os
 
 import pytest
 
 from beam_jobs.extract import discovery, layouts
-from beam_jobs.extract.layouts import CSV_FORMAT, DatasetError, TOKEN_FORMAT
+from beam_jobs.extract.layouts import CSV_FORMAT, TOKEN_FORMAT, DatasetError
 
 
 def _csv_rows(text):

@@ -9,15 +9,16 @@ import zlib
 
 import apache_beam as beam
 import pytest
-from trainer.features import FeatureSpec
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.portability import common_urns
 from apache_beam.portability.api import beam_runner_api_pb2
 
-from schemas import fileio
-from beam_jobs.caption import archives, job as caption_job, outputs
+from beam_jobs.caption import archives, outputs
+from beam_jobs.caption import job as caption_job
 from beam_jobs.extract import job as extract_job
 from beam_jobs.extract.datasets import load_datasets, output_splits
+from schemas import fileio
+from trainer.features import FeatureSpec
 
 # The options a Dataflow launch carries, minus --runner=DataflowRunner itself: constructing that runner contacts
 # Google Cloud (credentials, the temp bucket), which is out of reach offline. The graph does not depend on it.
@@ -75,7 +76,7 @@ def test_workers_get_the_remote_weights_not_the_launchers_copy(sample_dataset, o
                                                                monkeypatch):
     """The launcher copies remote weights to local disk to check them (`inference.localize`); the graph it builds
     must still name the remote file, which every worker can reach."""
-    from tests import prefixfs
+    from tests.support import prefixfs
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the copies go here, and only this test's
     local = other_weights
     remote = "prefixfs://weights-bucket/w.weights.h5"
@@ -122,7 +123,7 @@ def test_a_remote_file_replaced_under_its_name_is_copied_again(tmp_path, monkeyp
     copy goes. A name with glob characters is that file, not a pattern."""
     import time
 
-    from tests import prefixfs
+    from tests.support import prefixfs
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     remote = "prefixfs://weights-bucket/replaced[1].weights.h5"
     prefixfs.put("prefixfs://weights-bucket/replaced1.weights.h5", b"another file that the glob would match")

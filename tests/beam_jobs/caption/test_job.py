@@ -7,16 +7,21 @@ import tarfile
 import pyarrow.parquet as pq
 import pytest
 
+from beam_jobs import runtime
 from beam_jobs.caption import job as caption_job
 from beam_jobs.tools import gallery
-from beam_jobs import runtime
-from schemas import tables
+from schemas import fileio, tables
 from schemas.bundle import BundleKeys
-from schemas import fileio
-from tests.caption_helpers import (argv, build_inputs, check_every_input_once, crash_on_third_caption_batch,
-                                   read_outputs, shard_paths)
-from tests.fakes import FAKE_MODELS
 from tests.conftest import REPO_ROOT, local_test_pipeline
+from tests.support.builders import (
+    argv,
+    build_inputs,
+    check_every_input_once,
+    crash_on_third_caption_batch,
+    read_outputs,
+    shard_paths,
+)
+from tests.support.fakes import FAKE_MODELS
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +55,11 @@ def test_every_input_is_captioned_or_an_error(inputs, captioned, fake_bundle):
     assert not os.path.exists(tables.checkpoint_dir(prefix))  # removed once the shards were committed
 
 
+@pytest.mark.integration
 def test_multi_processing_command_gives_the_same_rows(inputs, captioned, fake_bundle, tmp_path):
     patterns, _ = inputs
     prefix = str(tmp_path / "captions")
-    done = subprocess.run([sys.executable, "-m", "tests.fakes", "caption",
+    done = subprocess.run([sys.executable, "-m", "tests.support.fakes", "caption",
                            *argv(patterns, fake_bundle, prefix, "--direct_running_mode=multi_processing",
                                   "--direct_num_workers=2")], check=True, cwd=REPO_ROOT, capture_output=True,
                           text=True)
@@ -77,6 +83,7 @@ def test_job_logging_survives_a_library_configuring_logging_first():
     assert "INFO the job summary" in done.stderr
 
 
+@pytest.mark.integration
 def test_resume_captions_only_new_images(inputs, fake_bundle, tmp_path):
     patterns, expected = inputs
     prefix = str(tmp_path / "captions")
@@ -104,6 +111,7 @@ def test_resume_captions_only_new_images(inputs, fake_bundle, tmp_path):
     check_every_input_once(*read_outputs(prefix), expected)
 
 
+@pytest.mark.integration
 def test_rerun_after_an_interruption_does_only_the_rest(inputs, fake_bundle, tmp_path, monkeypatch):
     patterns, expected = inputs
     prefix = str(tmp_path / "captions")

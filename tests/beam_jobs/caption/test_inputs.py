@@ -12,13 +12,14 @@ import tracemalloc
 
 import pytest
 
-from beam_jobs.caption import inputs, job as caption_job
 from beam_jobs import naming
+from beam_jobs.caption import inputs
+from beam_jobs.caption import job as caption_job
 from beam_jobs.elements import ERRORS
 from schemas import fileio, images, tables
-from tests.caption_helpers import argv, check_every_input_once, read_outputs
 from tests.conftest import REPO_ROOT, local_test_pipeline
-from tests.fakes import FAKE_MODELS
+from tests.support.builders import argv, check_every_input_once, read_outputs
+from tests.support.fakes import FAKE_MODELS
 
 JOB_TIMEOUT_S = 60  # the job takes seconds; before the fix it was still listing two loops after 120 s
 
@@ -65,8 +66,8 @@ def test_links_that_loop_do_not_hang_the_job(tmp_path, fake_bundle, sample_datas
     in_folder = {str(folder / "a.jpg"), str(folder / "sub" / "b.jpg")}
     assert set(fileio.glob(inputs.effective_pattern(str(folder)))) == in_folder  # the launcher's check
     prefix = str(tmp_path / "out" / "c")
-    done = subprocess.run([sys.executable, "-m", "tests.fakes", "caption", *argv([str(folder)], fake_bundle, prefix)],
-                          check=False, cwd=REPO_ROOT, capture_output=True, text=True, timeout=JOB_TIMEOUT_S)
+    command = [sys.executable, "-m", "tests.support.fakes", "caption", *argv([str(folder)], fake_bundle, prefix)]
+    done = subprocess.run(command, check=False, cwd=REPO_ROOT, capture_output=True, text=True, timeout=JOB_TIMEOUT_S)
     assert done.returncode == 0, done.stderr[-3000:]
     captions, errors = read_outputs(prefix)
     check_every_input_once(captions, errors, {**dict.fromkeys(in_folder), str(folder / "l1"): images.READ_ERROR,

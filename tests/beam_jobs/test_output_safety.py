@@ -6,13 +6,13 @@ import shutil
 import pyarrow.dataset as ds
 import pytest
 
+from beam_jobs import runtime
 from beam_jobs.caption import job as caption_job
 from beam_jobs.extract import job as extract_job
-from beam_jobs import runtime
 from schemas import tables
-from tests.caption_helpers import argv, check_every_input_once, read_outputs, shard_paths
 from tests.conftest import local_test_pipeline
-from tests.fakes import FAKE_MODELS
+from tests.support.builders import argv, check_every_input_once, read_outputs, shard_paths
+from tests.support.fakes import FAKE_MODELS
 
 
 @pytest.fixture
@@ -188,6 +188,7 @@ def test_a_symbolic_link_in_the_jobs_folders_is_never_followed(photos, fake_bund
         assert (elsewhere / name).read_bytes() == data
 
 
+@pytest.mark.integration
 def test_overwrite_and_leftovers_delete_only_the_jobs_files(photos, fake_bundle, tmp_path):
     paths, expected = photos
     out = tmp_path / "out"
@@ -301,6 +302,7 @@ def test_each_table_reads_with_hugging_face_datasets(captioned_with_errors, tmp_
     assert captions.num_rows == captioned and errors.num_rows == failed
 
 
+@pytest.mark.integration
 def test_shards_of_the_earlier_layout_are_resumed_from_and_never_deleted(photos, fake_bundle, tmp_path):
     """An imcap before the table folders wrote PREFIX-SSSSS-of-NNNNN.parquet and PREFIX-errors-...: a rerun with
     --skip_existing treats their rows as done; --overwrite leaves them (they are not this layout's files)."""
@@ -342,7 +344,7 @@ def test_files_the_shell_expanded_whose_names_hold_glob_characters(photos, fake_
 
 
 def test_on_an_object_store_nested_objects_are_foreign_and_folder_placeholders_are_not(photos, fake_bundle):
-    from tests import prefixfs
+    from tests.support import prefixfs
     paths, expected = photos
     prefixfs.clear()
     out = "prefixfs://bucket/out"

@@ -1,7 +1,7 @@
-"""Runs the caption job (with the fake models of tests/fakes.py) and kills its own process with SIGKILL at a chosen
-moment (for tests/test_caption_resume.py).
+"""Runs the caption job (with the fake models of tests/support/fakes.py) and kills its own process with SIGKILL at a
+chosen moment (for tests/integration/test_caption_resume.py).
 
-    python tests/kill_during.py expansion|captioning|final_write CAPTION_JOB_ARGS...
+    python tests/support/kill_during.py expansion|captioning|final_write CAPTION_JOB_ARGS...
 
 expansion: on the 3rd archive entry; captioning: on the 3rd caption batch; final_write: right after the first
 output shard is renamed to its final name (the other shards and the checkpoint's removal never happen).
@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repository
 
 
 def _kill():
@@ -35,7 +35,7 @@ def main():
         from beam_jobs.caption.archives.tar import TarReader
         _on_call(TarReader, "_entry_event", 3)  # pylint: disable=protected-access
     elif moment == "captioning":
-        from tests.fakes import FakeCaptionHandler
+        from tests.support.fakes import FakeCaptionHandler
         _on_call(FakeCaptionHandler, "run_inference", 3)
     elif moment == "final_write":
         from apache_beam.io.filesystems import FileSystems
