@@ -50,7 +50,7 @@ def main():
         FileSystems.rename = staticmethod(rename)
     else:
         raise SystemExit(f"unknown moment {moment}")
-    from tests import fakes
+    from tests.support import fakes
     sys.exit(fakes.main(["caption", *args]))
 
 
