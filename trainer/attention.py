@@ -30,6 +30,9 @@ import dataclasses
 import keras
 from keras import layers, ops
 
+# the layers both decoders have keep the merge model's names
+from trainer.model import EMBEDDING, LOGITS, LSTM, MERGE, MERGED_PROJECTION
+
 GRID_INPUT = "image_grid"
 IMAGE_INDEX_INPUT = "image_index"
 TOKENS_INPUT = "caption_tokens"
@@ -38,12 +41,7 @@ REGION_PROJECTION = "region_projection"
 INITIAL_HIDDEN = "initial_hidden"
 INITIAL_MEMORY = "initial_memory"
 GLOBAL_PROJECTION = "global_projection"
-EMBEDDING = "token_embedding"
-LSTM = "caption_lstm"
 ATTENTION = "grid_attention"
-MERGE = "merge"
-MERGED_PROJECTION = "merged_projection"
-LOGITS = "next_token_logits"
 
 
 @dataclasses.dataclass(frozen=True)
