@@ -24,7 +24,7 @@ from setuptools import find_packages, setup
 INSTALL_REQUIRES = [
     "tensorflow>=2.20,<2.22",
     "keras>=3.15.1,<4",
-    "apache-beam[tfrecord]>=2.77,<2.78",
+    "apache-beam[tfrecord]>=2.77,<2.79",
     "google-crc32c>=1.5",
     "pillow>=12.3.0",
     "numpy>=1.26,<3",
@@ -55,7 +55,7 @@ setup(
         # OpenVINO is now installed by default; the extra stays so that 'imcap[openvino]' still installs
         "openvino": [],
         # gs:// paths and the Dataflow runner
-        "gcp": ["apache-beam[gcp,tfrecord]>=2.77,<2.78"],
+        "gcp": ["apache-beam[gcp,tfrecord]>=2.77,<2.79"],
     },
     entry_points={
         "console_scripts": [
@@ -65,6 +65,7 @@ setup(
             "imcap-caption=beam_jobs.caption.job:main",
             "imcap-gallery=beam_jobs.tools.gallery:main",
             "imcap-quantize=beam_jobs.tools.quantize:main",
+            "imcap-weights=beam_jobs.tools.weights:main",
             "imcap-train=trainer.task:main",
             "imcap-scst=trainer.scst:main",
             "imcap-evaluate=trainer.evaluate:main",

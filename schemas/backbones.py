@@ -3,21 +3,42 @@
 One backbone is defined: Keras' ImageNet Xception without its classifier, global-average pooled to 2048 floats,
 fed with `images.prepare_image` pixels scaled by Keras' Xception preprocessing (``x / 127.5 - 1``).
 
-Weights are named by a spec: ``imagenet`` (Keras downloads them), ``none`` (random initialisation from a fixed
-seed, so every worker builds the same network -- for tests and offline demos), or a path to a Keras weights file
-(``.weights.h5``, e.g. from ``python ../shared/tools/get_xception_weights.py``). Whatever the spec, the weights
-are identified by `weights_digest`, a SHA-256 over the float32 bytes of every tensor in Keras' order, which the
-extract job records and the caption job checks, so features are never mixed across different networks.
+Weights are named by a spec: ``imagenet`` (Keras' published ImageNet weights), ``none`` (random initialisation
+from a fixed seed, so every worker builds the same network -- for tests and offline demos), or a path to a Keras
+weights file (``.weights.h5`` or ``.h5``). Whatever the spec, the weights are identified by `weights_digest`, a
+SHA-256 over the float32 bytes of every tensor in Keras' order, which the extract job records and the caption job
+checks, so features are never mixed across different networks.
+
+``imagenet`` comes from the first of (`imagenet_source`): Keras' own cache (``$KERAS_HOME/models/``, by default
+``~/.keras/models/``: the file Keras downloads, held to Keras' published MD5 by Keras), the copy ``imcap-weights
+install`` checked and wrote beside it (any Keras file of the same tensors), or a download by Keras on first use.
 """
 import dataclasses
 import hashlib
 import os
+import typing
 
 import numpy as np
 
 IMAGENET = "imagenet"
 RANDOM_INIT = "none"
 RANDOM_INIT_SEED = 0
+
+# Keras' published ImageNet Xception weights, as keras.applications.xception names them (tests/schemas/
+# test_backbones.py holds these to Keras' own values): without the top (what imcap uses) and with it.
+KERAS_WEIGHTS_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/xception/"
+                     "xception_weights_tf_dim_ordering_tf_kernels_notop.h5")
+KERAS_WEIGHTS_FILE = "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"
+KERAS_WEIGHTS_MD5 = "b0042744bf5b25fce3cb969f33bebb97"
+KERAS_TOP_WEIGHTS_FILE = "xception_weights_tf_dim_ordering_tf_kernels.h5"
+KERAS_TOP_WEIGHTS_MD5 = "0a58e3b7378bc2990ea3b43d5981f1f6"
+# `weights_digest` of those weights (without the top): the tensors, whatever file format holds them
+IMAGENET_SHA256 = "dd8fa9fc31ba124382395512a133fe425aa5c6667b16e5832bb79910d1b77829"
+# the file `imcap-weights install` writes beside Keras' own, when it was given the same tensors in another file
+INSTALLED_WEIGHTS_FILE = "imcap_xception_imagenet_notop.weights.h5"
+INSTALL_HINT = ("`imcap-weights install FILE` with Keras' published file (" + KERAS_WEIGHTS_URL.rsplit("/", 1)[1]
+                + ", downloaded on any machine with internet access: `imcap-weights download`) makes --weights "
+                "imagenet work offline")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +59,32 @@ DEFAULT_BACKBONE = XCEPTION.name
 
 class WeightsUnavailable(ValueError):
     """Keras could not download the ImageNet weights (no internet access): the user passes a weights file instead."""
+
+
+def keras_home() -> str:
+    """Keras' own folder, as Keras chooses it: $KERAS_HOME, else ~/.keras (/tmp/.keras where home is read-only)."""
+    if "KERAS_HOME" in os.environ:
+        return os.environ["KERAS_HOME"]
+    base = os.path.expanduser("~")
+    return os.path.join(base if os.access(base, os.W_OK) else "/tmp", ".keras")
+
+
+class ImagenetSource(typing.NamedTuple):
+    kind: str  # KERAS_CACHE, INSTALLED or DOWNLOAD
+    path: str  # the file, or the URL Keras downloads
+
+
+KERAS_CACHE, INSTALLED, DOWNLOAD = "keras-cache", "installed", "download"
+
+
+def imagenet_source(home: str | None = None) -> ImagenetSource:
+    """Where ``--weights imagenet`` comes from on this machine (see the module's docstring)."""
+    models = os.path.join(home or keras_home(), "models")
+    if os.path.isfile(os.path.join(models, KERAS_WEIGHTS_FILE)):
+        return ImagenetSource(KERAS_CACHE, os.path.join(models, KERAS_WEIGHTS_FILE))
+    if os.path.isfile(os.path.join(models, INSTALLED_WEIGHTS_FILE)):
+        return ImagenetSource(INSTALLED, os.path.join(models, INSTALLED_WEIGHTS_FILE))
+    return ImagenetSource(DOWNLOAD, KERAS_WEIGHTS_URL)
 
 
 def get_backbone(name: str) -> Backbone:
@@ -65,9 +112,8 @@ def check_weights_spec(weights: str) -> None:
     if weights in (IMAGENET, RANDOM_INIT) or "://" in weights:
         return
     if not os.path.isfile(weights):
-        raise ValueError(f"--weights {weights}: no such file. Pass 'imagenet' (downloaded by Keras), 'none' "
-                         f"(random init, for tests) or the path of a Keras weights file; offline, "
-                         f"`python ../shared/tools/get_xception_weights.py` writes the ImageNet one")
+        raise ValueError(f"--weights {weights}: no such file. Pass 'imagenet' (Keras' ImageNet weights), 'none' "
+                         f"(random init, for tests) or the path of a Keras weights file; {INSTALL_HINT}")
 
 
 def preprocess(backbone: Backbone, pixels: np.ndarray) -> np.ndarray:
@@ -93,14 +139,21 @@ def build_feature_extractor(backbone: Backbone, weights: str, image_size: int, s
     if weights == RANDOM_INIT:
         keras.utils.set_random_seed(RANDOM_INIT_SEED)
         model = constructor(weights=None, include_top=False, pooling=pooling, input_shape=shape)
+    elif weights == IMAGENET and (source := imagenet_source()).kind == INSTALLED:
+        path = source.path
+        model = constructor(weights=None, include_top=False, pooling=pooling, input_shape=shape)
+        model.load_weights(path)
+        if weights_digest(model) != IMAGENET_SHA256:
+            raise ValueError(f"{path} no longer holds Keras' ImageNet weights (its tensors changed since "
+                             f"imcap-weights installed it); {INSTALL_HINT}")
     elif weights == IMAGENET:
         try:
             model = constructor(weights="imagenet", include_top=False, pooling=pooling, input_shape=shape)
         except Exception as error:  # Keras raises several types for a failed download
             raise WeightsUnavailable(
                 f"could not get Keras' ImageNet weights for {backbone.name} ({type(error).__name__}: {error}). "
-                "Without internet access, pass --weights PATH with a local weights file "
-                "(python ../shared/tools/get_xception_weights.py writes one) or --weights none") from error
+                f"Offline, {INSTALL_HINT}; or pass --weights PATH with a Keras weights file, or --weights none "
+                "(random init)") from error
     else:
         check_weights_spec(weights)
         model = constructor(weights=None, include_top=False, pooling=pooling, input_shape=shape)

@@ -4,6 +4,7 @@ import argparse
 import ast
 import importlib
 import pathlib
+import re
 
 import pytest
 
@@ -12,13 +13,8 @@ from tests.conftest import REPO_ROOT
 PACKAGES = ("beam_jobs", "trainer", "schemas")
 # what each package may import of the others
 ALLOWED = {"beam_jobs": {"beam_jobs", "trainer", "schemas"}, "trainer": {"trainer", "schemas"}, "schemas": {"schemas"}}
-COMMANDS = {
-    "imcap-extract": "beam_jobs.extract.job", "imcap-caption": "beam_jobs.caption.job",
-    "imcap-quantize": "beam_jobs.tools.quantize", "imcap-gallery": "beam_jobs.tools.gallery",
-    "imcap-demo": "beam_jobs.tools.demo", "imcap-sample-data": "beam_jobs.tools.sample_dataset",
-    "imcap-train": "trainer.task", "imcap-scst": "trainer.scst", "imcap-evaluate": "trainer.evaluate",
-    "imcap-predict": "trainer.predict",
-}
+# every console script setup.py installs -> its module
+COMMANDS = dict(re.findall(r'"(imcap-[a-z-]+)=([a-z_.]+):main"', pathlib.Path(REPO_ROOT, "setup.py").read_text()))
 
 
 def _modules() -> dict:
@@ -126,6 +122,7 @@ def _parser_of(module_name: str, monkeypatch) -> argparse.ArgumentParser:
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_every_flag_has_help_that_shows_its_default(command, monkeypatch):
+    assert len(COMMANDS) >= 11
     parser = _parser_of(COMMANDS[command], monkeypatch)
     assert parser.prog == command
     formatter = parser._get_formatter()

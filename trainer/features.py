@@ -58,6 +58,34 @@ def check_backend(backend: str, int8_model: Optional[str] = None) -> None:
         raise ValueError(f"--int8_model is the model of --inference_backend {INT8_BACKEND}, not of {backend}")
 
 
+def backend_for_bundle(bundle, requested: str, int8_model: str | None = None) -> tuple[str, str | None]:
+    """(feature backend, int8 model directory or None) to caption with ``bundle`` (`trainer.bundle.Bundles`), as
+    the caption job and imcap-predict choose it: --inference_backend auto follows the bundle's training features,
+    so that the decoder sees the features it was trained on (int8 with the bundle's own int8 model where it was
+    trained on int8 features); another backend is used as asked, and said."""
+    trained_on = bundle.inference_backend
+    backend = requested
+    if backend == AUTO_BACKEND:
+        backend = INT8_BACKEND if int8_model else trained_on
+    check_backend(backend, int8_model)
+    if int8_model and trained_on == INT8_BACKEND:
+        given = int8_schema.read_info(int8_model).get("bin_sha256")
+        if given != int8_schema.identity(bundle.config):
+            logging.warning("--int8_model %s is not the int8 model %s was trained with (bin sha256 %s): its features "
+                            "differ from the training ones", int8_model, bundle.model_id, str(given)[:12])
+    if backend == INT8_BACKEND and not int8_model:
+        int8_model = bundle.int8_model
+        if not int8_model:
+            raise ValueError(f"--inference_backend {INT8_BACKEND} needs --int8_model DIR: {bundle.model_dir} was "
+                             f"trained on {trained_on} features and has no int8 model of its own (imcap-quantize "
+                             "writes one)")
+    if backend != trained_on:
+        logging.info("features from %s, while %s was trained on %s features (BENCHMARKS.md, feature backends "
+                     "measures what that costs in caption quality)", backend, bundle.model_id, trained_on)
+    logging.info("feature backend: %s%s", backend, f" ({int8_model})" if int8_model else "")
+    return backend, int8_model
+
+
 def load_feature_model(backbone: backbones.Backbone, weights: str, image_size: int, spatial: bool = False):
     """(Keras feature extractor, SHA-256 of its weights) for ``weights`` imagenet, none or a weights file on any
     Beam filesystem (copied to local disk first). ``spatial``: it also outputs the convolutional map."""

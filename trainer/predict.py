@@ -1,10 +1,13 @@
 """Captions image files with a model bundle: the single-machine path, no Beam.
 
-    python -m trainer.predict --model_dir MODEL [--beam_width K] [--weights PATH] [--attention_png DIR] IMAGE ...
+    python -m trainer.predict --model_dir MODEL [--beam_width K] [--weights PATH] [--inference_backend B]
+        [--batch_size N] [--attention_png DIR] IMAGE ...
 
 (also installed as ``imcap-predict``). Runs the bundle's feature extractor itself (the backbone, weights and
 image size recorded in ``bundle.json``, with the same preprocessing as the jobs: `schemas.images.prepare_image`;
-the spatial grid too for an attention bundle, from the same forward pass), then decodes in batches. Repeat
+the spatial grid too for an attention bundle, from the same forward pass), on the backend the caption job would
+choose (`trainer.features.backend_for_bundle`: by default the one the bundle was trained on; ``--inference_backend
+keras`` on a GPU), then decodes in batches. Repeat
 ``--model_dir`` for an ensemble. Prints ``IMAGE<TAB>caption<TAB>log_prob`` per image; an image that cannot be read
 is reported on stderr with its error class and the exit status is 1. ``--attention_png DIR`` (attention bundles)
 writes ``DIR/<image name>.png``: the photo and where each word of its caption looked (`trainer.pictures`).
@@ -19,19 +22,25 @@ from schemas import images
 from schemas.bundle import BundleKeys, grid_shape
 from trainer import cli
 from trainer.bundle import check_feature_weights, feature_weights_for, load_bundles
-from trainer.features import INT8_BACKEND, KERAS_BACKEND, FeatureExtractor, FeatureSpec, load_extractor
+from trainer.features import (
+    AUTO_BACKEND,
+    INFERENCE_BACKENDS,
+    KERAS_BACKEND,
+    FeatureExtractor,
+    FeatureSpec,
+    backend_for_bundle,
+    load_extractor,
+)
 
 
-def load_bundle_extractor(config: dict, weights_override: str | None = None,
+def load_bundle_extractor(config: dict, weights_override: str | None = None, backend: str = KERAS_BACKEND,
                           int8_model: str | None = None) -> FeatureExtractor:
-    """The bundle's feature extractor (`trainer.features`), checked against the weights the decoder was trained on;
-    for a bundle trained on int8 features (``int8_model``: its extractor_int8/), that int8 model through OpenVINO,
-    as the caption job runs it."""
+    """The bundle's feature extractor (`trainer.features`) on ``backend``, checked against the weights the decoder
+    was trained on; ``int8_model``: the int8 model directory of the openvino-int8 backend."""
     grid = grid_shape(config)
     weights = feature_weights_for(config, weights_override)
     spec = FeatureSpec(config[BundleKeys.BACKBONE], weights, config[BundleKeys.IMAGE_SIZE],
-                       backend=INT8_BACKEND if int8_model else KERAS_BACKEND, grid=grid[0] if grid else 0,
-                       int8_model=int8_model,
+                       backend=backend, grid=grid[0] if grid else 0, int8_model=int8_model,
                        weights_sha256=config[BundleKeys.WEIGHTS_SHA256] if int8_model else None)
     extractor = load_extractor(spec)
     check_feature_weights(config, extractor.weights_sha256, weights)
@@ -39,13 +48,15 @@ def load_bundle_extractor(config: dict, weights_override: str | None = None,
 
 
 def caption_files(paths: list[str], model_dir, beam_width: int | None = None, weights: str | None = None,
-                  batch_size: int = 16, attention_png: str | None = None, no_repeat_ngram_size: int | None = None
+                  batch_size: int = 16, attention_png: str | None = None, no_repeat_ngram_size: int | None = None,
+                  inference_backend: str = AUTO_BACKEND, int8_model: str | None = None
                   ) -> list[tuple[str, str | None, float | None, str | None]]:
     """(path, caption, log_prob, error) per path, in order. ``model_dir``: a bundle, or a list (an ensemble)."""
     bundle = load_bundles(model_dir)
     if attention_png and not bundle.grid_shape:
         raise ValueError("--attention_png needs an attention bundle (trainer.task --decoder attention)")
-    extractor = load_bundle_extractor(bundle.config, weights, bundle.int8_model)
+    backend, int8_model = backend_for_bundle(bundle, inference_backend, int8_model)
+    extractor = load_bundle_extractor(bundle.config, weights, backend, int8_model)
     names = _picture_names(paths) if attention_png else {}
     beam_width, length_penalty, no_repeat_ngram_size = bundle.decoding_for(
         beam_width, no_repeat_ngram_size=no_repeat_ngram_size)
@@ -113,13 +124,21 @@ def main(argv=None) -> int:
     parser.add_argument("--no_repeat_ngram_size", type=cli.non_negative_int, metavar="N",
                         help="never repeat an n-gram of N words; 0: no blocking (default: the bundle's)")
     parser.add_argument("--weights", help="feature weights, when the bundle's were a local file")
+    parser.add_argument("--inference_backend", default=AUTO_BACKEND, choices=[AUTO_BACKEND, *INFERENCE_BACKENDS],
+                        help="what runs the feature extractor: auto = the backend the bundle was trained on (its "
+                             "own int8 model for int8 bundles), as the caption job; keras on a GPU (docs/backends.md)")
+    parser.add_argument("--int8_model", metavar="DIR", help="openvino-int8: an int8 extractor directory "
+                        "(default: the bundle's own)")
+    parser.add_argument("--batch_size", type=cli.positive_int, default=16,
+                        help="images per feature batch (in memory at once; larger on a GPU)")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files to caption")
     args = parser.parse_args(argv)
     if args.beam_width is not None and args.beam_width < 1:
         parser.error("--beam_width must be at least 1")
-    return cli.exit_status(lambda: _print_captions(caption_files(args.images, args.model_dir, args.beam_width,
-                                                                 args.weights, attention_png=args.attention_png,
-                                                                 no_repeat_ngram_size=args.no_repeat_ngram_size)))
+    return cli.exit_status(lambda: _print_captions(caption_files(
+        args.images, args.model_dir, args.beam_width, args.weights, batch_size=args.batch_size,
+        attention_png=args.attention_png, no_repeat_ngram_size=args.no_repeat_ngram_size,
+        inference_backend=args.inference_backend, int8_model=args.int8_model)))
 
 
 def _print_captions(results) -> int:

@@ -47,11 +47,10 @@ from beam_jobs.caption.reading import DEFAULT_READ_THREADS, ReadImages
 from beam_jobs.features import FeaturesOfImages, add_feature_flags, check_feature_flags
 from beam_jobs.models import MODELS, Models
 from schemas import backbones, tables
-from schemas import int8_model as int8_schema
 from schemas.bundle import BundleKeys
 from trainer import cli
 from trainer.bundle import check_feature_weights, feature_weights_for
-from trainer.features import AUTO_BACKEND, INT8_BACKEND, FeatureSpec, check_backend, check_int8_model
+from trainer.features import FeatureSpec, backend_for_bundle, check_int8_model
 
 DEFAULT_CHECKPOINT_ROWS = 500
 
@@ -180,33 +179,6 @@ def _matches_something(pattern: str) -> bool:
     return matches_anything(pattern)
 
 
-def _backend_for(args: argparse.Namespace, bundle) -> tuple[str, str | None]:
-    """(feature backend, int8 model directory or None): --inference_backend auto follows the bundle's training
-    features, so that the decoder sees the features it was trained on."""
-    trained_on = bundle.inference_backend
-    backend = args.inference_backend
-    if backend == AUTO_BACKEND:
-        backend = INT8_BACKEND if args.int8_model else trained_on
-    check_backend(backend, args.int8_model)
-    int8_model = args.int8_model
-    if int8_model and trained_on == INT8_BACKEND:
-        given = int8_schema.read_info(int8_model).get("bin_sha256")
-        if given != int8_schema.identity(bundle.config):
-            logging.warning("--int8_model %s is not the int8 model %s was trained with (bin sha256 %s): its features "
-                            "differ from the training ones", int8_model, bundle.model_id, str(given)[:12])
-    if backend == INT8_BACKEND and not int8_model:
-        int8_model = bundle.int8_model
-        if not int8_model:
-            raise ValueError(f"--inference_backend {INT8_BACKEND} needs --int8_model DIR: {bundle.model_dir} was "
-                             f"trained on {trained_on} features and has no int8 model of its own (python -m "
-                             "beam_jobs.tools.quantize writes one)")
-    if backend != trained_on:
-        logging.info("features from %s, while %s was trained on %s features (BENCHMARKS.md, feature backends "
-                     "measures what that costs in caption quality)", backend, bundle.model_id, trained_on)
-    logging.info("feature backend: %s%s", backend, f" ({int8_model})" if int8_model else "")
-    return backend, int8_model
-
-
 def prepare(args: argparse.Namespace, models: Models = MODELS) -> CaptionConfig:
     """Checks everything on the launching machine; raises ValueError/FileNotFoundError with what to fix."""
 
@@ -215,7 +187,7 @@ def prepare(args: argparse.Namespace, models: Models = MODELS) -> CaptionConfig:
     weights = feature_weights_for(config, args.weights)
     backbone = backbones.get_backbone(config[BundleKeys.BACKBONE])
     backbones.check_weights_spec(weights)
-    backend, int8_model = _backend_for(args, bundle)
+    backend, int8_model = backend_for_bundle(bundle, args.inference_backend, args.int8_model)
     extractor = models.feature_weights(backbone, weights, config[BundleKeys.IMAGE_SIZE])
     digest = extractor.weights_sha256
     check_feature_weights(config, digest, weights)

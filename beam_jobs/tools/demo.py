@@ -10,9 +10,9 @@
    each caption's attention maps (``--attention_maps``);
 5. renders the captions as an HTML gallery, with where each word looked.
 
-Feature weights: Keras' ImageNet Xception when it can be had (downloaded, or the local file that
-``../shared/tools/get_xception_weights.py`` writes, or ``--weights PATH``); otherwise the demo says so and goes on
-with random-init features, which still tell the synthetic scenes apart.
+Feature weights: Keras' ImageNet Xception when it can be had (in Keras' cache, downloaded, or installed with
+``imcap-weights install FILE``), or ``--weights PATH``; otherwise the demo says so and goes on with random-init
+features, which still tell the synthetic scenes apart.
 """
 import json
 import logging
@@ -28,24 +28,19 @@ from schemas import backbones
 from schemas.records import MetadataKeys, SplitKeys
 from trainer import cli, evaluate, task
 
-LOCAL_IMAGENET_FILE = os.path.expanduser("~/.cache/imcap/xception_imagenet_notop.weights.h5")
-
 
 def choose_weights(requested: str | None) -> str:
     """The weights the demo will use, saying plainly why."""
     if requested:
         return requested
-    if os.path.isfile(LOCAL_IMAGENET_FILE):
-        logging.info("using the local ImageNet Xception weights in %s", LOCAL_IMAGENET_FILE)
-        return LOCAL_IMAGENET_FILE
     try:
         backbones.build_feature_extractor(backbones.XCEPTION, backbones.IMAGENET, backbones.XCEPTION.min_image_size)
-        logging.info("using Keras' ImageNet Xception weights")
+        logging.info("using Keras' ImageNet Xception weights (%s)", backbones.imagenet_source().path)
         return backbones.IMAGENET
     except backbones.WeightsUnavailable as error:
         logging.warning("ImageNet weights are not available here (%s).\n  The demo continues with RANDOM-INIT "
                         "Xception features (--weights none): they still tell the synthetic scenes apart, but "
-                        "real photos need the ImageNet weights (see README: 'Weights').",
+                        "real photos need the ImageNet weights (imcap-weights says how to install them offline).",
                         runtime.first_line(str(error)))
         return backbones.RANDOM_INIT
 

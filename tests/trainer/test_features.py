@@ -230,7 +230,7 @@ def test_every_backend_stays_within_its_tolerance_on_real_photos(tmp_path):
 
 
 @pytest.mark.integration
-def test_the_default_path_is_int8_from_extract_to_caption(sample_dataset, sample_bundle, tmp_path):
+def test_the_default_path_is_int8_from_extract_to_caption(sample_dataset, sample_bundle, tmp_path, capsys):
     """--inference_backend auto: the extract job calibrates an int8 model on its train photos and keeps it with the
     records, the bundle trained on them carries it, and the caption job computes its features with it."""
     from beam_jobs.caption import job as caption_job
@@ -269,8 +269,13 @@ def test_the_default_path_is_int8_from_extract_to_caption(sample_dataset, sample
     photos = sorted(rows)[:4]  # trainer.predict runs the bundle's int8 model too: the same captions
     assert [caption for _, caption, _, _ in predict.caption_files(photos, model_dir, weights="none")] == \
         [rows[photo] for photo in photos]
-    args.inference_backend = "keras"  # an explicit backend wins
+    args.inference_backend = "keras"  # an explicit backend wins, in the job and in imcap-predict (GPU workers)
     assert caption_job.prepare(args).features.backend == "keras"
+    capsys.readouterr()
+    assert predict.main(["--model_dir", model_dir, "--weights", "none", "--inference_backend", "keras",
+                         "--batch_size", "3", *photos]) == 0
+    assert [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()] == photos
+    assert predict.load_bundle_extractor(bundle.config, "none", "keras").spec.backend == "keras"
     with pytest.raises(ValueError, match="trained on features of different extractors"):
         load_bundles([model_dir, sample_bundle], with_decoder=False)
     # A rerun over the same directory is refused without --overwrite, extractor_int8/ included.
