@@ -21,12 +21,25 @@ from setuptools import find_packages, setup
 #                      caption quality (BENCHMARKS.md, feature backends); also the bfloat16/f32 OpenVINO backends
 #   pycocoevalcap      CIDEr-D, the caption metric of record next to BLEU (the COCO evaluation's own code; a
 #                      104 MB wheel because it bundles Java tools for SPICE and METEOR that imcap does not run)
+# Why each upper bound (a new release is admitted once the whole suite passes on it; the newest admitted versions
+# were tested side by side with the oldest in a second venv, docs/development.md):
+#   tensorflow<2.22    each minor release changes oneDNN numerics and the Keras/tf.data pairing the trainer's
+#                      resume and determinism tests hold to; 2.22 is not released
+#   keras<4, numpy<3   the next major versions
+#   apache-beam<2.79   beam_jobs.runtime.LocalRunner extends Beam's FnApiRunner and beam_jobs.sinks Beam's private
+#                      _ParquetSink/_TFRecordSink: internals that change between minor releases (2.77 and 2.78 pass)
+#   pillow<13          Pillow 13 moved the choice of which bilinear pass runs first into C, with a new rule;
+#                      schemas.images squashes non-RGB pictures a block at a time in Pillow 12's order, and
+#                      tests/schemas/test_images.py finds 20 tall pictures off by one level on 13 (features would
+#                      no longer match the whole-picture conversion bit for bit)
+#   python<3.13        the suite runs on 3.11 (CI) and 3.12 (checked here); 3.13 wheels of TensorFlow 2.21, Beam 2.78
+#                      and OpenVINO resolve, but the suite has not been run on it
 INSTALL_REQUIRES = [
     "tensorflow>=2.20,<2.22",
     "keras>=3.15.1,<4",
     "apache-beam[tfrecord]>=2.77,<2.79",
     "google-crc32c>=1.5",
-    "pillow>=12.3.0",
+    "pillow>=12.3.0,<13",
     "numpy>=1.26,<3",
     "pyarrow>=15",
     "tqdm>=4.66",
@@ -44,6 +57,8 @@ setup(
     description=__doc__,
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    license_files=["LICENSE"],
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["beam_jobs", "beam_jobs.*", "trainer", "trainer.*", "schemas", "schemas.*"]),
     install_requires=INSTALL_REQUIRES,
@@ -56,6 +71,9 @@ setup(
         "openvino": [],
         # gs:// paths and the Dataflow runner
         "gcp": ["apache-beam[gcp,tfrecord]>=2.77,<2.79"],
+        # NVIDIA GPUs on Linux: TensorFlow's CUDA/cuDNN wheels (about 2.8 GB to download); run the jobs and
+        # imcap-predict with --inference_backend keras on GPU workers (docs/backends.md, GPUs)
+        "gpu": ["tensorflow[and-cuda]>=2.20,<2.22"],
     },
     entry_points={
         "console_scripts": [
@@ -66,6 +84,7 @@ setup(
             "imcap-gallery=beam_jobs.tools.gallery:main",
             "imcap-quantize=beam_jobs.tools.quantize:main",
             "imcap-weights=beam_jobs.tools.weights:main",
+            "imcap-recipe=beam_jobs.tools.recipe:main",
             "imcap-train=trainer.task:main",
             "imcap-scst=trainer.scst:main",
             "imcap-evaluate=trainer.evaluate:main",

@@ -1,0 +1,212 @@
+"""imcap-recipe: the best caption model of docs/training.md in one command, resumable stage by stage.
+
+    imcap-recipe --dataset_dir data/flickr8k --output_dir out/recipe [--weights imagenet|PATH] [--seed 0]
+
+Stages (each logged with its time; their outputs under ``--output_dir``):
+
+1. ``features/``: the extract job with the spatial grid (``--spatial_grid full``; int8 features, the default);
+2. ``attention/``: the attention decoder, the best epoch by dev CIDEr-D with learning-rate decay
+   (``imcap-train --decoder attention --select_by cider_d --lr_decay 0.5 --epochs 13``);
+3. ``scst1/`` .. ``scstN/``: ``--scst_rounds`` rounds of self-critical training, one epoch each, each from the
+   previous round's bundle and keeping its best greedy dev CIDEr-D (``imcap-scst --epochs 1``);
+4. ``model/``: the last round's bundle, evaluated on the dev split (beam 3; the scores in
+   ``model/eval_<split>_beam3.json`` and in ``recipe.json``).
+
+``recipe.json`` records the settings and each finished stage with its time. Run the same command again after an
+interruption: finished stages are kept, the training stage resumes from its last finished epoch, and any other
+unfinished stage starts again. Other settings than the recorded ones are refused (``--restart`` starts over,
+removing only this recipe's own outputs). On Flickr8k (6,000 train photos, 2 cores, no GPU) it takes about 1.5 hours
+(docs/training.md).
+"""
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+
+from beam_jobs import runtime
+from beam_jobs.extract import job as extract_job
+from schemas import backbones, fileio, records
+from trainer import cli, evaluate, scst, task
+from trainer.features import AUTO_BACKEND, INFERENCE_BACKENDS
+
+STATE_FILE = "recipe.json"
+FEATURES, ATTENTION, MODEL = "features", "attention", "model"
+SETTINGS = ("dataset_dir", "weights", "image_size", "inference_backend", "spatial_grid", "min_word_count", "seed",
+            "epochs", "scst_rounds", "beam_width")
+
+
+class RecipeError(ValueError):
+    """The output directory cannot be used as asked."""
+
+
+def stage_names(scst_rounds: int) -> list[str]:
+    return ["extract", "train", *[f"scst{k}" for k in range(1, scst_rounds + 1)], "evaluate"]
+
+
+def _own_outputs(out: str) -> list[str]:
+    """The recipe's folders under ``out`` (any number of SCST rounds a previous run may have made)."""
+    names = [FEATURES, ATTENTION, MODEL] + sorted(name for name in os.listdir(out) if name.startswith("scst")
+                                                   and name[4:].isdigit())
+    return [os.path.join(out, name) for name in names if os.path.exists(os.path.join(out, name))]
+
+
+def load_state(out: str, settings: dict, restart: bool) -> dict:
+    """The recorded state of a run in ``out``, checked against ``settings``; a new one where there is none."""
+    path = os.path.join(out, STATE_FILE)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as handle:
+            state = json.load(handle)
+        if restart:
+            for owned in _own_outputs(out):
+                shutil.rmtree(owned)
+            os.remove(path)
+            logging.info("--restart: removed the outputs of the previous run in %s", out)
+        else:
+            changed = [f"--{key} {state['settings'].get(key)!r} then, {settings[key]!r} now" for key in SETTINGS
+                       if state["settings"].get(key) != settings[key]]
+            if changed and [key for key in SETTINGS if state["settings"].get(key) != settings[key]] == [
+                    "scst_rounds"] and settings["scst_rounds"] > state["settings"]["scst_rounds"]:
+                logging.info("more SCST rounds than before (%d, then %d): the run goes on from its last round",
+                             settings["scst_rounds"], state["settings"]["scst_rounds"])
+                state["settings"]["scst_rounds"] = settings["scst_rounds"]
+                state["stages"].pop("evaluate", None)
+                return state
+            if changed:
+                raise RecipeError(f"{out} holds a recipe run with other settings ({'; '.join(changed)}): run it with "
+                                  "the same flags to resume, pass --restart to start over, or pick another "
+                                  "--output_dir")
+            return state
+    elif os.path.isdir(out):
+        foreign = _own_outputs(out)
+        if foreign:
+            raise RecipeError(f"{out} already holds {', '.join(os.path.basename(p) for p in foreign)} but no "
+                              f"{STATE_FILE}: not a recipe run's; pick another --output_dir")
+    return {"settings": settings, "stages": {}}
+
+
+def save_state(out: str, state: dict) -> None:
+    """recipe.json, its stages in the order they ran."""
+    fileio.write_text(os.path.join(out, STATE_FILE), json.dumps(state, indent=2) + "\n")
+
+
+def _extract(args, out: str) -> None:
+    argv = ["--output_dir", os.path.join(out, FEATURES), "--weights", args.weights,
+            "--image_size", str(args.image_size), "--spatial_grid", args.spatial_grid,
+            "--inference_backend", args.inference_backend, "--min_word_count", str(args.min_word_count), "--overwrite"]
+    for dataset in args.dataset_dir:
+        argv += ["--dataset_dir", dataset]
+    extract_job.run(argv)
+
+
+def _train(args, out: str) -> None:
+    task.train(task.parse_args([
+        "--data_dir", os.path.join(out, FEATURES), "--model_dir", os.path.join(out, ATTENTION),
+        "--decoder", "attention", "--select_by", "cider_d", "--lr_decay", "0.5", "--epochs", str(args.epochs),
+        "--seed", str(args.seed), "--verbose", "2"]))
+
+
+def _scst(args, out: str, round_number: int) -> None:
+    previous = os.path.join(out, ATTENTION if round_number == 1 else f"scst{round_number - 1}")
+    scst.train(scst.parse_args([
+        "--data_dir", os.path.join(out, FEATURES), "--init_model_dir", previous,
+        "--model_dir", os.path.join(out, f"scst{round_number}"), "--epochs", "1", "--seed", str(args.seed)]))
+
+
+def _evaluate(args, out: str) -> dict:
+    last = os.path.join(out, f"scst{args.scst_rounds}" if args.scst_rounds else ATTENTION)
+    model = os.path.join(out, MODEL)
+    if os.path.exists(model):
+        shutil.rmtree(model)
+    shutil.copytree(last, model)
+    features = os.path.join(out, FEATURES)
+    split = records.default_eval_split(fileio.read_json(os.path.join(features, records.METADATA_FILE))) or "dev"
+    scores = evaluate.evaluate(features, model, split, beam_width=args.beam_width)
+    return {key: scores[key] for key in ("split", "images", "beam_width", "bleu_1", "bleu_2", "bleu_3", "bleu_4",
+                                         "cider_d", "model_id")}
+
+
+def run(args) -> dict:
+    out = args.output_dir
+    settings = {key: getattr(args, key) for key in SETTINGS}
+    state = load_state(out, settings, args.restart)
+    os.makedirs(out, exist_ok=True)
+    save_state(out, state)
+    stages = stage_names(args.scst_rounds)
+    actions = {"extract": lambda: _extract(args, out), "train": lambda: _train(args, out),
+               "evaluate": lambda: _evaluate(args, out)}
+    for number in range(1, args.scst_rounds + 1):
+        actions[f"scst{number}"] = lambda number=number: _scst(args, out, number)
+    for index, stage in enumerate(stages, 1):
+        done = state["stages"].get(stage)
+        if done:
+            logging.info("[%d/%d] %s: done in a previous run (%s)", index, len(stages), stage,
+                         _duration(done["seconds"]))
+            continue
+        logging.info("[%d/%d] %s ...", index, len(stages), stage)
+        start = time.monotonic()
+        result = actions[stage]()
+        seconds = round(time.monotonic() - start, 1)
+        state["stages"][stage] = {"seconds": seconds, **({"scores": result} if isinstance(result, dict) else {})}
+        save_state(out, state)
+        logging.info("[%d/%d] %s finished in %s", index, len(stages), stage, _duration(seconds))
+    scores = state["stages"]["evaluate"]["scores"]
+    total = sum(stage["seconds"] for stage in state["stages"].values())
+    logging.info("recipe finished in %s (%s). Bundle: %s (%s)\n  %s split, beam %d: BLEU-1 %.3f  BLEU-4 %.3f  "
+                 "CIDEr-D %.3f\n  caption photos with: imcap-caption --model_dir %s --input 'photos/*.jpg' "
+                 "--output_dir captions", _duration(total),
+                 ", ".join(f"{name} {_duration(state['stages'][name]['seconds'])}" for name in stages),
+                 os.path.join(out, MODEL), scores["model_id"], scores["split"], scores["beam_width"],
+                 scores["bleu_1"], scores["bleu_4"], scores["cider_d"], os.path.join(out, MODEL))
+    return state
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {rest:02d} s" if minutes else f"{rest} s"
+
+
+def parse_args(argv=None):
+    parser = cli.ArgumentParser(prog="imcap-recipe", description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    parser.add_argument("--dataset_dir", action="extend", nargs="+", required=True, metavar="[NAME=]DIR",
+                        help="captioned datasets in any layout the extract job reads (several: combined)")
+    parser.add_argument("--output_dir", required=True, metavar="DIR",
+                        help="where the features, the bundles of each stage, model/ and recipe.json go (local)")
+    parser.add_argument("--weights", default=backbones.IMAGENET,
+                        help="Xception weights: imagenet, a Keras weights file, or none (random init, for tests)")
+    parser.add_argument("--image_size", type=cli.positive_int, default=backbones.XCEPTION.default_image_size,
+                        help="Xception's input size (the extract job's --image_size)")
+    parser.add_argument("--inference_backend", default=AUTO_BACKEND, choices=[AUTO_BACKEND, *INFERENCE_BACKENDS],
+                        help="the extract job's feature backend (auto: int8 on CPUs; keras on a GPU)")
+    parser.add_argument("--spatial_grid", default="full", metavar="full|N",
+                        help="the grid the attention decoder reads (the extract job's --spatial_grid)")
+    parser.add_argument("--min_word_count", type=cli.positive_int, default=extract_job.DEFAULT_MIN_WORD_COUNT,
+                        help="rarer train words map to <unk>")
+    parser.add_argument("--epochs", type=cli.positive_int, default=13,
+                        help="attention training epochs, at most (the best by dev CIDEr-D is kept)")
+    parser.add_argument("--scst_rounds", type=cli.non_negative_int, default=3,
+                        help="self-critical rounds of one epoch each (BENCHMARKS.md: 3 is where dev stops rising)")
+    parser.add_argument("--beam_width", type=cli.positive_int, default=3, help="beam width of the evaluation")
+    parser.add_argument("--seed", type=int, default=0, help="seeds training and sampling (repeatable runs)")
+    parser.add_argument("--restart", action="store_true",
+                        help="remove the outputs of a previous recipe run in --output_dir and start over")
+    args = parser.parse_args(argv)
+    if args.spatial_grid == "none":
+        parser.error("--spatial_grid none: the attention decoder needs a grid (full, or N for NxN)")
+    try:
+        backbones.check_weights_spec(args.weights)
+    except ValueError as error:
+        parser.error(str(error))
+    return args
+
+
+def main(argv=None) -> int:
+    runtime.setup_logging()
+    cli.quiet_tensorflow()
+    args = parse_args(argv)
+    return cli.exit_status(lambda: run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
