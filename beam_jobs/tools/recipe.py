@@ -8,7 +8,8 @@ Stages (each logged with its time; their outputs under ``--output_dir``):
 2. ``attention/``: the attention decoder, the best epoch by dev CIDEr-D with learning-rate decay
    (``imcap-train --decoder attention --select_by cider_d --lr_decay 0.5 --epochs 13``);
 3. ``scst1/`` .. ``scstN/``: ``--scst_rounds`` rounds of self-critical training, one epoch each, each from the
-   previous round's bundle and keeping its best greedy dev CIDEr-D (``imcap-scst --epochs 1``);
+   previous round's bundle and keeping its best greedy dev CIDEr-D (``imcap-scst --epochs 1``); once a round
+   keeps its starting weights, the rounds after it are skipped (same seed, same start: they would repeat it);
 4. ``model/``: the last round's bundle, evaluated on the dev split (beam 3; the scores in
    ``model/eval_<split>_beam3.json`` and in ``recipe.json``).
 
@@ -107,15 +108,28 @@ def _train(args, out: str) -> None:
         "--seed", str(args.seed), "--verbose", "2"]))
 
 
-def _scst(args, out: str, round_number: int) -> None:
-    previous = os.path.join(out, ATTENTION if round_number == 1 else f"scst{round_number - 1}")
+def _bundle_of(out: str, round_number: int) -> str:
+    """The bundle after ``round_number`` SCST rounds (0: the attention training's)."""
+    return os.path.join(out, ATTENTION if round_number == 0 else f"scst{round_number}")
+
+
+def _model_id(bundle_dir: str) -> str:
+    return fileio.read_json(os.path.join(bundle_dir, "bundle.json"))["model_id"]
+
+
+def _scst(args, out: str, round_number: int) -> dict | None:
+    """One SCST round; ``{"kept": ...}`` when it kept its starting weights (no epoch beat them on dev)."""
+    previous = _bundle_of(out, round_number - 1)
     scst.train(scst.parse_args([
         "--data_dir", os.path.join(out, FEATURES), "--init_model_dir", previous,
-        "--model_dir", os.path.join(out, f"scst{round_number}"), "--epochs", "1", "--seed", str(args.seed)]))
+        "--model_dir", _bundle_of(out, round_number), "--epochs", "1", "--seed", str(args.seed)]))
+    if _model_id(_bundle_of(out, round_number)) == _model_id(previous):
+        return {"kept": _model_id(previous)}
+    return None
 
 
 def _evaluate(args, out: str) -> dict:
-    last = os.path.join(out, f"scst{args.scst_rounds}" if args.scst_rounds else ATTENTION)
+    last = _bundle_of(out, args.scst_rounds)
     model = os.path.join(out, MODEL)
     if os.path.exists(model):
         shutil.rmtree(model)
@@ -138,19 +152,36 @@ def run(args) -> dict:
                "evaluate": lambda: _evaluate(args, out)}
     for number in range(1, args.scst_rounds + 1):
         actions[f"scst{number}"] = lambda number=number: _scst(args, out, number)
+    repeat_of = None  # an SCST round that kept its starting weights: a next round (same seed) would repeat it
     for index, stage in enumerate(stages, 1):
         done = state["stages"].get(stage)
         if done:
             logging.info("[%d/%d] %s: done in a previous run (%s)", index, len(stages), stage,
                          _duration(done["seconds"]))
+            repeat_of = done.get("kept") and stage
+            continue
+        if repeat_of and stage.startswith("scst"):
+            number = int(stage[4:])
+            shutil.copytree(_bundle_of(out, number - 1), _bundle_of(out, number), dirs_exist_ok=True)
+            state["stages"][stage] = {"seconds": 0.0, "kept": state["stages"][repeat_of]["kept"],
+                                      "skipped": f"{repeat_of} kept its starting weights; this round, with the "
+                                                 "same seed and start, would repeat it bit for bit"}
+            save_state(out, state)
+            logging.info("[%d/%d] %s: skipped (%s)", index, len(stages), stage, state["stages"][stage]["skipped"])
             continue
         logging.info("[%d/%d] %s ...", index, len(stages), stage)
         start = time.monotonic()
         result = actions[stage]()
         seconds = round(time.monotonic() - start, 1)
-        state["stages"][stage] = {"seconds": seconds, **({"scores": result} if isinstance(result, dict) else {})}
+        if stage == "evaluate":
+            state["stages"][stage] = {"seconds": seconds, "scores": result}
+        else:
+            state["stages"][stage] = {"seconds": seconds, **(result or {})}
+            repeat_of = result and stage
         save_state(out, state)
-        logging.info("[%d/%d] %s finished in %s", index, len(stages), stage, _duration(seconds))
+        logging.info("[%d/%d] %s finished in %s%s", index, len(stages), stage, _duration(seconds),
+                     " (kept its starting weights: no epoch beat them on dev)" if result and "kept" in result
+                     else "")
     scores = state["stages"]["evaluate"]["scores"]
     total = sum(stage["seconds"] for stage in state["stages"].values())
     logging.info("recipe finished in %s (%s). Bundle: %s (%s)\n  %s split, beam %d: BLEU-1 %.3f  BLEU-4 %.3f  "

@@ -57,14 +57,22 @@ def test_other_settings_are_refused_and_more_scst_rounds_go_on(finished, sample_
     assert recipe.main(_argv(sample_dataset, out, "--seed", "1")) == 2
     assert "other settings (--seed 0 then, 1 now)" in capfd.readouterr().err
     argv = _argv(sample_dataset, out)
-    argv[argv.index("--scst_rounds") + 1] = "2"
+    argv[argv.index("--scst_rounds") + 1] = "3"
     assert recipe.main(argv) == 0
     state = _state(out)
-    assert list(state["stages"]) == ["extract", "train", "scst1", "scst2", "evaluate"]
-    assert state["settings"]["scst_rounds"] == 2
+    assert list(state["stages"]) == ["extract", "train", "scst1", "scst2", "scst3", "evaluate"]
+    assert state["settings"]["scst_rounds"] == 3
     assert state["stages"]["scst1"] == _state(finished)["stages"]["scst1"]
-    assert state["stages"]["evaluate"]["scores"]["model_id"] == json.load(open(
-        os.path.join(out, "scst2", "bundle.json"), encoding="utf-8"))["model_id"]
+
+    def model_id(name):
+        return json.load(open(os.path.join(out, name, "bundle.json"), encoding="utf-8"))["model_id"]
+    for before, after in (("attention", "scst1"), ("scst1", "scst2"), ("scst2", "scst3")):
+        stage = state["stages"][after]
+        # a round that kept its starting weights says so, and the next one (same seed, same start) is skipped
+        assert ("kept" in stage) == (model_id(after) == model_id(before))
+        assert ("skipped" in stage) == ("kept" in state["stages"].get(before, {}))
+        assert not stage.get("skipped") or stage["seconds"] == 0
+    assert state["stages"]["evaluate"]["scores"]["model_id"] == model_id("scst3") == model_id("model")
 
 
 def test_a_folder_of_other_files_is_refused_and_restart_removes_only_the_recipes(tmp_path, sample_dataset):
