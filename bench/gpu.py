@@ -86,7 +86,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2000, help="photos generated and captioned (N)")
     parser.add_argument("--photo_size", type=int, default=500, help="side of the generated JPEGs, px")
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[32, 64, 128])
-    parser.add_argument("--out", default="/tmp/gpu_bench", help="scratch folder (removed first) and the JSON result")
+    parser.add_argument("--out", default="/tmp/gpu_bench",
+                        help="scratch folder and the JSON result (emptied first if this script made it; refused if "
+                             "it holds other files)")
     parser.add_argument("--allow_cpu", action="store_true", help="run without a GPU (a dry run of the script)")
     args = parser.parse_args()
 
@@ -99,7 +101,12 @@ def main() -> None:
     runtime.setup_logging(logging.WARNING)
 
     device = _gpu_name(args.allow_cpu)
+    marker = os.path.join(args.out, ".imcap-gpu-bench")
+    if os.path.isdir(args.out) and os.listdir(args.out) and not os.path.exists(marker):
+        raise SystemExit(f"--out {args.out} holds files this script did not write: pick an empty or new folder")
     shutil.rmtree(args.out, ignore_errors=True)
+    os.makedirs(args.out)
+    open(marker, "w", encoding="utf-8").close()
     dataset = os.path.join(args.out, "dataset")
     splits = write_sample_dataset(dataset, num_images=args.images, image_size=args.photo_size)
     images_dir = os.path.join(dataset, "Flicker8k_Dataset")

@@ -24,8 +24,8 @@ IMAGENET = "imagenet"
 RANDOM_INIT = "none"
 RANDOM_INIT_SEED = 0
 
-# Keras' published ImageNet Xception weights, as keras.applications.xception names them (tests/schemas/
-# test_backbones.py holds these to Keras' own values): without the top (what imcap uses) and with it.
+# Keras' published ImageNet Xception weights, as keras.applications.xception names them (tests/beam_jobs/tools/
+# test_weights.py holds these to Keras' own values): without the top (what imcap uses) and with it.
 KERAS_WEIGHTS_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/xception/"
                      "xception_weights_tf_dim_ordering_tf_kernels_notop.h5")
 KERAS_WEIGHTS_FILE = "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"
@@ -139,7 +139,10 @@ def build_feature_extractor(backbone: Backbone, weights: str, image_size: int, s
     if weights == RANDOM_INIT:
         keras.utils.set_random_seed(RANDOM_INIT_SEED)
         model = constructor(weights=None, include_top=False, pooling=pooling, input_shape=shape)
-    elif weights == IMAGENET and (source := imagenet_source()).kind == INSTALLED:
+    elif weights == IMAGENET and ((source := imagenet_source()).kind == INSTALLED or (
+            source.kind == KERAS_CACHE and not os.access(os.path.dirname(source.path), os.W_OK))):
+        # imcap's checked copy; or Keras' file in a read-only folder, which Keras itself would pass over for a
+        # download into /tmp/.keras: both loaded here and held to the ImageNet tensors' digest
         path = source.path
         model = constructor(weights=None, include_top=False, pooling=pooling, input_shape=shape)
         model.load_weights(path)

@@ -9,7 +9,8 @@ Stages (each logged with its time; their outputs under ``--output_dir``):
    (``imcap-train --decoder attention --select_by cider_d --lr_decay 0.5 --epochs 13``);
 3. ``scst1/`` .. ``scstN/``: ``--scst_rounds`` rounds of self-critical training, one epoch each, each from the
    previous round's bundle and keeping its best greedy dev CIDEr-D (``imcap-scst --epochs 1``); once a round
-   keeps its starting weights, the rounds after it are skipped (same seed, same start: they would repeat it);
+   keeps its starting weights, the rounds after it are skipped (same seed, same start: on a CPU they would
+   repeat it bit for bit);
 4. ``model/``: the last round's bundle, evaluated on the dev split (beam 3; the scores in
    ``model/eval_<split>_beam3.json`` and in ``recipe.json``).
 
@@ -19,6 +20,8 @@ unfinished stage starts again. Other settings than the recorded ones are refused
 removing only this recipe's own outputs). On Flickr8k (6,000 train photos, 2 cores, no GPU) it takes about 1.5 hours
 (docs/training.md).
 """
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -33,6 +36,7 @@ from trainer import cli, evaluate, scst, task
 from trainer.features import AUTO_BACKEND, INFERENCE_BACKENDS
 
 STATE_FILE = "recipe.json"
+LOCK_FILE = ".recipe.lock"
 FEATURES, ATTENTION, MODEL = "features", "attention", "model"
 SETTINGS = ("dataset_dir", "weights", "image_size", "inference_backend", "spatial_grid", "min_word_count", "seed",
             "epochs", "scst_rounds", "beam_width")
@@ -46,41 +50,54 @@ def stage_names(scst_rounds: int) -> list[str]:
     return ["extract", "train", *[f"scst{k}" for k in range(1, scst_rounds + 1)], "evaluate"]
 
 
-def _own_outputs(out: str) -> list[str]:
-    """The recipe's folders under ``out`` (any number of SCST rounds a previous run may have made)."""
-    names = [FEATURES, ATTENTION, MODEL] + sorted(name for name in os.listdir(out) if name.startswith("scst")
-                                                   and name[4:].isdigit())
+def _own_outputs(out: str, scst_rounds: int) -> list[str]:
+    """The recipe's folders under ``out`` that exist (``scst1/`` .. ``scst<scst_rounds>/`` of the rounds)."""
+    names = [FEATURES, ATTENTION, MODEL, *[f"scst{k}" for k in range(1, scst_rounds + 1)]]
     return [os.path.join(out, name) for name in names if os.path.exists(os.path.join(out, name))]
+
+
+def _read_state(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            state = json.load(handle)
+        if not isinstance(state.get("settings"), dict) or not isinstance(state.get("stages"), dict):
+            raise ValueError("no settings and stages")
+        return state
+    except (ValueError, AttributeError) as error:
+        raise RecipeError(f"{path} is damaged ({error}): pass --restart to start over") from None
 
 
 def load_state(out: str, settings: dict, restart: bool) -> dict:
     """The recorded state of a run in ``out``, checked against ``settings``; a new one where there is none."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise RecipeError(f"--output_dir {out} is a file, not a folder")
     path = os.path.join(out, STATE_FILE)
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as handle:
-            state = json.load(handle)
-        if restart:
-            for owned in _own_outputs(out):
-                shutil.rmtree(owned)
-            os.remove(path)
-            logging.info("--restart: removed the outputs of the previous run in %s", out)
-        else:
-            changed = [f"--{key} {state['settings'].get(key)!r} then, {settings[key]!r} now" for key in SETTINGS
-                       if state["settings"].get(key) != settings[key]]
-            if changed and [key for key in SETTINGS if state["settings"].get(key) != settings[key]] == [
-                    "scst_rounds"] and settings["scst_rounds"] > state["settings"]["scst_rounds"]:
-                logging.info("more SCST rounds than before (%d, then %d): the run goes on from its last round",
-                             settings["scst_rounds"], state["settings"]["scst_rounds"])
-                state["settings"]["scst_rounds"] = settings["scst_rounds"]
-                state["stages"].pop("evaluate", None)
-                return state
-            if changed:
-                raise RecipeError(f"{out} holds a recipe run with other settings ({'; '.join(changed)}): run it with "
-                                  "the same flags to resume, pass --restart to start over, or pick another "
-                                  "--output_dir")
+    if os.path.isfile(path) and restart:
+        try:
+            rounds = max(_read_state(path)["settings"].get("scst_rounds", 0), settings.get("scst_rounds", 0))
+        except RecipeError:
+            rounds = settings.get("scst_rounds", 0)
+        for owned in _own_outputs(out, rounds):
+            shutil.rmtree(owned)
+        os.remove(path)
+        logging.info("--restart: removed the outputs of the previous run in %s", out)
+    elif os.path.isfile(path):
+        state = _read_state(path)
+        differ = [key for key in SETTINGS if state["settings"].get(key) != settings[key]]
+        if differ == ["scst_rounds"] and settings["scst_rounds"] > state["settings"]["scst_rounds"]:
+            logging.info("more SCST rounds than before (%d, then %d): the run goes on from its last round",
+                         settings["scst_rounds"], state["settings"]["scst_rounds"])
+            state["settings"]["scst_rounds"] = settings["scst_rounds"]
+            state["stages"].pop("evaluate", None)
             return state
+        if differ:
+            changed = "; ".join(f"--{key} {state['settings'].get(key)!r} then, {settings[key]!r} now"
+                                for key in differ)
+            raise RecipeError(f"{out} holds a recipe run with other settings ({changed}): run it with the same "
+                              "flags to resume, pass --restart to start over, or pick another --output_dir")
+        return state
     elif os.path.isdir(out):
-        foreign = _own_outputs(out)
+        foreign = _own_outputs(out, settings.get("scst_rounds", 0))
         if foreign:
             raise RecipeError(f"{out} already holds {', '.join(os.path.basename(p) for p in foreign)} but no "
                               f"{STATE_FILE}: not a recipe run's; pick another --output_dir")
@@ -88,8 +105,23 @@ def load_state(out: str, settings: dict, restart: bool) -> dict:
 
 
 def save_state(out: str, state: dict) -> None:
-    """recipe.json, its stages in the order they ran."""
-    fileio.write_text(os.path.join(out, STATE_FILE), json.dumps(state, indent=2) + "\n")
+    """recipe.json, its stages in the order they ran; written whole or not at all (a kill leaves the old one)."""
+    path = os.path.join(out, STATE_FILE)
+    temporary = f"{path}.{os.getpid()}.tmp"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(state, indent=2) + "\n")
+    os.replace(temporary, path)
+
+
+@contextlib.contextmanager
+def _only_run(out: str):
+    """Holds ``out/.recipe.lock`` while a run goes on: a second run on the same folder stops at once."""
+    with open(os.path.join(out, LOCK_FILE), "w", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RecipeError(f"another imcap-recipe is running in {out}: wait for it, or stop it first") from None
+        yield
 
 
 def _extract(args, out: str) -> None:
@@ -99,6 +131,9 @@ def _extract(args, out: str) -> None:
     for dataset in args.dataset_dir:
         argv += ["--dataset_dir", dataset]
     extract_job.run(argv)
+    if not os.path.isfile(os.path.join(out, FEATURES, records.METADATA_FILE)):
+        raise RecipeError(f"the extract job wrote no {records.METADATA_FILE} in {os.path.join(out, FEATURES)} (see "
+                          "its summary above); fix what it reports and run the recipe again")
 
 
 def _train(args, out: str) -> None:
@@ -143,9 +178,16 @@ def _evaluate(args, out: str) -> dict:
 
 def run(args) -> dict:
     out = args.output_dir
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise RecipeError(f"--output_dir {out} is a file, not a folder")
+    os.makedirs(out, exist_ok=True)
+    with _only_run(out):
+        return _run_stages(args, out)
+
+
+def _run_stages(args, out: str) -> dict:
     settings = {key: getattr(args, key) for key in SETTINGS}
     state = load_state(out, settings, args.restart)
-    os.makedirs(out, exist_ok=True)
     save_state(out, state)
     stages = stage_names(args.scst_rounds)
     actions = {"extract": lambda: _extract(args, out), "train": lambda: _train(args, out),
@@ -203,13 +245,15 @@ def parse_args(argv=None):
     parser.add_argument("--dataset_dir", action="extend", nargs="+", required=True, metavar="[NAME=]DIR",
                         help="captioned datasets in any layout the extract job reads (several: combined)")
     parser.add_argument("--output_dir", required=True, metavar="DIR",
-                        help="where the features, the bundles of each stage, model/ and recipe.json go (local)")
+                        help="a local folder: where the features, the bundles of each stage, model/ and recipe.json "
+                             "go")
     parser.add_argument("--weights", default=backbones.IMAGENET,
                         help="Xception weights: imagenet, a Keras weights file, or none (random init, for tests)")
     parser.add_argument("--image_size", type=cli.positive_int, default=backbones.XCEPTION.default_image_size,
                         help="Xception's input size (the extract job's --image_size)")
     parser.add_argument("--inference_backend", default=AUTO_BACKEND, choices=[AUTO_BACKEND, *INFERENCE_BACKENDS],
-                        help="the extract job's feature backend (auto: int8 on CPUs; keras on a GPU)")
+                        help="the extract job's feature backend (auto: int8 through OpenVINO, which runs on the "
+                             "CPU; pass keras on a GPU machine)")
     parser.add_argument("--spatial_grid", default="full", metavar="full|N",
                         help="the grid the attention decoder reads (the extract job's --spatial_grid)")
     parser.add_argument("--min_word_count", type=cli.positive_int, default=extract_job.DEFAULT_MIN_WORD_COUNT,
@@ -223,6 +267,9 @@ def parse_args(argv=None):
     parser.add_argument("--restart", action="store_true",
                         help="remove the outputs of a previous recipe run in --output_dir and start over")
     args = parser.parse_args(argv)
+    if "://" in args.output_dir:
+        parser.error(f"--output_dir {args.output_dir}: the recipe trains on this machine and needs a local folder "
+                     "(copy model/ to an object store afterwards)")
     if args.spatial_grid == "none":
         parser.error("--spatial_grid none: the attention decoder needs a grid (full, or N for NxN)")
     try:

@@ -142,8 +142,12 @@ def download() -> str:
     cli.quiet_tensorflow()
     import keras
 
-    return keras.utils.get_file(backbones.KERAS_WEIGHTS_FILE, backbones.KERAS_WEIGHTS_URL, cache_subdir="models",
-                                file_hash=backbones.KERAS_WEIGHTS_MD5)
+    try:
+        return keras.utils.get_file(backbones.KERAS_WEIGHTS_FILE, backbones.KERAS_WEIGHTS_URL,
+                                    cache_subdir="models", file_hash=backbones.KERAS_WEIGHTS_MD5)
+    except Exception as error:  # Keras raises bare Exceptions for network failures, ValueError for a bad hash
+        raise WeightsError(f"could not download {backbones.KERAS_WEIGHTS_URL} ({type(error).__name__}: "
+                           f"{runtime.first_line(str(error))}); this needs internet access") from error
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -80,15 +80,31 @@ def test_a_folder_of_other_files_is_refused_and_restart_removes_only_the_recipes
     (out / "features").mkdir(parents=True)
     (out / "notes.txt").write_text("mine")
     with pytest.raises(recipe.RecipeError, match="already holds features but no recipe.json"):
-        recipe.load_state(str(out), {}, restart=False)
+        recipe.load_state(str(out), {"scst_rounds": 3}, restart=False)
     settings = {key: getattr(recipe.parse_args(_argv(sample_dataset, str(out))), key) for key in recipe.SETTINGS}
-    for name in ("attention", "scst1", "scst2", "model"):
+    for name in ("attention", "scst1", "scst9", "model"):  # scst9: not a round of this run (1 round)
         (out / name).mkdir()
         (out / name / "bundle.json").write_text("{}")
     recipe.save_state(str(out), {"settings": settings, "stages": {"extract": {"seconds": 1.0}}})
     state = recipe.load_state(str(out), settings, restart=True)
     assert state == {"settings": settings, "stages": {}}
-    assert sorted(os.listdir(out)) == ["notes.txt"]
+    assert sorted(os.listdir(out)) == ["notes.txt", "scst9"]
+
+
+def test_a_damaged_state_a_file_and_a_second_run_are_refused_with_what_to_do(tmp_path, sample_dataset):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / recipe.STATE_FILE).write_text('{"settings": {"seed": 0}, "sta')  # a write cut short
+    settings = {key: getattr(recipe.parse_args(_argv(sample_dataset, str(out))), key) for key in recipe.SETTINGS}
+    with pytest.raises(recipe.RecipeError, match="recipe.json is damaged .*pass --restart"):
+        recipe.load_state(str(out), settings, restart=False)
+    assert recipe.load_state(str(out), settings, restart=True) == {"settings": settings, "stages": {}}
+    (tmp_path / "file").write_text("")
+    with pytest.raises(recipe.RecipeError, match="is a file, not a folder"):
+        recipe.run(recipe.parse_args(_argv(sample_dataset, str(tmp_path / "file"))))
+    with recipe._only_run(str(out)):  # pylint: disable=protected-access
+        with pytest.raises(recipe.RecipeError, match="another imcap-recipe is running"):
+            recipe.run(recipe.parse_args(_argv(sample_dataset, str(out))))
 
 
 def test_flags_that_cannot_make_the_recipes_model_fail_fast(sample_dataset, tmp_path, capsys):
@@ -99,6 +115,9 @@ def test_flags_that_cannot_make_the_recipes_model_fail_fast(sample_dataset, tmp_
         recipe.parse_args(["--dataset_dir", sample_dataset, "--output_dir", str(tmp_path / "o"), "--weights",
                            str(tmp_path / "absent.h5")])
     assert "absent.h5: no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        recipe.parse_args(_argv(sample_dataset, "gs://bucket/recipe"))
+    assert "needs a local folder" in capsys.readouterr().err
 
 
 @pytest.mark.integration
