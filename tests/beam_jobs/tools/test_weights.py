@@ -23,6 +23,7 @@ def test_the_published_file_is_named_as_keras_names_it():
     assert f'file_hash="{backbones.KERAS_TOP_WEIGHTS_MD5}"' in source
 
 
+@pytest.mark.integration
 def test_keras_folder_is_the_one_keras_uses(tmp_path):
     """With and without $KERAS_HOME (Keras reads it when imported: its config module is reloaded for each)."""
     code = """if True:
