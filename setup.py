@@ -28,10 +28,9 @@ from setuptools import find_packages, setup
 #   keras<4, numpy<3   the next major versions
 #   apache-beam<2.79   beam_jobs.runtime.LocalRunner extends Beam's FnApiRunner and beam_jobs.sinks Beam's private
 #                      _ParquetSink/_TFRecordSink: internals that change between minor releases (2.77 and 2.78 pass)
-#   pillow<13          Pillow 13 moved the choice of which bilinear pass runs first into C, with a new rule;
-#                      schemas.images squashes non-RGB pictures a block at a time in Pillow 12's order, and
-#                      tests/schemas/test_images.py finds 20 tall pictures off by one level on 13 (features would
-#                      no longer match the whole-picture conversion bit for bit)
+#   pillow<14          schemas.images squashes non-RGB pictures a block at a time in the order of Pillow's two
+#                      bilinear passes, whose rule changed in 13 (schemas.images.down_first knows 12's and 13's);
+#                      a next major version may change it again (tests/schemas/test_images.py would say so)
 #   python<3.13        the suite runs on 3.11 (CI) and 3.12 (checked here); 3.13 wheels of TensorFlow 2.21, Beam 2.78
 #                      and OpenVINO resolve, but the suite has not been run on it
 INSTALL_REQUIRES = [
@@ -39,7 +38,7 @@ INSTALL_REQUIRES = [
     "keras>=3.15.1,<4",
     "apache-beam[tfrecord]>=2.77,<2.79",
     "google-crc32c>=1.5",
-    "pillow>=12.3.0,<13",
+    "pillow>=12.3.0,<14",
     "numpy>=1.26,<3",
     "pyarrow>=15",
     "tqdm>=4.66",

@@ -234,6 +234,10 @@ COLOUR_MODES = ["RGBA", "LA", "P+alpha per index", "P+transparent index", "PA", 
     (1300, 5, 71),  # a block of one row; taller after resizing
     (10, 1000, 71),  # 100 times as tall as wide: still across, then down
     (10, 1001, 71),  # more than 100 times: Pillow resizes down first, so the blocks are of columns
+    (100, 129, 71),  # Pillow 13: across first (the height shrinks by 58, not more than twice the width's 29)
+    (100, 130, 71),  # Pillow 13: down first (59 > 58)
+    (250, 429, 71),  # the same boundary for a wider picture: across first ...
+    (250, 430, 71),  # ... and down first
 ])
 def test_every_mode_gives_the_pixels_of_converting_the_whole_picture(mode, width, height, size, monkeypatch):
     monkeypatch.setattr(images, "_PIXELS_PER_BLOCK", 1000)  # many blocks of rows even in a small picture
