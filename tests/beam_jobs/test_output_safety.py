@@ -97,6 +97,7 @@ def test_trainer_flags_with_dashes(tmp_path):
 
 # -- outputs next to other files --------------------------------------------------------------------------------
 
+@pytest.mark.integration
 @pytest.mark.parametrize("runner", [None, "BundleBasedDirectRunner"])
 def test_outputs_never_touch_a_neighbours_files(runner, photos, fake_bundle, tmp_path):
     """Beam's sinks delete every PREFIX*-of-N file before renaming theirs: a neighbouring prefix's shards, and on

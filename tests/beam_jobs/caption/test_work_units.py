@@ -216,6 +216,7 @@ def test_resume_inside_an_archive_on_an_object_store(photos, fake_bundle, monkey
     assert left == []  # the killed run's spill and checkpoint removed
 
 
+@pytest.mark.integration
 def test_a_killed_runs_spill_is_removed_and_foreign_files_there_are_not(photos, fake_bundle, tmp_path):
     path = str(tmp_path / "one.tar.gz")
     open(path, "wb").write(gzip.compress(tar_bytes(list(photos.items())[:3])))

@@ -108,6 +108,7 @@ def test_features_match_xception_applied_directly(sample_dataset, extracted):
     np.testing.assert_allclose(got, direct, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.integration
 def test_bad_inputs_go_to_errors_and_the_rest_is_written(sample_copy, tmp_path):
     images_dir = os.path.join(sample_copy, "Flicker8k_Dataset")
     train_list = os.path.join(sample_copy, "Flickr8k_text", "Flickr_8k.trainImages.txt")

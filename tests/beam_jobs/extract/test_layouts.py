@@ -266,6 +266,7 @@ def _copy_image(images_dir, name, target_dir, new_name):
     shutil.copyfile(os.path.join(images_dir, name), os.path.join(target_dir, new_name))
 
 
+@pytest.mark.integration
 def test_several_datasets_combine_and_duplicates_are_settled_by_split(sample_dataset, tmp_path):
     """flickr (token layout: train t0-t3, test e0-e1) and coco (COCO layout, its own file names), with copies of
     flickr's photos in coco: a train copy of a train image is merged into one record with both datasets' captions;

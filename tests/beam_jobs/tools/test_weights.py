@@ -72,6 +72,7 @@ def test_without_weights_the_status_says_keras_downloads_them_and_exits_1(tmp_pa
     assert "imcap-weights install FILE" in said
 
 
+@pytest.mark.integration  # builds and saves Xception weights: seconds
 def test_other_weights_and_other_files_are_refused_and_nothing_is_installed(tmp_path, random_weights, capsys):
     home = tmp_path / "kh"
     notop, _, digest = random_weights
@@ -89,7 +90,8 @@ def test_other_weights_and_other_files_are_refused_and_nothing_is_installed(tmp_
     assert "error: " in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("which", ["notop", pytest.param("full", marks=pytest.mark.integration)])
+@pytest.mark.integration
+@pytest.mark.parametrize("which", ["notop", "full"])
 def test_the_same_tensors_in_any_weights_file_are_installed_and_found(tmp_path, random_weights, which):
     """Installed against the digest of the tensors it holds (a file without the top, or with it), the file lands
     beside Keras' own under imcap's name, loads to the same tensors, and is what 'imagenet' resolves to."""
@@ -104,6 +106,7 @@ def test_the_same_tensors_in_any_weights_file_are_installed_and_found(tmp_path, 
     assert offline and lines[-1] == "--weights imagenet: imcap's checked copy, offline"
 
 
+@pytest.mark.integration  # builds and saves Xception weights: seconds
 def test_an_installed_copy_that_is_not_imagenet_is_refused_when_loaded(tmp_path, random_weights, monkeypatch):
     home = tmp_path / "kh"
     notop, _, digest = random_weights
@@ -113,6 +116,7 @@ def test_an_installed_copy_that_is_not_imagenet_is_refused_when_loaded(tmp_path,
         backbones.build_feature_extractor(backbones.XCEPTION, backbones.IMAGENET, 71)
 
 
+@pytest.mark.integration  # builds and saves Xception weights: seconds
 def test_a_damaged_keras_file_is_reported_and_comes_first(tmp_path, random_weights):
     home = tmp_path / "kh"
     notop, _, digest = random_weights
