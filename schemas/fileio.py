@@ -142,6 +142,29 @@ def write_json(path: str, value) -> None:
     write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
+def write_local_atomically(target: str, write, suffix: str = ".partial") -> str:
+    """Writes the local file ``target`` with ``write(temporary_path)`` into a temporary file beside it, then renames
+    it over ``target``: a reader, a concurrent writer or a kill never sees half a file. ``suffix``: the temporary
+    file's (Keras wants ``.weights.h5``). Returns ``target``."""
+    directory = os.path.dirname(target) or "."
+    os.makedirs(directory, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(target)}.", suffix=suffix)
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, target)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    return target
+
+
+def _copy_to(path: str, local: str) -> None:
+    with open_read(path) as source, open(local, "wb") as sink:
+        while chunk := source.read(1 << 24):
+            sink.write(chunk)
+
+
 def local_copy(path: str) -> str:
     """A local copy of a file on any Beam filesystem (the path itself when it is local), for the libraries that open
     only local files (Keras' weights and models, OpenVINO).
@@ -166,11 +189,7 @@ def local_copy(path: str) -> str:
     target = os.path.join(tempfile.gettempdir(),
                           f"{stem}-{hashlib.sha256(version.encode('utf-8')).hexdigest()[:8]}{suffix}")
     if not os.path.exists(target):
-        handle, partial = tempfile.mkstemp(dir=os.path.dirname(target), suffix=".partial")
-        with open_read(path) as source, os.fdopen(handle, "wb") as sink:
-            while chunk := source.read(1 << 24):
-                sink.write(chunk)
-        os.replace(partial, target)  # atomic: concurrent copies of the same file are harmless
+        write_local_atomically(target, lambda local: _copy_to(path, local))  # concurrent copies are harmless
         for older in os.listdir(os.path.dirname(target)):
             if older.startswith(stem + "-") and older.endswith(suffix) and older != os.path.basename(target):
                 try:

@@ -106,11 +106,10 @@ def load_state(out: str, settings: dict, restart: bool) -> dict:
 
 def save_state(out: str, state: dict) -> None:
     """recipe.json, its stages in the order they ran; written whole or not at all (a kill leaves the old one)."""
-    path = os.path.join(out, STATE_FILE)
-    temporary = f"{path}.{os.getpid()}.tmp"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(json.dumps(state, indent=2) + "\n")
-    os.replace(temporary, path)
+    def write(local):
+        with open(local, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(state, indent=2) + "\n")
+    fileio.write_local_atomically(os.path.join(out, STATE_FILE), write)
 
 
 @contextlib.contextmanager

@@ -25,7 +25,6 @@ import hashlib
 import os
 import shutil
 import sys
-import tempfile
 
 from beam_jobs import runtime
 from schemas import backbones, fileio
@@ -42,21 +41,6 @@ def md5_of(path: str) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _replace_atomically(directory: str, name: str, write) -> str:
-    """Writes a file with ``write(temporary_path)`` in ``directory`` and renames it to ``name`` (no half file)."""
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".weights.h5")
-    os.close(handle)
-    try:
-        write(temporary)
-        target = os.path.join(directory, name)
-        os.replace(temporary, target)
-        return target
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 def load_tensors(path: str):
@@ -90,7 +74,7 @@ def install(path: str, home: str | None = None, expected_sha256: str = backbones
         def copy(target):
             with fileio.open_read(path) as source, open(target, "wb") as out:
                 shutil.copyfileobj(source, out, 1 << 20)
-        target = _replace_atomically(models, backbones.KERAS_WEIGHTS_FILE, copy)
+        target = fileio.write_local_atomically(os.path.join(models, backbones.KERAS_WEIGHTS_FILE), copy)
         return (f"installed Keras' published ImageNet Xception file (MD5 {backbones.KERAS_WEIGHTS_MD5}) as {target}: "
                 "Keras loads it from there without a download")
     model = load_tensors(path)
@@ -99,7 +83,8 @@ def install(path: str, home: str | None = None, expected_sha256: str = backbones
         raise WeightsError(f"{path} holds Xception weights, but not Keras' ImageNet ones (SHA-256 of its tensors "
                            f"{digest[:12]}..., ImageNet's {expected_sha256[:12]}...); to extract features with them "
                            f"anyway, pass --weights {path}")
-    target = _replace_atomically(models, backbones.INSTALLED_WEIGHTS_FILE, model.save_weights)
+    target = fileio.write_local_atomically(os.path.join(models, backbones.INSTALLED_WEIGHTS_FILE), model.save_weights,
+                                           suffix=".weights.h5")
     shadowed = os.path.join(models, backbones.KERAS_WEIGHTS_FILE)
     note = (f"; {shadowed} exists and Keras' own file comes first (remove it if it is damaged)"
             if os.path.isfile(shadowed) else "")
