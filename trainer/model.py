@@ -86,9 +86,43 @@ def fitted_feature_scaling(feature_batches, mode: str) -> layers.Layer | None:
     return layers.Rescaling(1.0 / root_mean_square, name=NORMALIZATION)
 
 
-def masked_loss() -> keras.losses.Loss:
-    """Cross-entropy of the next token, averaged over real (non-padding) positions."""
+def masked_loss(label_smoothing: float = 0.0) -> keras.losses.Loss:
+    """Cross-entropy of the next token, averaged over real (non-padding) positions; with ``label_smoothing`` e,
+    against the reference token at 1 - e and the uniform distribution over the vocabulary at e (Szegedy et al.
+    2016), as `SmoothedCaptionLoss`."""
+    if label_smoothing:
+        return SmoothedCaptionLoss(label_smoothing)
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=PAD_ID)
+
+
+@keras.saving.register_keras_serializable(package="imcap")
+class SmoothedCaptionLoss(keras.losses.Loss):
+    """Label-smoothed next-token cross-entropy over real (non-padding) positions:
+
+        (1 - e) * -log p(reference) + e * mean over the vocabulary of -log p(w)
+
+    summed over positions whose target is not padding, divided by their number (so e = 0 is Keras' sparse
+    cross-entropy with ``ignore_class`` padding, the default loss)."""
+
+    def __init__(self, label_smoothing: float, name: str = "smoothed_caption_loss", **kwargs):
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = float(label_smoothing)
+
+    def call(self, y_true, y_pred):
+        ops = keras.ops
+        targets = ops.cast(y_true, "int32")
+        log_probs = ops.log_softmax(ops.cast(y_pred, "float32"), axis=-1)
+        reference = -ops.squeeze(ops.take_along_axis(log_probs, ops.expand_dims(targets, -1), axis=-1), -1)
+        uniform = -ops.mean(log_probs, axis=-1)
+        per_position = (1.0 - self.label_smoothing) * reference + self.label_smoothing * uniform
+        mask = ops.cast(ops.not_equal(targets, PAD_ID), "float32")
+        # one number per batch: Keras' reduction of a scalar leaves it as it is
+        return ops.sum(per_position * mask) / ops.maximum(ops.sum(mask), 1.0)
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
 
 
 class MaskedAccuracy(keras.metrics.Metric):
@@ -114,7 +148,8 @@ class MaskedAccuracy(keras.metrics.Metric):
         self.total.assign(0.0)
 
 
-def compile_decoder(model: keras.Model, learning_rate: float, clipnorm: float | None = 5.0) -> keras.Model:
+def compile_decoder(model: keras.Model, learning_rate: float, clipnorm: float | None = 5.0,
+                    label_smoothing: float = 0.0) -> keras.Model:
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate, clipnorm=clipnorm),
-                  loss=masked_loss(), metrics=[MaskedAccuracy()])
+                  loss=masked_loss(label_smoothing), metrics=[MaskedAccuracy()])
     return model

@@ -73,7 +73,7 @@ def remove_stale_cache(cache_dir: str, splits) -> None:
                            if own.fullmatch(name)])
 RUN_FLAGS = ("decoder", "train_split", "eval_split", "batch_size", "embedding_dim", "units", "attention_dim",
              "dropout", "recurrent_dropout", "learning_rate", "lr_decay", "clipnorm", "select_by", "feature_scaling",
-             "length_buckets", "seed")
+             "length_buckets", "seed", "label_smoothing")
 HISTORY_FILE = "history.json"
 CURVE_FILE = "training_curve.png"
 LOGS = "logs"
@@ -106,6 +106,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dropout", type=_fraction, default=0.5, help="dropout on the features and the LSTM's output")
     parser.add_argument("--recurrent_dropout", type=_fraction, default=0.0, help="dropout on the LSTM's state")
     parser.add_argument("--learning_rate", type=float, default=1e-3, help="Adam's learning rate")
+    parser.add_argument("--label_smoothing", type=_fraction, default=0.0,
+                        help="train against the reference word at 1 - this and the uniform distribution over the "
+                             "vocabulary at this (0: plain cross-entropy; see BENCHMARKS.md, caption quality)")
     parser.add_argument("--lr_decay", type=_fraction, default=0.0,
                         help="multiply the learning rate by this after an epoch without a better dev score "
                              "(--select_by; the train loss without a dev split) (Keras' ReduceLROnPlateau, patience 1, "
@@ -351,7 +354,7 @@ def train(args: argparse.Namespace) -> dict:
             vocab_size=len(vocabulary), grid_shape=grid, embedding_dim=args.embedding_dim, units=args.units,
             attention_dim=args.attention_dim, dropout=args.dropout, recurrent_dropout=args.recurrent_dropout)
         decoder = model_lib.compile_decoder(attention_lib.build_attention_decoder(config, scale),
-                                            args.learning_rate, args.clipnorm or None)
+                                            args.learning_rate, args.clipnorm or None, args.label_smoothing)
     else:
         buckets = data.DEFAULT_BUCKETS if args.length_buckets else None
         train_batches = data.caption_dataset(
@@ -369,7 +372,7 @@ def train(args: argparse.Namespace) -> dict:
                                          embedding_dim=args.embedding_dim, units=args.units, dropout=args.dropout,
                                          recurrent_dropout=args.recurrent_dropout)
         decoder = model_lib.compile_decoder(model_lib.build_decoder(config, normalization), args.learning_rate,
-                                            args.clipnorm or None)
+                                            args.clipnorm or None, args.label_smoothing)
     logging.info("decoder: %s parameters, vocabulary %d, %d train captions per epoch%s",
                  f"{decoder.count_params():,}", len(vocabulary), train_pairs,
                  " (resuming an interrupted run)" if resume else "")
@@ -415,7 +418,7 @@ def train(args: argparse.Namespace) -> dict:
         "median_captions_per_second": sorted(r["captions_per_second"] for r in history)[len(history) // 2],
         "hyperparameters": {key: getattr(args, key) for key in (
             "batch_size", "embedding_dim", "units", "dropout", "recurrent_dropout", "learning_rate", "clipnorm",
-            "patience", "seed", "epochs", "feature_scaling", "decoder", "lr_decay", "select_by")}
+            "patience", "seed", "epochs", "feature_scaling", "decoder", "lr_decay", "select_by", "label_smoothing")}
         | {"length_buckets": args.length_buckets}
         | ({"attention_dim": args.attention_dim} if attention else {}),
     }
