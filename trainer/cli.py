@@ -78,6 +78,17 @@ def _int_at_least(minimum: int, what: str):
     return parse
 
 
+def fraction(text: str) -> float:
+    """A flag's value in [0, 1): a dropout rate, a decay factor, label smoothing."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a value in [0, 1), got {value}")
+    return value
+
+
 EXPECTED_FAILURES = (ValueError, FileNotFoundError)  # what a user can fix: a bad flag, a missing file, ...
 
 

@@ -103,13 +103,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--cache_dir", default=None,
                         help="attention decoder: cache the parsed grids in files here instead of in memory (for "
                              "train splits larger than RAM: Flickr8k's takes 2.4 GB at 10x10, COCO's 45 GB)")
-    parser.add_argument("--dropout", type=_fraction, default=0.5, help="dropout on the features and the LSTM's output")
-    parser.add_argument("--recurrent_dropout", type=_fraction, default=0.0, help="dropout on the LSTM's state")
+    parser.add_argument("--dropout", type=cli.fraction, default=0.5,
+                        help="dropout on the features and the LSTM's output")
+    parser.add_argument("--recurrent_dropout", type=cli.fraction, default=0.0, help="dropout on the LSTM's state")
     parser.add_argument("--learning_rate", type=float, default=1e-3, help="Adam's learning rate")
-    parser.add_argument("--label_smoothing", type=_fraction, default=0.0,
+    parser.add_argument("--label_smoothing", type=cli.fraction, default=0.0,
                         help="train against the reference word at 1 - this and the uniform distribution over the "
                              "vocabulary at this (0: plain cross-entropy; see BENCHMARKS.md, caption quality)")
-    parser.add_argument("--lr_decay", type=_fraction, default=0.0,
+    parser.add_argument("--lr_decay", type=cli.fraction, default=0.0,
                         help="multiply the learning rate by this after an epoch without a better dev score "
                              "(--select_by; the train loss without a dev split) (Keras' ReduceLROnPlateau, patience 1, "
                              "floor learning_rate / 16); 0: constant")
@@ -135,13 +136,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="Keras progress output: 1 a bar (default on a terminal), 2 one line per epoch (default "
                              "when the output is a file or a pipe), 0 none")
     return parser.parse_args(argv)
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a value in [0, 1), got {value}")
-    return value
 
 
 def _check_resumed_run(path: str, args: argparse.Namespace, resume: bool) -> None:

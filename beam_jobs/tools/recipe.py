@@ -5,8 +5,9 @@
 Stages (each logged with its time; their outputs under ``--output_dir``):
 
 1. ``features/``: the extract job with the spatial grid (``--spatial_grid full``; int8 features, the default);
-2. ``attention/``: the attention decoder, the best epoch by dev CIDEr-D with learning-rate decay
-   (``imcap-train --decoder attention --select_by cider_d --lr_decay 0.5 --epochs 13``);
+2. ``attention/``: the attention decoder, the best epoch by dev CIDEr-D with learning-rate decay and label
+   smoothing (``imcap-train --decoder attention --select_by cider_d --lr_decay 0.5 --epochs 13
+   --label_smoothing 0.1``);
 3. ``scst1/`` .. ``scstN/``: ``--scst_rounds`` rounds of self-critical training, one epoch each, each from the
    previous round's bundle and keeping its best greedy dev CIDEr-D (``imcap-scst --epochs 1``); once a round
    keeps its starting weights, the rounds after it are skipped (same seed, same start: on a CPU they would
@@ -39,7 +40,10 @@ STATE_FILE = "recipe.json"
 LOCK_FILE = ".recipe.lock"
 FEATURES, ATTENTION, MODEL = "features", "attention", "model"
 SETTINGS = ("dataset_dir", "weights", "image_size", "inference_backend", "spatial_grid", "min_word_count", "seed",
-            "epochs", "scst_rounds", "beam_width")
+            "epochs", "label_smoothing", "scst_rounds", "beam_width")
+# what a recipe.json written before a setting existed ran with
+SETTINGS_BEFORE_RECORDED = {"label_smoothing": 0.0}
+LABEL_SMOOTHING = 0.1  # BENCHMARKS.md, caption quality: the lever that moved dev past the plain recipe
 
 
 class RecipeError(ValueError):
@@ -83,6 +87,8 @@ def load_state(out: str, settings: dict, restart: bool) -> dict:
         logging.info("--restart: removed the outputs of the previous run in %s", out)
     elif os.path.isfile(path):
         state = _read_state(path)
+        for key, value in SETTINGS_BEFORE_RECORDED.items():
+            state["settings"].setdefault(key, value)
         differ = [key for key in SETTINGS if state["settings"].get(key) != settings[key]]
         if differ == ["scst_rounds"] and settings["scst_rounds"] > state["settings"]["scst_rounds"]:
             logging.info("more SCST rounds than before (%d, then %d): the run goes on from its last round",
@@ -139,7 +145,7 @@ def _train(args, out: str) -> None:
     task.train(task.parse_args([
         "--data_dir", os.path.join(out, FEATURES), "--model_dir", os.path.join(out, ATTENTION),
         "--decoder", "attention", "--select_by", "cider_d", "--lr_decay", "0.5", "--epochs", str(args.epochs),
-        "--seed", str(args.seed), "--verbose", "2"]))
+        "--label_smoothing", str(args.label_smoothing), "--seed", str(args.seed), "--verbose", "2"]))
 
 
 def _bundle_of(out: str, round_number: int) -> str:
@@ -259,6 +265,9 @@ def parse_args(argv=None):
                         help="rarer train words map to <unk>")
     parser.add_argument("--epochs", type=cli.positive_int, default=13,
                         help="attention training epochs, at most (the best by dev CIDEr-D is kept)")
+    parser.add_argument("--label_smoothing", type=cli.fraction, default=LABEL_SMOOTHING,
+                        help="the attention training's label smoothing (imcap-train --label_smoothing; 0: none, as "
+                             "recipe runs before it was a setting)")
     parser.add_argument("--scst_rounds", type=cli.non_negative_int, default=3,
                         help="self-critical rounds of one epoch each (BENCHMARKS.md: 3 is where dev stops rising)")
     parser.add_argument("--beam_width", type=cli.positive_int, default=3, help="beam width of the evaluation")

@@ -44,6 +44,9 @@ def test_every_stage_runs_once_and_the_model_is_the_last_rounds(finished, sample
     assert json.load(open(os.path.join(model, "bundle.json"), encoding="utf-8"))["decoder"] == "attention"
     assert os.path.isfile(os.path.join(model, "eval_dev_beam3.json"))
     assert os.path.isdir(os.path.join(finished, "features", "extractor_int8"))  # the default int8 features
+    trained = json.load(open(os.path.join(finished, "attention", "bundle.json"), encoding="utf-8"))["training"]
+    assert trained["hyperparameters"]["label_smoothing"] == recipe.LABEL_SMOOTHING == state["settings"][
+        "label_smoothing"] == 0.1
     capfd.readouterr()
     assert recipe.main(_argv(sample_dataset, finished)) == 0  # a rerun keeps every finished stage
     assert _state(finished)["stages"] == state["stages"]
@@ -107,6 +110,20 @@ def test_a_damaged_state_a_file_and_a_second_run_are_refused_with_what_to_do(tmp
             recipe.run(recipe.parse_args(_argv(sample_dataset, str(out))))
 
 
+def test_a_run_recorded_before_label_smoothing_was_a_setting_resumes_as_it_ran(tmp_path, sample_dataset):
+    out = tmp_path / "out"
+    out.mkdir()
+    settings = {key: getattr(recipe.parse_args(_argv(sample_dataset, str(out))), key) for key in recipe.SETTINGS}
+    before = {key: value for key, value in settings.items() if key != "label_smoothing"}
+    recipe.save_state(str(out), {"settings": before, "stages": {"extract": {"seconds": 1.0}}})
+    # it trained without smoothing: the default (0.1) is another setting, --label_smoothing 0 is that run
+    with pytest.raises(recipe.RecipeError, match="--label_smoothing 0.0 then, 0.1 now"):
+        recipe.load_state(str(out), settings, restart=False)
+    state = recipe.load_state(str(out), {**settings, "label_smoothing": 0.0}, restart=False)
+    assert state["stages"] == {"extract": {"seconds": 1.0}} and state["settings"]["label_smoothing"] == 0.0
+    assert recipe.parse_args(_argv(sample_dataset, str(out), "--label_smoothing", "0")).label_smoothing == 0.0
+
+
 def test_flags_that_cannot_make_the_recipes_model_fail_fast(sample_dataset, tmp_path, capsys):
     with pytest.raises(SystemExit):
         recipe.parse_args(_argv(sample_dataset, str(tmp_path / "o"), "--spatial_grid", "none"))
@@ -118,6 +135,9 @@ def test_flags_that_cannot_make_the_recipes_model_fail_fast(sample_dataset, tmp_
     with pytest.raises(SystemExit):
         recipe.parse_args(_argv(sample_dataset, "gs://bucket/recipe"))
     assert "needs a local folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        recipe.parse_args(_argv(sample_dataset, str(tmp_path / "o"), "--label_smoothing", "1.5"))
+    assert "expected a value in [0, 1), got 1.5" in capsys.readouterr().err
 
 
 @pytest.mark.integration
