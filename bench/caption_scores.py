@@ -5,9 +5,8 @@
 Runs ``imcap-caption`` on the split's photos twice, as loose files and packed in one .tar.gz (in a temporary
 directory: photos are never copied into the repository), with the bundle's own defaults (backend, int8 model,
 weights), then scores each set of captions -- corpus BLEU-1..4 and CIDEr-D with the split's references, as
-`trainer.evaluate` scores -- and prints them beside `trainer.evaluate` on FEATURES. A bundle whose two rows
-differ captions other features than it was evaluated on. Also reports the rows, error rows and captions that
-differ between the job and the records.
+`trainer.evaluate` scores -- and prints them beside `trainer.evaluate` on FEATURES, with the job's row and error
+row counts. Scores that differ mean the job captions from other features than the records hold.
 """
 import argparse
 import json

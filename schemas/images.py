@@ -345,8 +345,8 @@ def _squash_by_blocks(image: Image.Image, image_size: int) -> Image.Image:
 
     Pillow's bilinear resize is two passes, each rounded to 8 bits: across, which resizes every row on its own,
     then down, which resizes every column on its own -- or down first, in the cases `down_first` says. So blocks of
-    rows (of columns, down first) are made RGB (`to_rgb`
-    works pixel by pixel) and given the first pass alone, into a strip that then gets the second pass.
+    rows (of columns, down first) are made RGB (`to_rgb` works pixel by pixel) and given the first pass alone, into
+    a strip that then gets the second pass.
     tests/schemas/test_images.py checks that the pixels are the same for every mode and shape.
     """
     width, height = image.size
